@@ -1,0 +1,118 @@
+"""Package-manager backends, found by name.
+
+A backend declares itself in one line and registers through
+``__init_subclass__``::
+
+    class Debootstrap(Backend, name="debootstrap", family="deb"): ...
+
+Shared logic lives here once; a backend is mostly a table of commands.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from vzpkg.errors import BuildError, VzError
+from vzpkg.metadata.model import Plan
+
+if TYPE_CHECKING:
+    from vzpkg.buildve import BuildLog, BuildVE
+
+
+@dataclass(frozen=True)
+class InstalledPackage:
+    name: str
+    version: str
+    arch: str
+
+
+@dataclass(frozen=True)
+class RepoState:
+    """What the repositories looked like: identifies the package universe.
+
+    ``digest`` is sha256 over the verified metadata files (Release / repomd);
+    ``source_date`` is the newest of their dates (seconds since the epoch).
+    """
+
+    digest: str
+    source_date: int
+    files: tuple[tuple[str, str], ...] = ()   # (url, sha256) per metadata file
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a backend gets besides the plan."""
+
+    plan: Plan
+    pkg_cache: Path          # shared download cache for this backend family
+    work: Path               # private scratch directory for this build
+    keyring: Path            # binary keyring with exactly the plan's pinned keys
+    log: BuildLog
+    offline: bool = False
+
+
+class Backend(ABC):
+    """One package manager."""
+
+    registry: ClassVar[dict[str, type[Backend]]] = {}
+    name: ClassVar[str]
+    family: ClassVar[str]                    # "deb" or "rpm"
+    tools: ClassVar[tuple[str, ...]] = ()    # host commands it needs
+
+    def __init_subclass__(cls, *, name: str, family: str, **kw: object) -> None:
+        super().__init_subclass__(**kw)
+        cls.name = name
+        cls.family = family
+        Backend.registry[name] = cls
+
+    def __init__(self, ctx: BuildContext) -> None:
+        self.ctx = ctx
+        self.plan = ctx.plan
+
+    @abstractmethod
+    def repo_state(self) -> RepoState:
+        """Fetch and verify the repositories' signed metadata."""
+
+    @abstractmethod
+    def bootstrap(self, root: Path) -> None:
+        """Install the plan's packages into the empty directory *root*."""
+
+    @abstractmethod
+    def update(self, ve: BuildVE) -> None:
+        """Upgrade every package inside an unpacked cache (``vzpkg update``)."""
+
+    @abstractmethod
+    def clean(self, root: Path) -> None:
+        """Remove package-manager caches and lists from *root* (finalize)."""
+
+    def tool_versions(self) -> dict[str, str]:
+        """Versions of the host tools used, for the manifest."""
+        return {}
+
+    def fail(self, step: str, message: str, hint: str | None = None) -> BuildError:
+        return BuildError(step, message, log=str(self.ctx.log.path), hint=hint)
+
+
+def _load_all() -> None:
+    for mod in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{mod.name}")
+
+
+def get_backend(name: str) -> type[Backend]:
+    """The backend class registered as *name*."""
+    _load_all()
+    try:
+        return Backend.registry[name]
+    except KeyError:
+        known = ", ".join(sorted(Backend.registry)) or "none"
+        raise VzError(f"unknown backend {name!r}", hint=f"known backends: {known}") from None
+
+
+def backend_names() -> list[str]:
+    _load_all()
+    return sorted(Backend.registry)

@@ -1,0 +1,151 @@
+"""Where things are: workspace, configuration files, the cache directory.
+
+Resolution order for the cache directory (first wins):
+``--cache-dir``, ``$VZPKG_CACHE_DIR``, ``cache_dir`` in the configuration,
+``caches/`` of the workspace, ``/var/lib/vzpkg/caches``.
+
+Configuration files, later ones override earlier ones key by key:
+``/etc/vzpkg/vzpkg.yaml`` (or ``$VZPKG_CONFIG``), then ``vzpkg.yaml`` in the
+workspace.  Mirror overrides for ``host_mirror()`` live in
+``/etc/vzpkg/mirrors.yaml`` and under ``mirrors:`` in either file.
+
+A workspace is a directory with a ``vzpkg.yaml`` file or a ``metadata/``
+directory, found by walking up from the current directory or named with
+``--workspace`` / ``$VZPKG_WORKSPACE``.  Its ``metadata/`` and ``hooks/`` add to
+or override the templates shipped with the package.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vzpkg.errors import ConfigError
+
+PACKAGE_DATA = Path(__file__).resolve().parent / "data"
+SHIPPED_METADATA = PACKAGE_DATA / "metadata"
+SHIPPED_HOOKS = PACKAGE_DATA / "hooks"
+SYSTEM_CONFIG = Path("/etc/vzpkg/vzpkg.yaml")
+SYSTEM_MIRRORS = Path("/etc/vzpkg/mirrors.yaml")
+DEFAULT_CACHE_DIR = Path("/var/lib/vzpkg/caches")
+WORKSPACE_FILE = "vzpkg.yaml"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved locations and configuration for one invocation."""
+
+    workspace: Path | None
+    cache_dir: Path
+    config: Mapping[str, Any] = field(default_factory=dict)
+    config_files: tuple[Path, ...] = ()
+    template_dirs: tuple[Path, ...] = (SHIPPED_METADATA,)
+    hook_dirs: tuple[Path, ...] = (SHIPPED_HOOKS,)
+
+    @property
+    def pkg_cache_dir(self) -> Path:
+        """Shared download cache for packages, beside the template caches."""
+        return self.cache_dir / ".pkgcache"
+
+    @property
+    def work_dir(self) -> Path:
+        """Private scratch area for temporary VEs (same filesystem as caches)."""
+        return self.cache_dir / ".work"
+
+    def mirror_overrides(self) -> dict[str, str]:
+        """Mirror URLs configured by file; environment is applied by the loader."""
+        out: dict[str, str] = {}
+        if SYSTEM_MIRRORS.is_file():
+            data = _read_yaml(SYSTEM_MIRRORS)
+            out.update({str(k): str(v) for k, v in data.items()})
+        mirrors = self.config.get("mirrors") or {}
+        if isinstance(mirrors, dict):
+            out.update({str(k): str(v) for k, v in mirrors.items()})
+        return out
+
+
+def find_workspace(start: Path) -> Path | None:
+    """The nearest directory at or above *start* that looks like a workspace."""
+    for d in (start, *start.parents):
+        if (d / WORKSPACE_FILE).is_file() or (d / "metadata").is_dir():
+            return d
+    return None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def load_settings(
+    *,
+    workspace: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve workspace, configuration and cache directory."""
+    env = os.environ if env is None else env
+    cwd = Path.cwd() if cwd is None else cwd
+    ws: Path | None
+    if workspace is not None:
+        ws = Path(workspace).resolve()
+        if not ws.is_dir():
+            raise ConfigError(f"workspace {ws} is not a directory",
+                              hint="create it, or drop --workspace")
+    elif env.get("VZPKG_WORKSPACE"):
+        ws = Path(env["VZPKG_WORKSPACE"]).resolve()
+    else:
+        ws = find_workspace(cwd.resolve())
+
+    files: list[Path] = []
+    config: dict[str, Any] = {}
+    system = Path(env["VZPKG_CONFIG"]) if env.get("VZPKG_CONFIG") else SYSTEM_CONFIG
+    if system.is_file():
+        files.append(system)
+    if ws is not None and (ws / WORKSPACE_FILE).is_file():
+        files.append(ws / WORKSPACE_FILE)
+    for f in files:
+        config.update(_read_yaml(f))
+
+    if cache_dir is not None:
+        cdir = Path(cache_dir)
+    elif env.get("VZPKG_CACHE_DIR"):
+        cdir = Path(env["VZPKG_CACHE_DIR"])
+    elif config.get("cache_dir"):
+        base = files[-1].parent if files else cwd
+        cdir = base / str(config["cache_dir"])
+    elif ws is not None:
+        cdir = ws / "caches"
+    else:
+        cdir = DEFAULT_CACHE_DIR
+
+    tdirs: list[Path] = []
+    hdirs: list[Path] = []
+    if ws is not None:
+        if (ws / "metadata").is_dir():
+            tdirs.append(ws / "metadata")
+        if (ws / "hooks").is_dir():
+            hdirs.append(ws / "hooks")
+    tdirs.append(SHIPPED_METADATA)
+    hdirs.append(SHIPPED_HOOKS)
+    return Settings(
+        workspace=ws,
+        cache_dir=cdir.absolute(),
+        config=config,
+        config_files=tuple(files),
+        template_dirs=tuple(tdirs),
+        hook_dirs=tuple(hdirs),
+    )

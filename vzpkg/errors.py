@@ -1,0 +1,102 @@
+"""Errors meant for people.
+
+Every error a user can cause or fix is a :class:`VzError`.  The command-line
+front ends print it as ``<prog>: error: <message>`` followed by the hint, and
+exit non-zero without a traceback.  Anything else that escapes is a bug.
+"""
+
+from __future__ import annotations
+
+
+class VzError(Exception):
+    """An error a user can act on."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}\n  hint: {self.hint}"
+        return self.message
+
+
+class UsageError(VzError):
+    """Wrong command-line use."""
+
+    exit_code = 2
+
+
+class TemplateError(VzError):
+    """A template file is malformed.  Names the file, line and key path."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        key: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        where = file or "<template>"
+        if line is not None:
+            where += f":{line}"
+        if key:
+            where += f": {key}"
+        super().__init__(f"{where}: {message}", hint=hint)
+        self.file = file
+        self.line = line
+        self.key = key
+
+
+class ConfigError(VzError):
+    """A configuration setting is missing or wrong."""
+
+
+class GpgError(VzError):
+    """A key, a signature or a fingerprint did not check out."""
+
+
+class ArchiveError(VzError):
+    """An archive could not be read or written."""
+
+
+class UnsafeArchiveError(ArchiveError):
+    """An archive entry would escape the target tree or is otherwise refused."""
+
+    def __init__(self, entry: str, reason: str) -> None:
+        super().__init__(
+            f"unsafe archive entry {entry!r}: {reason}",
+            hint="the archive was refused and nothing was unpacked",
+        )
+        self.entry = entry
+        self.reason = reason
+
+
+class StoreError(VzError):
+    """The cache store refused an operation."""
+
+
+class BuildError(VzError):
+    """A build step failed.  Names the step and where its log is kept."""
+
+    def __init__(self, step: str, message: str, *, log: str | None = None,
+                 hint: str | None = None) -> None:
+        text = f"build step {step!r} failed: {message}"
+        if log:
+            text += f"\n  log: {log}"
+        super().__init__(text, hint=hint)
+        self.step = step
+        self.log = log
+
+
+class MirrorError(VzError):
+    """Publishing to or pulling from a mirror failed."""
+
+
+class VeError(VzError):
+    """A runtime (vzctl) operation on a VE failed."""
