@@ -1,0 +1,97 @@
+"""Fixtures for runtime tests: a tiny busybox-based cache and a temporary VZ_ROOT."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+BUSYBOX = Path("/bin/busybox")
+BUSYBOX_NAME = "busybox-1-x86_64-minimal"
+
+# busybox has no chpasswd; the VE ships one, as a distribution would.
+CHPASSWD = r"""#!/bin/sh
+# chpasswd for a busybox VE: USER:PASSWORD lines on stdin.
+set -e
+while IFS=: read -r user pass; do
+  [ -n "$user" ] || continue
+  grep -q "^$user:" /etc/shadow || { echo "chpasswd: no user $user" >&2; exit 1; }
+  hash=$(mkpasswd -m sha512 "$pass")
+  sed -i "s|^$user:[^:]*:|$user:$hash:|" /etc/shadow
+done
+"""
+
+
+def make_busybox_tree(root: Path) -> Path:
+    """A runnable root: busybox and its applets, passwd files, os-release."""
+    for d in ("bin", "sbin", "usr/bin", "usr/sbin", "etc/network", "proc", "sys", "dev",
+              "run", "tmp", "root", "var/log", "home"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    (root / "tmp").chmod(0o1777)
+    shutil.copy2(BUSYBOX, root / "bin/busybox")
+    applets = subprocess.run([str(BUSYBOX), "--list-full"], capture_output=True, text=True,
+                             check=True).stdout.split()
+    for a in applets:
+        link = root / a
+        if not link.exists() and not link.is_symlink():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(os.path.relpath(root / "bin/busybox", link.parent))
+    (root / "usr/sbin/chpasswd").write_text(CHPASSWD)
+    (root / "usr/sbin/chpasswd").chmod(0o755)
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n"
+                                     "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")
+    (root / "etc/group").write_text("root:x:0:\ntty:x:5:\nnogroup:x:65534:\n")
+    (root / "etc/shadow").write_text("root:*:19000:0:99999:7:::\nnobody:*:19000::::::\n")
+    (root / "etc/shadow").chmod(0o640)
+    (root / "etc/os-release").write_text(
+        'NAME="Busybox test"\nID=busybox\nVERSION_ID="1"\nPRETTY_NAME="Busybox test 1"\n')
+    (root / "etc/hostname").write_text("localhost\n")
+    (root / "etc/hosts").write_text("127.0.0.1\tlocalhost\n")
+    return root
+
+
+def make_busybox_cache(cache_dir: Path, name: str = BUSYBOX_NAME,
+                       debian_like: bool = False) -> Path:
+    """Pack the busybox tree as <name>.tar.zst with a manifest; return the tarball."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tarball = cache_dir / f"{name}.tar.zst"
+    if tarball.exists():
+        return tarball
+    tree = cache_dir / f".{name}.tree"
+    shutil.rmtree(tree, ignore_errors=True)
+    make_busybox_tree(tree)
+    if debian_like:
+        (tree / "etc/debian_version").write_text("12.0\n")
+    tmp = tarball.with_name(tarball.name + ".tmp")
+    subprocess.run(["tar", "--zstd", "--numeric-owner", "--sort=name", "-cf", str(tmp),
+                    "-C", str(tree), "."], check=True)
+    shutil.rmtree(tree)
+    sha = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    (cache_dir / f"{name}.manifest.json").write_text(json.dumps(
+        {"name": name, "sha256": sha, "packages": []}))
+    tmp.rename(tarball)
+    return tarball
+
+
+def debian_cache(cache_dir: Path) -> str | None:
+    """The name of a real Debian cache in *cache_dir*, if the builder made one."""
+    for p in sorted(cache_dir.glob("debian-*.tar.zst")):
+        return p.name.removesuffix(".tar.zst")
+    return None
+
+
+def cleanup_root(vz_root: Path) -> Iterator[None]:
+    """Destroy every VE under *vz_root* (after a test), whatever state it is in."""
+    yield
+    from vzpkg.runtime.paths import VzPaths
+    from vzpkg.runtime.ve import Runtime
+    rt = Runtime(VzPaths(vz_root))
+    for ctid in rt.ctids():
+        try:
+            rt.destroy(ctid)
+        except Exception:  # a broken VE must not hide the test's own failure
+            pass

@@ -1,0 +1,191 @@
+"""``vzctl``: create, start, run, change, stop and destroy VEs (OpenVZ style)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from vzpkg import __version__
+from vzpkg.cli.common import Parser, run_main
+from vzpkg.config import load_settings
+from vzpkg.errors import UsageError
+from vzpkg.runtime import console, seam
+from vzpkg.runtime.paths import VzPaths, check_ctid
+from vzpkg.runtime.ve import Runtime
+
+EPILOG = """\
+examples:
+  vzctl create 101 --ostemplate debian-12 --hostname web --ipadd 10.0.0.101
+  vzctl create 102 --ostemplate debian-12 --layout overlay
+  vzctl start 101
+  vzctl exec 101 'ps ax'          run through /bin/sh -c, exit status of the command
+  vzctl exec2 101 cat /etc/os-release   run without a shell
+  vzctl enter 101                 interactive shell (leave with exit)
+  vzctl set 101 --ipadd fd00::101 --nameserver 10.0.0.1 --save
+  vzctl set 101 --numproc 200:200 --ram 512M --cpuunits 2000 --save
+  vzctl set 101 --userpasswd root:secret
+  vzctl status 101                VEID 101 exist mounted running
+  vzctl stop 101 [--fast]
+  vzctl destroy 101
+
+Everything lives under $VZ_ROOT (default /vz): etc/vz/vz.conf, etc/vz/conf/CTID.conf,
+private/CTID, root/CTID.  Caches are found in vzpkg's cache directory (--cache-dir,
+$VZPKG_CACHE_DIR, configuration) and in $VZ_ROOT/template/cache.
+"""
+
+
+def _rt(args: argparse.Namespace) -> Runtime:
+    settings = load_settings(cache_dir=args.cache_dir)
+    return Runtime(VzPaths.from_env(), [settings.cache_dir])
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    if not args.quiet:
+        print(text, flush=True)
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    rt = _rt(args)
+    _say(args, f"Creating VE {args.ctid} from {args.ostemplate} ...")
+    rt.create(args.ctid, args.ostemplate, config=args.config, hostname=args.hostname,
+              ipadd=args.ipadd or (), layout_name=args.layout)
+    lay = rt.config(args.ctid).get("VE_LAYOUT")
+    _say(args, f"VE {args.ctid} created ({lay} layout, {rt.paths.private(args.ctid)})")
+    return 0
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    pid = _rt(args).start(args.ctid)
+    _say(args, f"VE {args.ctid} started (init pid {pid} on the host)")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    _rt(args).stop(args.ctid, fast=args.fast, timeout=args.timeout)
+    _say(args, f"VE {args.ctid} stopped")
+    return 0
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    pid = _rt(args).restart(args.ctid)
+    _say(args, f"VE {args.ctid} restarted (init pid {pid} on the host)")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    print(_rt(args).state(args.ctid).line())
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    rt = _rt(args)
+    words: list[str] = args.command
+    if not words:
+        raise UsageError("no command given", hint="vzctl exec CTID COMMAND [ARG...]")
+    if words == ["-"]:
+        return rt.run_shell(args.ctid, sys.stdin.read(), None)
+    if args.cmd == "exec2":
+        return rt.exec(args.ctid, words)
+    return rt.run_shell(args.ctid, " ".join(words))
+
+
+def cmd_enter(args: argparse.Namespace) -> int:
+    rt = _rt(args)
+    _say(args, f"entered VE {args.ctid}")
+    code = console.enter(rt, args.ctid)
+    _say(args, f"exited from VE {args.ctid}")
+    return code
+
+
+def cmd_set(args: argparse.Namespace) -> int:
+    values = seam.options_to_values(args)
+    if args.hostname is not None:
+        values["HOSTNAME"] = args.hostname
+    if args.nameserver:
+        values["NAMESERVER"] = " ".join(args.nameserver)
+    if args.searchdomain is not None:
+        values["SEARCHDOMAIN"] = args.searchdomain
+    if not (values or args.ipadd or args.ipdel or args.userpasswd):
+        raise UsageError("nothing to set", hint="see vzctl set --help")
+    notes = _rt(args).set(args.ctid, values, ipadd=args.ipadd or (), ipdel=args.ipdel or (),
+                          userpasswd=args.userpasswd or (), save=args.save)
+    for n in notes:
+        _say(args, n)
+    return 0
+
+
+def cmd_destroy(args: argparse.Namespace) -> int:
+    _rt(args).destroy(args.ctid)
+    _say(args, f"VE {args.ctid} destroyed")
+    return 0
+
+
+def _ctid(text: str) -> int:
+    try:
+        return check_ctid(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="vzctl", description=__doc__, epilog=EPILOG,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"vzctl (vzpkg) {__version__}")
+    p.add_argument("--cache-dir", metavar="DIR", help="where vzpkg caches are stored")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    sub = p.add_subparsers(title="commands", metavar="COMMAND", dest="cmd")
+
+    def cmd(name: str, func: object, help_: str, aliases: Sequence[str] = ()
+            ) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_, aliases=list(aliases))
+        sp.add_argument("ctid", type=_ctid, metavar="CTID", help="the VE's number, e.g. 101")
+        sp.set_defaults(func=func)
+        return sp
+
+    c = cmd("create", cmd_create, "make a VE from a cache")
+    c.add_argument("--ostemplate", required=True, metavar="NAME",
+                   help="cache name, e.g. debian-12 or debian-12-x86_64-minimal")
+    c.add_argument("--config", metavar="SAMPLE",
+                   help="use etc/vz/conf/ve-SAMPLE.conf-sample (default: CONFIGFILE)")
+    c.add_argument("--hostname", metavar="NAME")
+    c.add_argument("--ipadd", action="append", metavar="IP", help="an address (repeatable)")
+    c.add_argument("--layout", choices=("plain", "overlay"),
+                   help="plain: own unpacked copy; overlay: on a shared read-only copy")
+    cmd("start", cmd_start, "start a VE: namespaces, cgroup, network, init")
+    s = cmd("stop", cmd_stop, "stop a VE: SIGTERM to init, kill what is left after a while")
+    s.add_argument("--fast", action="store_true", help="kill at once, no SIGTERM")
+    s.add_argument("--timeout", type=float, metavar="SEC",
+                   help="wait this long for init (default: VE_STOP_TIMEOUT in vz.conf)")
+    cmd("restart", cmd_restart, "stop (if running) and start a VE")
+    cmd("status", cmd_status, "print: VEID N exist|deleted mounted|unmounted running|down")
+    for name, what in (("exec", "run a command line in a VE through /bin/sh -c ('-': "
+                                "read it from stdin); exit status is the command's"),
+                       ("exec2", "run a command in a VE without a shell; exit status is "
+                                 "the command's")):
+        e = cmd(name, cmd_exec, what)
+        e.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
+    cmd("enter", cmd_enter, "open an interactive shell in a running VE")
+    st = cmd("set", cmd_set, "change settings: live on a running VE, stored with --save")
+    st.add_argument("--hostname", metavar="NAME")
+    st.add_argument("--ipadd", action="append", metavar="IP")
+    st.add_argument("--ipdel", action="append", metavar="IP|all")
+    st.add_argument("--nameserver", action="append", metavar="IP")
+    st.add_argument("--searchdomain", metavar="DOMAIN")
+    st.add_argument("--userpasswd", action="append", metavar="USER:PASS",
+                    help="set a password with the VE's chpasswd (not stored)")
+    st.add_argument("--save", action="store_true", help="store the settings in CTID.conf")
+    seam.add_set_options(st)
+    cmd("destroy", cmd_destroy, "stop and remove a VE: files, config, cgroup, network",
+        aliases=("delete",))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.umask(0o022)
+    return run_main("vzctl", build_parser, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,166 @@
+"""The VE's files on disk: the ``plain`` and ``overlay`` layouts.
+
+plain
+    The cache is unpacked into ``VZ_ROOT/private/CTID``; it is bind-mounted on
+    ``VZ_ROOT/root/CTID`` while the VE runs.
+overlay
+    The cache is unpacked once into ``VZ_ROOT/shared/SHA256`` (its tarball hashed
+    and checked against the manifest first), shared read-only by every VE made
+    from it.  ``private/CTID`` holds ``upper/``, ``work/`` and ``lower``, a
+    symlink to the shared copy; the overlay is mounted on ``root/CTID``.  The
+    shared copy is removed when the last VE using it is destroyed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
+from collections.abc import Iterator
+from enum import StrEnum
+from pathlib import Path
+
+from vzpkg.errors import VeError
+from vzpkg.runtime import libc
+from vzpkg.runtime.caches import CacheRef, unpack
+from vzpkg.runtime.paths import VzPaths
+
+
+class Layout(StrEnum):
+    PLAIN = "plain"
+    OVERLAY = "overlay"
+
+
+@contextlib.contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def create(paths: VzPaths, ctid: int, cache: CacheRef, layout: Layout) -> None:
+    """Make the VE's private area; on any failure nothing is left behind."""
+    private = paths.private(ctid)
+    try:
+        private.mkdir()
+    except FileExistsError:
+        raise VeError(f"private area {private} already exists",
+                      hint=f"destroy VE {ctid} first, or remove that directory") from None
+    try:
+        if layout is Layout.PLAIN:
+            private.chmod(0o755)
+            unpack(cache.tarball, private)
+        else:
+            shared = ensure_shared(paths, cache)
+            (private / "upper").mkdir()
+            (private / "work").mkdir()
+            (private / "lower").symlink_to(os.path.relpath(shared, private))
+    except BaseException:
+        shutil.rmtree(private, ignore_errors=True)
+        raise
+
+
+def ensure_shared(paths: VzPaths, cache: CacheRef) -> Path:
+    """The verified, unpacked shared copy of *cache*, made if missing."""
+    sha = cache.digest()
+    shared = paths.shared(sha)
+    done = shared.with_name(sha + ".ok")
+    if done.exists():
+        return shared
+    with _flock(shared.with_name(sha + ".lock")):
+        if done.exists():
+            return shared
+        cache.verify()
+        tmp = shared.with_name(f"{sha}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(shared, ignore_errors=True)
+        tmp.mkdir(mode=0o755)
+        try:
+            unpack(cache.tarball, tmp)
+            os.rename(tmp, shared)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        done.write_text(cache.name + "\n")
+    return shared
+
+
+def layout_of(paths: VzPaths, ctid: int) -> Layout:
+    return Layout.OVERLAY if (paths.private(ctid) / "lower").is_symlink() else Layout.PLAIN
+
+
+def is_mounted(path: Path) -> bool:
+    target = os.fsencode(str(path))
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            mp = line.split(b" ", 5)[4].replace(b"\\040", b" ")
+            if mp == target:
+                return True
+    return False
+
+
+def mount(paths: VzPaths, ctid: int) -> Path:
+    """Mount the VE's root on ``root/CTID`` (a no-op if it already is)."""
+    target = paths.ve_root(ctid)
+    private = paths.private(ctid)
+    if not private.is_dir():
+        raise VeError(f"VE {ctid} has no private area {private}",
+                      hint=f"create it: vzctl create {ctid} --ostemplate NAME")
+    target.mkdir(parents=True, exist_ok=True)
+    if is_mounted(target):
+        return target
+    if layout_of(paths, ctid) is Layout.PLAIN:
+        libc.mount(str(private), str(target), None, libc.MS_BIND)
+    else:
+        lower = (private / "lower").resolve()
+        if not lower.is_dir():
+            raise VeError(f"the shared copy {lower} of VE {ctid} is missing",
+                          hint="destroy and re-create the VE")
+        opts = (f"lowerdir={lower},upperdir={private / 'upper'},"
+                f"workdir={private / 'work'}")
+        libc.mount("overlay", str(target), "overlay", 0, opts)
+    return target
+
+
+def umount(paths: VzPaths, ctid: int) -> None:
+    target = paths.ve_root(ctid)
+    while is_mounted(target):
+        try:
+            libc.umount2(str(target))
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                raise VeError(f"cannot unmount {target}: {exc.strerror}") from None
+            libc.umount2(str(target), libc.MNT_DETACH)
+
+
+def destroy(paths: VzPaths, ctid: int) -> None:
+    """Remove the private area and mount point, and an unused shared copy."""
+    umount(paths, ctid)
+    private = paths.private(ctid)
+    shared: Path | None = None
+    if (private / "lower").is_symlink():
+        shared = (private / "lower").resolve()
+    if private.exists():
+        shutil.rmtree(private)
+    with contextlib.suppress(OSError):
+        paths.ve_root(ctid).rmdir()
+    if shared is not None and not _shared_in_use(paths, shared):
+        sha = shared.name
+        with _flock(shared.with_name(sha + ".lock")):
+            shared.with_name(sha + ".ok").unlink(missing_ok=True)
+            shutil.rmtree(shared, ignore_errors=True)
+        shared.with_name(sha + ".lock").unlink(missing_ok=True)
+
+
+def _shared_in_use(paths: VzPaths, shared: Path) -> bool:
+    base = paths.root / "private"
+    for d in base.iterdir() if base.is_dir() else ():
+        link = d / "lower"
+        if link.is_symlink() and link.resolve() == shared:
+            return True
+    return False

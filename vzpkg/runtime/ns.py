@@ -1,0 +1,370 @@
+"""Starting a VE's init in new namespaces, and joining a running VE.
+
+:func:`start_init` forks twice: the first child unshares the mount, uts, ipc,
+net and pid namespaces and forks the VE's pid 1, then exits, so no Python
+process of the VE stays around.  Pid 1 waits until the host side has put it
+into its cgroup and network (``ready`` callback), then mounts /proc, /sys
+(read-only), a minimal /dev, /dev/pts, /dev/shm and /run, pivots into the VE
+root, sets the hostname, runs the per-distribution setup, drops capabilities
+to :data:`vzpkg.runtime.caps.VE_CAPS` and execs init.  A close-on-exec pipe
+tells the host whether exec succeeded, with the error text when it did not.
+
+:func:`join` runs a command inside a running VE: setns into the namespaces of
+its init, its cgroup, the same capability set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import signal
+import stat
+import struct
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from vzpkg.errors import VeError
+from vzpkg.runtime import caps, libc
+
+VE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# pid 1 of a VE when the distribution's init does not run in a container: a
+# shell that reaps orphans while it waits, and on SIGTERM asks every process to
+# stop, gives them up to 5 s, then exits (the kernel kills what is left).
+MINIMAL_INIT = """\
+down() {
+  trap '' TERM INT
+  kill -TERM -1 2>/dev/null
+  n=0
+  while [ $n -lt 50 ]; do
+    set -- /proc/[0-9]*
+    [ $# -le 1 ] && exit 0
+    sleep 0.1 & wait $!
+    n=$((n+1))
+  done
+  exit 0
+}
+trap down TERM INT
+[ -x /etc/rc.vz ] && /etc/rc.vz </dev/null >/dev/null 2>&1 &
+while :; do
+  sleep 2147483647 & wait $!
+done
+"""
+
+INIT_PATH = "/run/vzctl/init"
+_DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
+            ("urandom", 1, 9), ("tty", 5, 0))
+_RO_PROC = ("sys", "sysrq-trigger", "irq", "bus", "fs")
+_MASK_PROC = ("kcore", "keys", "timer_list", "kmsg")
+_NSES = ("ipc", "uts", "net", "pid", "mnt")
+
+TIOCSCTTY = 0x540E
+TIOCGPTN = 0x80045430
+TIOCSPTLCK = 0x40045431
+
+
+@dataclass(frozen=True)
+class StartSpec:
+    ctid: int
+    root: Path                     # the VE root, mounted on the host
+    hostname: str | None
+    prepare: Callable[[], None] | None = None   # runs inside the VE before init
+
+
+def _mount_dev(r: str) -> None:
+    dev = f"{r}/dev"
+    os.makedirs(dev, exist_ok=True)
+    libc.mount("tmpfs", dev, "tmpfs", libc.MS_NOSUID | libc.MS_NOEXEC, "mode=755,size=64k")
+    for name, major, minor in _DEVICES:
+        os.mknod(f"{dev}/{name}", 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+        os.chmod(f"{dev}/{name}", 0o666)
+    # The console leads nowhere: init's output is discarded.
+    open(f"{dev}/console", "w").close()
+    libc.mount("/dev/null", f"{dev}/console", None, libc.MS_BIND)
+    os.mkdir(f"{dev}/pts")
+    libc.mount("devpts", f"{dev}/pts", "devpts", libc.MS_NOSUID | libc.MS_NOEXEC,
+               "newinstance,ptmxmode=0666,mode=620,gid=5")
+    os.symlink("pts/ptmx", f"{dev}/ptmx")
+    os.mkdir(f"{dev}/shm")
+    libc.mount("shm", f"{dev}/shm", "tmpfs", libc.MS_NOSUID | libc.MS_NODEV,
+               "mode=1777,size=65536k")
+    for i, name in enumerate(("stdin", "stdout", "stderr")):
+        os.symlink(f"/proc/self/fd/{i}", f"{dev}/{name}")
+    os.symlink("/proc/self/fd", f"{dev}/fd")
+
+
+def _mount_ro_bind(path: str) -> None:
+    libc.mount(path, path, None, libc.MS_BIND | libc.MS_REC)
+    libc.mount(None, path, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY
+               | libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC)
+
+
+def _setup_mounts(root: Path) -> None:
+    libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
+    r = str(root)
+    nosuid = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
+    os.makedirs(f"{r}/proc", exist_ok=True)
+    libc.mount("proc", f"{r}/proc", "proc", nosuid)
+    for name in _RO_PROC:
+        if os.path.exists(f"{r}/proc/{name}"):
+            _mount_ro_bind(f"{r}/proc/{name}")
+    for name in _MASK_PROC:
+        if os.path.exists(f"{r}/proc/{name}"):
+            libc.mount("/dev/null", f"{r}/proc/{name}", None, libc.MS_BIND)
+    os.makedirs(f"{r}/sys", exist_ok=True)
+    libc.mount("sysfs", f"{r}/sys", "sysfs", nosuid | libc.MS_RDONLY)
+    _mount_dev(r)
+    if os.path.isdir(f"{r}/run") and not os.path.islink(f"{r}/run"):
+        libc.mount("tmpfs", f"{r}/run", "tmpfs", libc.MS_NOSUID | libc.MS_NODEV,
+                   "mode=755,size=10%")
+    os.chdir(r)
+    libc.pivot_root(".", ".")
+    libc.umount2(".", libc.MNT_DETACH)
+    os.chdir("/")
+
+
+def _ve_env() -> dict[str, str]:
+    return {"PATH": VE_PATH, "HOME": "/root", "TERM": os.environ.get("TERM", "linux"),
+            "container": "vzpkg", "LANG": "C.UTF-8"}
+
+
+def _close_fds_except(keep: int) -> None:
+    os.closerange(3, keep)
+    os.closerange(keep + 1, 1 << 20)
+
+
+def _init_child(spec: StartSpec, r_go: int, w_err: int) -> None:
+    """Pid 1 of the VE, until it execs init.  Never returns."""
+    try:
+        os.setsid()
+        if os.read(r_go, 1) != b"1":
+            os._exit(1)
+        os.close(r_go)
+        _setup_mounts(spec.root)
+        if spec.hostname:
+            libc.sethostname(spec.hostname)
+        if spec.prepare is not None:
+            spec.prepare()
+        os.makedirs("/run/vzctl", exist_ok=True)
+        with open(INIT_PATH, "w", encoding="utf-8") as f:
+            f.write(MINIMAL_INIT)
+        fd = os.open("/dev/null", os.O_RDWR)
+        for i in range(3):
+            os.dup2(fd, i)
+        _close_fds_except(w_err)
+        caps.drop_to_ve_set()
+        os.execve("/bin/sh", ["/bin/sh", INIT_PATH], _ve_env())
+    except BaseException as exc:  # report anything to the host, then die
+        msg = f"{exc}" if isinstance(exc, OSError) else traceback.format_exc(limit=3)
+        with contextlib.suppress(OSError):
+            os.write(w_err, msg.encode(errors="replace")[:4000])
+        os._exit(127)
+    os._exit(127)
+
+
+def start_init(spec: StartSpec, ready: Callable[[int], None]) -> int:
+    """Start the VE's init; *ready(pid)* joins cgroup and network before it runs.
+
+    Returns init's host pid once init has been exec'd.
+    """
+    r_pid, w_pid = os.pipe()
+    r_go, w_go = os.pipe()
+    r_err, w_err = os.pipe2(os.O_CLOEXEC)
+    mid = os.fork()
+    if mid == 0:
+        try:
+            os.close(r_pid)
+            os.close(w_go)
+            os.close(r_err)
+            libc.unshare(libc.CLONE_NEWNS | libc.CLONE_NEWUTS | libc.CLONE_NEWIPC
+                         | libc.CLONE_NEWNET | libc.CLONE_NEWPID)
+            pid1 = os.fork()
+            if pid1 == 0:
+                os.close(w_pid)
+                _init_child(spec, r_go, w_err)
+            os.write(w_pid, str(pid1).encode())
+            os._exit(0)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.write(w_err, f"cannot create namespaces: {exc}".encode())
+            os._exit(1)
+    os.close(w_pid)
+    os.close(r_go)
+    os.close(w_err)
+    try:
+        raw = os.read(r_pid, 32)
+        os.waitpid(mid, 0)
+        if not raw:
+            why = os.read(r_err, 4000).decode(errors="replace")
+            raise VeError(f"VE {spec.ctid}: start failed: {why or 'unknown error'}")
+        pid = int(raw)
+        try:
+            ready(pid)
+            os.write(w_go, b"1")
+            os.close(w_go)
+            w_go = -1
+            err = b"".join(iter(lambda: os.read(r_err, 4000), b""))
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            raise
+        if err:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            raise VeError(f"VE {spec.ctid}: start failed: {err.decode(errors='replace')}",
+                          hint="the VE was stopped again; nothing is left running")
+        return pid
+    finally:
+        for fd in (r_pid, r_err, w_go):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+@dataclass(frozen=True)
+class JoinSpec:
+    pid: int                        # the VE's init, host pid
+    argv: Sequence[str]
+    attach: Callable[[int], None]   # put a host pid into the VE's cgroup
+    stdio: tuple[int, int, int] | None = None
+    ctty: bool = False              # make stdio[0] the controlling terminal
+    env: dict[str, str] | None = None
+    func: Callable[[], int] | None = None   # run this (full caps) instead of argv
+
+
+def _status_code(status: int) -> int:
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def spawn(spec: JoinSpec) -> int:
+    """Start *spec.argv* in the VE; return the host pid to :func:`wait` for."""
+    fds: list[int] = []
+    try:
+        for name in _NSES:
+            fds.append(os.open(f"/proc/{spec.pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC))
+    except OSError as exc:
+        for fd in fds:
+            os.close(fd)
+        raise VeError(f"cannot join the VE's namespaces (init pid {spec.pid}): "
+                      f"{exc.strerror}", hint="is the VE running? vzctl status CTID") from None
+    child = os.fork()
+    if child == 0:
+        code = 126
+        try:
+            spec.attach(os.getpid())
+            for fd in fds:
+                libc.setns(fd)
+                os.close(fd)
+            os.chdir("/")
+            code = _join_exec(spec)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.write(2, f"vzctl: cannot enter the VE: {exc}\n".encode())
+        os._exit(code)
+    for fd in fds:
+        os.close(fd)
+    return child
+
+
+def wait(child: int) -> int:
+    while True:
+        try:
+            _, status = os.waitpid(child, 0)
+            return _status_code(status)
+        except InterruptedError:
+            continue
+
+
+def join(spec: JoinSpec) -> int:
+    """Run *spec.argv* in the VE; return its exit status (128+N for signal N)."""
+    return wait(spawn(spec))
+
+
+def _join_exec(spec: JoinSpec) -> int:
+    """In the joined namespaces: fork the command (now in the VE's pid ns)."""
+    gc = os.fork()
+    if gc == 0:
+        try:
+            if spec.stdio is not None:
+                for i, fd in enumerate(spec.stdio):
+                    os.dup2(fd, i)
+            if spec.ctty:
+                os.setsid()
+                fcntl.ioctl(0, TIOCSCTTY, 0)
+            if spec.func is not None:
+                os._exit(spec.func())
+            _close_fds_except(2)
+            caps.drop_to_ve_set()
+            env = spec.env if spec.env is not None else _ve_env()
+            os.execvpe(spec.argv[0], list(spec.argv), env)
+        except FileNotFoundError:
+            os.write(2, f"vzctl: {spec.argv[0]}: command not found in the VE\n".encode())
+            os._exit(127)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.write(2, f"vzctl: cannot run {spec.argv[0]}: {exc}\n".encode())
+            os._exit(126)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while True:
+        try:
+            _, status = os.waitpid(gc, 0)
+            return _status_code(status)
+        except InterruptedError:
+            continue
+
+
+def open_ve_pty(pid: int) -> tuple[int, int]:
+    """A pty pair from the VE's own devpts (so ``tty`` inside names it)."""
+    base = f"/proc/{pid}/root/dev/pts"
+    try:
+        master = os.open(f"{base}/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.EACCES):
+            raise
+        return os.openpty()
+    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+    n = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0\0\0\0"))[0]
+    slave = os.open(f"{base}/{n}", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    return master, slave
+
+
+def run_in_root(root: Path, argv: Sequence[str], stdin: bytes) -> tuple[int, bytes]:
+    """Run *argv* confined to a stopped VE's mounted *root* (own mount namespace,
+    pivot_root, VE capabilities); feed *stdin*; return (status, stderr)."""
+    r_in, w_in = os.pipe()
+    r_out, w_out = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.dup2(r_in, 0)
+            os.dup2(w_out, 1)
+            os.dup2(w_out, 2)
+            libc.unshare(libc.CLONE_NEWNS)
+            libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
+            libc.mount(str(root), str(root), None, libc.MS_BIND)
+            os.chdir(str(root))
+            libc.pivot_root(".", ".")
+            libc.umount2(".", libc.MNT_DETACH)
+            os.chdir("/")
+            _close_fds_except(2)
+            caps.drop_to_ve_set()
+            os.execve(argv[0], list(argv), _ve_env())
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.write(2, f"{argv[0]}: {exc}\n".encode())
+        os._exit(127)
+    os.close(r_in)
+    os.close(w_out)
+    with contextlib.suppress(BrokenPipeError):
+        os.write(w_in, stdin)
+    os.close(w_in)
+    out = b"".join(iter(lambda: os.read(r_out, 65536), b""))
+    os.close(r_out)
+    _, status = os.waitpid(child, 0)
+    return _status_code(status), out

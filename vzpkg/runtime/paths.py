@@ -1,0 +1,108 @@
+"""Where everything of the runtime lives: one root directory, ``VZ_ROOT``.
+
+::
+
+    VZ_ROOT/etc/vz/vz.conf               global settings
+    VZ_ROOT/etc/vz/conf/CTID.conf        one VE's configuration
+    VZ_ROOT/etc/vz/conf/ve-NAME.conf-sample
+    VZ_ROOT/private/CTID                 the VE's files (plain) or upper/work (overlay)
+    VZ_ROOT/root/CTID                    where the VE's root is mounted while it runs
+    VZ_ROOT/template/cache               caches, OpenVZ's place (beside vzpkg's cache dir)
+    VZ_ROOT/shared/SHA256                read-only unpacked caches, the overlay lower dirs
+    VZ_ROOT/run/CTID.pid                 host pid and start time of a running VE's init
+    VZ_ROOT/lock/CTID.lck                per-VE lock
+
+``VZ_ROOT`` comes from the environment and defaults to ``/vz``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from vzpkg.errors import UsageError
+
+DEFAULT_ROOT = Path("/vz")
+_CTID = re.compile(r"^[0-9]{1,9}$")
+
+
+def check_ctid(text: str | int) -> int:
+    """A VE id: a positive number, as OpenVZ uses (names are kept in the config)."""
+    s = str(text)
+    if not _CTID.match(s) or int(s) == 0:
+        raise UsageError(f"invalid CTID {s!r}: expected a positive number such as 101",
+                         hint="CTIDs are numbers; 0 is the host")
+    return int(s)
+
+
+@dataclass(frozen=True)
+class VzPaths:
+    """The layout under one ``VZ_ROOT``."""
+
+    root: Path
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> VzPaths:
+        e = os.environ if env is None else env
+        return cls(Path(e.get("VZ_ROOT") or DEFAULT_ROOT).absolute())
+
+    @property
+    def etc(self) -> Path:
+        return self.root / "etc" / "vz"
+
+    @property
+    def global_conf(self) -> Path:
+        return self.etc / "vz.conf"
+
+    @property
+    def conf_dir(self) -> Path:
+        return self.etc / "conf"
+
+    @property
+    def template_cache(self) -> Path:
+        return self.root / "template" / "cache"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run"
+
+    def conf(self, ctid: int) -> Path:
+        return self.conf_dir / f"{ctid}.conf"
+
+    def sample(self, name: str) -> Path:
+        return self.conf_dir / f"ve-{name}.conf-sample"
+
+    def private(self, ctid: int) -> Path:
+        return self.root / "private" / str(ctid)
+
+    def ve_root(self, ctid: int) -> Path:
+        return self.root / "root" / str(ctid)
+
+    def shared(self, sha256: str) -> Path:
+        return self.root / "shared" / sha256
+
+    def pidfile(self, ctid: int) -> Path:
+        return self.run_dir / f"{ctid}.pid"
+
+    def lockfile(self, ctid: int) -> Path:
+        return self.root / "lock" / f"{ctid}.lck"
+
+    def ensure(self) -> None:
+        """Create the directories (mode 0700 for private and root) if missing."""
+        for d in (self.conf_dir, self.template_cache, self.run_dir, self.root / "lock",
+                  self.root / "shared"):
+            d.mkdir(parents=True, exist_ok=True)
+        for d in (self.root / "private", self.root / "root"):
+            d.mkdir(parents=True, exist_ok=True)
+            d.chmod(0o700)
+
+    def ctids(self) -> list[int]:
+        """Every VE that has a configuration file, in order."""
+        out: list[int] = []
+        if self.conf_dir.is_dir():
+            for p in self.conf_dir.glob("*.conf"):
+                if _CTID.match(p.stem) and int(p.stem) > 0:
+                    out.append(int(p.stem))
+        return sorted(out)

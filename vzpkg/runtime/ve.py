@@ -1,0 +1,317 @@
+"""The VE lifecycle: create, start, stop, exec, set, destroy, status, list.
+
+Every operation that changes a VE holds its lock (``VZ_ROOT/lock/CTID.lck``)
+and leaves either the new state or the old one, never half of each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from vzpkg.errors import UsageError, VeError
+from vzpkg.runtime import dists, layout, net, ns, state
+from vzpkg.runtime.caches import CacheRef, find_cache
+from vzpkg.runtime.layout import Layout
+from vzpkg.runtime.paths import VzPaths
+from vzpkg.runtime.seam import Cgroups, VeConfig, detect, load_global
+
+DEFAULT_VZ_CONF = """\
+# Global settings of the vzpkg runtime (vzctl), OpenVZ style.
+# Layout of new VEs: plain (unpacked copy) or overlay (shared read-only cache).
+VE_LAYOUT="plain"
+# Sample configuration used by "vzctl create" without --config: ve-NAME.conf-sample
+CONFIGFILE="basic"
+# Seconds "vzctl stop" waits for init to finish before killing the VE.
+VE_STOP_TIMEOUT="10"
+"""
+
+DEFAULT_SAMPLE = """\
+# Sample VE configuration: vzctl create --config basic.  Values are OpenVZ's.
+ONBOOT="no"
+"""
+
+
+class Status(StrEnum):
+    RUNNING = "running"
+    STOPPED = "stopped"
+    MOUNTED = "mounted"
+    DELETED = "deleted"
+
+
+@dataclass(frozen=True)
+class VeState:
+    ctid: int
+    exists: bool
+    mounted: bool
+    pid: int | None
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None
+
+    @property
+    def status(self) -> Status:
+        if not self.exists:
+            return Status.DELETED
+        if self.running:
+            return Status.RUNNING
+        return Status.MOUNTED if self.mounted else Status.STOPPED
+
+    def line(self) -> str:
+        return (f"VEID {self.ctid} {'exist' if self.exists else 'deleted'} "
+                f"{'mounted' if self.mounted else 'unmounted'} "
+                f"{'running' if self.running else 'down'}")
+
+
+def addrs_of(cfg: VeConfig) -> list[net.Addr]:
+    return [net.parse_ip(a) for a in (cfg.get("IP_ADDRESS") or "").split()]
+
+
+def dist_setup(cfg: VeConfig) -> dists.DistSetup:
+    return dists.DistSetup(
+        hostname=cfg.get("HOSTNAME") or None,
+        addrs=tuple(a.with_prefixlen for a in addrs_of(cfg)),
+        nameservers=tuple((cfg.get("NAMESERVER") or "").split()),
+        searchdomain=cfg.get("SEARCHDOMAIN") or None)
+
+
+class Runtime:
+    """All VEs under one VZ_ROOT."""
+
+    def __init__(self, paths: VzPaths, cache_dirs: Sequence[Path] = (),
+                 cgroups: Cgroups | None = None) -> None:
+        self.paths = paths
+        self.cache_dirs = [*cache_dirs, paths.template_cache]
+        self._cgroups = cgroups
+
+    @property
+    def cgroups(self) -> Cgroups:
+        if self._cgroups is None:
+            self._cgroups = detect()
+        return self._cgroups
+
+    # -- helpers ---------------------------------------------------------
+    def ensure(self) -> None:
+        self.paths.ensure()
+        if not self.paths.global_conf.exists():
+            self.paths.global_conf.write_text(DEFAULT_VZ_CONF)
+        basic = self.paths.sample("basic")
+        if not basic.exists():
+            basic.write_text(DEFAULT_SAMPLE)
+
+    def global_conf(self) -> VeConfig:
+        return load_global(self.paths.root)
+
+    @contextlib.contextmanager
+    def locked(self, ctid: int) -> Iterator[None]:
+        self.ensure()
+        fd = os.open(self.paths.lockfile(ctid), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def config(self, ctid: int) -> VeConfig:
+        conf = self.paths.conf(ctid)
+        if not conf.exists():
+            raise VeError(f"VE {ctid} does not exist (no {conf})",
+                          hint=f"create it: vzctl create {ctid} --ostemplate NAME")
+        return VeConfig.load(conf)
+
+    def state(self, ctid: int) -> VeState:
+        return VeState(ctid, self.paths.conf(ctid).exists(),
+                       layout.is_mounted(self.paths.ve_root(ctid)),
+                       state.running_pid(self.paths.pidfile(ctid)))
+
+    def _require_running(self, ctid: int) -> int:
+        self.config(ctid)
+        pid = state.running_pid(self.paths.pidfile(ctid))
+        if pid is None:
+            raise VeError(f"VE {ctid} is not running", hint=f"start it: vzctl start {ctid}")
+        return pid
+
+    # -- create ------------------------------------------------------------
+    def find_cache(self, name: str) -> CacheRef:
+        ref = find_cache(name, self.cache_dirs)
+        if ref is None:
+            where = ", ".join(str(d) for d in self.cache_dirs)
+            raise VeError(f"no cache named {name!r} in {where}",
+                          hint=f"build it (vzpkg build {name}), pull it from a mirror, "
+                               "or point --cache-dir / $VZPKG_CACHE_DIR at it")
+        return ref
+
+    def create(self, ctid: int, ostemplate: str, *, config: str | None = None,
+               hostname: str | None = None, ipadd: Sequence[str] = (),
+               layout_name: str | None = None) -> None:
+        addrs = [net.parse_ip(a) for a in ipadd]
+        with self.locked(ctid):
+            conf_path = self.paths.conf(ctid)
+            if conf_path.exists():
+                raise VeError(f"VE {ctid} already exists ({conf_path})",
+                              hint=f"pick another CTID, or vzctl destroy {ctid} first")
+            g = self.global_conf()
+            lay_s = layout_name or g.get("VE_LAYOUT") or "plain"
+            try:
+                lay = Layout(lay_s)
+            except ValueError:
+                raise UsageError(f"unknown layout {lay_s!r}",
+                                 hint="use --layout plain or --layout overlay") from None
+            sample_name = config or g.get("CONFIGFILE") or "basic"
+            sample = self.paths.sample(sample_name)
+            if not sample.exists():
+                raise VeError(f"no sample configuration {sample}",
+                              hint="create it or pick one with --config NAME")
+            cfg = VeConfig.load(sample)
+            cache = self.find_cache(ostemplate)
+            layout.create(self.paths, ctid, cache, lay)
+            try:
+                vals = {"OSTEMPLATE": cache.name, "VE_LAYOUT": str(lay),
+                        "VE_ROOT": str(self.paths.ve_root(ctid)),
+                        "VE_PRIVATE": str(self.paths.private(ctid))}
+                if hostname:
+                    vals["HOSTNAME"] = hostname
+                if addrs:
+                    vals["IP_ADDRESS"] = " ".join(str(a.ip) if a.network.prefixlen
+                                                  == a.max_prefixlen else a.with_prefixlen
+                                                  for a in addrs)
+                cfg.with_values(vals).save(conf_path)
+            except BaseException:
+                layout.destroy(self.paths, ctid)
+                conf_path.unlink(missing_ok=True)
+                raise
+
+    # -- start / stop ------------------------------------------------------
+    def start(self, ctid: int) -> int:
+        with self.locked(ctid):
+            cfg = self.config(ctid)
+            if state.running_pid(self.paths.pidfile(ctid)) is not None:
+                raise VeError(f"VE {ctid} is already running")
+            self._cleanup(ctid)  # whatever a crashed VE left behind
+            try:
+                return self._start(ctid, cfg)
+            except BaseException:
+                self._cleanup(ctid)
+                raise
+
+    def _start(self, ctid: int, cfg: VeConfig) -> int:
+        cg = self.cgroups
+        cg.create(ctid)
+        cg.apply(ctid, cfg)
+        root = layout.mount(self.paths, ctid)
+        addrs = addrs_of(cfg)
+        setup = dist_setup(cfg)
+
+        def ready(pid: int) -> None:
+            cg.attach(ctid, pid)
+            net.setup(ctid, pid, addrs)
+
+        spec = ns.StartSpec(ctid=ctid, root=root, hostname=cfg.get("HOSTNAME") or None,
+                            prepare=lambda: _prepare(setup))
+        pid = ns.start_init(spec, ready)
+        state.write_pidfile(self.paths.pidfile(ctid), pid)
+        return pid
+
+    def stop(self, ctid: int, *, fast: bool = False, timeout: float | None = None) -> None:
+        with self.locked(ctid):
+            self.config(ctid)
+            pid = state.running_pid(self.paths.pidfile(ctid))
+            if pid is None:
+                raise VeError(f"VE {ctid} is not running")
+            self._stop(ctid, pid, fast=fast, timeout=timeout)
+
+    def _stop(self, ctid: int, pid: int, *, fast: bool, timeout: float | None) -> None:
+        if timeout is None:
+            timeout = float(self.global_conf().get("VE_STOP_TIMEOUT") or 10)
+        done = False
+        if not fast:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            done = state.wait_exit(pid, timeout)
+        if not done:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            state.wait_exit(pid, 10)
+        self._cleanup(ctid)
+
+    def _cleanup(self, ctid: int) -> None:
+        """Kill leftovers and undo network, mount, cgroup and pid file."""
+        cg = self.cgroups
+        for _ in range(100):
+            left = cg.procs(ctid)
+            if not left:
+                break
+            cg.kill_all(ctid)
+            state.wait_exit(left[0], 0.05)
+        net.teardown(ctid)
+        layout.umount(self.paths, ctid)
+        with contextlib.suppress(OSError):
+            cg.remove(ctid)
+        self.paths.pidfile(ctid).unlink(missing_ok=True)
+
+    def restart(self, ctid: int) -> int:
+        if self.state(ctid).running:
+            self.stop(ctid)
+        return self.start(ctid)
+
+    # -- run commands --------------------------------------------------------
+    def exec(self, ctid: int, argv: Sequence[str],
+             stdio: tuple[int, int, int] | None = None) -> int:
+        """Run *argv* in the VE; its exit status."""
+        if not argv:
+            raise UsageError("no command given", hint="vzctl exec CTID COMMAND [ARG...]")
+        pid = self._require_running(ctid)
+        cg = self.cgroups
+        return ns.join(ns.JoinSpec(pid=pid, argv=list(argv), stdio=stdio,
+                                   attach=lambda p: cg.attach(ctid, p)))
+
+    def run_shell(self, ctid: int, command: str,
+                  stdio: tuple[int, int, int] | None = None) -> int:
+        return self.exec(ctid, ["/bin/sh", "-c", command], stdio)
+
+    def init_pid(self, ctid: int) -> int:
+        return self._require_running(ctid)
+
+    # -- set / destroy -------------------------------------------------------
+    def set(self, ctid: int, values: dict[str, str], *, ipadd: Sequence[str] = (),
+            ipdel: Sequence[str] = (), userpasswd: Sequence[str] = (),
+            save: bool = False) -> list[str]:
+        """Change settings; live on a running VE, persisted with *save*.
+
+        Returns notes for the user (what was applied where).
+        """
+        from vzpkg.runtime import vset
+        return vset.apply(self, ctid, values, ipadd=ipadd, ipdel=ipdel,
+                          userpasswd=userpasswd, save=save)
+
+    def destroy(self, ctid: int) -> None:
+        with self.locked(ctid):
+            conf = self.paths.conf(ctid)
+            if not conf.exists() and not self.paths.private(ctid).exists():
+                raise VeError(f"VE {ctid} does not exist")
+            pid = state.running_pid(self.paths.pidfile(ctid))
+            if pid is not None:
+                self._stop(ctid, pid, fast=False, timeout=None)
+            self._cleanup(ctid)
+            layout.destroy(self.paths, ctid)
+            conf.unlink(missing_ok=True)
+        self.paths.lockfile(ctid).unlink(missing_ok=True)
+
+    def ctids(self) -> list[int]:
+        return self.paths.ctids()
+
+
+def _prepare(setup: dists.DistSetup) -> None:
+    dists.apply(setup)
+
+

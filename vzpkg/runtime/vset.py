@@ -1,0 +1,128 @@
+"""``vzctl set``: change a VE's settings, live when it runs, saved with --save."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from vzpkg.errors import UsageError, VeError
+from vzpkg.runtime import dists, layout, libc, net, ns, state
+
+if TYPE_CHECKING:
+    from vzpkg.runtime.ve import Runtime
+
+LIVE_DIST_KEYS = ("HOSTNAME", "IP_ADDRESS", "NAMESERVER", "SEARCHDOMAIN")
+
+
+def _fmt(a: net.Addr) -> str:
+    return str(a.ip) if a.network.prefixlen == a.max_prefixlen else a.with_prefixlen
+
+
+def capture(rt: Runtime, ctid: int, spec_argv: Sequence[str], stdin: bytes) -> tuple[int, str]:
+    """Run a command in a running VE with *stdin*; (status, combined output)."""
+    pid = rt.init_pid(ctid)
+    r_in, w_in = os.pipe()
+    out = os.memfd_create("vzctl-out")
+    try:
+        os.write(w_in, stdin)
+        os.close(w_in)
+        cg = rt.cgroups
+        code = ns.join(ns.JoinSpec(pid=pid, argv=list(spec_argv), stdio=(r_in, out, out),
+                                   attach=lambda p: cg.attach(ctid, p)))
+        os.lseek(out, 0, os.SEEK_SET)
+        text = os.read(out, 1 << 20).decode(errors="replace")
+    finally:
+        os.close(r_in)
+        os.close(out)
+    return code, text
+
+
+def set_passwords(rt: Runtime, ctid: int, pairs: Sequence[str]) -> None:
+    for p in pairs:
+        user, sep, _ = p.partition(":")
+        if not sep or not user:
+            raise UsageError(f"--userpasswd {p.split(':')[0]!r}...: expected USER:PASSWORD")
+    data = ("\n".join(pairs) + "\n").encode()
+    if state.running_pid(rt.paths.pidfile(ctid)) is not None:
+        code, text = capture(rt, ctid, ["chpasswd"], data)
+    else:
+        was = layout.is_mounted(rt.paths.ve_root(ctid))
+        root = layout.mount(rt.paths, ctid)
+        try:
+            code, raw = ns.run_in_root(root, ["/bin/sh", "-c", "exec chpasswd"], data)
+            text = raw.decode(errors="replace")
+        finally:
+            if not was:
+                layout.umount(rt.paths, ctid)
+    if code != 0:
+        raise VeError(f"chpasswd in VE {ctid} failed ({code}): {text.strip()}",
+                      hint="the VE needs chpasswd (from passwd or busybox) and the user "
+                           "must exist in it")
+
+
+def apply(rt: Runtime, ctid: int, values: dict[str, str], *, ipadd: Sequence[str] = (),
+          ipdel: Sequence[str] = (), userpasswd: Sequence[str] = (),
+          save: bool = False) -> list[str]:
+    from vzpkg.runtime.ve import addrs_of, dist_setup
+    notes: list[str] = []
+    with rt.locked(ctid):
+        cfg = rt.config(ctid)
+        pid = state.running_pid(rt.paths.pidfile(ctid))
+        cur = addrs_of(cfg)
+        new_vals = dict(values)
+        removed: list[net.Addr] = []
+        added: list[net.Addr] = []
+        if ipdel or ipadd:
+            keep = list(cur)
+            for text in ipdel:
+                if text == "all":
+                    removed += keep
+                    keep = []
+                    continue
+                a = net.parse_ip(text)
+                hit = [k for k in keep if k.ip == a.ip]
+                if not hit:
+                    raise VeError(f"VE {ctid} has no address {a.ip}",
+                                  hint="see its addresses: vzlist -o ctid,ip " + str(ctid))
+                removed += hit
+                keep = [k for k in keep if k.ip != a.ip]
+            for text in ipadd:
+                a = net.parse_ip(text)
+                if all(k.ip != a.ip for k in keep):
+                    keep.append(a)
+                    added.append(a)
+            new_vals["IP_ADDRESS"] = " ".join(_fmt(a) for a in keep)
+        if pid is None and not save and new_vals:
+            raise UsageError(f"VE {ctid} is not running, so nothing would change",
+                             hint="add --save to store the settings for its next start")
+        new_cfg = cfg.with_values(new_vals)
+        if pid is not None and new_vals:
+            rt.cgroups.apply(ctid, new_cfg)
+            net.delete(ctid, pid, removed)
+            net.add(ctid, pid, added, [a for a in cur if a not in removed])
+            if any(k in new_vals for k in LIVE_DIST_KEYS):
+                _live_dist(rt, ctid, pid, dist_setup(new_cfg),
+                           new_vals.get("HOSTNAME"))
+            notes.append(f"applied to running VE {ctid}")
+        if userpasswd:
+            set_passwords(rt, ctid, userpasswd)
+            notes.append(f"password set for {', '.join(p.split(':')[0] for p in userpasswd)}")
+        if save and new_vals:
+            new_cfg.save(rt.paths.conf(ctid))
+            notes.append(f"saved to {rt.paths.conf(ctid)}")
+    return notes
+
+
+def _live_dist(rt: Runtime, ctid: int, pid: int, setup: dists.DistSetup,
+               hostname: str | None) -> None:
+    def inside() -> int:
+        if hostname:
+            libc.sethostname(hostname)
+        dists.apply(setup)
+        return 0
+    cg = rt.cgroups
+    code = ns.join(ns.JoinSpec(pid=pid, argv=[], func=inside,
+                               attach=lambda p: cg.attach(ctid, p)))
+    if code != 0:
+        raise VeError(f"could not apply the settings inside VE {ctid} (status {code})")
