@@ -1,4 +1,4 @@
-"""The bundled runtime: vzctl/vzlist create, start, run and stop VEs from caches.
+"""The VE runtime: vzctl, vzlist and vzubc.
 
 The API other modules call is :class:`vzpkg.runtime.ve.Runtime` (create, start,
 stop, restart, exec, set, destroy, state) over a :class:`vzpkg.runtime.paths.VzPaths`.
