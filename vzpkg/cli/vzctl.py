@@ -11,7 +11,7 @@ from vzpkg import __version__
 from vzpkg.cli.common import Parser, run_main
 from vzpkg.config import load_settings
 from vzpkg.errors import UsageError
-from vzpkg.runtime import console, seam
+from vzpkg.runtime import console, params
 from vzpkg.runtime.paths import VzPaths, check_ctid
 from vzpkg.runtime.ve import Runtime
 
@@ -100,17 +100,11 @@ def cmd_enter(args: argparse.Namespace) -> int:
 
 
 def cmd_set(args: argparse.Namespace) -> int:
-    values = seam.options_to_values(args)
-    if args.hostname is not None:
-        values["HOSTNAME"] = args.hostname
-    if args.nameserver:
-        values["NAMESERVER"] = " ".join(args.nameserver)
-    if args.searchdomain is not None:
-        values["SEARCHDOMAIN"] = args.searchdomain
-    if not (values or args.ipadd or args.ipdel or args.userpasswd):
+    rt = _rt(args)
+    values = params.options_to_values(args, current=rt.config(args.ctid).get)
+    if not (values or args.userpasswd):
         raise UsageError("nothing to set", hint="see vzctl set --help")
-    notes = _rt(args).set(args.ctid, values, ipadd=args.ipadd or (), ipdel=args.ipdel or (),
-                          userpasswd=args.userpasswd or (), save=args.save)
+    notes = rt.set(args.ctid, values, userpasswd=args.userpasswd or (), save=args.save)
     for n in notes:
         _say(args, n)
     return 0
@@ -168,15 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
         e.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
     cmd("enter", cmd_enter, "open an interactive shell in a running VE")
     st = cmd("set", cmd_set, "change settings: live on a running VE, stored with --save")
-    st.add_argument("--hostname", metavar="NAME")
-    st.add_argument("--ipadd", action="append", metavar="IP")
-    st.add_argument("--ipdel", action="append", metavar="IP|all")
-    st.add_argument("--nameserver", action="append", metavar="IP")
-    st.add_argument("--searchdomain", metavar="DOMAIN")
     st.add_argument("--userpasswd", action="append", metavar="USER:PASS",
                     help="set a password with the VE's chpasswd (not stored)")
     st.add_argument("--save", action="store_true", help="store the settings in CTID.conf")
-    seam.add_set_options(st)
+    params.add_set_options(st)
     cmd("destroy", cmd_destroy, "stop and remove a VE: files, config, cgroup, network",
         aliases=("delete",))
     return p

@@ -23,7 +23,7 @@ fields: """
 
 def _row(rt: Runtime, st: VeState) -> dict[str, object]:
     cfg = rt.config(st.ctid)
-    numproc = len(rt.cgroups.procs(st.ctid)) if st.running else 0
+    numproc = len(rt.cgroups.procs(str(st.ctid))) if st.running else 0
     return {
         "ctid": st.ctid, "veid": st.ctid, "hostname": cfg.get("HOSTNAME") or "-",
         "ip": cfg.get("IP_ADDRESS") or "-", "status": str(st.status),

@@ -56,7 +56,7 @@ def enter(rt: Runtime, ctid: int) -> int:
            "container": "vzpkg", "LANG": "C.UTF-8"}
     cg = rt.cgroups
     spec = ns.JoinSpec(pid=pid, argv=SHELL_ARGV, stdio=(slave, slave, slave), ctty=True,
-                       env=env, attach=lambda p: cg.attach(ctid, p))
+                       env=env, attach=lambda p: cg.attach(str(ctid), p))
     old_winch = None
     if os.isatty(stdin):
         old_winch = signal.signal(signal.SIGWINCH,

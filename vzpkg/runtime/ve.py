@@ -18,24 +18,10 @@ from pathlib import Path
 from vzpkg.errors import UsageError, VeError
 from vzpkg.runtime import dists, layout, net, ns, state
 from vzpkg.runtime.caches import CacheRef, find_cache
+from vzpkg.runtime.cgroups import Cgroups, detect
+from vzpkg.runtime.config import VeConfig, install_defaults, load_global, load_sample
 from vzpkg.runtime.layout import Layout
 from vzpkg.runtime.paths import VzPaths
-from vzpkg.runtime.seam import Cgroups, VeConfig, detect, load_global
-
-DEFAULT_VZ_CONF = """\
-# Global settings of the vzpkg runtime (vzctl), OpenVZ style.
-# Layout of new VEs: plain (unpacked copy) or overlay (shared read-only cache).
-VE_LAYOUT="plain"
-# Sample configuration used by "vzctl create" without --config: ve-NAME.conf-sample
-CONFIGFILE="basic"
-# Seconds "vzctl stop" waits for init to finish before killing the VE.
-VE_STOP_TIMEOUT="10"
-"""
-
-DEFAULT_SAMPLE = """\
-# Sample VE configuration: vzctl create --config basic.  Values are OpenVZ's.
-ONBOOT="no"
-"""
 
 
 class Status(StrEnum):
@@ -100,11 +86,7 @@ class Runtime:
     # -- helpers ---------------------------------------------------------
     def ensure(self) -> None:
         self.paths.ensure()
-        if not self.paths.global_conf.exists():
-            self.paths.global_conf.write_text(DEFAULT_VZ_CONF)
-        basic = self.paths.sample("basic")
-        if not basic.exists():
-            basic.write_text(DEFAULT_SAMPLE)
+        install_defaults(self.paths.root)
 
     def global_conf(self) -> VeConfig:
         return load_global(self.paths.root)
@@ -167,12 +149,7 @@ class Runtime:
             except ValueError:
                 raise UsageError(f"unknown layout {lay_s!r}",
                                  hint="use --layout plain or --layout overlay") from None
-            sample_name = config or g.get("CONFIGFILE") or "basic"
-            sample = self.paths.sample(sample_name)
-            if not sample.exists():
-                raise VeError(f"no sample configuration {sample}",
-                              hint="create it or pick one with --config NAME")
-            cfg = VeConfig.load(sample)
+            cfg = load_sample(self.paths.root, config or g.get("CONFIGFILE") or "basic")
             cache = self.find_cache(ostemplate)
             layout.create(self.paths, ctid, cache, lay)
             try:
@@ -206,14 +183,14 @@ class Runtime:
 
     def _start(self, ctid: int, cfg: VeConfig) -> int:
         cg = self.cgroups
-        cg.create(ctid)
-        cg.apply(ctid, cfg)
+        cg.create(str(ctid))
+        cg.apply(str(ctid), cfg.layered_on(self.global_conf()))
         root = layout.mount(self.paths, ctid)
         addrs = addrs_of(cfg)
         setup = dist_setup(cfg)
 
         def ready(pid: int) -> None:
-            cg.attach(ctid, pid)
+            cg.attach(str(ctid), pid)
             net.setup(ctid, pid, addrs)
 
         spec = ns.StartSpec(ctid=ctid, root=root, hostname=cfg.get("HOSTNAME") or None,
@@ -232,7 +209,8 @@ class Runtime:
 
     def _stop(self, ctid: int, pid: int, *, fast: bool, timeout: float | None) -> None:
         if timeout is None:
-            timeout = float(self.global_conf().get("VE_STOP_TIMEOUT") or 10)
+            eff = self.config(ctid).layered_on(self.global_conf())
+            timeout = float(eff.get_int("STOP_TIMEOUT") or 60)
         done = False
         if not fast:
             with contextlib.suppress(ProcessLookupError):
@@ -247,16 +225,11 @@ class Runtime:
     def _cleanup(self, ctid: int) -> None:
         """Kill leftovers and undo network, mount, cgroup and pid file."""
         cg = self.cgroups
-        for _ in range(100):
-            left = cg.procs(ctid)
-            if not left:
-                break
-            cg.kill_all(ctid)
-            state.wait_exit(left[0], 0.05)
+        if cg.procs(str(ctid)):
+            cg.kill_all(str(ctid))
         net.teardown(ctid)
         layout.umount(self.paths, ctid)
-        with contextlib.suppress(OSError):
-            cg.remove(ctid)
+        cg.remove(str(ctid))
         self.paths.pidfile(ctid).unlink(missing_ok=True)
 
     def restart(self, ctid: int) -> int:
@@ -273,7 +246,7 @@ class Runtime:
         pid = self._require_running(ctid)
         cg = self.cgroups
         return ns.join(ns.JoinSpec(pid=pid, argv=list(argv), stdio=stdio,
-                                   attach=lambda p: cg.attach(ctid, p)))
+                                   attach=lambda p: cg.attach(str(ctid), p)))
 
     def run_shell(self, ctid: int, command: str,
                   stdio: tuple[int, int, int] | None = None) -> int:
@@ -283,16 +256,12 @@ class Runtime:
         return self._require_running(ctid)
 
     # -- set / destroy -------------------------------------------------------
-    def set(self, ctid: int, values: dict[str, str], *, ipadd: Sequence[str] = (),
-            ipdel: Sequence[str] = (), userpasswd: Sequence[str] = (),
+    def set(self, ctid: int, values: dict[str, str], *, userpasswd: Sequence[str] = (),
             save: bool = False) -> list[str]:
-        """Change settings; live on a running VE, persisted with *save*.
-
-        Returns notes for the user (what was applied where).
-        """
+        """Change settings (CTID.conf KEY -> value; IP_ADDRESS is the whole new list);
+        live on a running VE, persisted with *save*.  Returns notes for the user."""
         from vzpkg.runtime import vset
-        return vset.apply(self, ctid, values, ipadd=ipadd, ipdel=ipdel,
-                          userpasswd=userpasswd, save=save)
+        return vset.apply(self, ctid, values, userpasswd=userpasswd, save=save)
 
     def destroy(self, ctid: int) -> None:
         with self.locked(ctid):

@@ -15,10 +15,6 @@ if TYPE_CHECKING:
 LIVE_DIST_KEYS = ("HOSTNAME", "IP_ADDRESS", "NAMESERVER", "SEARCHDOMAIN")
 
 
-def _fmt(a: net.Addr) -> str:
-    return str(a.ip) if a.network.prefixlen == a.max_prefixlen else a.with_prefixlen
-
-
 def capture(rt: Runtime, ctid: int, spec_argv: Sequence[str], stdin: bytes) -> tuple[int, str]:
     """Run a command in a running VE with *stdin*; (status, combined output)."""
     pid = rt.init_pid(ctid)
@@ -29,7 +25,7 @@ def capture(rt: Runtime, ctid: int, spec_argv: Sequence[str], stdin: bytes) -> t
         os.close(w_in)
         cg = rt.cgroups
         code = ns.join(ns.JoinSpec(pid=pid, argv=list(spec_argv), stdio=(r_in, out, out),
-                                   attach=lambda p: cg.attach(ctid, p)))
+                                   attach=lambda p: cg.attach(str(ctid), p)))
         os.lseek(out, 0, os.SEEK_SET)
         text = os.read(out, 1 << 20).decode(errors="replace")
     finally:
@@ -61,9 +57,8 @@ def set_passwords(rt: Runtime, ctid: int, pairs: Sequence[str]) -> None:
                            "must exist in it")
 
 
-def apply(rt: Runtime, ctid: int, values: dict[str, str], *, ipadd: Sequence[str] = (),
-          ipdel: Sequence[str] = (), userpasswd: Sequence[str] = (),
-          save: bool = False) -> list[str]:
+def apply(rt: Runtime, ctid: int, values: dict[str, str], *,
+          userpasswd: Sequence[str] = (), save: bool = False) -> list[str]:
     from vzpkg.runtime.ve import addrs_of, dist_setup
     notes: list[str] = []
     with rt.locked(ctid):
@@ -73,32 +68,16 @@ def apply(rt: Runtime, ctid: int, values: dict[str, str], *, ipadd: Sequence[str
         new_vals = dict(values)
         removed: list[net.Addr] = []
         added: list[net.Addr] = []
-        if ipdel or ipadd:
-            keep = list(cur)
-            for text in ipdel:
-                if text == "all":
-                    removed += keep
-                    keep = []
-                    continue
-                a = net.parse_ip(text)
-                hit = [k for k in keep if k.ip == a.ip]
-                if not hit:
-                    raise VeError(f"VE {ctid} has no address {a.ip}",
-                                  hint="see its addresses: vzlist -o ctid,ip " + str(ctid))
-                removed += hit
-                keep = [k for k in keep if k.ip != a.ip]
-            for text in ipadd:
-                a = net.parse_ip(text)
-                if all(k.ip != a.ip for k in keep):
-                    keep.append(a)
-                    added.append(a)
-            new_vals["IP_ADDRESS"] = " ".join(_fmt(a) for a in keep)
+        if "IP_ADDRESS" in new_vals:
+            want = [net.parse_ip(a) for a in new_vals["IP_ADDRESS"].split()]
+            removed = [a for a in cur if all(a.ip != w.ip for w in want)]
+            added = [w for w in want if all(a.ip != w.ip for a in cur)]
         if pid is None and not save and new_vals:
             raise UsageError(f"VE {ctid} is not running, so nothing would change",
                              hint="add --save to store the settings for its next start")
         new_cfg = cfg.with_values(new_vals)
         if pid is not None and new_vals:
-            rt.cgroups.apply(ctid, new_cfg)
+            rt.cgroups.apply(str(ctid), new_cfg.layered_on(rt.global_conf()))
             net.delete(ctid, pid, removed)
             net.add(ctid, pid, added, [a for a in cur if a not in removed])
             if any(k in new_vals for k in LIVE_DIST_KEYS):
@@ -123,6 +102,6 @@ def _live_dist(rt: Runtime, ctid: int, pid: int, setup: dists.DistSetup,
         return 0
     cg = rt.cgroups
     code = ns.join(ns.JoinSpec(pid=pid, argv=[], func=inside,
-                               attach=lambda p: cg.attach(ctid, p)))
+                               attach=lambda p: cg.attach(str(ctid), p)))
     if code != 0:
         raise VeError(f"could not apply the settings inside VE {ctid} (status {code})")
