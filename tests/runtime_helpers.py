@@ -8,8 +8,11 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vzpkg.runtime.ve import Runtime
 
 BUSYBOX = Path("/bin/busybox")
 BUSYBOX_NAME = "busybox-1-x86_64-minimal"
@@ -85,12 +88,36 @@ def debian_cache(cache_dir: Path) -> str | None:
     return None
 
 
-def cleanup_root(vz_root: Path) -> Iterator[None]:
-    """Destroy every VE under *vz_root* (after a test), whatever state it is in."""
-    yield
+REPO = Path(__file__).resolve().parents[1]
+
+
+def find_debian_cache() -> tuple[Path, str] | None:
+    """A real Debian cache made by the builder: $VZPKG_CACHE_DIR or the repo's caches/."""
+    dirs = [Path(os.environ["VZPKG_CACHE_DIR"])] if os.environ.get("VZPKG_CACHE_DIR") else []
+    dirs.append(REPO / "caches")
+    for d in dirs:
+        name = debian_cache(d) if d.is_dir() else None
+        if name:
+            return d, name
+    return None
+
+
+def runtime_for(base: Path) -> Runtime:
+    """A Runtime on a fresh VZ_ROOT under *base*, with the busybox cache available."""
     from vzpkg.runtime.paths import VzPaths
     from vzpkg.runtime.ve import Runtime
-    rt = Runtime(VzPaths(vz_root))
+    caches = base / "caches"
+    make_busybox_cache(caches)
+    return Runtime(VzPaths(base / "vz"), [caches])
+
+
+def destroy_all(rt: Runtime) -> None:
     for ctid in rt.ctids():
         with contextlib.suppress(Exception):  # a broken VE must not hide the failure
             rt.destroy(ctid)
+
+
+def sh(rt: Runtime, ctid: int, command: str, stdin: bytes = b"") -> tuple[int, str]:
+    """Run *command* with /bin/sh -c in the VE: (exit status, stdout+stderr)."""
+    from vzpkg.runtime.vset import capture
+    return capture(rt, ctid, ["/bin/sh", "-c", command], stdin)

@@ -34,7 +34,7 @@ def _raw(fd: int) -> Iterator[None]:
         yield
         return
     old = termios.tcgetattr(fd)
-    tty.setraw(fd)
+    tty.setraw(fd, termios.TCSANOW)  # keep what the user already typed
     try:
         yield
     finally:

@@ -85,6 +85,7 @@ def ensure_shared(paths: VzPaths, cache: CacheRef) -> Path:
             os.rename(tmp, shared)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
+            shared.with_name(sha + ".lock").unlink(missing_ok=True)
             raise
         done.write_text(cache.name + "\n")
     return shared
