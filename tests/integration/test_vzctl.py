@@ -175,7 +175,7 @@ def test_network_ping_tcp_and_live_ipadd(rt: Runtime) -> None:
         assert r.returncode == 0, r.stderr
         assert subprocess.run([*ping, "198.18.92.6"], capture_output=True).returncode != 0
         assert rt.config(ctid).get("IP_ADDRESS") == ""  # the saved list had only .6
-        code, out = sh(rt, ctid, "ip -o addr show eth0")
+        _code, out = sh(rt, ctid, "ip -o addr show eth0")
         assert "198.18.92.7" in out and "198.18.92.6" not in out
     finally:
         rt.destroy(ctid)
@@ -197,7 +197,7 @@ def test_set_hostname_dns_password(rt: Runtime) -> None:
         r = vzctl(rt, "set", str(ctid), "--hostname", "after.example", "--nameserver",
                   "198.18.0.53", "--searchdomain", "example", "--save")
         assert r.returncode == 0, r.stderr
-        code, out = sh(rt, ctid, "hostname; cat /etc/hostname /etc/resolv.conf /etc/hosts")
+        _code, out = sh(rt, ctid, "hostname; cat /etc/hostname /etc/resolv.conf /etc/hosts")
         assert out.split("\n")[0] == "after.example"
         assert "nameserver 198.18.0.53" in out and "search example" in out
         assert "127.0.1.1\tafter.example after" in out
