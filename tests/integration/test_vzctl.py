@@ -150,7 +150,7 @@ def test_network_ping_tcp_and_live_ipadd(rt: Runtime) -> None:
     rt.create(ctid, "busybox-1", ipadd=["198.18.92.6"])
     try:
         rt.start(ctid)
-        code, out = sh(rt, ctid, "ls /sys/class/net")
+        _code, out = sh(rt, ctid, "ls /sys/class/net")
         assert out.split() == ["eth0", "lo"]
         ping = ["ping", "-c1", "-W2"]
         assert subprocess.run([*ping, "198.18.92.6"], capture_output=True).returncode == 0
