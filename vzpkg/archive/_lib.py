@@ -61,6 +61,7 @@ _uint = ctypes.c_uint
 _lib = ctypes.CDLL(_cffi.libarchive_path)
 
 WRITE_CALLBACK = ctypes.CFUNCTYPE(_ssize, _vp, _vp, _vp, _size)
+READ_CALLBACK = ctypes.CFUNCTYPE(_ssize, _vp, _vp, _vp)
 
 
 def _fn(name: str, argtypes: list[Any], restype: Any) -> Any:
@@ -130,9 +131,12 @@ read_support_filter = [
     _fn("read_support_filter_zstd", [_vp], _int),
 ]
 read_open_fd = _fn("read_open_fd", [_vp, _int, _size], _int)
-read_next_header = _fn("read_next_header", [_vp, ctypes.POINTER(_vp)], _int)
-read_data_block = _fn("read_data_block", [_vp, ctypes.POINTER(_vp), ctypes.POINTER(_size),
-                                          ctypes.POINTER(_i64)], _int)
+read_open = _fn("read_open", [_vp, _vp, _vp, READ_CALLBACK, _vp], _int)
+# Out-parameters are declared as plain pointers and passed as addresses
+# (ctypes.addressof): converting byref()/POINTER arguments costs ~2 us a call.
+read_next_header = _fn("read_next_header", [_vp, _vp], _int)
+read_data_block = _fn("read_data_block", [_vp, _vp, _vp, _vp], _int)
+read_extract2 = _fn("read_extract2", [_vp, _vp, _vp], _int)
 read_data_skip = _fn("read_data_skip", [_vp], _int)
 read_free = _fn("read_free", [_vp], _int)
 

@@ -70,7 +70,7 @@ class Policy:
         self.kinds: dict[bytes, int] = {b"": AE_IFDIR}
 
     def check(self, raw: bytes | None, ftype: int, hardlink: bytes | None,
-              rdev: tuple[int, int] = (0, 0)) -> None:
+              rdev: tuple[int, int] | None = None) -> None:
         if not raw:
             raise UnsafeArchiveError("", "entry has no name")
         name = normalize(raw)
@@ -79,9 +79,10 @@ class Policy:
             self._hardlink(raw, hardlink)
             ftype = kinds[normalize(hardlink)]
         elif ftype == AE_IFCHR:
-            if rdev not in STANDARD_DEVICES:
+            if rdev is None or rdev not in STANDARD_DEVICES:
+                major, minor = rdev or (0, 0)
                 raise UnsafeArchiveError(
-                    display(raw), f"character device {rdev[0]}:{rdev[1]} is not one of the "
+                    display(raw), f"character device {major}:{minor} is not one of the "
                     "standard devices (null, zero, full, random, urandom, tty, console, ptmx)")
         elif ftype not in (AE_IFREG, AE_IFDIR, AE_IFLNK, AE_IFIFO):
             kind = "block device" if ftype == AE_IFBLK else f"entry of type {ftype:o}"

@@ -24,23 +24,21 @@ changes it while it runs (and restores it): do not unpack from two threads.
 from __future__ import annotations
 
 import ctypes
-import fcntl
-import functools
 import os
 import shutil
 import stat
-import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 from vzpkg.archive import _lib as L
 from vzpkg.archive.policy import Policy, display
+from vzpkg.archive.source import damaged, open_archive
 from vzpkg.errors import ArchiveError, UnsafeArchiveError
 
 _PROGRESS_EVERY = 256
-_BLOCK = 1 << 20
+THREADED = True         # decompress on a second thread while unpacking
 # EXTRACT_SECURE_SYMLINKS is left off on purpose: it lstat()s and opens every
 # directory above every entry (3x the system calls of GNU tar, measured), and
 # Policy already refuses every entry whose parents are not directories made by
@@ -57,111 +55,15 @@ class UnpackResult:
     unpacked_size: int
 
 
-class _Inflater(threading.Thread):
-    """Decompresses on its own thread into a pipe, like ``zstd -dc | tar -x``:
-    ctypes and os.write release the GIL, so this overlaps with extraction."""
-
-    def __init__(self, raw: int, wfd: int) -> None:
-        super().__init__(name="vzpkg-inflate", daemon=True)
-        self.raw = raw
-        self.wfd = wfd
-        self.error: str | None = None
-
-    def run(self) -> None:
-        buf = ctypes.create_string_buffer(_BLOCK)
-        addr, view = ctypes.addressof(buf), memoryview(buf).cast("B")
-        try:
-            while True:
-                n = L.read_data(self.raw, addr, _BLOCK)
-                if n == 0:
-                    break
-                if n < 0:
-                    self.error = L.message(self.raw)
-                    break
-                chunk = view[:n]
-                while chunk:
-                    chunk = chunk[os.write(self.wfd, chunk):]
-        except BrokenPipeError:
-            pass                              # the reader stopped early
-        except OSError as exc:
-            self.error = exc.strerror
-        finally:
-            os.close(self.wfd)
-
-
-def _open(a: int, fd: int, archive: Path) -> None:
-    if L.read_open_fd(a, fd, _BLOCK) < L.WARN:
-        raise _damaged(archive, a)
-
-
-@contextmanager
-def _reader(archive: Path) -> Iterator[tuple[int, Callable[[], int], int]]:
-    """(tar read handle, bytes-of-the-file-read-so-far, file size) for ``archive``.
-    A compressed file is decompressed on a second thread."""
-    try:
-        fd = os.open(archive, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise ArchiveError(f"cannot open {archive}: {exc.strerror}") from exc
-    raw = L.read_new()
-    inflater: _Inflater | None = None
-    rfd = -1
-    tar = L.read_new()
-    try:
-        size = os.fstat(fd).st_size
-        for support in L.read_support_filter:
-            L.check(raw, support(raw), "read filter")
-        L.check(raw, L.read_support_format_raw(raw), "raw format")
-        entry = ctypes.c_void_p()
-        compressed = (L.read_open_fd(raw, fd, _BLOCK) == L.OK
-                      and L.read_next_header(raw, ctypes.byref(entry)) == L.OK
-                      and L.filter_count(raw) > 1)
-        L.check(tar, L.read_support_format_tar(tar), "tar format")
-        if compressed:
-            rfd, wfd = os.pipe2(os.O_CLOEXEC)
-            with suppress(OSError):
-                fcntl.fcntl(wfd, fcntl.F_SETPIPE_SZ, _BLOCK)
-            inflater = _Inflater(raw, wfd)
-            inflater.start()
-            _open(tar, rfd, archive)
-            position = functools.partial(L.filter_bytes, raw, -1)
-        else:
-            os.lseek(fd, 0, os.SEEK_SET)
-            for support in L.read_support_filter:      # the raw probe may have missed one
-                L.check(tar, support(tar), "read filter")
-            _open(tar, fd, archive)
-            position = functools.partial(L.filter_bytes, tar, -1)
-        try:
-            yield tar, position, size
-        except ArchiveError:
-            if inflater is not None and inflater.error is not None:
-                raise ArchiveError(f"{archive}: {inflater.error}", hint=_DAMAGED) from None
-            raise
-    finally:
-        L.read_free(tar)
-        if rfd >= 0:
-            os.close(rfd)
-        if inflater is not None:
-            inflater.join()
-        L.read_free(raw)
-        os.close(fd)
-
-
-_DAMAGED = "the file is damaged or is not a tar archive (plain, .gz, .xz or .zst)"
-
-
-def _damaged(archive: Path, a: int) -> ArchiveError:
-    return ArchiveError(f"{archive}: {L.message(a)}", hint=_DAMAGED)
-
-
 _Progress = Callable[[int, int], None] | None
 
 
 def _entries(archive: Path, a: int, position: Callable[[], int], size: int,
              progress: _Progress) -> Iterator[tuple[int, int]]:
-    """Yield (entry, data size) for each entry that passed the policy."""
+    """Yield (entry, bytes of file data) for each entry that passed the policy."""
     check = Policy().check
-    entry = ctypes.c_void_p()
-    ref = ctypes.byref(entry)
+    slot = ctypes.c_void_p()
+    ref = ctypes.addressof(slot)
     next_header, pathname, filetype = L.read_next_header, L.entry_pathname, L.entry_filetype
     hardlink, esize, AE_IFREG, AE_IFCHR = L.entry_hardlink, L.entry_size, L.AE_IFREG, L.AE_IFCHR
     n = 0
@@ -169,17 +71,21 @@ def _entries(archive: Path, a: int, position: Callable[[], int], size: int,
         r = next_header(a, ref)
         if r == L.EOF:
             break
-        e: int = entry.value or 0
+        e: int = slot.value or 0
         if r != L.OK:
             if r == L.WARN and e:
                 raise UnsafeArchiveError(display(pathname(e) or b"?"), L.message(a))
-            raise _damaged(archive, a)
+            raise damaged(archive, a)
         ftype = filetype(e)
-        rdev = (L.entry_rdevmajor(e), L.entry_rdevminor(e)) if ftype == AE_IFCHR else (0, 0)
-        check(pathname(e), ftype, hardlink(e), rdev)
-        yield e, (esize(e) if ftype == AE_IFREG else 0)
+        if ftype == AE_IFREG:
+            check(pathname(e), ftype, hardlink(e))
+            yield e, esize(e)
+        else:
+            rdev = (L.entry_rdevmajor(e), L.entry_rdevminor(e)) if ftype == AE_IFCHR else None
+            check(pathname(e), ftype, hardlink(e), rdev)
+            yield e, 0
         n += 1
-        if progress and n % _PROGRESS_EVERY == 0:
+        if progress and not n % _PROGRESS_EVERY:
             progress(position(), size)
     if progress:
         progress(size, size)
@@ -191,12 +97,12 @@ def scan(archive: Path, *, progress: _Progress = None) -> UnpackResult:
     ``progress(done, total)`` gets bytes of the archive file read."""
     archive = Path(archive)
     count = total = 0
-    with L.utf8_locale(), _reader(archive) as (a, position, size):
+    with L.utf8_locale(), open_archive(archive) as (a, position, size):
         for _e, n in _entries(archive, a, position, size, progress):
             count += 1
             total += n
             if n and L.read_data_skip(a) < L.WARN:
-                raise _damaged(archive, a)
+                raise damaged(archive, a)
     return UnpackResult(file_count=count, unpacked_size=total)
 
 
@@ -208,7 +114,7 @@ def unpack(archive: Path, dest: Path, *, progress: _Progress = None) -> UnpackRe
     before = os.lstat(dest)
     cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        with L.utf8_locale(), _reader(archive) as (a, position, size):
+        with L.utf8_locale(), open_archive(archive, threaded=THREADED) as (a, position, size):
             os.chdir(dest)
             try:
                 result, root_mtime = _extract(archive, a, position, size, progress)
@@ -251,37 +157,37 @@ def _prepare(dest: Path) -> bool:
 
 def _extract(archive: Path, a: int, position: Callable[[], int], size: int,
              progress: _Progress) -> tuple[UnpackResult, int | None]:
-    """The extraction loop; the working directory is the destination."""
+    """The extraction loop; the working directory is the destination.
+
+    As root every entry goes through one archive_read_extract2() call (header,
+    data and metadata in C) and anything short of OK is an error.  Without root
+    the steps are separate, so that a refused header (an error) can be told
+    from metadata that could not be restored (skipped)."""
     root = os.geteuid() == 0
     w = L.write_disk_new()
-    buf, n, off = ctypes.c_void_p(), ctypes.c_size_t(), ctypes.c_int64()
-    pbuf, pn, poff = ctypes.byref(buf), ctypes.byref(n), ctypes.byref(off)
-    read_block, write_block = L.read_data_block, L.write_data_block
-    write_header, finish = L.write_header, L.write_finish_entry
     count = total = 0
     root_mtime: int | None = None
     try:
         L.check(w, L.write_disk_set_options(w, _SAFE | _RESTORE | (L.EXTRACT_OWNER if root
                                                                      else 0)), "disk options")
-        for e, length in _entries(archive, a, position, size, progress):
-            if write_header(w, e) < L.WARN:
-                raise UnsafeArchiveError(display(L.entry_pathname(e) or b"?"), L.message(w))
-            if length:
-                while True:
-                    r = read_block(a, pbuf, pn, poff)
-                    if r == L.EOF:
-                        break
-                    if r < L.OK:
-                        raise _damaged(archive, a)
-                    if write_block(w, buf, n, off) < L.OK:
-                        _write_error(w, e)
-            r = finish(w)
-            if r < L.OK and (root or r < L.WARN):
-                _write_error(w, e)
-            if count == 0 and L.entry_pathname(e) in _ROOT_NAMES:
-                root_mtime = L.entry_mtime(e)
-            count += 1
-            total += length
+        entries = _entries(archive, a, position, size, progress)
+        if root:
+            extract2 = L.read_extract2
+            for e, length in entries:
+                if extract2(a, e, w) != L.OK:
+                    raise ArchiveError(f"cannot unpack {display(L.entry_pathname(e) or b'?')!r}"
+                                       f": {L.message(a)}", hint=_HINT)
+                if not count and L.entry_pathname(e) in _ROOT_NAMES:
+                    root_mtime = L.entry_mtime(e)
+                count += 1
+                total += length
+        else:
+            for e, length in entries:
+                _extract_unprivileged(archive, a, w, e, length)
+                if not count and L.entry_pathname(e) in _ROOT_NAMES:
+                    root_mtime = L.entry_mtime(e)
+                count += 1
+                total += length
         if L.write_close(w) < (L.OK if root else L.WARN):
             raise ArchiveError(f"cannot finish unpacking {archive}: {L.message(w)}")
     finally:
@@ -289,12 +195,33 @@ def _extract(archive: Path, a: int, position: Callable[[], int], size: int,
     return UnpackResult(file_count=count, unpacked_size=total), root_mtime
 
 
+def _extract_unprivileged(archive: Path, a: int, w: int, e: int, length: int) -> None:
+    if L.write_header(w, e) < L.WARN:
+        raise UnsafeArchiveError(display(L.entry_pathname(e) or b"?"), L.message(w))
+    if length:
+        buf, n, off = ctypes.c_void_p(), ctypes.c_size_t(), ctypes.c_int64()
+        refs = ctypes.addressof(buf), ctypes.addressof(n), ctypes.addressof(off)
+        while True:
+            r = L.read_data_block(a, *refs)
+            if r == L.EOF:
+                break
+            if r < L.OK:
+                raise damaged(archive, a)
+            if L.write_data_block(w, buf, n, off) < L.OK:
+                _write_error(w, e)
+    if L.write_finish_entry(w) < L.WARN:
+        _write_error(w, e)
+
+
 _ROOT_NAMES = (b".", b"./")
+
+
+_HINT = "check free space and the target filesystem"
 
 
 def _write_error(w: int, e: int) -> None:
     raise ArchiveError(f"cannot unpack {display(L.entry_pathname(e) or b'?')!r}: "
-                       f"{L.message(w)}", hint="check free space and the target filesystem")
+                       f"{L.message(w)}", hint=_HINT)
 
 
 def _remove(dest: Path, *, keep_root: bool) -> None:
