@@ -27,7 +27,9 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import queue
 import stat
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +44,7 @@ DEFAULT_LEVEL = {Compression.ZSTD: 3, Compression.XZ: 6, Compression.GZIP: 6}
 LEVEL_RANGE = {Compression.ZSTD: (1, 22), Compression.XZ: (0, 9), Compression.GZIP: (1, 9)}
 
 _CHUNK = 1 << 20
-_OUT_BLOCK = 1 << 16
+_OUT_BLOCK = 1 << 20
 _PROGRESS_STEP = 4 << 20
 
 
@@ -123,7 +125,8 @@ def pack(src: Path, dest: Path, *, source_date: int,
             raise ArchiveError(f"{src}: not a directory", hint="pack a directory tree")
     except FileNotFoundError:
         raise ArchiveError(f"{src}: no such directory") from None
-    items = _walk(os.fsencode(src))
+    with L.gc_paused():
+        items = _walk(os.fsencode(src))
     total = sum(st.st_size for _, _, st in items
                 if stat.S_ISREG(st.st_mode) and st.st_nlink == 1)
     total += sum({(st.st_dev, st.st_ino): st.st_size for _, _, st in items
@@ -133,7 +136,9 @@ def pack(src: Path, dest: Path, *, source_date: int,
     except OSError as exc:
         raise ArchiveError(f"cannot create {dest}: {exc.strerror}") from exc
     try:
-        digest, size = _write(fd, items, options, compression.value, source_date, total, progress)
+        with L.gc_paused():
+            digest, size = _write(fd, items, options, compression.value, source_date, total,
+                                  progress)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -145,7 +150,8 @@ def pack(src: Path, dest: Path, *, source_date: int,
 
 
 class _Sink:
-    """The write callback: hash and write libarchive's output blocks."""
+    """The write callback.  Output blocks are hashed and written on a second
+    thread (hashlib and os.write release the GIL), off the packing loop."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
@@ -153,19 +159,33 @@ class _Sink:
         self.size = 0
         self.error: BaseException | None = None
         self.callback = L.WRITE_CALLBACK(self._write)
+        self.blocks: queue.Queue[bytes | None] = queue.Queue(8)
+        self.thread = threading.Thread(target=self._drain, name="vzpkg-pack-out", daemon=True)
+        self.thread.start()
 
     def _write(self, _a: int | None, _ctx: int | None, buf: int | None, n: int) -> int:
-        try:
-            data = ctypes.string_at(buf or 0, n)
-            self.hash.update(data)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self.fd, view):]
-            self.size += n
-            return n
-        except BaseException as exc:       # cannot unwind through C
-            self.error = exc
+        if self.error is not None:
             return -1
+        self.blocks.put(ctypes.string_at(buf or 0, n))
+        self.size += n
+        return n
+
+    def _drain(self) -> None:
+        while (data := self.blocks.get()) is not None:
+            if self.error is not None:
+                continue                      # keep draining so put() never blocks
+            try:
+                self.hash.update(data)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self.fd, view):]
+            except BaseException as exc:
+                self.error = exc
+
+    def close(self) -> None:
+        """Wait until every block is written."""
+        self.blocks.put(None)
+        self.thread.join()
 
 
 def _write(fd: int, items: list[_Item], options: bytes, filt: str, source_date: int,
@@ -188,6 +208,7 @@ def _write(fd: int, items: list[_Item], options: bytes, filt: str, source_date: 
         finally:
             L.entry_free(e)
             L.write_free(a)
+            sink.close()
     if sink.error is not None:
         raise _as_error(sink.error)
     return sink.hash.hexdigest(), sink.size
@@ -215,9 +236,6 @@ def _entries(a: int, e: int, items: list[_Item], source_date: int, total: int,
     add_xattr, write_header, finish = L.entry_xattr_add_entry, L.write_header, L.write_finish_entry
     S_ISREG, S_ISLNK, listxattr, getxattr = (stat.S_ISREG, stat.S_ISLNK, os.listxattr,
                                              os.getxattr)
-    buf = bytearray(_CHUNK)
-    view = memoryview(buf)
-    addr = ctypes.addressof((ctypes.c_char * _CHUNK).from_buffer(buf))
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_NOATIME if os.geteuid() == 0
                                                             else 0)
     links: dict[tuple[int, int], bytes] = {}
@@ -229,8 +247,10 @@ def _entries(a: int, e: int, items: list[_Item], source_date: int, total: int,
         clear(e)
         set_path(e, name)
         set_mode(e, mode)
-        set_uid(e, st.st_uid)
-        set_gid(e, st.st_gid)
+        if st.st_uid:                      # entry_clear() left 0
+            set_uid(e, st.st_uid)
+        if st.st_gid:
+            set_gid(e, st.st_gid)
         mtime = int(st.st_mtime)
         set_mtime(e, mtime if mtime < source_date else source_date, 0)
         data = False
@@ -267,7 +287,7 @@ def _entries(a: int, e: int, items: list[_Item], source_date: int, total: int,
         if write_header(a, e) < L.WARN:
             _fail(a, sink, f"cannot add {os.fsdecode(path)} to the archive")
         if data and st.st_size:
-            _copy(a, path, st.st_size, flags, view, addr, sink)
+            _copy(a, path, st.st_size, flags, sink)
             done += st.st_size
             if progress and done - last >= _PROGRESS_STEP:
                 progress(done, total)
@@ -278,8 +298,7 @@ def _entries(a: int, e: int, items: list[_Item], source_date: int, total: int,
         progress(done, total)
 
 
-def _copy(a: int, path: bytes, size: int, flags: int, view: memoryview, addr: int,
-          sink: _Sink) -> None:
+def _copy(a: int, path: bytes, size: int, flags: int, sink: _Sink) -> None:
     try:
         fd = os.open(path, flags)
     except OSError as exc:
@@ -289,11 +308,12 @@ def _copy(a: int, path: bytes, size: int, flags: int, view: memoryview, addr: in
         left = size
         write_data = L.write_data
         while left:
-            n = os.readv(fd, [view[:left] if left < _CHUNK else view])
+            data = os.read(fd, left if left < _CHUNK else _CHUNK)
+            n = len(data)
             if n == 0:
                 raise ArchiveError(f"{os.fsdecode(path)} shrank while it was being packed",
                                    hint="do not change the tree while packing it")
-            if write_data(a, addr, n) < 0:
+            if write_data(a, data, n) < 0:
                 _fail(a, sink, f"cannot add {os.fsdecode(path)} to the archive")
             left -= n
     finally:

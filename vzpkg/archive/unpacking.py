@@ -97,7 +97,7 @@ def scan(archive: Path, *, progress: _Progress = None) -> UnpackResult:
     ``progress(done, total)`` gets bytes of the archive file read."""
     archive = Path(archive)
     count = total = 0
-    with L.utf8_locale(), open_archive(archive) as (a, position, size):
+    with L.utf8_locale(), L.gc_paused(), open_archive(archive) as (a, position, size):
         for _e, n in _entries(archive, a, position, size, progress):
             count += 1
             total += n
@@ -114,7 +114,8 @@ def unpack(archive: Path, dest: Path, *, progress: _Progress = None) -> UnpackRe
     before = os.lstat(dest)
     cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        with L.utf8_locale(), open_archive(archive, threaded=THREADED) as (a, position, size):
+        with L.utf8_locale(), L.gc_paused(), \
+                open_archive(archive, threaded=THREADED) as (a, position, size):
             os.chdir(dest)
             try:
                 result, root_mtime = _extract(archive, a, position, size, progress)
