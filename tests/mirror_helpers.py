@@ -137,7 +137,8 @@ class MirrorServer:
 
     def __init__(self, root: Path) -> None:
         self._srv = _Server(root)
-        self._thread = threading.Thread(target=self._srv.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._srv.serve_forever, args=(0.05,),
+                                        daemon=True)
 
     @property
     def url(self) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 import requests
+import urllib3
 
 from vzpkg import __version__
 from vzpkg.errors import MirrorError
@@ -57,10 +58,11 @@ class FetchError(MirrorError):
     """
 
     def __init__(self, message: str, *, partial: bool = False, corrupt: bool = False,
-                 hint: str | None = None) -> None:
+                 fetched: int = 0, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.partial = partial
         self.corrupt = corrupt
+        self.fetched = fetched
 
 
 @dataclass(frozen=True)
@@ -162,13 +164,19 @@ class Fetcher:
                                       "later or another mirror")
         else:
             raise self._status_error(url, r)
+        encoding = r.headers.get("Content-Encoding", "identity").lower()
+        if encoding not in ("", "identity"):
+            r.close()
+            raise FetchError(f"{url}: served with Content-Encoding {encoding}",
+                             hint="serve cache files as they are (no on-the-fly "
+                                  "compression)")
         got = offset
         progress.start(name, size, offset, url)
         try:
             with r, part.open("r+b" if offset else "wb") as f:
                 f.seek(offset)
                 f.truncate()
-                for chunk in r.iter_content(CHUNK):
+                while chunk := self._read(r, url, got, size, offset):
                     if got + len(chunk) > size:
                         raise FetchError(f"{url}: more data than the {size} bytes the index "
                                          "names; refused", corrupt=True)
@@ -176,19 +184,30 @@ class Fetcher:
                     hasher.update(chunk)
                     got += len(chunk)
                     progress.update(got)
-        except requests.RequestException as exc:
+        except OSError as exc:
             progress.finish(False)
-            raise FetchError(f"{url}: transfer cut after {got} of {size} bytes: "
-                             f"{_reason(exc)}", partial=got > offset) from None
+            raise MirrorError(f"cannot write {part}: {exc.strerror}",
+                              hint="free space in the cache directory") from None
         except FetchError:
             progress.finish(False)
             raise
         if got < size:
             progress.finish(False)
             raise FetchError(f"{url}: truncated: got {got} of {size} bytes",
-                             partial=got > offset)
+                             partial=got > offset, fetched=got - offset)
         progress.finish(True)
         return Download(hasher.hexdigest(), size, got - offset, offset)
+
+    @staticmethod
+    def _read(r: requests.Response, url: str, got: int, size: int, offset: int) -> bytes:
+        """What has arrived (read1: a cut loses nothing already received)."""
+        try:
+            data: bytes = r.raw.read1(CHUNK, decode_content=False)
+            return data
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise FetchError(f"{url}: transfer cut after {got} of {size} bytes: "
+                             f"{_reason(exc)}", partial=got > offset,
+                             fetched=got - offset) from None
 
 
 def _reason(exc: BaseException) -> str:

@@ -12,7 +12,6 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 from typing import Any
 
 from vzpkg.errors import MirrorError
@@ -47,8 +46,7 @@ def safe_relpath(value: object, *, where: str) -> str:
         raise MirrorError(f"{where}: path {value!r} points outside the mirror",
                           hint="index paths must be relative to the mirror's base URL; "
                                "the index was refused and nothing was downloaded")
-    parts = PurePosixPath(value).parts
-    for part in parts:
+    for part in value.split("/"):
         if part in (".", "..") or not PATH_PART_RE.match(part):
             raise MirrorError(f"{where}: path {value!r} points outside the mirror or has "
                               f"an unsafe segment {part!r}",

@@ -20,13 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from vzpkg.errors import ConfigError, GpgError, MirrorError, StoreError
+from vzpkg.errors import ConfigError, MirrorError, StoreError
 from vzpkg.gpg import Keyring
 from vzpkg.manifest import Manifest
 from vzpkg.metadata.model import Compression
 from vzpkg.mirror.config import MirrorConfig
 from vzpkg.mirror.fetch import Fetcher, FetchError, NoProgress, Progress
 from vzpkg.mirror.index import INDEX_NAME, INDEX_SIG_NAME, Index, IndexEntry
+from vzpkg.mirror.verify import verify_bytes, verify_file
 from vzpkg.store import CacheStore
 
 PARTIAL_DIR = ".partial"
@@ -109,16 +110,14 @@ class Puller:
                                   hint="pull only from mirrors made by 'vzpkg publish "
                                        "--sign'; nothing was downloaded") from None
             try:
-                self.keyring.verify_data(sig, data, self.trusted, what=url)
+                verify_bytes(self.keyring, sig, data, self.trusted, what=url)
                 break
-            except GpgError as exc:
+            except MirrorError as exc:
                 # publish replaces the signature just before the index: a reader can
                 # catch the two out of step once; a second read settles it
                 if attempt == 2:
                     raise MirrorError(f"{exc.message}; the index was refused",
-                                      hint=exc.hint or "the mirror was tampered with or is "
-                                                       "signed by a key you do not trust"
-                                      ) from None
+                                      hint=exc.hint) from None
         return Index.from_bytes(data, source=url)
 
     # -- one cache ---------------------------------------------------------------------
@@ -146,12 +145,16 @@ class Puller:
         return m
 
     def _download(self, mirror: str, e: IndexEntry, part: Path) -> tuple[int, int]:
+        """Fetch the tarball into *part*; (bytes fetched, bytes kept from before)."""
         url = mirror + e.tarball
-        fetched, resumed = 0, -1
+        before = part.stat().st_size if part.exists() else 0
+        resumed = before if before <= e.size else 0
+        fetched = 0
         for attempt in range(self.config.retries + 1):
             try:
                 d = self.fetcher.download(url, part, e.size, self.progress, e.name)
             except FetchError as exc:
+                fetched += exc.fetched
                 if exc.corrupt:
                     part.unlink(missing_ok=True)
                     raise
@@ -160,13 +163,12 @@ class Puller:
                 self.progress.note(f"{exc.message}; resuming")
                 continue
             fetched += d.fetched
-            resumed = d.resumed_from if resumed < 0 else resumed
             if d.sha256 != e.sha256:
                 part.unlink(missing_ok=True)
                 raise MirrorError(f"{url}: sha256 {d.sha256} differs from the signed index "
                                   f"({e.sha256}); the download was deleted",
                                   hint="the mirror's file was altered or damaged")
-            return fetched, max(resumed, 0)
+            return fetched, resumed
         raise AssertionError("unreachable")
 
     def pull_one(self, mirror: str, e: IndexEntry) -> Pulled:
@@ -183,13 +185,14 @@ class Puller:
         fetched, resumed = self._download(mirror, e, part)
         sig_file = partial / f"{e.name}.{e.sha256[:16]}.asc"
         try:
-            sig_file.write_bytes(sig)
             try:
-                self.keyring.verify_detached(part, sig_file, self.trusted)
-            except GpgError as exc:
+                verify_file(self.keyring, sig, part, self.trusted,
+                            what=mirror + e.signature)
+            except MirrorError as exc:
                 part.unlink(missing_ok=True)
-                raise MirrorError(f"{mirror}{e.signature}: {exc.message}; the download was "
-                                  "deleted", hint=exc.hint) from None
+                raise MirrorError(f"{exc.message}; the download was deleted",
+                                  hint=exc.hint) from None
+            sig_file.write_bytes(sig)
             self._commit(e, manifest, part, sig_file)
         finally:
             sig_file.unlink(missing_ok=True)
