@@ -13,6 +13,7 @@ import hashlib
 import json
 import random
 import re
+import socket
 import subprocess
 import tempfile
 import threading
@@ -45,6 +46,12 @@ class Misbehaviour:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        # headers and body go out in separate writes; without this, Nagle plus delayed
+        # ACKs add 40 ms to every small file (real servers set it too)
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -172,7 +179,6 @@ class MirrorServer:
 
 def dead_url() -> str:
     """A 127.0.0.1 URL where nothing listens (a mirror that is down)."""
-    import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -31,6 +31,7 @@ from tests.mirror_helpers import (
 )
 from vzpkg.cli.vzpkg import main
 from vzpkg.mirror import MirrorConfig, Puller, PullReport
+from vzpkg.mirror.verify import sqv_available
 from vzpkg.store import CacheStore
 
 NAME = "test-1-x86_64-minimal"
@@ -53,12 +54,15 @@ class World:
     srv: MirrorServer
     before: dict[str, str]
 
-    def pull(self, cfg: MirrorConfig | None = None) -> PullReport:
-        with Puller(CacheStore(self.dst), cfg or config_for(self.keys, [self.srv.url])) as p:
+    def pull(self, cfg: MirrorConfig | None = None, *,
+             use_sqv: bool | None = None) -> PullReport:
+        with Puller(CacheStore(self.dst), cfg or config_for(self.keys, [self.srv.url]),
+                    use_sqv=use_sqv) as p:
             return p.pull([NAME])
 
-    def refused(self, *needles: str, cfg: MirrorConfig | None = None) -> str:
-        report = self.pull(cfg)
+    def refused(self, *needles: str, cfg: MirrorConfig | None = None,
+                use_sqv: bool | None = None) -> str:
+        report = self.pull(cfg, use_sqv=use_sqv)
         assert not report.ok and report.pulled == ()
         why = report.failed[0][1]
         for n in needles:
@@ -90,9 +94,15 @@ def world(tmp_path: Path, keys: Keys, template: Path) -> Iterator[World]:
         yield World(keys, tree, dst, srv, snapshot(dst))
 
 
-def test_good_mirror_replaces_the_cache(world: World) -> None:
+VERIFIERS = [pytest.param(False, id="gpg"),
+             pytest.param(True, id="sqv", marks=pytest.mark.skipif(
+                 not sqv_available(), reason="sqv is not installed"))]
+
+
+@pytest.mark.parametrize("use_sqv", VERIFIERS)
+def test_good_mirror_replaces_the_cache(world: World, use_sqv: bool) -> None:
     """The baseline the refusals below are measured against."""
-    assert world.pull().ok
+    assert world.pull(use_sqv=use_sqv).ok
     assert snapshot(world.dst) != world.before
 
 
@@ -152,22 +162,26 @@ def test_unsigned_index(world: World) -> None:
     assert world.srv.requested(TAR) == []
 
 
-def test_index_signed_by_untrusted_key(world: World) -> None:
+@pytest.mark.parametrize("use_sqv", VERIFIERS)
+def test_index_signed_by_untrusted_key(world: World, use_sqv: bool) -> None:
     sign_file(world.tree / "index.json", world.keys.other_home, world.keys.other_fpr)
     world.refused(world.keys.other_fpr[-16:], "not a trusted key", world.keys.fpr,
-                  "index was refused")
+                  "index was refused", use_sqv=use_sqv)
     assert world.srv.requested(TAR) == []
 
 
-def test_index_changed_after_signing(world: World) -> None:
+@pytest.mark.parametrize("use_sqv", VERIFIERS)
+def test_index_changed_after_signing(world: World, use_sqv: bool) -> None:
     index = world.tree / "index.json"
     index.write_text(index.read_text().replace('"serial": 2', '"serial": 7'))
-    world.refused("bad signature: the signed file was altered", "index was refused")
+    world.refused("bad signature: the signed file was altered", "index was refused",
+                  use_sqv=use_sqv)
 
 
-def test_tarball_signed_by_untrusted_key(world: World) -> None:
+@pytest.mark.parametrize("use_sqv", VERIFIERS)
+def test_tarball_signed_by_untrusted_key(world: World, use_sqv: bool) -> None:
     sign_file(world.tree / TAR, world.keys.other_home, world.keys.other_fpr)
-    world.refused("not a trusted key", "deleted")
+    world.refused("not a trusted key", "deleted", use_sqv=use_sqv)
     assert world.partial() == []
 
 

@@ -27,7 +27,7 @@ from vzpkg.metadata.model import Compression
 from vzpkg.mirror.config import MirrorConfig
 from vzpkg.mirror.fetch import Fetcher, FetchError, NoProgress, Progress
 from vzpkg.mirror.index import INDEX_NAME, INDEX_SIG_NAME, Index, IndexEntry
-from vzpkg.mirror.verify import verify_bytes, verify_file
+from vzpkg.mirror.verify import Verifier
 from vzpkg.store import CacheStore
 
 PARTIAL_DIR = ".partial"
@@ -59,7 +59,7 @@ class Puller:
     """One pull session: a keyring of trusted keys and an HTTP session."""
 
     def __init__(self, store: CacheStore, config: MirrorConfig,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, *, use_sqv: bool | None = None) -> None:
         if not config.mirrors:
             raise ConfigError("no mirror to pull from",
                               hint="pass --mirror URL, or list URLs under pull.mirrors in "
@@ -75,6 +75,7 @@ class Puller:
         self.keyring = Keyring()
         try:
             self.trusted = [self._import(k.file, k.fingerprint) for k in config.trusted_keys]
+            self.verifier = Verifier(self.keyring, self.trusted, use_sqv=use_sqv)
             self.fetcher = Fetcher(config.connect_timeout, config.read_timeout)
         except BaseException:
             self.keyring.close()
@@ -110,7 +111,7 @@ class Puller:
                                   hint="pull only from mirrors made by 'vzpkg publish "
                                        "--sign'; nothing was downloaded") from None
             try:
-                verify_bytes(self.keyring, sig, data, self.trusted, what=url)
+                self.verifier.bytes(sig, data, what=url)
                 break
             except MirrorError as exc:
                 # publish replaces the signature just before the index: a reader can
@@ -185,9 +186,11 @@ class Puller:
         fetched, resumed = self._download(mirror, e, part)
         sig_file = partial / f"{e.name}.{e.sha256[:16]}.asc"
         try:
+            check = self.verifier.start(sig, part, what=mirror + e.signature)
+            with part.open("rb") as f:      # flush to disk while the signature is checked
+                os.fsync(f.fileno())
             try:
-                verify_file(self.keyring, sig, part, self.trusted,
-                            what=mirror + e.signature)
+                check.result()
             except MirrorError as exc:
                 part.unlink(missing_ok=True)
                 raise MirrorError(f"{exc.message}; the download was deleted",
@@ -205,8 +208,6 @@ class Puller:
                 return
             staged = self.store.staging(e.name, Compression(manifest.compression))
             try:
-                with part.open("rb") as f:
-                    os.fsync(f.fileno())
                 os.replace(part, staged)
                 self.store.commit(e.name, staged, manifest, sig, keep_serial=True)
             finally:
