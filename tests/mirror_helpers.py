@@ -76,6 +76,12 @@ class _Handler(BaseHTTPRequestHandler):
         with srv.lock:
             srv.log.append((path, rng))
         bad = srv.bad
+        if srv.redirect_to:
+            self.send_response(301)
+            self.send_header("Location", srv.redirect_to + path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if path in bad.status:
             self._error(bad.status[path])
             return
@@ -137,6 +143,7 @@ class _Server(ThreadingHTTPServer):
         self.log: list[tuple[str, str | None]] = []
         self.lock = threading.Lock()
         self.stop = threading.Event()
+        self.redirect_to = ""
 
 
 class MirrorServer:
@@ -155,6 +162,15 @@ class MirrorServer:
     @property
     def bad(self) -> Misbehaviour:
         return self._srv.bad
+
+    @property
+    def redirect_to(self) -> str:
+        return self._srv.redirect_to
+
+    @redirect_to.setter
+    def redirect_to(self, url: str) -> None:
+        """Answer every request with a 301 to the same path under *url*."""
+        self._srv.redirect_to = url
 
     @property
     def log(self) -> list[tuple[str, str | None]]:

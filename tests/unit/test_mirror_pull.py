@@ -171,3 +171,37 @@ def test_cli_pull_with_configured_mirror(tmp_path: Path, keys: Keys, tree: Path,
     assert (ws / "caches" / f"{OTHER}.tar.zst").is_file()
     assert main(["--workspace", str(ws), "pull"]) == 2
     assert "--all" in capsys.readouterr().err
+
+
+def test_redirected_mirror_is_followed_and_still_verified(tmp_path: Path, keys: Keys,
+                                                          tree: Path) -> None:
+    (tmp_path / "old").mkdir()
+    with MirrorServer(tree) as srv, MirrorServer(tmp_path / "old") as front:
+        front.redirect_to = srv.url
+        with Puller(CacheStore(tmp_path / "dst"), config_for(keys, [front.url])) as p:
+            report = p.pull([OTHER])
+        assert report.ok and front.log and srv.log
+
+
+def test_progress_bar_and_plain_lines() -> None:
+    import io
+
+    from vzpkg.mirror import TextProgress
+    tty = io.StringIO()
+    bar = TextProgress(tty, tty=True)
+    bar.start(NAME, 4 << 20, 1 << 20, "http://m.test/x")
+    bar.update(4 << 20)
+    bar.finish(True)
+    text = tty.getvalue()
+    assert "resuming at 1.0 MiB" in text and "\r" in text and "100.0%" in text
+    assert "done, 4.0 MiB" in text
+    log = io.StringIO()
+    plain = TextProgress(log, tty=False)
+    plain.start(NAME, 100, 0, "http://m.test/x")
+    for done in range(0, 101, 5):
+        plain.update(done)
+    plain.finish(True)
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue()
+    assert [ln.split(": ")[1].split(" ")[0] for ln in lines[1:4]] == ["25%", "50%", "75%"]
+    assert len(lines) == 5 and "done" in lines[-1]

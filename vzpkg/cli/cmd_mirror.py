@@ -11,10 +11,9 @@ from typing import Any
 from vzpkg.cli.common import add_json_flag, emit_json, human_size
 from vzpkg.config import Settings, load_settings
 from vzpkg.errors import UsageError
-from vzpkg.gpg import Keyring
-from vzpkg.mirror import Puller, TextProgress, mirror_config, publish
-from vzpkg.mirror.fetch import NoProgress
-from vzpkg.store import CacheStore
+
+# vzpkg.mirror (requests, gnupg) is imported in the commands: every other vzpkg
+# command would pay for it at start-up otherwise
 
 PUBLISH_EPILOG = """\
 The tree holds index.json (+ .asc) and caches/<name>/<serial>/ with the
@@ -36,6 +35,10 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
+    from vzpkg.gpg import Keyring
+    from vzpkg.mirror import mirror_config, publish
+    from vzpkg.store import CacheStore
+
     settings = _settings(args)
     cfg = mirror_config(settings)
     keyid = args.sign or cfg.signing_key
@@ -68,11 +71,14 @@ def cmd_publish(args: argparse.Namespace) -> int:
 def cmd_pull(args: argparse.Namespace) -> int:
     if not args.names and not args.all:
         raise UsageError("name the caches to pull, or pass --all")
+    from vzpkg.mirror import NoProgress, Progress, Puller, TextProgress, mirror_config
+    from vzpkg.store import CacheStore
+
     settings = _settings(args)
     cfg = mirror_config(settings)
     if args.mirror:
         cfg = cfg.with_mirrors(tuple(args.mirror))
-    progress = NoProgress() if args.json else TextProgress(sys.stderr)
+    progress: Progress = NoProgress() if args.json else TextProgress(sys.stderr)
     with Puller(CacheStore(settings.cache_dir), cfg, progress) as puller:
         report = puller.pull(args.names, everything=args.all)
     if args.json:
