@@ -181,9 +181,13 @@ def _memory_counters(g: Path, cfg: VeConfig | None) -> list[Beancounter]:
     out = [Beancounter("kmemsize", read_int(g / "memory.kmem.usage_in_bytes") or 0,
                        read_int(g / "memory.kmem.max_usage_in_bytes") or 0,
                        UNLIMITED, UNLIMITED, read_int(g / "memory.kmem.failcnt") or 0)]
+    oom = read_keyed(g / "memory.oom_control").get("oom_kill", 0)
+    # With memsw equal to the RAM limit (no swap) the kernel refuses charges at memsw,
+    # whose failcnt it may not count; an OOM kill then is the evidence of the hit.
+    fails = read_int(g / "memory.failcnt") or 0
     out.append(Beancounter("physpages", pages(usage), pages(peak),
                            barrier_from(cfg, "PHYSPAGES", pages(soft)), pages(limit),
-                           read_int(g / "memory.failcnt") or 0))
+                           fails or oom))
     sw_usage = read_int(g / "memory.memsw.usage_in_bytes")
     if sw_usage is not None:
         sw_peak = read_int(g / "memory.memsw.max_usage_in_bytes") or sw_usage
@@ -194,7 +198,6 @@ def _memory_counters(g: Path, cfg: VeConfig | None) -> list[Beancounter]:
                                pages(max(0, sw_peak - peak)),
                                barrier_from(cfg, "SWAPPAGES", swap_limit), swap_limit,
                                read_int(g / "memory.memsw.failcnt") or 0))
-    oom = read_keyed(g / "memory.oom_control").get("oom_kill", 0)
     out.append(Beancounter("oomguarpages", pages(usage), pages(peak), 0, UNLIMITED, oom))
     return out
 
