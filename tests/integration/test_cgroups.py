@@ -228,3 +228,24 @@ def test_v2_lifecycle_on_the_unified_mount() -> None:
         assert not v2.exists(ctid)
     finally:
         _cleanup(v2, ctid)
+
+
+def test_cpumask_pins_and_cpuunits_share_one_cpu(cg: Cgroups, ctid: str) -> None:
+    """Two busy VEs on CPU 0 with CPUUNITS 1000 and 3000 get about 1:3 of it."""
+    other = _new_ctid()
+    cg.create(other)
+    try:
+        cg.apply(ctid, VeConfig.parse('CPUUNITS="1000"\nCPUMASK="0"\n'))
+        cg.apply(other, VeConfig.parse('CPUUNITS="3000"\nCPUMASK="0"\n'))
+        busy = BUSY.replace("1.0", "1.5")
+        procs = [spawn(cg, c, [sys.executable, "-c", busy]) for c in (ctid, other)]
+        assert all(os.sched_getaffinity(p.pid) == {0} for p in procs)
+        cpu = []
+        for p in procs:
+            _, status, usage = os.wait4(p.pid, 0)
+            p.returncode = os.waitstatus_to_exitcode(status)
+            cpu.append(usage.ru_utime + usage.ru_stime)
+        ratio = cpu[1] / cpu[0]
+        assert 2.0 < ratio < 4.5, f"CPU time {cpu[0]:.2f}s vs {cpu[1]:.2f}s"
+    finally:
+        _cleanup(cg, other)
