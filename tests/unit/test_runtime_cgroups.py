@@ -14,17 +14,27 @@ import pytest
 from tests.cgroups_helpers import read, v1_tree, v2_tree
 from vzpkg.errors import VeError
 from vzpkg.runtime.cgroups import CgroupsV1, CgroupsV2, check_ctid, detect
-from vzpkg.runtime.cgroups.mapping import cpu_quota_us, cpu_shares, cpu_weight, v1_writes
+from vzpkg.runtime.cgroups.mapping import (
+    cpu_quota_us,
+    cpu_shares,
+    cpu_weight,
+    io_weight,
+    v1_writes,
+)
 from vzpkg.runtime.cgroups.v1 import find_mounts
 from vzpkg.runtime.config import VeConfig
 
-FULL = VeConfig.parse('CPUUNITS="3000"\nCPULIMIT="150"\nCPUMASK="1-2"\n'
+FULL = VeConfig.parse('CPUUNITS="3000"\nCPULIMIT="150"\nCPUMASK="1-2"\nIOPRIO="6"\n'
                       'PHYSPAGES="65536:131072"\nSWAPPAGES="0:256M"\nNUMPROC="100:120"\n')
 
 
 def v1(tmp_path: Path) -> tuple[CgroupsV1, dict[str, Path]]:
     groups = v1_tree(tmp_path)
     return CgroupsV1({c: tmp_path / c for c in groups}), groups
+
+
+def test_io_weight_scale() -> None:
+    assert [io_weight(p) for p in range(8)] == [25, 35, 50, 71, 100, 141, 200, 283]
 
 
 def test_cpu_scaling() -> None:
@@ -51,6 +61,7 @@ def test_v2_full_mapping(tmp_path: Path) -> None:
     assert read(g, "memory.high") == str(256 << 20)      # the barrier is the soft limit
     assert read(g, "memory.swap.max") == str(256 << 20)
     assert read(g, "pids.max") == "120"
+    assert read(g, "io.weight") == "default 200"
 
 
 def test_v2_unset_params_lift_the_limits(tmp_path: Path) -> None:
@@ -65,6 +76,7 @@ def test_v2_unset_params_lift_the_limits(tmp_path: Path) -> None:
     assert read(g, "memory.swap.max") == "max"
     assert read(g, "pids.max") == "max"
     assert read(g, "cpuset.cpus") == ""
+    assert read(g, "io.weight") == "default 100"
 
 
 def test_v2_missing_controller(tmp_path: Path) -> None:
@@ -103,6 +115,7 @@ def test_v1_full_mapping(tmp_path: Path) -> None:
     assert read(g["memory"], "memory.soft_limit_in_bytes") == str(256 << 20)
     assert read(g["memory"], "memory.memsw.limit_in_bytes") == str(768 << 20)  # RAM+swap
     assert read(g["pids"], "pids.max") == "120"
+    assert read(g["blkio"], "blkio.bfq.weight") == "200"
 
 
 def test_v1_unset_params_lift_the_limits(tmp_path: Path) -> None:
@@ -115,6 +128,7 @@ def test_v1_unset_params_lift_the_limits(tmp_path: Path) -> None:
     assert read(g["memory"], "memory.limit_in_bytes") == "-1"
     assert read(g["memory"], "memory.memsw.limit_in_bytes") == "-1"
     assert read(g["pids"], "pids.max") == "max"
+    assert read(g["blkio"], "blkio.bfq.weight") == "100"
 
 
 def test_v1_memsw_is_opened_before_the_ram_limit_moves() -> None:

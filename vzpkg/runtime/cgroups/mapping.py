@@ -15,11 +15,14 @@ PHYSPAGES      memory.max (limit),                 memory.limit_in_bytes (limit)
                memory.high (barrier if < limit)    memory.soft_limit_in_bytes (barrier)
 SWAPPAGES      memory.swap.max                     memory.memsw.limit_in_bytes = RAM + swap
 NUMPROC        pids.max (limit)                    pids.max (limit)
+IOPRIO         io.weight = 100 * 2^((prio-4)/2)    blkio.bfq.weight (same scale)
 =============  =================================  ==========================================
 
 CPULIMIT is in percent of one CPU and CPUS in whole CPUs; the lower of the two
 is the quota.  A PHYSPAGES barrier of 0 (OpenVZ's usual ``0:LIMIT``) or equal to
-the limit means no soft limit.
+the limit means no soft limit.  On v1 the swap limit needs the kernel's swap
+accounting (``memory.memsw.*``); without it only RAM is limited.  IOPRIO 4 is the
+default weight (100); each step up or down multiplies or divides it by about 1.4.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from vzpkg.runtime.params import UNLIMITED, format_cpumask
 
 CFS_PERIOD_US = 100_000
 DEFAULT_CPUUNITS = 1000
+DEFAULT_IOPRIO = 4
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,15 @@ def cpu_quota_us(cfg: VeConfig) -> int | None:
     caps = [pct for pct in (cfg.get_int("CPULIMIT") or 0, (cfg.get_int("CPUS") or 0) * 100)
             if pct > 0]
     return min(caps) * CFS_PERIOD_US // 100 if caps else None
+
+
+def io_weight(prio: int) -> int:
+    return round(100 * 2 ** ((prio - DEFAULT_IOPRIO) / 2))
+
+
+def _ioprio(cfg: VeConfig) -> int:
+    prio = cfg.get_int("IOPRIO")
+    return DEFAULT_IOPRIO if prio is None else prio
 
 
 def _units(cfg: VeConfig) -> int:
@@ -105,6 +118,7 @@ def v2_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None) -> list[W
     limit, soft, swap = _memory(cfg)
     nproc = _numproc(cfg)
     mask = _cpus(cfg, host_cpus)
+    prio = _ioprio(cfg)
     return [
         Write("cpu", "cpu.weight", str(cpu_weight(units)), units != DEFAULT_CPUUNITS,
               "CPUUNITS"),
@@ -120,6 +134,8 @@ def v2_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None) -> list[W
               swap is not None, "SWAPPAGES"),
         Write("pids", "pids.max", str(nproc) if nproc is not None else "max",
               nproc is not None, "NUMPROC"),
+        Write("io", "io.weight", f"default {io_weight(prio)}", prio != DEFAULT_IOPRIO,
+              "IOPRIO"),
     ]
 
 
@@ -131,6 +147,7 @@ def v1_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None) -> list[W
     limit, soft, swap = _memory(cfg)
     nproc = _numproc(cfg)
     mask = _cpus(cfg, host_cpus)
+    prio = _ioprio(cfg)
     cpus = mask if mask is not None else host_cpus
     memsw = limit + swap if limit is not None and swap is not None else None
     out = [
@@ -153,5 +170,7 @@ def v1_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None) -> list[W
               False, "SWAPPAGES"),
         Write("pids", "pids.max", str(nproc) if nproc is not None else "max",
               nproc is not None, "NUMPROC"),
+        Write("blkio", "blkio.bfq.weight", str(io_weight(prio)), prio != DEFAULT_IOPRIO,
+              "IOPRIO"),
     ]
     return out
