@@ -230,6 +230,11 @@ def test_v2_lifecycle_on_the_unified_mount() -> None:
         _cleanup(v2, ctid)
 
 
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
 def test_cpumask_pins_and_cpuunits_share_one_cpu(cg: Cgroups, ctid: str) -> None:
     """Two busy VEs on CPU 0 with CPUUNITS 1000 and 3000 get about 1:3 of it."""
     other = _new_ctid()
@@ -237,15 +242,45 @@ def test_cpumask_pins_and_cpuunits_share_one_cpu(cg: Cgroups, ctid: str) -> None
     try:
         cg.apply(ctid, VeConfig.parse('CPUUNITS="1000"\nCPUMASK="0"\n'))
         cg.apply(other, VeConfig.parse('CPUUNITS="3000"\nCPUMASK="0"\n'))
-        busy = BUSY.replace("1.0", "1.5")
-        procs = [spawn(cg, c, [sys.executable, "-c", busy]) for c in (ctid, other)]
-        assert all(os.sched_getaffinity(p.pid) == {0} for p in procs)
-        cpu = []
+        spin = "print('go', flush=True)\nwhile True: pass\n"
+        procs = [spawn(cg, c, [sys.executable, "-c", spin], stdout=subprocess.PIPE)
+                 for c in (ctid, other)]
         for p in procs:
-            _, status, usage = os.wait4(p.pid, 0)
-            p.returncode = os.waitstatus_to_exitcode(status)
-            cpu.append(usage.ru_utime + usage.ru_stime)
-        ratio = cpu[1] / cpu[0]
-        assert 2.0 < ratio < 4.5, f"CPU time {cpu[0]:.2f}s vs {cpu[1]:.2f}s"
+            assert p.stdout is not None and p.stdout.readline() == "go\n"
+        assert all(os.sched_getaffinity(p.pid) == {0} for p in procs)
+        t0 = [_cpu_ticks(p.pid) for p in procs]  # both are spinning from here on
+        time.sleep(1.5)
+        used = [_cpu_ticks(p.pid) - t for p, t in zip(procs, t0, strict=True)]
+        for c in (ctid, other):
+            cg.kill_all(c)
+        for p in procs:
+            p.wait(5)
+        ratio = used[1] / max(used[0], 1)
+        assert 2.0 < ratio < 4.5, f"CPU ticks {used[0]} vs {used[1]}"
     finally:
         _cleanup(cg, other)
+
+
+@pytest.mark.skipif(not (UNIFIED / "cgroup.procs").exists(),
+                    reason="no cgroup2 mount at /sys/fs/cgroup/unified")
+def test_v2_create_enables_offered_controllers() -> None:
+    """The one controller this host leaves to cgroup2 (hugetlb) reaches the VE's group."""
+    offered = set((UNIFIED / "cgroup.controllers").read_text().split())
+    if "hugetlb" not in offered:
+        pytest.skip("no controller is offered on the unified mount")
+    top = UNIFIED / "cgroup.subtree_control"
+    before = set(top.read_text().split())
+    v2 = CgroupsV2(UNIFIED)
+    v2.wanted = ("hugetlb",)
+    ctid = _new_ctid()
+    try:
+        v2.create(ctid)
+        assert "hugetlb" in (UNIFIED / "vzpkg" / ctid / "cgroup.controllers").read_text()
+        assert any(f.name.startswith("hugetlb.") for f in (UNIFIED / "vzpkg" / ctid).iterdir())
+    finally:
+        _cleanup(v2, ctid)
+        vz = UNIFIED / "vzpkg"
+        if not any(p.is_dir() for p in vz.iterdir()):
+            (vz / "cgroup.subtree_control").write_text("-hugetlb")
+        if "hugetlb" not in before:
+            top.write_text("-hugetlb")

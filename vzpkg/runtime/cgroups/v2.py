@@ -41,6 +41,7 @@ WANTED = ("cpu", "cpuset", "memory", "pids", "io")
 
 class CgroupsV2(Cgroups):
     version = 2
+    wanted: tuple[str, ...] = WANTED  # controllers create() enables where offered
 
     def __init__(self, root: Path = Path("/sys/fs/cgroup"),
                  prefix: str = DEFAULT_PREFIX) -> None:
@@ -86,7 +87,7 @@ class CgroupsV2(Cgroups):
     def _enable(self, where: Path) -> None:
         offered = self.available(where)
         enabled = set((read_text(where / "cgroup.subtree_control") or "").split())
-        for c in WANTED:
+        for c in self.wanted:
             if c in offered and c not in enabled:
                 write_file(where / "cgroup.subtree_control", f"+{c}",
                            f"enable the {c} controller")
