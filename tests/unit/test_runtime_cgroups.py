@@ -14,10 +14,13 @@ import pytest
 from tests.cgroups_helpers import read, v1_tree, v2_tree
 from vzpkg.errors import VeError
 from vzpkg.runtime.cgroups import CgroupsV1, CgroupsV2, check_ctid, detect
+from vzpkg.runtime.cgroups import v1 as v1mod
+from vzpkg.runtime.cgroups import v2 as v2mod
 from vzpkg.runtime.cgroups.mapping import (
     cpu_quota_us,
     cpu_shares,
     cpu_weight,
+    host_has_swap,
     io_weight,
     v1_writes,
 )
@@ -92,10 +95,33 @@ def test_v2_missing_controller(tmp_path: Path) -> None:
     assert not (g / "pids.max").exists()
 
 
-def test_v2_missing_swap_accounting(tmp_path: Path) -> None:
-    v2_tree(tmp_path, skip=("memory.swap.max",))
+def test_missing_swap_accounting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A swap limit the kernel cannot account is an error only where there is swap."""
+    g = v2_tree(tmp_path, skip=("memory.swap.max",))
+    cfg = VeConfig.parse('PHYSPAGES="0:64M"\nSWAPPAGES="0:1G"\n')
+    monkeypatch.setattr(v2mod, "host_has_swap", lambda: True)
     with pytest.raises(VeError, match=r"SWAPPAGES cannot be enforced: .*memory.swap.max"):
-        CgroupsV2(tmp_path).apply("101", VeConfig.parse('SWAPPAGES="0:1G"\n'))
+        CgroupsV2(tmp_path).apply("101", cfg)
+    monkeypatch.setattr(v2mod, "host_has_swap", lambda: False)
+    CgroupsV2(tmp_path).apply("101", cfg)
+    assert read(g, "memory.max") == str(64 << 20)
+    (tmp_path / "v1").mkdir()
+    groups = v1_tree(tmp_path / "v1")
+    (groups["memory"] / "memory.memsw.limit_in_bytes").unlink()
+    monkeypatch.setattr(v1mod, "host_has_swap", lambda: True)
+    cg1 = CgroupsV1({c: tmp_path / "v1" / c for c in groups})
+    with pytest.raises(VeError, match=r"SWAPPAGES cannot be enforced: .*memsw"):
+        cg1.apply("101", cfg)
+    assert read(groups["memory"], "memory.limit_in_bytes") == "9223372036854771712"  # as was
+    cg1.apply("101", VeConfig.parse('PHYSPAGES="0:64M"\n'))  # no swap limit: fine
+
+
+def test_host_has_swap(tmp_path: Path) -> None:
+    f = tmp_path / "swaps"
+    f.write_text("Filename\tType\tSize\tUsed\tPriority\n")
+    assert host_has_swap(f) is False
+    f.write_text("Filename\tType\tSize\tUsed\tPriority\n/swapfile file 1048572 0 -2\n")
+    assert host_has_swap(f) is True
 
 
 def test_v2_apply_needs_the_group(tmp_path: Path) -> None:

@@ -20,14 +20,17 @@ IOPRIO         io.weight = 100 * 2^((prio-4)/2)    blkio.bfq.weight (same scale)
 
 CPULIMIT is in percent of one CPU and CPUS in whole CPUs; the lower of the two
 is the quota.  A PHYSPAGES barrier of 0 (OpenVZ's usual ``0:LIMIT``) or equal to
-the limit means no soft limit.  On v1 the swap limit needs the kernel's swap
-accounting (``memory.memsw.*``); without it only RAM is limited.  IOPRIO 4 is the
+the limit means no soft limit.  A swap limit needs the kernel's swap accounting
+(``memory.swap.max`` / ``memory.memsw.*``); when the host has no swap device at all
+the limit holds trivially, so only a host *with* swap but without accounting makes
+a SWAPPAGES limit an error.  IOPRIO 4 is the
 default weight (100); each step up or down multiplies or divides it by about 1.4.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from vzpkg.errors import VeError
 from vzpkg.runtime.config import VeConfig
@@ -51,6 +54,14 @@ class Write:
     value: str
     limiting: bool = True
     param: str = ""
+
+
+def host_has_swap(swaps: Path = Path("/proc/swaps")) -> bool:
+    """True when the host has an active swap device or file."""
+    try:
+        return len(swaps.read_text().splitlines()) > 1
+    except OSError:
+        return True
 
 
 def cpu_shares(units: int) -> int:
@@ -112,7 +123,8 @@ def _cpus(cfg: VeConfig, host_cpus: tuple[int, ...] | None) -> tuple[int, ...] |
     return mask
 
 
-def v2_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None) -> list[Write]:
+def v2_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None,
+              host_swap: bool = True) -> list[Write]:
     units = _units(cfg)
     quota = cpu_quota_us(cfg)
     limit, soft, swap = _memory(cfg)
@@ -131,7 +143,7 @@ def v2_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None) -> list[W
         Write("memory", "memory.high", str(soft) if soft else "max", soft is not None,
               "PHYSPAGES"),
         Write("memory", "memory.swap.max", str(swap) if swap is not None else "max",
-              swap is not None, "SWAPPAGES"),
+              swap is not None and host_swap, "SWAPPAGES"),
         Write("pids", "pids.max", str(nproc) if nproc is not None else "max",
               nproc is not None, "NUMPROC"),
         Write("io", "io.weight", f"default {io_weight(prio)}", prio != DEFAULT_IOPRIO,
@@ -139,7 +151,8 @@ def v2_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None) -> list[W
     ]
 
 
-def v1_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None) -> list[Write]:
+def v1_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None,
+              host_swap: bool = True) -> list[Write]:
     """Writes for v1.  memsw is first opened up so that the RAM limit can move either
     way (the kernel insists memsw >= memory), then set to RAM + swap."""
     units = _units(cfg)
@@ -167,7 +180,7 @@ def v1_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None) -> list[W
         Write("memory", "memory.soft_limit_in_bytes", str(soft) if soft else "-1",
               soft is not None, "PHYSPAGES"),
         Write("memory", "memory.memsw.limit_in_bytes", str(memsw) if memsw is not None else "-1",
-              False, "SWAPPAGES"),
+              memsw is not None and host_swap, "SWAPPAGES"),
         Write("pids", "pids.max", str(nproc) if nproc is not None else "max",
               nproc is not None, "NUMPROC"),
         Write("blkio", "blkio.bfq.weight", str(io_weight(prio)), prio != DEFAULT_IOPRIO,

@@ -31,7 +31,7 @@ from vzpkg.runtime.cgroups.base import (
     walk_groups,
     write_file,
 )
-from vzpkg.runtime.cgroups.mapping import Write, v1_writes
+from vzpkg.runtime.cgroups.mapping import Write, host_has_swap, v1_writes
 from vzpkg.runtime.config import VeConfig
 from vzpkg.runtime.params import UNLIMITED
 from vzpkg.runtime.ubc import Beancounter
@@ -97,9 +97,12 @@ class CgroupsV1(Cgroups):
     def writes(self, cfg: VeConfig) -> list[Write]:
         cpuset = self.mounts.get("cpuset")
         return v1_writes(cfg, host_cpus(cpuset / "cpuset.effective_cpus")
-                         if cpuset else None)
+                         if cpuset else None, host_has_swap())
 
     def apply(self, ctid: str, cfg: VeConfig) -> None:
+        """Check every write first, then write: a limit that cannot be enforced
+        leaves the group as it was."""
+        todo: list[tuple[Path, Write]] = []
         for w in self.writes(cfg):
             g = self.group(w.controller, ctid)
             if g is None or not (g / w.file).exists():
@@ -110,7 +113,9 @@ class CgroupsV1(Cgroups):
                                   hint=f"mount the cgroup v1 {w.controller} controller, or "
                                        f"remove {w.param} from the VE's configuration")
                 continue
-            write_file(g / w.file, w.value, f"VE {ctid}: {w.param}")
+            todo.append((g / w.file, w))
+        for f, w in todo:
+            write_file(f, w.value, f"VE {ctid}: {w.param}")
 
     def attach(self, ctid: str, pid: int) -> None:
         for d in self._dirs(ctid):

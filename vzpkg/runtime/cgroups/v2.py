@@ -31,7 +31,7 @@ from vzpkg.runtime.cgroups.base import (
     walk_groups,
     write_file,
 )
-from vzpkg.runtime.cgroups.mapping import Write, v2_writes
+from vzpkg.runtime.cgroups.mapping import Write, host_has_swap, v2_writes
 from vzpkg.runtime.config import VeConfig
 from vzpkg.runtime.params import UNLIMITED
 from vzpkg.runtime.ubc import Beancounter
@@ -93,13 +93,16 @@ class CgroupsV2(Cgroups):
                            f"enable the {c} controller")
 
     def writes(self, cfg: VeConfig) -> list[Write]:
-        return v2_writes(cfg, host_cpus(self.root / "cpuset.cpus.effective"))
+        return v2_writes(cfg, host_cpus(self.root / "cpuset.cpus.effective"), host_has_swap())
 
     def apply(self, ctid: str, cfg: VeConfig) -> None:
+        """Check every write first, then write: a limit that cannot be enforced
+        leaves the group as it was."""
         g = self.group(ctid)
         if not g.is_dir():
             raise VeError(f"VE {ctid}: no cgroup {g}", hint="start the VE first")
         have = set((read_text(g / "cgroup.controllers") or "").split())
+        todo: list[Write] = []
         for w in self.writes(cfg):
             f = g / w.file
             if w.controller not in have or not f.exists():
@@ -112,7 +115,9 @@ class CgroupsV2(Cgroups):
                              f"{self.root}/cgroup.subtree_control`, or remove {w.param} "
                              "from the VE's configuration")
                 continue
-            write_file(f, w.value, f"VE {ctid}: {w.param}")
+            todo.append(w)
+        for w in todo:
+            write_file(g / w.file, w.value, f"VE {ctid}: {w.param}")
 
     def attach(self, ctid: str, pid: int) -> None:
         write_file(self.group(ctid) / "cgroup.procs", str(pid), f"VE {ctid}: attach pid {pid}")
