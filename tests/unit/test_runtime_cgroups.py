@@ -268,3 +268,16 @@ def test_find_mounts_reads_mountinfo(tmp_path: Path) -> None:
 def test_check_ctid(bad: str) -> None:
     with pytest.raises(VeError, match="is not a valid CTID"):
         check_ctid(bad)
+
+
+def test_v1_create_gives_cpuset_groups_cpus(tmp_path: Path) -> None:
+    """A new v1 cpuset group has no CPUs until given its parent's (else attach fails)."""
+    groups = v1_tree(tmp_path, "101", controllers=("cpuset", "pids"))
+    (tmp_path / "cpuset/vzpkg/cpuset.cpus").write_text("")   # left empty by a crash
+    cg = CgroupsV1({c: tmp_path / c for c in groups})
+    cg.create("102")
+    assert read(tmp_path / "cpuset/vzpkg", "cpuset.cpus") == "0-3"
+    assert read(tmp_path / "cpuset/vzpkg/102", "cpuset.cpus") == "0-3"
+    assert read(tmp_path / "cpuset/vzpkg/102", "cpuset.mems") == "0"
+    assert (tmp_path / "pids/vzpkg/102").is_dir() and cg.exists("102")
+    assert cg.list_ctids() == ["101", "102"]

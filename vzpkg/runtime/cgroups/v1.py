@@ -8,6 +8,7 @@ is frozen, every task gets SIGKILL, then it is thawed.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from collections.abc import Mapping
@@ -80,17 +81,21 @@ class CgroupsV1(Cgroups):
     def create(self, ctid: str) -> None:
         made: list[Path] = []
         try:
-            for c, mount in self.mounts.items():
+            for mount in self.mounts.values():
                 for d in (mount / self.prefix, mount / self.prefix / check_ctid(ctid)):
-                    if d.is_dir():
-                        continue
-                    d.mkdir()
-                    made.append(d)
-                    if c == "cpuset":
-                        _inherit_cpuset(d)
-        except OSError as exc:
+                    if not d.is_dir():
+                        d.mkdir()
+                        made.append(d)
+            if "cpuset" in self.mounts:  # also repairs a group left empty by a crash
+                base = self.mounts["cpuset"] / self.prefix
+                _inherit_cpuset(base)
+                _inherit_cpuset(base / ctid)
+        except (OSError, VeError) as exc:
             for d in reversed(made):
-                d.rmdir()
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+            if isinstance(exc, VeError):
+                raise
             raise VeError(f"VE {ctid}: cannot create its cgroup: {exc}",
                           hint="cgroups can only be created by root") from None
 
