@@ -23,14 +23,13 @@ Two sources, merged (mirrors in order, duplicates dropped; keys united):
       TEMPLATE_MIRRORS="https://a.example/vz https://b.example/vz"
       TEMPLATE_KEYS="/etc/vz/keys/mirror.asc:0123...40 hex"
 
-  Relative key files are relative to ``VZ_ROOT/etc/vz``.
+  Relative key files are relative to ``VZ_ROOT/etc/vz``.  The file is read
+  with the runtime's own reader (:func:`vzpkg.runtime.config.load_global`).
 """
 
 from __future__ import annotations
 
 import os
-import re
-import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,10 +39,10 @@ from urllib.parse import urlsplit
 from vzpkg.config import Settings
 from vzpkg.errors import ConfigError
 from vzpkg.gpg import normalize_fingerprint
+from vzpkg.runtime.config import load_global
 
 DEFAULT_VZ_ROOT = Path("/vz")
 VZ_CONF = Path("etc/vz/vz.conf")
-CONF_LINE = re.compile(r"^([A-Z_][A-Z0-9_]*)=(.*)$")
 
 
 @dataclass(frozen=True)
@@ -144,37 +143,13 @@ def _from_settings(settings: Settings) -> dict[str, Any]:
     return out
 
 
-def read_vz_conf(path: Path) -> dict[str, str]:
-    """``KEY="value"`` lines of an OpenVZ-style configuration file."""
-    values: dict[str, str] = {}
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return values
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    for no, line in enumerate(text.splitlines(), 1):
-        s = line.strip()
-        if not s or s.startswith("#"):
-            continue
-        m = CONF_LINE.match(s)
-        try:
-            words = shlex.split(m.group(2), comments=True) if m else None
-        except ValueError:
-            words = None
-        if m is None or words is None:
-            raise ConfigError(f"{path}:{no}: expected KEY=\"value\", got {s!r}")
-        values[m.group(1)] = " ".join(words)
-    return values
-
-
 def _from_vz_conf(root: Path) -> dict[str, Any]:
     path = root / VZ_CONF
-    conf = read_vz_conf(path)
+    conf = load_global(root)
     mirrors = [check_mirror_url(u, where=f"{path}: TEMPLATE_MIRRORS")
-               for u in conf.get("TEMPLATE_MIRRORS", "").split()]
+               for u in (conf.get("TEMPLATE_MIRRORS") or "").split()]
     keys = []
-    for item in conf.get("TEMPLATE_KEYS", "").split():
+    for item in (conf.get("TEMPLATE_KEYS") or "").split():
         file, sep, fpr = item.rpartition(":")
         if not sep or not file:
             raise ConfigError(f"{path}: TEMPLATE_KEYS: {item!r} is not FILE:FINGERPRINT")
