@@ -157,3 +157,31 @@ def test_cli_publish(tmp_path: Path, keys: Keys, capsys: pytest.CaptureFixture[s
                  "--gnupghome", str(keys.home)]) == 2
     err = capsys.readouterr().err
     assert "publish needs a signing key" in err and "Traceback" not in err
+
+
+def test_index_is_replaced_last(tmp_path: Path, keys: Keys,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Readers never see an index naming a file that is not yet in place."""
+    import os
+    src, tree = tmp_path / "src", tmp_path / "tree"
+    make_cache(src, NAME, 50_000, seed=1)
+    publish_tree(src, tree, keys)
+    make_cache(src, NAME, 50_000, seed=2)
+    renames: list[str] = []
+    real = os.replace
+
+    def spy(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> None:
+        index = tree / "index.json"
+        if index.exists():      # at every rename, the current index is complete
+            doc = json.loads(index.read_text())
+            for e in doc["caches"]:
+                for key in ("tarball", "manifest", "signature"):
+                    assert (tree / e[key]).is_file(), f"{e[key]} missing under the index"
+        renames.append(Path(b).relative_to(tree).as_posix())
+        real(a, b)
+
+    monkeypatch.setattr(os, "replace", spy)
+    publish_tree(src, tree, keys)
+    assert renames[-2:] == ["index.json.asc", "index.json"]
+    assert set(renames[:-2]) == {f"caches/{NAME}/2/{NAME}{s}" for s in
+                                 (".tar.zst", ".tar.zst.asc", ".manifest.json")}

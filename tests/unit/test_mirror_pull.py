@@ -21,7 +21,8 @@ from tests.mirror_helpers import (
 )
 from vzpkg.cli.vzpkg import main
 from vzpkg.config import Settings
-from vzpkg.mirror import Puller, pull_cache
+from vzpkg.mirror import Puller, PullReport, pull_cache
+from vzpkg.mirror.pull import full_name
 from vzpkg.store import CacheStore
 
 NAME = "test-1-x86_64-minimal"
@@ -205,3 +206,38 @@ def test_progress_bar_and_plain_lines() -> None:
     assert "\r" not in log.getvalue()
     assert [ln.split(": ")[1].split(" ")[0] for ln in lines[1:4]] == ["25%", "50%", "75%"]
     assert len(lines) == 5 and "done" in lines[-1]
+
+
+def test_concurrent_pulls_download_once(tmp_path: Path, keys: Keys, tree: Path) -> None:
+    import threading
+    dst = tmp_path / "dst"
+    reports: list[PullReport] = []
+
+    def one() -> None:
+        with Puller(CacheStore(dst), config_for(keys, [srv.url])) as p:
+            reports.append(p.pull([NAME]))
+
+    with MirrorServer(tree) as srv:
+        threads = [threading.Thread(target=one) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        tarball_requests = srv.requested(TAR)
+    assert all(r.ok for r in reports)
+    assert sorted(r.pulled[0].status for r in reports) == ["current", "current", "pulled"]
+    assert tarball_requests == [None]
+    got = CacheStore(dst).entry(NAME)
+    assert got is not None
+    assert hashlib.sha256(got.tarball.read_bytes()).hexdigest() == got.manifest.sha256
+
+
+def test_short_name_means_host_arch_and_minimal(tmp_path: Path, keys: Keys) -> None:
+    arch = full_name("test-7").split("-")[2]
+    src, tree = tmp_path / "src", tmp_path / "tree"
+    make_cache(src, f"test-7-{arch}-minimal", 10_000)
+    publish_tree(src, tree, keys)
+    settings = Settings(workspace=None, cache_dir=tmp_path / "dst")
+    with MirrorServer(tree) as srv:
+        entry = pull_cache("test-7", settings, config=config_for(keys, [srv.url]))
+    assert entry.name == f"test-7-{arch}-minimal"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,15 @@ from vzpkg.mirror.verify import Verifier
 from vzpkg.store import CacheStore
 
 PARTIAL_DIR = ".partial"
+ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
+
+
+def full_name(name: str) -> str:
+    """``dist-release`` is short for ``dist-release-<host arch>-minimal``."""
+    if name.count("-") == 1:
+        arch = platform.machine()
+        return f"{name}-{ARCH_ALIASES.get(arch, arch)}-minimal"
+    return name
 
 
 @dataclass(frozen=True)
@@ -175,6 +185,13 @@ class Puller:
     def pull_one(self, mirror: str, e: IndexEntry) -> Pulled:
         if self._current(e) is not None:
             return Pulled(e.name, e.serial, e.sha256, e.size, "current", mirror, 0, 0)
+        # the cache's lock covers the download too: two pulls never write one .part file
+        with self.store.lock(e.name, on_wait=self.progress.note):
+            if self._current(e) is not None:       # another pull got there first
+                return Pulled(e.name, e.serial, e.sha256, e.size, "current", mirror, 0, 0)
+            return self._fetch_and_commit(mirror, e)
+
+    def _fetch_and_commit(self, mirror: str, e: IndexEntry) -> Pulled:
         manifest = self._manifest(mirror, e)
         sig = self.fetcher.get_bytes(mirror + e.signature, limit=1 << 20)
         partial = self.store.dir / PARTIAL_DIR
@@ -202,16 +219,13 @@ class Puller:
         return Pulled(e.name, e.serial, e.sha256, e.size, "pulled", mirror, fetched, resumed)
 
     def _commit(self, e: IndexEntry, manifest: Manifest, part: Path, sig: Path) -> None:
-        with self.store.lock(e.name):
-            if self._current(e) is not None:       # another pull got there first
-                part.unlink(missing_ok=True)
-                return
-            staged = self.store.staging(e.name, Compression(manifest.compression))
-            try:
-                os.replace(part, staged)
-                self.store.commit(e.name, staged, manifest, sig, keep_serial=True)
-            finally:
-                staged.unlink(missing_ok=True)
+        """Hand the verified download to the store (the caller holds the lock)."""
+        staged = self.store.staging(e.name, Compression(manifest.compression))
+        try:
+            os.replace(part, staged)
+            self.store.commit(e.name, staged, manifest, sig, keep_serial=True)
+        finally:
+            staged.unlink(missing_ok=True)
 
     # -- several caches, several mirrors -------------------------------------------------
     def pull(self, names: Sequence[str], *, everything: bool = False) -> PullReport:
@@ -231,7 +245,7 @@ class Puller:
                 everything = False
             left = []
             for name in wanted:
-                e = index.get(name)
+                e = index.get(name) or index.get(full_name(name))
                 if e is None:
                     why.setdefault(name, []).append(f"{mirror}: not in the index")
                     left.append(name)
