@@ -11,7 +11,9 @@ while the bytes arrive, so no second pass over the file is needed.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -207,8 +209,31 @@ class Fetcher:
                              fetched=got - offset) from None
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    """*exc* and every exception it wraps (cause, context, .reason, exception args)."""
+    seen: list[BaseException] = []
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if any(e is x for x in seen):
+            continue
+        seen.append(e)
+        more = [e.__cause__, e.__context__, getattr(e, "reason", None), *e.args]
+        todo.extend(x for x in more if isinstance(x, BaseException))
+    return seen
+
+
 def _reason(exc: BaseException) -> str:
-    """The innermost useful text of a requests/urllib3 exception chain."""
-    text = str(exc)
-    m = re.search(r"\((?:Caused by )?[A-Za-z]*Error\((.*)\)\)?$", text)
-    return (m.group(1) if m else text)[:200]
+    """A short human reason for a requests/urllib3 failure."""
+    chain = _chain(exc)
+    for kind, text in ((ConnectionRefusedError, "connection refused"),
+                       (socket.gaierror, "host name not found"),
+                       (urllib3.exceptions.ReadTimeoutError, "read timed out"),
+                       (urllib3.exceptions.ConnectTimeoutError, "connect timed out"),
+                       (TimeoutError, "timed out"),
+                       (http.client.IncompleteRead, "connection closed early by the server"),
+                       (ConnectionResetError, "connection reset by the server"),
+                       (urllib3.exceptions.SSLError, "TLS error")):
+        if any(isinstance(e, kind) for e in chain):
+            return text
+    return str(chain[-1] if len(chain) > 1 else exc)[:200]
