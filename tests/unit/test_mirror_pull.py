@@ -241,3 +241,23 @@ def test_short_name_means_host_arch_and_minimal(tmp_path: Path, keys: Keys) -> N
     with MirrorServer(tree) as srv:
         entry = pull_cache("test-7", settings, config=config_for(keys, [srv.url]))
     assert entry.name == f"test-7-{arch}-minimal"
+
+
+def test_damaged_partial_file_is_downloaded_again(tmp_path: Path, keys: Keys,
+                                                  tree: Path) -> None:
+    dst = tmp_path / "dst"
+    with MirrorServer(tree) as srv:
+        srv.bad.cut_after[TAR] = 1 << 20
+        with Puller(CacheStore(dst), config_for(keys, [srv.url], retries=0)) as p:
+            assert not p.pull([NAME]).ok
+        (part,) = (dst / ".partial").glob("*.part")
+        part.write_bytes(b"\0" * part.stat().st_size)      # the kept bytes rot on disk
+        srv.bad.cut_after.clear()
+        with Puller(CacheStore(dst), config_for(keys, [srv.url])) as p:
+            report = p.pull([NAME])
+        ranges = srv.requested(TAR)
+    assert report.ok
+    assert ranges == [None, f"bytes={1 << 20}-", None]      # resumed, then started over
+    got = CacheStore(dst).entry(NAME)
+    assert got is not None
+    assert hashlib.sha256(got.tarball.read_bytes()).hexdigest() == got.manifest.sha256

@@ -174,6 +174,12 @@ class Puller:
                 self.progress.note(f"{exc.message}; resuming")
                 continue
             fetched += d.fetched
+            if d.sha256 != e.sha256 and d.resumed_from and attempt < self.config.retries:
+                # the bytes kept from an earlier attempt may be what is wrong: start over
+                self.progress.note(f"{e.name}: sha256 mismatch after resuming; "
+                                   "downloading again from the start")
+                part.unlink(missing_ok=True)
+                continue
             if d.sha256 != e.sha256:
                 part.unlink(missing_ok=True)
                 raise MirrorError(f"{url}: sha256 {d.sha256} differs from the signed index "
