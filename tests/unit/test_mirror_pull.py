@@ -21,8 +21,8 @@ from tests.mirror_helpers import (
 )
 from vzpkg.cli.vzpkg import main
 from vzpkg.config import Settings
+from vzpkg.manifest import expand_name
 from vzpkg.mirror import Puller, PullReport, pull_cache
-from vzpkg.mirror.pull import full_name
 from vzpkg.store import CacheStore
 
 NAME = "test-1-x86_64-minimal"
@@ -233,7 +233,7 @@ def test_concurrent_pulls_download_once(tmp_path: Path, keys: Keys, tree: Path) 
 
 
 def test_short_name_means_host_arch_and_minimal(tmp_path: Path, keys: Keys) -> None:
-    arch = full_name("test-7").split("-")[2]
+    arch = expand_name("test-7").split("-")[2]
     src, tree = tmp_path / "src", tmp_path / "tree"
     make_cache(src, f"test-7-{arch}-minimal", 10_000)
     publish_tree(src, tree, keys)

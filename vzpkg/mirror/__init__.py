@@ -28,12 +28,13 @@ from __future__ import annotations
 
 from vzpkg.config import Settings
 from vzpkg.errors import MirrorError
+from vzpkg.manifest import expand_name
 from vzpkg.mirror.config import MirrorConfig, TrustedKey, mirror_config
 from vzpkg.mirror.fetch import NoProgress, Progress
 from vzpkg.mirror.index import Index, IndexEntry
 from vzpkg.mirror.progress import TextProgress
 from vzpkg.mirror.publish import PublishReport, publish
-from vzpkg.mirror.pull import Pulled, Puller, PullReport, full_name
+from vzpkg.mirror.pull import Pulled, Puller, PullReport
 from vzpkg.store import CacheEntry, CacheStore
 
 __all__ = ["Index", "IndexEntry", "MirrorConfig", "NoProgress", "Progress", "PublishReport",
@@ -58,8 +59,7 @@ def pull_cache(name: str, settings: Settings, *, progress: Progress | None = Non
         raise MirrorError(f"cannot pull cache {name}:\n  {why}",
                           hint="check the mirrors in pull.mirrors / TEMPLATE_MIRRORS, or "
                                "build the cache locally with 'vzpkg build'")
-    entry = store.entry(name) if name.count("-") == 3 else None
-    entry = entry or store.entry(full_name(name))
+    entry = store.entry(expand_name(name))
     if entry is not None:
         return entry
     raise MirrorError(f"cache {name} was pulled but is not in {settings.cache_dir}")

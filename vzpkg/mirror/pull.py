@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import platform
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from types import TracebackType
 
 from vzpkg.errors import ConfigError, MirrorError, StoreError
 from vzpkg.gpg import Keyring
-from vzpkg.manifest import Manifest
+from vzpkg.manifest import Manifest, expand_name
 from vzpkg.metadata.model import Compression
 from vzpkg.mirror.config import MirrorConfig
 from vzpkg.mirror.fetch import Fetcher, FetchError, NoProgress, Progress
@@ -32,15 +31,6 @@ from vzpkg.mirror.verify import Verifier
 from vzpkg.store import CacheStore
 
 PARTIAL_DIR = ".partial"
-ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
-
-
-def full_name(name: str) -> str:
-    """``dist-release`` is short for ``dist-release-<host arch>-minimal``."""
-    if name.count("-") == 1:
-        arch = platform.machine()
-        return f"{name}-{ARCH_ALIASES.get(arch, arch)}-minimal"
-    return name
 
 
 @dataclass(frozen=True)
@@ -235,7 +225,8 @@ class Puller:
 
     # -- several caches, several mirrors -------------------------------------------------
     def pull(self, names: Sequence[str], *, everything: bool = False) -> PullReport:
-        wanted = list(dict.fromkeys(names))
+        """Pull *names* (short forms allowed), or every cache the mirror lists."""
+        wanted = list(dict.fromkeys(expand_name(n) for n in names))
         done: list[Pulled] = []
         why: dict[str, list[str]] = {}
         index_errors: list[str] = []
@@ -251,7 +242,7 @@ class Puller:
                 everything = False
             left = []
             for name in wanted:
-                e = index.get(name) or index.get(full_name(name))
+                e = index.get(name)
                 if e is None:
                     why.setdefault(name, []).append(f"{mirror}: not in the index")
                     left.append(name)
