@@ -261,3 +261,29 @@ def test_damaged_partial_file_is_downloaded_again(tmp_path: Path, keys: Keys,
     got = CacheStore(dst).entry(NAME)
     assert got is not None
     assert hashlib.sha256(got.tarball.read_bytes()).hexdigest() == got.manifest.sha256
+
+
+def test_imported_cache_round_trip_verifies(tmp_path: Path, keys: Keys,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """vzpkg import -> publish -> pull elsewhere -> the store's own verify passes."""
+    import subprocess
+
+    from vzpkg.metadata.model import Key
+    root = tmp_path / "rootfs"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "os-release").write_text("ID=rt\nVERSION_ID=3\n")
+    (root / "bin").mkdir()
+    (root / "bin" / "tool").write_bytes(b"#!/bin/sh\necho hi\n")
+    rootfs = tmp_path / "rootfs.tar"
+    subprocess.run(["tar", "-C", str(root), "-cf", str(rootfs), "."], check=True)
+    name = "rt-3-x86_64-minimal"
+    src, tree, dst = tmp_path / "src", tmp_path / "tree", tmp_path / "dst"
+    assert main(["--cache-dir", str(src), "import", str(rootfs), "--name", name]) == 0
+    publish_tree(src, tree, keys)
+    with MirrorServer(tree) as srv, Puller(CacheStore(dst), config_for(keys, [srv.url])) as p:
+        assert p.pull([name]).ok
+    key = Key(keys.pub, keys.fpr, keys.pub.read_text())
+    report = CacheStore(dst).verify(name, trusted_keys=[key])
+    assert report.ok, report.problems
+    assert report.signer == keys.fpr
+    capsys.readouterr()
