@@ -15,7 +15,7 @@ V2_FILES = {
     "memory.current": "0", "memory.peak": "0", "memory.swap.current": "0",
     "memory.events": "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n",
     "memory.stat": "anon 0\nkernel 0\n", "pids.max": "max", "pids.current": "0",
-    "pids.peak": "0", "pids.events": "max 0\n",
+    "pids.peak": "0", "pids.events": "max 0\n", "io.weight": "default 100",
 }
 V1_FILES = {
     "cpu": {"cpu.shares": "1024", "cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "-1"},
@@ -33,6 +33,7 @@ V1_FILES = {
     "pids": {"pids.max": "max", "pids.current": "0", "pids.peak": "0",
              "pids.events": "max 0\n"},
     "freezer": {"freezer.state": "THAWED"},
+    "blkio": {"blkio.bfq.weight": "100"},
 }
 
 

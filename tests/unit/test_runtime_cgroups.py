@@ -14,17 +14,30 @@ import pytest
 from tests.cgroups_helpers import read, v1_tree, v2_tree
 from vzpkg.errors import VeError
 from vzpkg.runtime.cgroups import CgroupsV1, CgroupsV2, check_ctid, detect
-from vzpkg.runtime.cgroups.mapping import cpu_quota_us, cpu_shares, cpu_weight, v1_writes
+from vzpkg.runtime.cgroups import v1 as v1mod
+from vzpkg.runtime.cgroups import v2 as v2mod
+from vzpkg.runtime.cgroups.mapping import (
+    cpu_quota_us,
+    cpu_shares,
+    cpu_weight,
+    host_has_swap,
+    io_weight,
+    v1_writes,
+)
 from vzpkg.runtime.cgroups.v1 import find_mounts
 from vzpkg.runtime.config import VeConfig
 
-FULL = VeConfig.parse('CPUUNITS="3000"\nCPULIMIT="150"\nCPUMASK="1-2"\n'
+FULL = VeConfig.parse('CPUUNITS="3000"\nCPULIMIT="150"\nCPUMASK="1-2"\nIOPRIO="6"\n'
                       'PHYSPAGES="65536:131072"\nSWAPPAGES="0:256M"\nNUMPROC="100:120"\n')
 
 
 def v1(tmp_path: Path) -> tuple[CgroupsV1, dict[str, Path]]:
     groups = v1_tree(tmp_path)
     return CgroupsV1({c: tmp_path / c for c in groups}), groups
+
+
+def test_io_weight_scale() -> None:
+    assert [io_weight(p) for p in range(8)] == [25, 35, 50, 71, 100, 141, 200, 283]
 
 
 def test_cpu_scaling() -> None:
@@ -51,6 +64,7 @@ def test_v2_full_mapping(tmp_path: Path) -> None:
     assert read(g, "memory.high") == str(256 << 20)      # the barrier is the soft limit
     assert read(g, "memory.swap.max") == str(256 << 20)
     assert read(g, "pids.max") == "120"
+    assert read(g, "io.weight") == "default 200"
 
 
 def test_v2_unset_params_lift_the_limits(tmp_path: Path) -> None:
@@ -65,6 +79,7 @@ def test_v2_unset_params_lift_the_limits(tmp_path: Path) -> None:
     assert read(g, "memory.swap.max") == "max"
     assert read(g, "pids.max") == "max"
     assert read(g, "cpuset.cpus") == ""
+    assert read(g, "io.weight") == "default 100"
 
 
 def test_v2_missing_controller(tmp_path: Path) -> None:
@@ -80,10 +95,33 @@ def test_v2_missing_controller(tmp_path: Path) -> None:
     assert not (g / "pids.max").exists()
 
 
-def test_v2_missing_swap_accounting(tmp_path: Path) -> None:
-    v2_tree(tmp_path, skip=("memory.swap.max",))
+def test_missing_swap_accounting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A swap limit the kernel cannot account is an error only where there is swap."""
+    g = v2_tree(tmp_path, skip=("memory.swap.max",))
+    cfg = VeConfig.parse('PHYSPAGES="0:64M"\nSWAPPAGES="0:1G"\n')
+    monkeypatch.setattr(v2mod, "host_has_swap", lambda: True)
     with pytest.raises(VeError, match=r"SWAPPAGES cannot be enforced: .*memory.swap.max"):
-        CgroupsV2(tmp_path).apply("101", VeConfig.parse('SWAPPAGES="0:1G"\n'))
+        CgroupsV2(tmp_path).apply("101", cfg)
+    monkeypatch.setattr(v2mod, "host_has_swap", lambda: False)
+    CgroupsV2(tmp_path).apply("101", cfg)
+    assert read(g, "memory.max") == str(64 << 20)
+    (tmp_path / "v1").mkdir()
+    groups = v1_tree(tmp_path / "v1")
+    (groups["memory"] / "memory.memsw.limit_in_bytes").unlink()
+    monkeypatch.setattr(v1mod, "host_has_swap", lambda: True)
+    cg1 = CgroupsV1({c: tmp_path / "v1" / c for c in groups})
+    with pytest.raises(VeError, match=r"SWAPPAGES cannot be enforced: .*memsw"):
+        cg1.apply("101", cfg)
+    assert read(groups["memory"], "memory.limit_in_bytes") == "9223372036854771712"  # as was
+    cg1.apply("101", VeConfig.parse('PHYSPAGES="0:64M"\n'))  # no swap limit: fine
+
+
+def test_host_has_swap(tmp_path: Path) -> None:
+    f = tmp_path / "swaps"
+    f.write_text("Filename\tType\tSize\tUsed\tPriority\n")
+    assert host_has_swap(f) is False
+    f.write_text("Filename\tType\tSize\tUsed\tPriority\n/swapfile file 1048572 0 -2\n")
+    assert host_has_swap(f) is True
 
 
 def test_v2_apply_needs_the_group(tmp_path: Path) -> None:
@@ -103,6 +141,7 @@ def test_v1_full_mapping(tmp_path: Path) -> None:
     assert read(g["memory"], "memory.soft_limit_in_bytes") == str(256 << 20)
     assert read(g["memory"], "memory.memsw.limit_in_bytes") == str(768 << 20)  # RAM+swap
     assert read(g["pids"], "pids.max") == "120"
+    assert read(g["blkio"], "blkio.bfq.weight") == "200"
 
 
 def test_v1_unset_params_lift_the_limits(tmp_path: Path) -> None:
@@ -115,6 +154,7 @@ def test_v1_unset_params_lift_the_limits(tmp_path: Path) -> None:
     assert read(g["memory"], "memory.limit_in_bytes") == "-1"
     assert read(g["memory"], "memory.memsw.limit_in_bytes") == "-1"
     assert read(g["pids"], "pids.max") == "max"
+    assert read(g["blkio"], "blkio.bfq.weight") == "100"
 
 
 def test_v1_memsw_is_opened_before_the_ram_limit_moves() -> None:
@@ -228,3 +268,16 @@ def test_find_mounts_reads_mountinfo(tmp_path: Path) -> None:
 def test_check_ctid(bad: str) -> None:
     with pytest.raises(VeError, match="is not a valid CTID"):
         check_ctid(bad)
+
+
+def test_v1_create_gives_cpuset_groups_cpus(tmp_path: Path) -> None:
+    """A new v1 cpuset group has no CPUs until given its parent's (else attach fails)."""
+    groups = v1_tree(tmp_path, "101", controllers=("cpuset", "pids"))
+    (tmp_path / "cpuset/vzpkg/cpuset.cpus").write_text("")   # left empty by a crash
+    cg = CgroupsV1({c: tmp_path / c for c in groups})
+    cg.create("102")
+    assert read(tmp_path / "cpuset/vzpkg", "cpuset.cpus") == "0-3"
+    assert read(tmp_path / "cpuset/vzpkg/102", "cpuset.cpus") == "0-3"
+    assert read(tmp_path / "cpuset/vzpkg/102", "cpuset.mems") == "0"
+    assert (tmp_path / "pids/vzpkg/102").is_dir() and cg.exists("102")
+    assert cg.list_ctids() == ["101", "102"]

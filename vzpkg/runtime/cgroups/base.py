@@ -79,7 +79,10 @@ def write_file(path: Path, value: str, what: str) -> None:
             f.write(value)
     except OSError as exc:
         hint = None
-        if exc.errno == errno.EBUSY and ("limit" in path.name or path.name == "memory.max"):
+        if exc.errno == errno.EBUSY and path.name == "cgroup.subtree_control":
+            hint = (f"processes in {path.parent} itself keep cgroup v2 from enabling "
+                    "controllers below it; move them into a child group")
+        elif exc.errno == errno.EBUSY and ("limit" in path.name or path.name == "memory.max"):
             hint = "the VE uses more than the new limit; stop some of its processes first"
         elif exc.errno in (errno.EACCES, errno.EPERM):
             hint = "cgroups can only be changed by root"

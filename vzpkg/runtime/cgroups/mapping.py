@@ -15,16 +15,22 @@ PHYSPAGES      memory.max (limit),                 memory.limit_in_bytes (limit)
                memory.high (barrier if < limit)    memory.soft_limit_in_bytes (barrier)
 SWAPPAGES      memory.swap.max                     memory.memsw.limit_in_bytes = RAM + swap
 NUMPROC        pids.max (limit)                    pids.max (limit)
+IOPRIO         io.weight = 100 * 2^((prio-4)/2)    blkio.bfq.weight (same scale)
 =============  =================================  ==========================================
 
 CPULIMIT is in percent of one CPU and CPUS in whole CPUs; the lower of the two
 is the quota.  A PHYSPAGES barrier of 0 (OpenVZ's usual ``0:LIMIT``) or equal to
-the limit means no soft limit.
+the limit means no soft limit.  A swap limit needs the kernel's swap accounting
+(``memory.swap.max`` / ``memory.memsw.*``); when the host has no swap device at all
+the limit holds trivially, so only a host *with* swap but without accounting makes
+a SWAPPAGES limit an error.  IOPRIO 4 is the
+default weight (100); each step up or down multiplies or divides it by about 1.4.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from vzpkg.errors import VeError
 from vzpkg.runtime.config import VeConfig
@@ -32,6 +38,7 @@ from vzpkg.runtime.params import UNLIMITED, format_cpumask
 
 CFS_PERIOD_US = 100_000
 DEFAULT_CPUUNITS = 1000
+DEFAULT_IOPRIO = 4
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,14 @@ class Write:
     param: str = ""
 
 
+def host_has_swap(swaps: Path = Path("/proc/swaps")) -> bool:
+    """True when the host has an active swap device or file."""
+    try:
+        return len(swaps.read_text().splitlines()) > 1
+    except OSError:
+        return True
+
+
 def cpu_shares(units: int) -> int:
     return max(2, min(262144, units * 1024 // DEFAULT_CPUUNITS))
 
@@ -62,6 +77,15 @@ def cpu_quota_us(cfg: VeConfig) -> int | None:
     caps = [pct for pct in (cfg.get_int("CPULIMIT") or 0, (cfg.get_int("CPUS") or 0) * 100)
             if pct > 0]
     return min(caps) * CFS_PERIOD_US // 100 if caps else None
+
+
+def io_weight(prio: int) -> int:
+    return round(100 * 2 ** ((prio - DEFAULT_IOPRIO) / 2))
+
+
+def _ioprio(cfg: VeConfig) -> int:
+    prio = cfg.get_int("IOPRIO")
+    return DEFAULT_IOPRIO if prio is None else prio
 
 
 def _units(cfg: VeConfig) -> int:
@@ -99,12 +123,14 @@ def _cpus(cfg: VeConfig, host_cpus: tuple[int, ...] | None) -> tuple[int, ...] |
     return mask
 
 
-def v2_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None) -> list[Write]:
+def v2_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None,
+              host_swap: bool = True) -> list[Write]:
     units = _units(cfg)
     quota = cpu_quota_us(cfg)
     limit, soft, swap = _memory(cfg)
     nproc = _numproc(cfg)
     mask = _cpus(cfg, host_cpus)
+    prio = _ioprio(cfg)
     return [
         Write("cpu", "cpu.weight", str(cpu_weight(units)), units != DEFAULT_CPUUNITS,
               "CPUUNITS"),
@@ -117,13 +143,16 @@ def v2_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None) -> list[W
         Write("memory", "memory.high", str(soft) if soft else "max", soft is not None,
               "PHYSPAGES"),
         Write("memory", "memory.swap.max", str(swap) if swap is not None else "max",
-              swap is not None, "SWAPPAGES"),
+              swap is not None and host_swap, "SWAPPAGES"),
         Write("pids", "pids.max", str(nproc) if nproc is not None else "max",
               nproc is not None, "NUMPROC"),
+        Write("io", "io.weight", f"default {io_weight(prio)}", prio != DEFAULT_IOPRIO,
+              "IOPRIO"),
     ]
 
 
-def v1_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None) -> list[Write]:
+def v1_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None,
+              host_swap: bool = True) -> list[Write]:
     """Writes for v1.  memsw is first opened up so that the RAM limit can move either
     way (the kernel insists memsw >= memory), then set to RAM + swap."""
     units = _units(cfg)
@@ -131,6 +160,7 @@ def v1_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None) -> list[W
     limit, soft, swap = _memory(cfg)
     nproc = _numproc(cfg)
     mask = _cpus(cfg, host_cpus)
+    prio = _ioprio(cfg)
     cpus = mask if mask is not None else host_cpus
     memsw = limit + swap if limit is not None and swap is not None else None
     out = [
@@ -150,8 +180,10 @@ def v1_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None) -> list[W
         Write("memory", "memory.soft_limit_in_bytes", str(soft) if soft else "-1",
               soft is not None, "PHYSPAGES"),
         Write("memory", "memory.memsw.limit_in_bytes", str(memsw) if memsw is not None else "-1",
-              False, "SWAPPAGES"),
+              memsw is not None and host_swap, "SWAPPAGES"),
         Write("pids", "pids.max", str(nproc) if nproc is not None else "max",
               nproc is not None, "NUMPROC"),
+        Write("blkio", "blkio.bfq.weight", str(io_weight(prio)), prio != DEFAULT_IOPRIO,
+              "IOPRIO"),
     ]
     return out

@@ -8,6 +8,7 @@ is frozen, every task gets SIGKILL, then it is thawed.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from collections.abc import Mapping
@@ -31,7 +32,7 @@ from vzpkg.runtime.cgroups.base import (
     walk_groups,
     write_file,
 )
-from vzpkg.runtime.cgroups.mapping import Write, v1_writes
+from vzpkg.runtime.cgroups.mapping import Write, host_has_swap, v1_writes
 from vzpkg.runtime.config import VeConfig
 from vzpkg.runtime.params import UNLIMITED
 from vzpkg.runtime.ubc import Beancounter
@@ -80,26 +81,33 @@ class CgroupsV1(Cgroups):
     def create(self, ctid: str) -> None:
         made: list[Path] = []
         try:
-            for c, mount in self.mounts.items():
+            for mount in self.mounts.values():
                 for d in (mount / self.prefix, mount / self.prefix / check_ctid(ctid)):
-                    if d.is_dir():
-                        continue
-                    d.mkdir()
-                    made.append(d)
-                    if c == "cpuset":
-                        _inherit_cpuset(d)
-        except OSError as exc:
+                    if not d.is_dir():
+                        d.mkdir()
+                        made.append(d)
+            if "cpuset" in self.mounts:  # also repairs a group left empty by a crash
+                base = self.mounts["cpuset"] / self.prefix
+                _inherit_cpuset(base)
+                _inherit_cpuset(base / ctid)
+        except (OSError, VeError) as exc:
             for d in reversed(made):
-                d.rmdir()
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+            if isinstance(exc, VeError):
+                raise
             raise VeError(f"VE {ctid}: cannot create its cgroup: {exc}",
                           hint="cgroups can only be created by root") from None
 
     def writes(self, cfg: VeConfig) -> list[Write]:
         cpuset = self.mounts.get("cpuset")
         return v1_writes(cfg, host_cpus(cpuset / "cpuset.effective_cpus")
-                         if cpuset else None)
+                         if cpuset else None, host_has_swap())
 
     def apply(self, ctid: str, cfg: VeConfig) -> None:
+        """Check every write first, then write: a limit that cannot be enforced
+        leaves the group as it was."""
+        todo: list[tuple[Path, Write]] = []
         for w in self.writes(cfg):
             g = self.group(w.controller, ctid)
             if g is None or not (g / w.file).exists():
@@ -110,7 +118,9 @@ class CgroupsV1(Cgroups):
                                   hint=f"mount the cgroup v1 {w.controller} controller, or "
                                        f"remove {w.param} from the VE's configuration")
                 continue
-            write_file(g / w.file, w.value, f"VE {ctid}: {w.param}")
+            todo.append((g / w.file, w))
+        for f, w in todo:
+            write_file(f, w.value, f"VE {ctid}: {w.param}")
 
     def attach(self, ctid: str, pid: int) -> None:
         for d in self._dirs(ctid):
@@ -181,9 +191,13 @@ def _memory_counters(g: Path, cfg: VeConfig | None) -> list[Beancounter]:
     out = [Beancounter("kmemsize", read_int(g / "memory.kmem.usage_in_bytes") or 0,
                        read_int(g / "memory.kmem.max_usage_in_bytes") or 0,
                        UNLIMITED, UNLIMITED, read_int(g / "memory.kmem.failcnt") or 0)]
+    oom = read_keyed(g / "memory.oom_control").get("oom_kill", 0)
+    # With memsw equal to the RAM limit (no swap) the kernel refuses charges at memsw,
+    # whose failcnt it may not count; an OOM kill then is the evidence of the hit.
+    fails = read_int(g / "memory.failcnt") or 0
     out.append(Beancounter("physpages", pages(usage), pages(peak),
                            barrier_from(cfg, "PHYSPAGES", pages(soft)), pages(limit),
-                           read_int(g / "memory.failcnt") or 0))
+                           fails or oom))
     sw_usage = read_int(g / "memory.memsw.usage_in_bytes")
     if sw_usage is not None:
         sw_peak = read_int(g / "memory.memsw.max_usage_in_bytes") or sw_usage
@@ -194,7 +208,6 @@ def _memory_counters(g: Path, cfg: VeConfig | None) -> list[Beancounter]:
                                pages(max(0, sw_peak - peak)),
                                barrier_from(cfg, "SWAPPAGES", swap_limit), swap_limit,
                                read_int(g / "memory.memsw.failcnt") or 0))
-    oom = read_keyed(g / "memory.oom_control").get("oom_kill", 0)
     out.append(Beancounter("oomguarpages", pages(usage), pages(peak), 0, UNLIMITED, oom))
     return out
 

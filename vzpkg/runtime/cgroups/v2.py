@@ -31,7 +31,7 @@ from vzpkg.runtime.cgroups.base import (
     walk_groups,
     write_file,
 )
-from vzpkg.runtime.cgroups.mapping import Write, v2_writes
+from vzpkg.runtime.cgroups.mapping import Write, host_has_swap, v2_writes
 from vzpkg.runtime.config import VeConfig
 from vzpkg.runtime.params import UNLIMITED
 from vzpkg.runtime.ubc import Beancounter
@@ -41,6 +41,7 @@ WANTED = ("cpu", "cpuset", "memory", "pids", "io")
 
 class CgroupsV2(Cgroups):
     version = 2
+    wanted: tuple[str, ...] = WANTED  # controllers create() enables where offered
 
     def __init__(self, root: Path = Path("/sys/fs/cgroup"),
                  prefix: str = DEFAULT_PREFIX) -> None:
@@ -86,19 +87,22 @@ class CgroupsV2(Cgroups):
     def _enable(self, where: Path) -> None:
         offered = self.available(where)
         enabled = set((read_text(where / "cgroup.subtree_control") or "").split())
-        for c in WANTED:
+        for c in self.wanted:
             if c in offered and c not in enabled:
                 write_file(where / "cgroup.subtree_control", f"+{c}",
                            f"enable the {c} controller")
 
     def writes(self, cfg: VeConfig) -> list[Write]:
-        return v2_writes(cfg, host_cpus(self.root / "cpuset.cpus.effective"))
+        return v2_writes(cfg, host_cpus(self.root / "cpuset.cpus.effective"), host_has_swap())
 
     def apply(self, ctid: str, cfg: VeConfig) -> None:
+        """Check every write first, then write: a limit that cannot be enforced
+        leaves the group as it was."""
         g = self.group(ctid)
         if not g.is_dir():
             raise VeError(f"VE {ctid}: no cgroup {g}", hint="start the VE first")
         have = set((read_text(g / "cgroup.controllers") or "").split())
+        todo: list[Write] = []
         for w in self.writes(cfg):
             f = g / w.file
             if w.controller not in have or not f.exists():
@@ -111,7 +115,9 @@ class CgroupsV2(Cgroups):
                              f"{self.root}/cgroup.subtree_control`, or remove {w.param} "
                              "from the VE's configuration")
                 continue
-            write_file(f, w.value, f"VE {ctid}: {w.param}")
+            todo.append(w)
+        for w in todo:
+            write_file(g / w.file, w.value, f"VE {ctid}: {w.param}")
 
     def attach(self, ctid: str, pid: int) -> None:
         write_file(self.group(ctid) / "cgroup.procs", str(pid), f"VE {ctid}: attach pid {pid}")
