@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -58,27 +56,28 @@ def make_busybox_tree(root: Path) -> Path:
     return root
 
 
-def make_busybox_cache(cache_dir: Path, name: str = BUSYBOX_NAME,
-                       debian_like: bool = False) -> Path:
-    """Pack the busybox tree as <name>.tar.zst with a manifest; return the tarball."""
+def make_busybox_cache(cache_dir: Path, name: str = BUSYBOX_NAME) -> Path:
+    """Pack the busybox tree and ``vzpkg import`` it as cache *name* (needs root)."""
+    from vzpkg.store import CacheStore
+    from vzpkg.store_import import import_tarball
+    store = CacheStore(cache_dir)
+    found = store.tarball(name)
+    if found is not None:
+        return found
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tarball = cache_dir / f"{name}.tar.zst"
-    if tarball.exists():
-        return tarball
-    tree = cache_dir / f".{name}.tree"
-    shutil.rmtree(tree, ignore_errors=True)
-    make_busybox_tree(tree)
-    if debian_like:
-        (tree / "etc/debian_version").write_text("12.0\n")
-    tmp = tarball.with_name(tarball.name + ".tmp")
-    subprocess.run(["tar", "--zstd", "--numeric-owner", "--sort=name", "-cf", str(tmp),
-                    "-C", str(tree), "."], check=True)
-    shutil.rmtree(tree)
-    sha = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    (cache_dir / f"{name}.manifest.json").write_text(json.dumps(
-        {"name": name, "sha256": sha, "packages": []}))
-    tmp.rename(tarball)
-    return tarball
+    work = cache_dir / f".{name}.src"
+    shutil.rmtree(work, ignore_errors=True)
+    make_busybox_tree(work / "tree")
+    src = work / "rootfs.tar.gz"
+    subprocess.run(["tar", "-czf", str(src), "--numeric-owner", "-C", str(work / "tree"),
+                    "."], check=True)
+    try:
+        import_tarball(store, src, name)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    tb = store.tarball(name)
+    assert tb is not None
+    return tb
 
 
 def debian_cache(cache_dir: Path) -> str | None:

@@ -111,7 +111,7 @@ def test_create_refuses_existing_and_leaves_nothing_on_failure(rt: Runtime,
         assert "Traceback" not in r.stderr
     finally:
         rt.destroy(9203)
-    r = vzctl(rt, "create", "9204", "--ostemplate", "no-such-cache")
+    r = vzctl(rt, "create", "9204", "--ostemplate", "nosuch-1")
     assert r.returncode != 0 and "no cache named" in r.stderr and "hint" in r.stderr
     # a corrupt cache: unpack fails half-way; no conf, no private area remain
     bad = rt.cache_dirs[0] / "broken-1-x86_64-minimal.tar.zst"

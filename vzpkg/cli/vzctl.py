@@ -38,7 +38,7 @@ $VZPKG_CACHE_DIR, configuration) and in $VZ_ROOT/template/cache.
 
 def _rt(args: argparse.Namespace) -> Runtime:
     settings = load_settings(cache_dir=args.cache_dir)
-    return Runtime(VzPaths.from_env(), [settings.cache_dir])
+    return Runtime(VzPaths.from_env(), [settings.cache_dir], settings=settings)
 
 
 def _say(args: argparse.Namespace, text: str) -> None:

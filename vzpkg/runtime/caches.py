@@ -8,15 +8,13 @@ The short form ``debian-12`` means ``debian-12-<host arch>-minimal``.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from vzpkg.errors import ArchiveError, VeError
-
-SUFFIXES = (".tar.zst", ".tar.xz", ".tar.gz")
+from vzpkg import archive
+from vzpkg.errors import VeError
+from vzpkg.manifest import expand_name
+from vzpkg.store import CacheStore
 
 
 @dataclass(frozen=True)
@@ -47,42 +45,19 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def candidates(name: str) -> list[str]:
-    parts = name.split("-")
-    if len(parts) == 2:
-        return [name, f"{name}-{os.uname().machine}-minimal"]
-    return [name]
-
-
 def find_cache(name: str, dirs: list[Path]) -> CacheRef | None:
-    for cand in candidates(name):
-        for d in dirs:
-            for suf in SUFFIXES:
-                tb = d / f"{cand}{suf}"
-                if tb.is_file():
-                    return CacheRef(cand, tb, _manifest_sha(d / f"{cand}.manifest.json"))
+    """The cache *name* (short forms allowed) in the first of *dirs* that has it."""
+    full = expand_name(name)
+    for d in dirs:
+        store = CacheStore(d)
+        tb = store.tarball(full)
+        if tb is not None:
+            m = store.manifest(full)
+            return CacheRef(full, tb, m.sha256 if m is not None else None)
     return None
 
 
-def _manifest_sha(path: Path) -> str | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    sha = data.get("sha256") if isinstance(data, dict) else None
-    return sha if isinstance(sha, str) else None
-
-
 def unpack(tarball: Path, dest: Path) -> None:
-    """Unpack *tarball* into the existing empty directory *dest*."""
-    try:
-        from vzpkg import archive  # type: ignore[attr-defined, unused-ignore]
-        archive.unpack(tarball, dest)
-        return
-    except ImportError:
-        pass
-    r = subprocess.run(["tar", "-x", "-p", "--numeric-owner", "--xattrs",
-                        "--xattrs-include=*", "-f", str(tarball), "-C", str(dest)],
-                       capture_output=True, text=True, check=False)
-    if r.returncode != 0:
-        raise ArchiveError(f"cannot unpack {tarball}: {r.stderr.strip()}")
+    """Unpack *tarball* into the existing empty directory *dest* (securely: see
+    :func:`vzpkg.archive.unpack`; on refusal nothing is left in *dest*)."""
+    archive.unpack(tarball, dest)

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from vzpkg.errors import UsageError, VeError
+from vzpkg.config import Settings
+from vzpkg.errors import ConfigError, UsageError, VeError
 from vzpkg.runtime import dists, layout, net, ns, state
 from vzpkg.runtime.caches import CacheRef, find_cache
 from vzpkg.runtime.cgroups import Cgroups, detect
@@ -72,10 +73,11 @@ class Runtime:
     """All VEs under one VZ_ROOT."""
 
     def __init__(self, paths: VzPaths, cache_dirs: Sequence[Path] = (),
-                 cgroups: Cgroups | None = None) -> None:
+                 cgroups: Cgroups | None = None, settings: Settings | None = None) -> None:
         self.paths = paths
         self.cache_dirs = [*cache_dirs, paths.template_cache]
         self._cgroups = cgroups
+        self.settings = settings  # when given, a missing cache is pulled from a mirror
 
     @property
     def cgroups(self) -> Cgroups:
@@ -126,12 +128,25 @@ class Runtime:
     # -- create ------------------------------------------------------------
     def find_cache(self, name: str) -> CacheRef:
         ref = find_cache(name, self.cache_dirs)
+        if ref is None and self.settings is not None:
+            ref = self._pull(name)
         if ref is None:
             where = ", ".join(str(d) for d in self.cache_dirs)
             raise VeError(f"no cache named {name!r} in {where}",
-                          hint=f"build it (vzpkg build {name}), pull it from a mirror, "
+                          hint=f"build it (vzpkg build {name}), pull it (vzpkg pull {name}), "
                                "or point --cache-dir / $VZPKG_CACHE_DIR at it")
         return ref
+
+    def _pull(self, name: str) -> CacheRef | None:
+        """Fetch a missing cache from the configured mirrors (verified by the mirror
+        code); None when no mirror is configured at all."""
+        from vzpkg.mirror import pull_cache
+        assert self.settings is not None
+        try:
+            pull_cache(name, self.settings)
+        except ConfigError:  # no mirror or trusted key configured: not an error here
+            return None
+        return find_cache(name, [self.settings.cache_dir])
 
     def create(self, ctid: int, ostemplate: str, *, config: str | None = None,
                hostname: str | None = None, ipadd: Sequence[str] = (),
