@@ -10,6 +10,7 @@ addresses 169.254.0.1 and fe80::1 that the VE's default routes use.
 from __future__ import annotations
 
 import ipaddress
+import os
 import subprocess
 from collections.abc import Iterable
 
@@ -50,9 +51,8 @@ def _ip(args: list[str], batch: list[str], netns_pid: int | None = None) -> None
 
 
 def link_exists(name: str) -> bool:
-    r = subprocess.run(["ip", "-o", "link", "show", "dev", name], capture_output=True,
-                       check=False)
-    return r.returncode == 0
+    """Whether the host has interface *name* (in the caller's network namespace)."""
+    return os.path.exists(f"/sys/class/net/{name}")
 
 
 def _host_route(addr: Addr, ctid: int, verb: str) -> str:

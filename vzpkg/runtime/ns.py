@@ -22,6 +22,7 @@ import os
 import signal
 import stat
 import struct
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,15 +36,17 @@ VE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # pid 1 of a VE when the distribution's init does not run in a container: a
 # shell that reaps orphans while it waits, and on SIGTERM asks every process to
 # stop, gives them up to 5 s, then exits (the kernel kills what is left).
+# /etc/rc.vz, when the VE has one, is run once at start (services to launch).
 MINIMAL_INIT = """\
 down() {
   trap '' TERM INT
   kill -TERM -1 2>/dev/null
+  wait
   n=0
-  while [ $n -lt 50 ]; do
+  while [ $n -lt 100 ]; do
     set -- /proc/[0-9]*
     [ $# -le 1 ] && exit 0
-    sleep 0.1 & wait $!
+    sleep 0.05 & wait $!
     n=$((n+1))
   done
   exit 0
@@ -164,6 +167,23 @@ def _init_child(spec: StartSpec, r_go: int, w_err: int) -> None:
             os.write(w_err, msg.encode(errors="replace")[:4000])
         os._exit(127)
     os._exit(127)
+
+
+def wait_init_ready(pid: int, timeout: float = 2.0) -> None:
+    """Wait until init catches SIGTERM, so that a stop right after start is heard
+    (pid 1 of a namespace ignores signals it has no handler for)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/status", encoding="ascii") as f:
+                for line in f:
+                    if line.startswith("SigCgt:"):
+                        if int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)):
+                            return
+                        break
+        except OSError:
+            return
+        time.sleep(0.002)
 
 
 def start_init(spec: StartSpec, ready: Callable[[int], None]) -> int:

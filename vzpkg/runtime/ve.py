@@ -212,6 +212,7 @@ class Runtime:
                             prepare=lambda: _prepare(setup))
         pid = ns.start_init(spec, ready)
         state.write_pidfile(self.paths.pidfile(ctid), pid)
+        ns.wait_init_ready(pid)
         return pid
 
     def stop(self, ctid: int, *, fast: bool = False, timeout: float | None = None) -> None:
