@@ -1,0 +1,235 @@
+"""The runtime's speed and density, against bare baselines in the same run.
+
+    python bench/runtime.py [--cache-dir DIR] [--name CACHE] [--runs N] [--density N]
+
+Uses the Debian cache from the builder when one is found (--cache-dir,
+$VZPKG_CACHE_DIR, caches/ of the repository), else a busybox cache made with
+``vzpkg import``.  Measures, with medians over --runs rounds:
+
+- create (plain) against ``zstd -dc CACHE | tar -x`` into the same file system;
+- create (overlay), once the shared copy exists (the first one is reported apart);
+- start until ``/bin/true`` has been exec'd in the VE, against a bare
+  ``unshare --mount --uts --ipc --net --pid --fork chroot DIR /bin/true``;
+- stop (SIGTERM to init) and stop --fast;
+- density: start --density VEs (overlay, one cache), then host memory per running
+  VE, split into the VEs' own processes (PSS) and what the host spends beyond them.
+
+Targets (issue 5): plain create <= 1.2x tar, overlay create < 50 ms, start < 150 ms,
+overhead per idle VE < 2 MB.  Needs root.  Writes bench/results/runtime.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import median, write_results
+from tests.runtime_helpers import BUSYBOX_NAME, find_debian_cache, make_busybox_cache
+from vzpkg.runtime.paths import VzPaths
+from vzpkg.runtime.ve import Runtime
+
+BASE = 8000
+
+
+def _ms(x: float) -> float:
+    return round(x * 1000, 1)
+
+
+def meminfo() -> dict[str, int]:
+    out: dict[str, int] = {}
+    with open("/proc/meminfo", encoding="ascii") as f:
+        for line in f:
+            k, v = line.split(":", 1)
+            out[k] = int(v.split()[0]) * 1024
+    return out
+
+
+def pss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def tar_extract(tarball: Path, dest: Path) -> None:
+    dest.mkdir()
+    subprocess.run(f"zstd -dc '{tarball}' | tar -x --numeric-owner -p -C '{dest}'",
+                   shell=True, check=True, stderr=subprocess.DEVNULL)
+
+
+def bench_create(rt: Runtime, name: str, tarball: Path, work: Path, runs: int
+                 ) -> dict[str, Any]:
+    plain, tar, overlay = [], [], []
+    first_overlay = 0.0
+    for i in range(runs):
+        d = work / f"tar{i}"
+        t0 = time.perf_counter()
+        tar_extract(tarball, d)
+        tar.append(time.perf_counter() - t0)
+        shutil.rmtree(d)
+        t0 = time.perf_counter()
+        rt.create(BASE + i, name, layout_name="plain")
+        plain.append(time.perf_counter() - t0)
+        rt.destroy(BASE + i)
+    keep = BASE + 99  # holds the shared copy while the others come and go
+    t0 = time.perf_counter()
+    rt.create(keep, name, layout_name="overlay")
+    first_overlay = time.perf_counter() - t0
+    for i in range(runs):
+        t0 = time.perf_counter()
+        rt.create(BASE + i, name, layout_name="overlay")
+        overlay.append(time.perf_counter() - t0)
+        rt.destroy(BASE + i)
+    rt.destroy(keep)
+    ratio = median(plain) / median(tar)
+    return {
+        "create_plain_ms": _ms(median(plain)), "tar_extract_ms": _ms(median(tar)),
+        "create_plain_vs_tar": round(ratio, 3), "create_plain_target_met": ratio <= 1.2,
+        "create_overlay_ms": _ms(median(overlay)),
+        "create_overlay_first_ms": _ms(first_overlay),
+        "create_overlay_target_met": median(overlay) < 0.05,
+    }
+
+
+def bench_start_stop(rt: Runtime, name: str, work: Path, runs: int) -> dict[str, Any]:
+    devnull = os.open("/dev/null", os.O_RDWR)
+    ctid = BASE + 50
+    rt.create(ctid, name, layout_name="overlay", ipadd=["198.18.80.50"])
+    bare_root = work / "bare"
+    tar_extract(rt.find_cache(name).tarball, bare_root)
+    start, start_exec, stop, fast, bare = [], [], [], [], []
+    try:
+        for i in range(runs):
+            t0 = time.perf_counter()
+            subprocess.run(["unshare", "--mount", "--uts", "--ipc", "--net", "--pid", "--fork",
+                            "chroot", str(bare_root), "/bin/true"], check=True)
+            bare.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            rt.start(ctid)
+            t1 = time.perf_counter()
+            code = rt.exec(ctid, ["/bin/true"], (devnull, devnull, devnull))
+            t2 = time.perf_counter()
+            assert code == 0
+            start.append(t1 - t0)
+            start_exec.append(t2 - t0)
+            t0 = time.perf_counter()
+            if i % 2:
+                rt.stop(ctid, fast=True)
+                fast.append(time.perf_counter() - t0)
+            else:
+                rt.stop(ctid)
+                stop.append(time.perf_counter() - t0)
+    finally:
+        os.close(devnull)
+        rt.destroy(ctid)
+        shutil.rmtree(bare_root, ignore_errors=True)
+    ratio = median(start_exec) / median(bare)
+    return {
+        "start_ms": _ms(median(start)), "start_to_exec_ms": _ms(median(start_exec)),
+        "bare_unshare_chroot_true_ms": _ms(median(bare)),
+        "start_vs_bare": round(ratio, 2), "start_target_met": median(start_exec) < 0.15,
+        "stop_ms": _ms(median(stop)), "stop_fast_ms": _ms(median(fast or stop)),
+    }
+
+
+def bench_density(rt: Runtime, name: str, n: int) -> dict[str, Any]:
+    ids = [BASE + 100 + i for i in range(n)]
+    for c in ids:
+        rt.create(c, name, layout_name="overlay")
+    time.sleep(1)
+    before = meminfo()
+    t0 = time.perf_counter()
+    for c in ids:
+        rt.start(c)
+    took = time.perf_counter() - t0
+    time.sleep(2)
+    after = meminfo()
+    own = sum(pss(p) for c in ids for p in rt.cgroups.procs(str(c)))
+    nproc = sum(len(rt.cgroups.procs(str(c))) for c in ids)
+    used = (before["MemAvailable"] - after["MemAvailable"])
+    kernel = sum(after[k] - before[k] for k in ("Slab", "KernelStack", "PageTables"))
+    t0 = time.perf_counter()
+    for c in ids:
+        rt.stop(c, fast=True)
+    stop_all = time.perf_counter() - t0
+    for c in ids:
+        rt.destroy(c)
+    per_ve = used / n
+    overhead = (used - own) / n
+    return {
+        "density_ves": n, "density_start_all_s": round(took, 2),
+        "density_stop_all_s": round(stop_all, 2),
+        "density_processes": nproc,
+        "host_memory_per_ve_kib": round(per_ve / 1024, 1),
+        "ve_processes_pss_per_ve_kib": round(own / n / 1024, 1),
+        "overhead_per_ve_kib": round(overhead / 1024, 1),
+        "kernel_slab_stack_pt_per_ve_kib": round(kernel / n / 1024, 1),
+        "overhead_target_met": overhead < 2 * 1024 * 1024,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cache-dir", type=Path)
+    ap.add_argument("--name")
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--density", type=int, default=100)
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="scratch directory (default: a temporary one under /var/tmp)")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench/runtime.py needs root (namespaces, mounts, cgroups)", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="vzbench-", dir=args.workdir or "/var/tmp"))
+    try:
+        if args.cache_dir and args.name:
+            cache_dir, name = args.cache_dir, args.name
+        elif (found := find_debian_cache()) is not None:
+            cache_dir, name = found
+        else:
+            cache_dir, name = work / "caches", BUSYBOX_NAME
+            make_busybox_cache(cache_dir)
+        rt = Runtime(VzPaths(work / "vz"), [cache_dir])
+        tarball = rt.find_cache(name).tarball
+        print(f"cache {name} ({tarball.stat().st_size >> 20} MiB), {args.runs} runs",
+              flush=True)
+        res: dict[str, Any] = {"cache": name, "cache_bytes": tarball.stat().st_size,
+                               "runs": args.runs}
+        res.update(bench_create(rt, name, tarball, work, args.runs))
+        print({k: v for k, v in res.items() if "create" in k or "tar" in k}, flush=True)
+        res.update(bench_start_stop(rt, name, work, args.runs))
+        print({k: v for k, v in res.items() if "start" in k or "stop" in k}, flush=True)
+        if args.density:
+            res.update(bench_density(rt, name, args.density))
+            print({k: v for k, v in res.items() if "density" in k or "per_ve" in k},
+                  flush=True)
+        out = write_results("runtime", res)
+        print(f"wrote {out}")
+    finally:
+        rt_root = work / "vz"
+        if rt_root.exists():
+            r = Runtime(VzPaths(rt_root))
+            for c in r.ctids():
+                try:
+                    r.destroy(c)
+                except Exception as exc:
+                    print(f"cleanup of VE {c} failed: {exc}", file=sys.stderr)
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
