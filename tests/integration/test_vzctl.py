@@ -193,6 +193,10 @@ def test_set_hostname_dns_password(rt: Runtime) -> None:
         assert not layout.is_mounted(rt.paths.ve_root(ctid))
         r = vzctl(rt, "set", str(ctid), "--hostname", "x")
         assert r.returncode != 0 and "--save" in r.stderr
+        assert vzctl(rt, "set", str(ctid), "--name", "webby", "--save").returncode == 0
+        assert vzctl(rt, "status", "webby").stdout.strip() == \
+            f"VEID {ctid} exist unmounted down"
+        assert vzctl(rt, "status", "nobody-has-this").returncode == 2
         rt.start(ctid)
         r = vzctl(rt, "set", str(ctid), "--hostname", "after.example", "--nameserver",
                   "198.18.0.53", "--searchdomain", "example", "--save")

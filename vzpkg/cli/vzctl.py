@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from vzpkg import __version__
 from vzpkg.cli.common import Parser, run_main
 from vzpkg.config import load_settings
-from vzpkg.errors import UsageError
+from vzpkg.errors import UsageError, VeError
 from vzpkg.runtime import console, params
 from vzpkg.runtime.paths import VzPaths, check_ctid
-from vzpkg.runtime.ve import Runtime
+from vzpkg.runtime.ve import Runtime, by_name
 
 EPILOG = """\
 examples:
@@ -37,6 +37,9 @@ $VZPKG_CACHE_DIR, configuration) and in $VZ_ROOT/template/cache.
 
 
 def _rt(args: argparse.Namespace) -> Runtime:
+    if os.geteuid() != 0 and args.cmd != "status":
+        raise VeError(f"vzctl {args.cmd} needs root (namespaces, mounts, cgroups)",
+                      hint=f"run it as root: sudo vzctl {args.cmd} ...")
     settings = load_settings(cache_dir=args.cache_dir)
     return Runtime(VzPaths.from_env(), [settings.cache_dir], settings=settings)
 
@@ -117,10 +120,17 @@ def cmd_destroy(args: argparse.Namespace) -> int:
 
 
 def _ctid(text: str) -> int:
-    try:
-        return check_ctid(text)
-    except UsageError as exc:
-        raise argparse.ArgumentTypeError(exc.message) from None
+    """A CTID, or the NAME a VE was given with vzctl set --name."""
+    if text.isdigit():
+        try:
+            return check_ctid(text)
+        except UsageError as exc:
+            raise argparse.ArgumentTypeError(exc.message) from None
+    found = by_name(VzPaths.from_env(), text)
+    if found is None:
+        raise argparse.ArgumentTypeError(
+            f"invalid CTID {text!r}: expected a number such as 101, or the NAME of a VE")
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:

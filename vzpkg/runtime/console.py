@@ -19,7 +19,7 @@ import tty
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from vzpkg.runtime import ns
+from vzpkg.runtime import join, ns
 
 if TYPE_CHECKING:
     from vzpkg.runtime.ve import Runtime
@@ -49,26 +49,26 @@ def _copy_winsize(src: int, dst: int) -> None:
 
 def enter(rt: Runtime, ctid: int) -> int:
     pid = rt.init_pid(ctid)
-    master, slave = ns.open_ve_pty(pid)
+    master, slave = join.open_ve_pty(pid)
     stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
     _copy_winsize(stdin, master)
     env = {"PATH": ns.VE_PATH, "HOME": "/root", "TERM": os.environ.get("TERM", "xterm"),
            "container": "vzpkg", "LANG": "C.UTF-8"}
     cg = rt.cgroups
-    spec = ns.JoinSpec(pid=pid, argv=SHELL_ARGV, stdio=(slave, slave, slave), ctty=True,
+    spec = join.JoinSpec(pid=pid, argv=SHELL_ARGV, stdio=(slave, slave, slave), ctty=True,
                        env=env, attach=lambda p: cg.attach(str(ctid), p))
     old_winch = None
     if os.isatty(stdin):
         old_winch = signal.signal(signal.SIGWINCH,
                                   lambda *_: _copy_winsize(stdin, master))
     try:
-        child = ns.spawn(spec)
+        child = join.spawn(spec)
     finally:
         os.close(slave)
     try:
         with _raw(stdin):
             _relay(master, stdin, stdout)
-        return ns.wait(child)
+        return join.wait(child)
     finally:
         os.close(master)
         if old_winch is not None:

@@ -115,16 +115,20 @@ def mount(paths: VzPaths, ctid: int) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     if is_mounted(target):
         return target
-    if layout_of(paths, ctid) is Layout.PLAIN:
-        libc.mount(str(private), str(target), None, libc.MS_BIND)
-    else:
-        lower = (private / "lower").resolve()
-        if not lower.is_dir():
-            raise VeError(f"the shared copy {lower} of VE {ctid} is missing",
-                          hint="destroy and re-create the VE")
-        opts = (f"lowerdir={lower},upperdir={private / 'upper'},"
-                f"workdir={private / 'work'}")
-        libc.mount("overlay", str(target), "overlay", 0, opts)
+    try:
+        if layout_of(paths, ctid) is Layout.PLAIN:
+            libc.mount(str(private), str(target), None, libc.MS_BIND)
+        else:
+            lower = (private / "lower").resolve()
+            if not lower.is_dir():
+                raise VeError(f"the shared copy {lower} of VE {ctid} is missing",
+                              hint="destroy and re-create the VE")
+            opts = (f"lowerdir={lower},upperdir={private / 'upper'},"
+                    f"workdir={private / 'work'}")
+            libc.mount("overlay", str(target), "overlay", 0, opts)
+    except OSError as exc:
+        raise VeError(f"cannot mount the root of VE {ctid} on {target}: {exc.strerror}",
+                      hint="the overlay layout needs overlayfs (modprobe overlay)") from None
     return target
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from vzpkg.config import Settings
 from vzpkg.errors import ConfigError, UsageError, VeError
-from vzpkg.runtime import dists, layout, net, ns, state
+from vzpkg.runtime import dists, join, layout, net, ns, state
 from vzpkg.runtime.caches import CacheRef, find_cache
 from vzpkg.runtime.cgroups import Cgroups, detect
 from vzpkg.runtime.config import VeConfig, install_defaults, load_global, load_sample
@@ -261,7 +261,7 @@ class Runtime:
             raise UsageError("no command given", hint="vzctl exec CTID COMMAND [ARG...]")
         pid = self._require_running(ctid)
         cg = self.cgroups
-        return ns.join(ns.JoinSpec(pid=pid, argv=list(argv), stdio=stdio,
+        return join.join(join.JoinSpec(pid=pid, argv=list(argv), stdio=stdio,
                                    attach=lambda p: cg.attach(str(ctid), p)))
 
     def run_shell(self, ctid: int, command: str,
@@ -294,6 +294,17 @@ class Runtime:
 
     def ctids(self) -> list[int]:
         return self.paths.ctids()
+
+
+def by_name(paths: VzPaths, name: str) -> int | None:
+    """The CTID of the VE whose NAME is *name* (``vzctl set CTID --name NAME --save``)."""
+    for ctid in paths.ctids():
+        try:
+            if VeConfig.load(paths.conf(ctid)).get("NAME") == name:
+                return ctid
+        except ConfigError:
+            continue
+    return None
 
 
 def _prepare(setup: dists.DistSetup) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from vzpkg.errors import UsageError, VeError
-from vzpkg.runtime import dists, layout, libc, net, ns, state
+from vzpkg.runtime import dists, join, layout, libc, net, state
 
 if TYPE_CHECKING:
     from vzpkg.runtime.ve import Runtime
@@ -24,7 +24,7 @@ def capture(rt: Runtime, ctid: int, spec_argv: Sequence[str], stdin: bytes) -> t
         os.write(w_in, stdin)
         os.close(w_in)
         cg = rt.cgroups
-        code = ns.join(ns.JoinSpec(pid=pid, argv=list(spec_argv), stdio=(r_in, out, out),
+        code = join.join(join.JoinSpec(pid=pid, argv=list(spec_argv), stdio=(r_in, out, out),
                                    attach=lambda p: cg.attach(str(ctid), p)))
         os.lseek(out, 0, os.SEEK_SET)
         text = os.read(out, 1 << 20).decode(errors="replace")
@@ -46,7 +46,7 @@ def set_passwords(rt: Runtime, ctid: int, pairs: Sequence[str]) -> None:
         was = layout.is_mounted(rt.paths.ve_root(ctid))
         root = layout.mount(rt.paths, ctid)
         try:
-            code, raw = ns.run_in_root(root, ["/bin/sh", "-c", "exec chpasswd"], data)
+            code, raw = join.run_in_root(root, ["/bin/sh", "-c", "exec chpasswd"], data)
             text = raw.decode(errors="replace")
         finally:
             if not was:
@@ -101,7 +101,7 @@ def _live_dist(rt: Runtime, ctid: int, pid: int, setup: dists.DistSetup,
         dists.apply(setup)
         return 0
     cg = rt.cgroups
-    code = ns.join(ns.JoinSpec(pid=pid, argv=[], func=inside,
+    code = join.join(join.JoinSpec(pid=pid, argv=[], func=inside,
                                attach=lambda p: cg.attach(str(ctid), p)))
     if code != 0:
         raise VeError(f"could not apply the settings inside VE {ctid} (status {code})")
