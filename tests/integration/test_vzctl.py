@@ -126,6 +126,28 @@ def test_create_refuses_existing_and_leaves_nothing_on_failure(rt: Runtime,
     assert vzctl(rt, "create", "abc", "--ostemplate", BB).returncode == 2
 
 
+def test_init_starts_rc2d_services_and_stops_them(rt: Runtime) -> None:
+    ctid = 9210
+    rt.create(ctid, "busybox-1")
+    try:
+        rc = rt.paths.private(ctid) / "etc/rc2.d"
+        rc.mkdir(parents=True)
+        (rc / "S20hello").write_text(
+            "#!/bin/sh\n[ \"$1\" = start ] || exit 0\n"
+            "(trap 'echo stopped > /root/svc; exit 0' TERM; echo running > /root/svc;"
+            " while :; do sleep 1; done) &\n")
+        (rc / "S20hello").chmod(0o755)
+        rt.start(ctid)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and "running" not in sh(rt, ctid, "cat /root/svc")[1]:
+            time.sleep(0.05)
+        assert sh(rt, ctid, "cat /root/svc")[1].strip() == "running"
+        rt.stop(ctid)  # SIGTERM reaches the service through init
+        assert (rt.paths.private(ctid) / "root/svc").read_text().strip() == "stopped"
+    finally:
+        rt.destroy(ctid)
+
+
 def test_status_survives_stale_pidfile(rt: Runtime) -> None:
     rt.create(9205, "busybox-1")
     try:

@@ -30,6 +30,11 @@ examples:
   vzctl stop 101 [--fast]
   vzctl destroy 101
 
+A VE's pid 1 is a small init that reaps orphans and stops the VE on SIGTERM; at
+start it runs /etc/rc.vz start if the VE has it, else the start scripts in
+/etc/rc2.d (or /etc/rc.d/rc3.d).  systemd is not run as the VE's init: it needs
+CAP_SYS_ADMIN and a delegated cgroup tree, which a VE does not get.
+
 Everything lives under $VZ_ROOT (default /vz): etc/vz/vz.conf, etc/vz/conf/CTID.conf,
 private/CTID, root/CTID.  Caches are found in vzpkg's cache directory (--cache-dir,
 $VZPKG_CACHE_DIR, configuration) and in $VZ_ROOT/template/cache.
@@ -51,6 +56,11 @@ def _say(args: argparse.Namespace, text: str) -> None:
 
 def cmd_create(args: argparse.Namespace) -> int:
     rt = _rt(args)
+    if args.hostname is not None:
+        try:
+            params.check_hostname(args.hostname)
+        except params.ParamError as exc:
+            raise UsageError(f"--hostname: {exc}") from None
     _say(args, f"Creating VE {args.ctid} from {args.ostemplate} ...")
     rt.create(args.ctid, args.ostemplate, config=args.config, hostname=args.hostname,
               ipadd=args.ipadd or (), layout_name=args.layout)

@@ -32,7 +32,9 @@ VE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # pid 1 of a VE when the distribution's init does not run in a container: a
 # shell that reaps orphans while it waits, and on SIGTERM asks every process to
 # stop, gives them up to 5 s, then exits (the kernel kills what is left).
-# /etc/rc.vz, when the VE has one, is run once at start (services to launch).
+# At start it runs /etc/rc.vz start when the VE has one, else the System V start
+# scripts of the multi-user runlevel (/etc/rc2.d/S*, /etc/rc.d/rc3.d/S*), so
+# services with LSB init scripts (sshd, cron, ...) come up as under OpenVZ.
 MINIMAL_INIT = """\
 down() {
   trap '' TERM INT
@@ -48,7 +50,13 @@ down() {
   exit 0
 }
 trap down TERM INT
-[ -x /etc/rc.vz ] && /etc/rc.vz </dev/null >/dev/null 2>&1 &
+services() {
+  if [ -x /etc/rc.vz ]; then exec /etc/rc.vz start; fi
+  for s in /etc/rc2.d/S* /etc/rc.d/rc3.d/S*; do
+    [ -x "$s" ] && "$s" start
+  done
+}
+services </dev/null >/dev/null 2>&1 &
 while :; do
   sleep 2147483647 & wait $!
 done

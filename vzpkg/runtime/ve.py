@@ -166,18 +166,19 @@ class Runtime:
                                  hint="use --layout plain or --layout overlay") from None
             cfg = load_sample(self.paths.root, config or g.get("CONFIGFILE") or "basic")
             cache = self.find_cache(ostemplate)
+            vals = {"OSTEMPLATE": cache.name, "VE_LAYOUT": str(lay),
+                    "VE_ROOT": str(self.paths.ve_root(ctid)),
+                    "VE_PRIVATE": str(self.paths.private(ctid))}
+            if hostname:
+                vals["HOSTNAME"] = hostname
+            if addrs:
+                vals["IP_ADDRESS"] = " ".join(
+                    str(a.ip) if a.network.prefixlen == a.max_prefixlen else a.with_prefixlen
+                    for a in addrs)
+            new_cfg = cfg.with_values(vals)  # checks the values before anything is made
             layout.create(self.paths, ctid, cache, lay)
             try:
-                vals = {"OSTEMPLATE": cache.name, "VE_LAYOUT": str(lay),
-                        "VE_ROOT": str(self.paths.ve_root(ctid)),
-                        "VE_PRIVATE": str(self.paths.private(ctid))}
-                if hostname:
-                    vals["HOSTNAME"] = hostname
-                if addrs:
-                    vals["IP_ADDRESS"] = " ".join(str(a.ip) if a.network.prefixlen
-                                                  == a.max_prefixlen else a.with_prefixlen
-                                                  for a in addrs)
-                cfg.with_values(vals).save(conf_path)
+                new_cfg.save(conf_path)
             except BaseException:
                 layout.destroy(self.paths, ctid)
                 conf_path.unlink(missing_ok=True)
