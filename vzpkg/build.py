@@ -81,7 +81,7 @@ def script_env(plan: Plan, root: Path | None) -> dict[str, str]:
 
 def cleanup_stale_work(work_dir: Path) -> list[Path]:
     """Remove work directories whose build process is gone."""
-    removed = []
+    removed: list[Path] = []
     if not work_dir.is_dir():
         return removed
     for d in work_dir.iterdir():

@@ -85,7 +85,7 @@ class CachingProxy:
 
     def __enter__(self) -> CachingProxy:
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._lockfile = open(self.dir / ".lock", "a")  # noqa: SIM115
+        self._lockfile = open(self.dir / ".lock", "a")
         fcntl.flock(self._lockfile, fcntl.LOCK_SH)
         proxy = self
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
+import os
 import subprocess
 from pathlib import Path
 
@@ -56,15 +57,19 @@ class DebianBackend(Backend, family="deb"):
         return RepoState(digest=digest, source_date=newest, files=tuple(files))
 
     def _verify_inrelease(self, path: Path, what: str) -> bytes:
-        r = subprocess.run(["gpgv", "--keyring", str(self.ctx.keyring), "--output", "-",
-                            str(path)], capture_output=True, check=False)
-        if r.returncode != 0:
-            msg = r.stderr.decode("utf-8", "replace").strip().splitlines()
+        """gpgv against the pinned keyring; at least one VALIDSIG by a pinned key
+        and no BADSIG (other signatures by keys we do not pin are ignored, as
+        apt does)."""
+        status, plain, err = _gpgv(self.ctx.keyring, path)
+        good = [ln.split() for ln in status.splitlines() if ln.startswith("[GNUPG:] VALIDSIG")]
+        bad = [ln for ln in status.splitlines() if ln.startswith("[GNUPG:] BADSIG")]
+        if bad or not good:
+            msg = err.strip().splitlines()
             raise self.fail("repository", f"the signature of {what} does not verify with "
                                           f"the template's pinned keys: {' / '.join(msg[-3:])}",
                             hint="check the keys: entries of the template; a build never "
                                  "proceeds with unverified repository metadata")
-        return r.stdout
+        return plain
 
     # -- apt inside the build VE ------------------------------------------------------
     def sources(self, *, local: bool, signed_by: bool = True) -> str:
@@ -113,8 +118,8 @@ class DebianBackend(Backend, family="deb"):
                 for f in base.rglob("*"):
                     if f.is_file() or f.is_symlink():
                         f.unlink()
-        for f in ("var/cache/apt/pkgcache.bin", "var/cache/apt/srcpkgcache.bin"):
-            (root / f).unlink(missing_ok=True)
+        for name in ("var/cache/apt/pkgcache.bin", "var/cache/apt/srcpkgcache.bin"):
+            (root / name).unlink(missing_ok=True)
 
     def tool_versions(self) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -124,6 +129,21 @@ class DebianBackend(Backend, family="deb"):
             if r.returncode == 0 and r.stdout:
                 out[tool] = r.stdout
         return out
+
+
+def _gpgv(keyring: Path, path: Path) -> tuple[str, bytes, str]:
+    """Run gpgv; returns (status lines, signed plaintext, stderr)."""
+    rfd, wfd = os.pipe()
+    try:
+        proc = subprocess.Popen(["gpgv", "--status-fd", str(wfd), "--keyring", str(keyring),
+                                 "--output", "-", str(path)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, pass_fds=(wfd,))
+    finally:
+        os.close(wfd)
+    with os.fdopen(rfd, "rb") as status_pipe:
+        out, err = proc.communicate()
+        status = status_pipe.read()
+    return status.decode("utf-8", "replace"), out, err.decode("utf-8", "replace")
 
 
 def _release_date(data: bytes, what: str) -> int:
