@@ -23,7 +23,7 @@ SCHEMA_VERSION = 1
 
 _TYPE_WORDS = {
     dict: "a mapping", list: "a list", str: "a string", int: "an integer",
-    float: "a number", bool: "true or false", type(None): "nothing (null)",
+    float: "a number", bool: "true or false", type(None): "nothing",
 }
 _SCHEMA_TYPE_WORDS = {
     "object": "a mapping", "array": "a list", "string": "a string",
@@ -83,8 +83,8 @@ def _explain(err: ValidationError, lines: Lines) -> TemplateError:
         return lines.error(path, f"missing required key {missing!r} {where}",
                            hint=f"add '{missing}:' to this mapping")
     if v == "type":
-        return lines.error(path, f"expected {_expected_types(vv)}, "
-                                 f"got {_what(inst)} ({inst!r:.60})")
+        got = _what(inst) if inst is None else f"{_what(inst)} ({inst!r:.60})"
+        return lines.error(path, f"expected {_expected_types(vv)}, got {got}")
     if v == "const" and path == ("schema",):
         return lines.error(path, f"unsupported schema version {inst!r}",
                            hint=f"this vzpkg reads 'schema: {SCHEMA_VERSION}'")
