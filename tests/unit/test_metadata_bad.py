@@ -137,6 +137,10 @@ CASES: dict[str, Case] = {
     "no-key-applies": Case("B8B80B5B623EAB6AD8775C45B7C5D7D6350947F8}",
                            "B8B80B5B623EAB6AD8775C45B7C5D7D6350947F8, releases: [\"2\"]}",
                            "keys:", "keys", "no key applies to release 1"),
+    "float-release-key": Case('  "2": {codename: beta', "  2.10: {codename: beta", "2.10:",
+                              "releases", "mapping key '2.10' is read as float"),
+    "bool-key": Case("  flavour: plain", "  yes: plain", "yes: plain", "variables",
+                     "mapping key 'yes' is read as bool"),
     "host-mirror-missing": Case('main: "http://mirror.invalid/debian"',
                                 "main: \"{{ host_mirror('debian') }}\"", "host_mirror",
                                 "mirrors.main", "no apt source for the 'debian' archive"),
@@ -186,6 +190,15 @@ def test_key_file_without_key(ws: Workspace) -> None:
     assert info.value.key == "keys[0].file"
     assert info.value.line == line_of(ws.template, "keys/k.asc")
     assert "no OpenPGP public key" in info.value.message
+
+
+def test_key_file_with_two_keys(ws: Workspace) -> None:
+    keys = ws.root / "metadata" / "keys"
+    (keys / "k.asc").write_text((keys / "k.asc").read_text() + (keys / "other.asc").read_text())
+    with pytest.raises(TemplateError) as info:
+        _validate(ws)
+    assert info.value.key == "keys[0].file"
+    assert "holds 2 keys" in info.value.message
 
 
 def test_top_level_list(ws: Workspace) -> None:
