@@ -68,6 +68,11 @@ def load_key(tpl: Template, path: PathKey, file: str, fingerprint: str,
     if not have:
         raise tpl.error((*path, "file"), f"no OpenPGP public key found in {found}",
                         hint="use an ASCII-armored public key export")
+    if len(have) > 1:
+        raise tpl.error((*path, "file"),
+                        f"key file {found.name} holds {len(have)} keys "
+                        f"({', '.join(have)}); every key in it would be trusted",
+                        hint="put exactly one public key in each file and pin each one")
     if fpr not in have:
         raise tpl.error((*path, "fingerprint"),
                         f"key file {found.name} has fingerprint {', '.join(have)}, "

@@ -21,14 +21,14 @@ Globals: ``host_mirror(name)`` (see :mod:`vzpkg.metadata.hostmirror`).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
-from vzpkg.errors import TemplateError
+from vzpkg.errors import TemplateError, UsageError
 from vzpkg.metadata.hostmirror import APT_DIR, host_mirror
 from vzpkg.metadata.yamlpos import Lines, PathKey, dotted
 
@@ -106,6 +106,18 @@ class Overrides:
     options: dict[str, str]                 # strict: from --set
     soft_mirrors: dict[str, str]            # from files and env: unknown names ignored
     soft_variables: dict[str, str]          # from env: unknown names ignored
+
+
+def parse_assignments(items: Sequence[str]) -> dict[str, str]:
+    """``["mirrors.debian=URL", "a=b"]`` (from ``--set``) as a mapping."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)?", key):
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE",
+                             hint="e.g. --set mirrors.debian=http://mirror.example/debian")
+        out[key] = value
+    return out
 
 
 def split_overrides(sets: Mapping[str, str], env: Mapping[str, str],
@@ -198,4 +210,4 @@ def flat_variables(ctx: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
 
 
 __all__ = ["Overrides", "Renderer", "build_context", "dotted", "flat_variables",
-           "split_overrides"]
+           "parse_assignments", "split_overrides"]

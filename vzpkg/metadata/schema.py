@@ -23,7 +23,7 @@ SCHEMA_VERSION = 1
 
 _TYPE_WORDS = {
     dict: "a mapping", list: "a list", str: "a string", int: "an integer",
-    float: "a number", bool: "true or false", type(None): "nothing (null)",
+    float: "a number", bool: "true or false", type(None): "nothing",
 }
 _SCHEMA_TYPE_WORDS = {
     "object": "a mapping", "array": "a list", "string": "a string",
@@ -56,8 +56,10 @@ def _what(value: Any) -> str:
 
 
 def _expected_types(t: Any) -> str:
-    names = [t] if isinstance(t, str) else list(t)
-    return " or ".join(_SCHEMA_TYPE_WORDS.get(n, n) for n in names)
+    names = [t] if isinstance(t, str) else [n for n in t if not (n == "number" and
+                                                                "integer" in t)]
+    words = [_SCHEMA_TYPE_WORDS.get(n, n) for n in names]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
 
 
 def _explain(err: ValidationError, lines: Lines) -> TemplateError:
@@ -83,8 +85,8 @@ def _explain(err: ValidationError, lines: Lines) -> TemplateError:
         return lines.error(path, f"missing required key {missing!r} {where}",
                            hint=f"add '{missing}:' to this mapping")
     if v == "type":
-        return lines.error(path, f"expected {_expected_types(vv)}, "
-                                 f"got {_what(inst)} ({inst!r:.60})")
+        got = _what(inst) if inst is None else f"{_what(inst)} ({inst!r:.60})"
+        return lines.error(path, f"expected {_expected_types(vv)}, got {got}")
     if v == "const" and path == ("schema",):
         return lines.error(path, f"unsupported schema version {inst!r}",
                            hint=f"this vzpkg reads 'schema: {SCHEMA_VERSION}'")
@@ -103,11 +105,14 @@ def _explain(err: ValidationError, lines: Lines) -> TemplateError:
         return lines.error(path, "must not be an empty string")
     if v == "uniqueItems":
         return lines.error(path, "has duplicate entries")
-    if v == "anyOf" and path and path[-1] != "extends" and isinstance(inst, dict) and \
-            "name" in inst and {"url", "metalink", "mirrorlist"}.isdisjoint(inst):
+    if v == "anyOf" and len(path) == 2 and path[0] == "repositories" and \
+            isinstance(inst, dict) and {"url", "metalink", "mirrorlist"}.isdisjoint(inst):
         return lines.error(path, "a repository needs 'url', 'metalink' or 'mirrorlist'")
     if v == "anyOf" and err.context:
-        best = jsonschema.exceptions.best_match(err.context)
+        # prefer the branch of the right type: its error says what is wrong inside
+        deeper = [c for c in err.context if c.path]
+        typed = [c for c in err.context if c.validator != "type"]
+        best = jsonschema.exceptions.best_match(deeper or typed or err.context)
         if best is not None:
             return _explain(best, lines)
     return lines.error(path, err.message)

@@ -64,10 +64,13 @@ def _walk(loader: _Loader, node: yaml.Node, path: PathKey, lines: Lines) -> Any:
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             key = loader.construct_object(key_node, deep=True)
-            if not isinstance(key, (str, int, float, bool)) or key is None:
-                raise TemplateError("a mapping key must be a plain scalar",
-                                    file=lines.file, line=key_node.start_mark.line + 1,
-                                    key=dotted(path) or None)
+            if isinstance(key, (bool, float)) or not isinstance(key, (str, int)):
+                raise TemplateError(
+                    f"mapping key {key_node.value!r} is read as {type(key).__name__}, "
+                    "not as text", file=lines.file, line=key_node.start_mark.line + 1,
+                    key=dotted(path) or None,
+                    hint=f"quote it: \"{key_node.value}\": (YAML reads 9.10 as 9.1 "
+                         "and yes/no as booleans)")
             skey = str(key)
             if skey in out:
                 raise TemplateError(f"duplicate key {skey!r}", file=lines.file,
