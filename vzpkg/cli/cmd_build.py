@@ -11,10 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from vzpkg import build as builder
+from vzpkg.cli.cmd_meta import add_plan_args, settings_from
 from vzpkg.cli.common import add_json_flag, emit_json, human_size
-from vzpkg.config import Settings, load_settings
+from vzpkg.config import Settings
 from vzpkg.errors import UsageError, VzError
 from vzpkg.metadata.loader import all_plan_names, make_plan
+from vzpkg.metadata.render import parse_assignments
 
 BUILD_EPILOG = """\
 examples:
@@ -57,29 +59,14 @@ class Reporter:
             sys.stderr.write(("\r\033[K" if self.tty else "") + text + "\n")
 
 
-def _overrides(pairs: list[str]) -> dict[str, str]:
-    out = {}
-    for p in pairs:
-        key, sep, value = p.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--set {p!r}: expected KEY=VALUE, e.g. "
-                             "--set mirrors.debian=http://mirror.example/debian")
-        out[key] = value
-    return out
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(workspace=args.workspace, cache_dir=args.cache_dir)
-
-
 def _run(args: argparse.Namespace, work: Callable[..., builder.BuildResult]) -> int:
-    settings = _settings(args)
+    settings = settings_from(args)
     names: list[str] = list(args.names)
     if getattr(args, "all", False):
         names += all_plan_names(settings)
     if not names:
         raise UsageError("name at least one cache (e.g. debian-12) or use --all")
-    overrides = _overrides(args.set)
+    overrides = parse_assignments(args.sets)
     plans = [make_plan(n, settings, overrides=overrides, backend=args.backend)
              for n in dict.fromkeys(names)]
     rep = Reporter(quiet=args.json)
@@ -133,10 +120,7 @@ def cmd_update(args: argparse.Namespace) -> int:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("names", nargs="*", metavar="NAME",
                    help="cache name: dist-release[-arch[-set]], e.g. debian-12")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a template variable or mirror (repeatable), e.g. "
-                        "mirrors.debian=URL")
-    p.add_argument("--backend", help="use this backend instead of the template's")
+    add_plan_args(p)
     p.add_argument("--offline", action="store_true",
                    help="use only the shared package cache; fail if anything is missing")
     p.add_argument("--jobs", "-j", type=int, default=1, metavar="N",

@@ -10,14 +10,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vzpkg.cli.common import add_json_flag, emit_json
+from vzpkg.cli.common import add_json_flag, emit_json, human_size
 from vzpkg.config import Settings, load_settings
 from vzpkg.errors import TemplateError
 from vzpkg.metadata.loader import list_templates, make_plan, validate_file
 from vzpkg.metadata.model import Plan
 from vzpkg.metadata.render import parse_assignments
 from vzpkg.metadata.schema import schema_text
-from vzpkg.metadata.template import template_files
+from vzpkg.metadata.template import TemplateInfo, template_files
+from vzpkg.store import CacheStore
 
 SET_HELP = ("override a variable or mirror: NAME=VALUE, mirrors.NAME=URL, "
             "options.NAME=VALUE (repeatable); the environment may also set "
@@ -67,13 +68,31 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    infos = list_templates(settings_from(args))
+    settings = settings_from(args)
+    infos = list_templates(settings)
+    caches = CacheStore(settings.cache_dir).list()
     if args.json:
-        emit_json({"templates": [i.to_json() for i in infos]})
+        emit_json({"templates": [i.to_json() for i in infos],
+                   "cache_dir": str(settings.cache_dir),
+                   "caches": [{"name": c.name, "serial": c.serial, "size": c.size,
+                               "created": c.manifest.created, "sha256": c.manifest.sha256,
+                               "packages": len(c.manifest.packages),
+                               "tarball": str(c.tarball)} for c in caches]})
         return 0
+    _print_templates(infos)
+    print(f"\ncaches in {settings.cache_dir}:")
+    if not caches:
+        print("  none yet (vzpkg build NAME, vzpkg pull NAME or vzpkg import FILE)")
+    for c in caches:
+        print(f"  {c.name:<36} serial {c.serial:<4} {human_size(c.size):>10}  "
+              f"{c.manifest.created}  {len(c.manifest.packages)} packages")
+    return 0
+
+
+def _print_templates(infos: list[TemplateInfo]) -> None:
     if not infos:
         print("no templates found")
-        return 0
+        return
     rows = [("TEMPLATE", "BACKEND", "RELEASES", "ARCHITECTURES", "SETS")]
     for i in infos:
         if i.error:
@@ -85,7 +104,6 @@ def cmd_list(args: argparse.Namespace) -> int:
     widths = [max(len(r[c]) for r in rows) for c in range(4)]
     for r in rows:
         print("  ".join(f"{v:<{widths[c]}}" for c, v in enumerate(r[:4])) + "  " + r[4])
-    return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
