@@ -236,7 +236,11 @@ class CacheStore:
         return self.dir / f".{name}.{secrets.token_hex(8)}.tmp{suffix}"
 
     def staging(self, name: str, compression: Compression) -> Path:
-        """A fresh temporary path in the cache directory to pack *name* into."""
+        """A fresh temporary path in the cache directory to pack *name* into.
+
+        Hold ``lock(name)`` while the path exists: ``cleanup_stale()`` in another
+        process removes staged files of names nobody holds locked.
+        """
         parse_name(name)
         self.dir.mkdir(parents=True, exist_ok=True)
         return self._temp_name(name, Compression(compression).suffix)
@@ -285,6 +289,9 @@ class CacheStore:
         if size != manifest.size:
             raise StoreError(f"staged cache file {staged} is {size} bytes, its manifest "
                              f"says {manifest.size}")
+        if staged.stat().st_dev != self.dir.stat().st_dev:
+            raise StoreError(f"staged cache file {staged} is not on the file system of "
+                             f"{self.dir}", hint="pack into a path from staging()")
         if signature is not None and not signature.is_file():
             raise StoreError(f"signature file {signature} is missing")
         tarball = self.dir / tarball_name(name, comp)

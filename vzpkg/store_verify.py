@@ -7,9 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vzpkg.errors import GpgError, StoreError
+import libarchive
+
+from vzpkg import archive
+from vzpkg.errors import ArchiveError, GpgError, StoreError, UnsafeArchiveError
 from vzpkg.gpg import Keyring
-from vzpkg.manifest import Manifest
+from vzpkg.manifest import Manifest, parse_name
 from vzpkg.metadata.model import Key
 from vzpkg.store_lock import sha256_file
 
@@ -41,6 +44,7 @@ class VerifyReport:
 def verify_cache(store: CacheStore, name: str, *,
                  trusted_keys: Sequence[Key] = ()) -> VerifyReport:
     """Check everything about cache *name* that can be checked; never raises for damage."""
+    parse_name(name)
     problems: list[str] = []
     notes: list[str] = []
     try:
@@ -86,4 +90,20 @@ def _check_signature(tarball: Path, asc: Path, keys: Sequence[Key]) -> str:
 
 
 def _scan(tarball: Path, m: Manifest) -> list[str]:
-    return []
+    """Every entry safe, and the counts the manifest promises."""
+    try:
+        res = archive.scan(tarball)
+    except UnsafeArchiveError as exc:
+        return [f"unsafe entry {exc.entry!r}: {exc.reason}"]
+    except ArchiveError as exc:
+        return [f"unreadable archive: {exc.message}"]
+    except (libarchive.ArchiveError, OSError) as exc:
+        return [f"unreadable archive: {exc}"]
+    problems = []
+    if res.file_count != m.file_count:
+        problems.append(f"file count: the archive has {res.file_count} entries, the "
+                        f"manifest says {m.file_count}")
+    if res.unpacked_size != m.unpacked_size:
+        problems.append(f"unpacked size: the archive holds {res.unpacked_size} bytes, the "
+                        f"manifest says {m.unpacked_size}")
+    return problems

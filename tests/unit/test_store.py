@@ -240,3 +240,49 @@ def test_open_cache_reports_missing(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="no manifest"), store.open_cache(NAME, attempts=3):
         pass
     assert time.monotonic() - t0 < 5
+
+
+def test_lock_excludes_other_threads(tmp_path: Path) -> None:
+    import threading
+    store = CacheStore(tmp_path)
+    events: list[str] = []
+    entered = threading.Event()
+
+    def other() -> None:
+        with store.lock(NAME):
+            events.append("other")
+
+    with store.lock(NAME):
+        t = threading.Thread(target=other)
+        t.start()
+        entered.wait(0.3)
+        events.append("main")
+    t.join(5)
+    assert events == ["main", "other"]
+
+
+def test_list_names_and_damaged_manifest(tmp_path: Path) -> None:
+    store = CacheStore(tmp_path)
+    other = "other-2-aarch64-default"
+    commit_bytes(store, b"1")
+    commit_bytes(store, b"2")
+    commit_bytes(store, b"x", name=other)
+    store.staging(NAME, Compression.ZSTD).write_bytes(b"staged")
+    assert store.names() == [other, NAME]
+    assert [e.name for e in store.list()] == [other, NAME]
+    store.manifest_path(other).write_text("{broken")
+    assert [e.name for e in store.list()] == [NAME]       # damaged ones are not listed
+    assert store.names() == [other, NAME]                 # but verify still finds them
+    with pytest.raises(StoreError, match=r"other-2-aarch64-default\.manifest\.json: not valid"):
+        store.manifest(other)
+    assert store.tarball(other) == store.dir / f"{other}.tar.zst"
+
+
+def test_own_staging_survives_cleanup_while_locked(tmp_path: Path) -> None:
+    store = CacheStore(tmp_path)
+    with store.lock(NAME):
+        staged = store.staging(NAME, Compression.ZSTD)
+        staged.write_bytes(b"in progress")
+        assert store.cleanup_stale() == []
+        assert staged.exists()
+    assert store.cleanup_stale() == [staged]

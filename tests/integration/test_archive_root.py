@@ -1,0 +1,119 @@
+"""vzpkg.archive as root: owners, devices, privileged xattrs and file
+capabilities survive pack -> unpack, and stay reproducible."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.archive_helpers import SOURCE_DATE, craft, make_tree, tree_state
+from vzpkg.archive import STANDARD_DEVICES, pack, scan, unpack
+from vzpkg.errors import UnsafeArchiveError
+
+pytestmark = [pytest.mark.root,
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
+
+
+@pytest.fixture()
+def tree(tmp_path: Path) -> Path:
+    root = make_tree(tmp_path / "tree")
+    (root / "dev").mkdir()
+    for (major, minor), name in STANDARD_DEVICES.items():
+        os.mknod(root / "dev" / name, 0o20666, os.makedev(major, minor))
+    os.chown(root / "etc/shadow", 0, 42)
+    os.chown(root / "var/log/.hidden", 1234, 5678)              # no such user: numeric
+    os.chown(root / "bin", 4321, 8765, follow_symlinks=False)   # owner of a symlink
+    os.chown(root / "usr/bin/su", 0, 0)
+    os.chmod(root / "usr/bin/su", 0o4755)                       # chown clears setuid
+    (root / "srv").mkdir()
+    os.chown(root / "srv", 0, 50)
+    os.chmod(root / "srv", 0o2775)
+    os.setxattr(root / "usr/bin/tool", "trusted.overlay.test", b"t")
+    os.setxattr(root / "etc", "security.vzpkg-test", b"label")
+    if shutil.which("setcap"):
+        subprocess.run(["setcap", "cap_net_raw=ep", str(root / "usr/bin/tool")], check=True)
+    else:   # VFS_CAP_REVISION_2 with cap_net_raw (13) permitted + effective
+        os.setxattr(root / "usr/bin/tool", "security.capability",
+                    bytes.fromhex("0100000200200000000000000000000000000000"))
+    return root
+
+
+def _sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_root_round_trip_keeps_owners_devices_xattrs_caps(tree: Path, tmp_path: Path) -> None:
+    out = tmp_path / "c.tar.zst"
+    pack(tree, out, source_date=SOURCE_DATE)
+    ve = tmp_path / "ve"
+    unpack(out, ve)
+    before, after = tree_state(tree), tree_state(ve)
+    assert {k: v[:5] + v[6:] for k, v in after.items()} == \
+           {k: v[:5] + v[6:] for k, v in before.items()}
+    assert os.stat(ve / "var/log/.hidden")[4:6] == (1234, 5678)
+    assert os.lstat(ve / "bin")[4:6] == (4321, 8765)
+    assert os.stat(ve / "usr/bin/su").st_mode & 0o4000
+    assert os.stat(ve / "srv").st_mode & 0o2000
+    assert os.getxattr(ve / "usr/bin/tool", "security.capability")
+    assert os.getxattr(ve / "usr/bin/tool", "trusted.overlay.test") == b"t"
+    assert os.major(os.stat(ve / "dev/urandom").st_rdev) == 1
+    if shutil.which("getcap"):
+        r = subprocess.run(["getcap", str(ve / "usr/bin/tool")], check=True,
+                           capture_output=True, text=True)
+        assert "cap_net_raw" in r.stdout
+
+
+def test_root_tree_repacks_byte_identical(tree: Path, tmp_path: Path) -> None:
+    pack(tree, tmp_path / "a", source_date=SOURCE_DATE)
+    unpack(tmp_path / "a", tmp_path / "ve")
+    pack(tmp_path / "ve", tmp_path / "b", source_date=SOURCE_DATE)
+    assert _sha(tmp_path / "a") == _sha(tmp_path / "b")
+
+
+def test_unsafe_device_is_never_created(tmp_path: Path) -> None:
+    arc = craft(tmp_path / "evil.tar", [
+        ("dir", "./", {}), ("dir", "./dev", {}),
+        ("chr", "./dev/null", {"major": 1, "minor": 3}),
+        ("blk", "./dev/vda", {"major": 253, "minor": 0})])
+    with pytest.raises(UnsafeArchiveError, match="dev/vda"):
+        unpack(arc, tmp_path / "ve")
+    assert not (tmp_path / "ve").exists()
+
+
+@pytest.fixture()
+def shared_dir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="vzpkg-archive-"))
+    d.chmod(0o777)
+    yield d
+    shutil.rmtree(d)
+
+
+def test_unprivileged_unpack_skips_owners_quietly(tree: Path, shared_dir: Path) -> None:
+    """The same archive unpacks without root: contents and modes, not owners."""
+    out = shared_dir / "c.tar.zst"
+    # devices cannot be made without root; leave them out of this archive
+    shutil.rmtree(tree / "dev")
+    pack(tree, out, source_date=SOURCE_DATE)
+    out.chmod(0o644)
+    code = ("import sys; from pathlib import Path; from vzpkg.archive import unpack; "
+            "print(unpack(Path(sys.argv[1]), Path(sys.argv[2])).file_count)")
+    setpriv = shutil.which("setpriv")
+    if not setpriv:
+        pytest.skip("setpriv (util-linux) is not installed")
+    r = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
+                        sys.executable, "-c", code, str(out), str(shared_dir / "ve")],
+                       capture_output=True, text=True, cwd=shared_dir,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout) == scan(out).file_count
+    ve = shared_dir / "ve"
+    assert (ve / "usr/lib/big.bin").read_bytes() == (tree / "usr/lib/big.bin").read_bytes()
+    assert os.stat(ve / "var/log/.hidden").st_uid == 65534
