@@ -15,6 +15,7 @@ Cache names are ``<distribution>-<release>-<arch>-<set>``; see :func:`parse_name
 from __future__ import annotations
 
 import json
+import platform
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from vzpkg.metadata.model import Compression
 SCHEMA = 1
 PART_RE = re.compile(r"^[a-z0-9._]+$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+DEFAULT_SET = "minimal"
+ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64", "i686": "i386"}
 NAME_HINT = ("a cache name is <distribution>-<release>-<arch>-<set>, each part made of "
              "lowercase letters, digits, '.' and '_', e.g. debian-12-x86_64-minimal")
 
@@ -53,6 +56,25 @@ def parse_name(name: str, *, what: str = "cache name") -> CacheName:
     if any(p.strip(".") == "" for p in parts):
         raise StoreError(f"{what} {name!r} has a part made only of dots", hint=NAME_HINT)
     return CacheName(*parts)
+
+
+def host_arch() -> str:
+    """This machine's architecture in vzpkg's names (x86_64, aarch64, ...)."""
+    m = platform.machine()
+    return ARCH_ALIASES.get(m, m)
+
+
+def expand_name(name: str) -> str:
+    """The full cache name: the short form ``dist-release`` means host arch, set minimal."""
+    parts = name.split("-")
+    if len(parts) == 2 and all(PART_RE.match(p) for p in parts):
+        name = f"{name}-{host_arch()}-{DEFAULT_SET}"
+    try:
+        parse_name(name)
+    except StoreError as exc:
+        raise StoreError(exc.message, hint=f"{exc.hint}, or the short form debian-12 "
+                                           "(host architecture, set minimal)") from None
+    return name
 
 
 def utc_now() -> str:

@@ -15,10 +15,8 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-import libarchive
-
 from vzpkg import __version__, archive
-from vzpkg.errors import ArchiveError, StoreError
+from vzpkg.errors import StoreError
 from vzpkg.manifest import Manifest, parse_name, tarball_name
 from vzpkg.metadata.model import Compression
 from vzpkg.packages import read_installed
@@ -46,24 +44,21 @@ class Progress:
             self.say(f"{self.what}: {pct}")
 
 
-def newest_mtime(path: Path) -> int:
-    """The newest entry mtime in the archive at *path* (0 for an empty archive)."""
+def newest_mtime(tree: Path) -> int:
+    """The newest mtime of any entry below *tree* (the unpacked archive; unpack keeps
+    mtimes).  The top directory itself is left out: an archive need not have it."""
     newest = 0
-    try:
-        with libarchive.file_reader(str(path)) as entries:
-            for entry in entries:
-                if entry.mtime is not None:
-                    newest = max(newest, int(entry.mtime))
-    except libarchive.ArchiveError as exc:
-        raise ArchiveError(f"{path}: cannot read the archive: {exc}") from None
+    for top, dirs, files in os.walk(tree):
+        for n in (*dirs, *files):
+            newest = max(newest, int(os.lstat(os.path.join(top, n)).st_mtime))
     return newest
 
 
-def source_date_from(env: Mapping[str, str], source: Path) -> int:
-    """$SOURCE_DATE_EPOCH, else the newest mtime in *source*."""
+def env_source_date(env: Mapping[str, str]) -> int | None:
+    """$SOURCE_DATE_EPOCH when set (StoreError when it is not a number)."""
     raw = env.get("SOURCE_DATE_EPOCH")
     if raw is None or raw == "":
-        return newest_mtime(source)
+        return None
     if not raw.isdigit():
         raise StoreError(f"SOURCE_DATE_EPOCH={raw!r} is not a whole number of seconds",
                          hint="set it to a Unix time, e.g. $(date +%s), or unset it")
@@ -81,19 +76,20 @@ def import_tarball(store: CacheStore, source: Path, name: str, *,
     if os.geteuid() != 0:
         raise StoreError("importing a root file system needs root, to keep its file "
                          "owners, modes and device nodes", hint="run vzpkg import as root")
+    if source_date is None:
+        source_date = env_source_date(os.environ)
     store.dir.mkdir(parents=True, exist_ok=True)
     store.cleanup_stale()
     with store.lock(name):
         say(f"checking every entry of {source}")
-        checked = archive.scan(source)
-        date = source_date if source_date is not None else source_date_from(os.environ,
-                                                                             source)
+        checked = archive.scan(source, progress=Progress(say, "checking"))
         scratch = store.staging_dir(name)
         staged = store.staging(name, compression)
         try:
             tree = scratch / "root"
             say(f"unpacking {checked.file_count} entries")
             archive.unpack(source, tree, progress=Progress(say, "unpacking"))
+            date = source_date if source_date is not None else newest_mtime(tree)
             packages = read_installed(tree)
             say(f"found {len(packages)} installed packages; packing {name}")
             packed = archive.pack(tree, staged, source_date=date, compression=compression,

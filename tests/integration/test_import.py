@@ -231,3 +231,13 @@ def test_interrupted_import_leaves_previous_cache(sig: signal.Signals, tree: Pat
         assert rc == -signal.SIGKILL
         CacheStore(cache).cleanup_stale()
     assert leftovers(cache) == sorted(p.name for p in before)
+
+
+def test_bad_source_date_epoch(tree: Path, tmp_path: Path) -> None:
+    src = tar_of(tree, tmp_path / "rootfs.tar", "tar")
+    env = dict(os.environ, SOURCE_DATE_EPOCH="yesterday")
+    r = subprocess.run([sys.executable, "-m", "vzpkg.cli.vzpkg", "--cache-dir",
+                        str(tmp_path / "c"), "import", str(src), "--name", NAME],
+                       capture_output=True, text=True, cwd=ROOT, env=env, check=False)
+    assert r.returncode == 1 and "SOURCE_DATE_EPOCH='yesterday'" in r.stderr
+    assert "Traceback" not in r.stderr and leftovers(tmp_path / "c") == []

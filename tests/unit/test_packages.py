@@ -120,3 +120,16 @@ def test_damaged_rpmdb_is_an_error(tmp_path: Path) -> None:
     (db / "rpmdb.sqlite").write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(StoreError, match="rpm could not read"):
         read_installed(tmp_path)
+
+
+@pytest.mark.skipif(not (shutil.which("dpkg-query") and Path("/var/lib/dpkg/status").is_file()),
+                    reason="not a dpkg host")
+def test_host_dpkg_database_matches_dpkg_query() -> None:
+    out = subprocess.run(["dpkg-query", "-W", "-f",
+                          "${db:Status-Abbrev}\t${Package}\t${Version}\t${Architecture}\n"],
+                         capture_output=True, text=True, check=True).stdout
+    want = {InstalledPackage(*line.split("\t")[1:]) for line in out.splitlines()
+            if line[:2] in ("ii", "hi")}
+    got = read_installed(Path("/"))
+    assert set(got) == want and len(got) == len(want) > 50
+    assert list(got) == sorted(got, key=lambda p: (p.name, p.arch, p.version))

@@ -9,7 +9,7 @@ import pytest
 
 from tests.store_helpers import NAME, make_manifest
 from vzpkg.errors import StoreError
-from vzpkg.manifest import Manifest, parse_name
+from vzpkg.manifest import Manifest, expand_name, host_arch, parse_name
 
 
 def test_round_trip_is_identical() -> None:
@@ -87,3 +87,14 @@ def test_malformed_field_is_refused(key: str, value: Any, field: str) -> None:
 def test_not_json_object(text: str) -> None:
     with pytest.raises(StoreError, match=r"^m\.json: "):
         Manifest.loads(text, source="m.json")
+
+
+def test_short_name_expands_to_host_arch_and_minimal() -> None:
+    full = expand_name("debian-12")
+    parts = parse_name(full)
+    assert (parts.distribution, parts.release, parts.set_name) == ("debian", "12", "minimal")
+    assert parts.arch == host_arch()
+    assert expand_name("debian-12-aarch64-default") == "debian-12-aarch64-default"
+    with pytest.raises(StoreError, match="not a valid cache name") as ei:
+        expand_name("debian-12-x86_64")
+    assert ei.value.hint and "short form" in ei.value.hint

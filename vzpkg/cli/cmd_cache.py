@@ -12,6 +12,7 @@ from vzpkg.cli.common import add_json_flag, emit_json, human_size
 from vzpkg.config import load_settings
 from vzpkg.errors import GpgError, UsageError
 from vzpkg.gpg import normalize_fingerprint
+from vzpkg.manifest import expand_name
 from vzpkg.metadata.model import Compression, Key
 from vzpkg.store import CacheStore
 
@@ -71,7 +72,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     store = _store(args)
     signal.signal(signal.SIGTERM, _interrupt)    # clean up as for Ctrl-C
-    entry = import_tarball(store, args.file, args.name,
+    entry = import_tarball(store, args.file, expand_name(args.name),
                            compression=Compression(args.compression), say=_say)
     m = entry.manifest
     if args.json:
@@ -110,7 +111,7 @@ def _trusted_keys(specs: list[str]) -> list[Key]:
 def cmd_verify(args: argparse.Namespace) -> int:
     store = _store(args)
     keys = _trusted_keys(args.trusted_key)
-    names = args.names or store.names()
+    names = [expand_name(n) for n in args.names] or store.names()
     if not names:
         raise UsageError(f"no caches in {store.dir} to verify",
                          hint="name the caches to verify, or use --cache-dir")
@@ -134,9 +135,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_remove(args: argparse.Namespace) -> int:
     store = _store(args)
-    store.remove(args.name)
+    name = expand_name(args.name)
+    store.remove(name)
     if args.json:
-        emit_json({"removed": args.name})
+        emit_json({"removed": name})
     else:
-        print(f"removed {args.name} (and its -old copy)")
+        print(f"removed {name} (and its -old copy)")
     return 0
