@@ -131,7 +131,7 @@ def test_shipped_debian_plan(tmp_path: Path) -> None:
         ("main", "http://mirror.invalid/debian", "bookworm"),
         ("updates", "http://mirror.invalid/debian", "bookworm-updates"),
         ("security", "http://mirror.invalid/debian-security", "bookworm-security")]
-    assert p.backend == "debootstrap" and p.target_arch == "amd64"
+    assert p.backend == "mmdebstrap" and p.target_arch == "amd64"
     assert {"iproute2", "procps", "ca-certificates"} <= set(p.packages)
     # bookworm's own archive and security keys, plus its release key
     fprs = {k.fingerprint for k in p.keys}
