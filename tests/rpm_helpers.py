@@ -1,0 +1,102 @@
+"""Test fixtures for RPM: the signed test distribution served on 127.0.0.1.
+
+Use in a test module with::
+
+    from tests.rpm_helpers import rpm_dist  # noqa: F401  (the fixture)
+
+``rpm_dist`` is session-scoped: the distribution is built once per test
+session (rpmbuild, rpmsign, createrepo_c; a few seconds) and served by a
+``http.server`` thread until the session ends.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import shutil
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.rpmrepo.builder import Distribution, build_distribution, write_workspace
+
+TOOLS = ("rpmbuild", "rpmsign", "rpm", "gpg", "dnf")
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class RepoServer:
+    """Serve a directory over HTTP on 127.0.0.1 in a thread (context manager)."""
+
+    def __init__(self, root: Path) -> None:
+        handler = functools.partial(_QuietHandler, directory=str(root))
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __enter__(self) -> RepoServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+def unused_port() -> int:
+    """A loopback port nothing listens on (for "the repository is down")."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class ServedDistribution:
+    dist: Distribution
+    base_url: str
+
+    def url(self, variant: str = "good") -> str:
+        self.dist.repo(variant)             # checks the name
+        return f"{self.base_url}/{variant}/"
+
+    @property
+    def down_url(self) -> str:
+        return f"http://127.0.0.1:{unused_port()}/vztest/"
+
+    @property
+    def fingerprint(self) -> str:
+        return self.dist.key.fingerprint
+
+    def workspace(self, dest: Path, variant: str = "good", *,
+                  fingerprint: str | None = None, url: str | None = None) -> Path:
+        """A fresh workspace at *dest* whose template points at *variant*."""
+        return write_workspace(dest, self.dist.key, url or self.url(variant),
+                               fingerprint=fingerprint)
+
+
+def missing_tools() -> list[str]:
+    return [t for t in TOOLS if shutil.which(t) is None]
+
+
+@pytest.fixture(scope="session")
+def rpm_dist(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedDistribution]:
+    missing = missing_tools()
+    if missing:
+        pytest.skip(f"missing host tools: {', '.join(missing)} (run tools/install-system-deps)")
+    work = tmp_path_factory.mktemp("rpmdist")
+    dist = build_distribution(work)
+    with RepoServer(dist.root) as server:
+        yield ServedDistribution(dist=dist, base_url=server.url)
