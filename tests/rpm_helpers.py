@@ -15,8 +15,9 @@ import functools
 import http.server
 import shutil
 import socket
+import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from typing import Any
 import pytest
 
 from tests.rpmrepo.builder import Distribution, build_distribution, write_workspace
+from vzpkg.buildve import BuildLog
+from vzpkg.errors import BuildError
 
 TOOLS = ("rpmbuild", "rpmsign", "rpm", "gpg", "dnf")
 
@@ -100,3 +103,24 @@ def rpm_dist(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedDistrib
     dist = build_distribution(work)
     with RepoServer(dist.root) as server:
         yield ServedDistribution(dist=dist, base_url=server.url)
+
+
+class RunLog(BuildLog):
+    """A BuildLog whose run() works on branches where the pipeline's BuildLog
+    is still an interface: runs the command, appends its output to the log
+    file, raises BuildError naming the step on failure."""
+
+    def run(self, argv: Sequence[str], *, step: str, env: Mapping[str, str] | None = None,
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.write(f"$ {' '.join(argv)}")
+        full = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8",
+                "HOME": "/root", **(env or {})}
+        r = subprocess.run(list(argv), capture_output=True, text=True, check=False,
+                           env=full, cwd=cwd, stdin=subprocess.DEVNULL)
+        self.write(r.stdout + r.stderr)
+        if r.returncode != 0:
+            tail = "\n    ".join((r.stdout + r.stderr).splitlines()[-25:])
+            raise BuildError(step, f"{argv[0]} exited with status {r.returncode}; "
+                                   f"last output:\n    {tail}", log=str(self.path))
+        return r
