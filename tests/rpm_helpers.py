@@ -2,7 +2,7 @@
 
 Use in a test module with::
 
-    from tests.rpm_helpers import rpm_dist  # noqa: F401  (the fixture)
+    from tests.rpm_helpers import rpm_dist_fixture  # noqa: F401  (fixture rpm_dist)
 
 ``rpm_dist`` is session-scoped: the distribution is built once per test
 session (rpmbuild, rpmsign, createrepo_c; a few seconds) and served by a
@@ -25,22 +25,35 @@ from typing import Any
 import pytest
 
 from tests.rpmrepo.builder import Distribution, build_distribution, write_workspace
+from vzpkg.backends import BuildContext
 from vzpkg.buildve import BuildLog
+from vzpkg.config import load_settings
 from vzpkg.errors import BuildError
+from vzpkg.gpg import Keyring
+from vzpkg.metadata.loader import make_plan
+from vzpkg.metadata.model import Plan
 
 TOOLS = ("rpmbuild", "rpmsign", "rpm", "gpg", "dnf")
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+class _RecordingHandler(http.server.SimpleHTTPRequestHandler):
+    requests: list[str]
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        self.requests.append(self.path)
+
 
 class RepoServer:
-    """Serve a directory over HTTP on 127.0.0.1 in a thread (context manager)."""
+    """Serve a directory over HTTP on 127.0.0.1 in a thread (context manager).
+    ``requests`` lists every path asked for, in order."""
 
     def __init__(self, root: Path) -> None:
-        handler = functools.partial(_QuietHandler, directory=str(root))
+        self.requests: list[str] = []
+        handler_cls = type("Handler", (_RecordingHandler,), {"requests": self.requests})
+        handler = functools.partial(handler_cls, directory=str(root))
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -70,6 +83,11 @@ def unused_port() -> int:
 class ServedDistribution:
     dist: Distribution
     base_url: str
+    server: RepoServer
+
+    def requested_since(self, mark: int) -> list[str]:
+        """Paths requested from the server after ``mark = len(server.requests)``."""
+        return list(self.server.requests[mark:])
 
     def url(self, variant: str = "good") -> str:
         self.dist.repo(variant)             # checks the name
@@ -94,15 +112,15 @@ def missing_tools() -> list[str]:
     return [t for t in TOOLS if shutil.which(t) is None]
 
 
-@pytest.fixture(scope="session")
-def rpm_dist(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedDistribution]:
+@pytest.fixture(scope="session", name="rpm_dist")
+def rpm_dist_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedDistribution]:
     missing = missing_tools()
     if missing:
         pytest.skip(f"missing host tools: {', '.join(missing)} (run tools/install-system-deps)")
     work = tmp_path_factory.mktemp("rpmdist")
     dist = build_distribution(work)
     with RepoServer(dist.root) as server:
-        yield ServedDistribution(dist=dist, base_url=server.url)
+        yield ServedDistribution(dist=dist, base_url=server.url, server=server)
 
 
 class RunLog(BuildLog):
@@ -124,3 +142,34 @@ class RunLog(BuildLog):
             raise BuildError(step, f"{argv[0]} exited with status {r.returncode}; "
                                    f"last output:\n    {tail}", log=str(self.path))
         return r
+
+
+def vztest_plan(served: ServedDistribution, tmp: Path, variant: str = "good", *,
+                set_name: str = "minimal", url: str | None = None,
+                fingerprint: str | None = None) -> Plan:
+    """The plan of the test template pointed at *variant* (or *url*)."""
+    ws = served.workspace(tmp / f"ws-{variant}-{set_name}", variant, url=url,
+                          fingerprint=fingerprint)
+    settings = load_settings(workspace=ws, cache_dir=tmp / "caches")
+    return make_plan(f"vztest-1-x86_64-{set_name}", settings)
+
+
+def binary_keyring(armored: Sequence[str], dest: Path) -> Path:
+    """A binary keyring holding *armored* keys (what the pipeline hands backends)."""
+    with Keyring() as kr:
+        fprs = [fp for a in armored for fp in kr.key_fingerprints(a)]
+        for a in armored:
+            kr.gpg.import_keys(a)
+        return kr.export_binary(fprs, dest)
+
+
+def dnf_context(plan: Plan, tmp: Path, *, pkg_cache: Path, offline: bool = False,
+                keys: Sequence[str] | None = None) -> BuildContext:
+    """A BuildContext as the pipeline makes it: private work dir, a keyring with
+    the plan's pinned keys (or *keys*), the shared package cache."""
+    work = tmp / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    keyring = binary_keyring(keys if keys is not None else [k.armored for k in plan.keys],
+                             work / "keyring.gpg")
+    return BuildContext(plan=plan, pkg_cache=pkg_cache, work=work, keyring=keyring,
+                        log=RunLog(tmp / "build.log"), offline=offline)
