@@ -59,7 +59,7 @@ def test_fedora_renders_metalinks_pinned_key_and_sysimage_rpmdb(tmp_path: Path) 
     assert main["install_weak_deps"] == "0"
     assert main["keepcache"] == "1"
     assert main["skip_if_unavailable"] == "0"
-    assert main["metadata_expire"] == "0"
+    assert main["metadata_expire"] == "-1"      # staleness is decided by repo_state
     assert main["tsflags"] == ""
     assert main["cachedir"] == "/var/cache/dnf"
     fedora = cp["fedora"]

@@ -37,10 +37,11 @@ from vzpkg.backends.rpm_config import (
     dnf_argv,
     macros,
     render_conf,
+    repo_id,
     repo_signed,
     rpm_repos,
 )
-from vzpkg.backends.rpm_repomd import MetaFetcher, repo_meta
+from vzpkg.backends.rpm_repomd import MetaFetcher, RepoMeta, repo_meta
 from vzpkg.buildve import BuildVE
 from vzpkg.errors import BuildError
 
@@ -117,6 +118,7 @@ class Dnf(Backend, name="dnf", family="rpm"):
         self.private = ctx.work / "dnf"
         self.home = self.private / "home"
         self.cache = ctx.pkg_cache / "dnf" / cache_key(self.plan, self.settings)
+        self._metas: list[RepoMeta] = []
 
     # -- configuration ---------------------------------------------------------------
     def key_files(self) -> list[Path]:
@@ -135,10 +137,29 @@ class Dnf(Backend, name="dnf", family="rpm"):
             (self.private / d).mkdir(parents=True, exist_ok=True)
         (self.home / ".rpmmacros").write_text(macros(self.settings))
         conf = self.private / "dnf.conf"
+        self.cache.mkdir(parents=True, exist_ok=True)
         conf.write_text(render_conf(self.plan, self.settings, self.key_files(),
                                     offline=self.ctx.offline))
-        self.cache.mkdir(parents=True, exist_ok=True)
+        if not self.ctx.offline:
+            self.drop_stale_metadata()
         return conf
+
+    def drop_stale_metadata(self) -> None:
+        """dnf's cached metadata never expires by age (metadata_expire=-1): keep
+        a repository's only while its repomd.xml is the one repo_state verified
+        just now; otherwise remove it (packages stay) so dnf fetches it anew."""
+        for i, repo in enumerate(rpm_repos(self.plan)):
+            rid = repo_id(repo)
+            found = list(self.cache.glob(f"{rid}-*/repodata/repomd.xml"))
+            meta = self._metas[i] if i < len(self._metas) else None
+            if (meta is not None and len(found) == 1
+                    and hashlib.sha256(found[0].read_bytes()).hexdigest() == meta.sha256):
+                continue
+            for d in self.cache.glob(f"{rid}-*/repodata"):
+                _rm(d)
+            for f in (f"{rid}.solv", f"{rid}-filenames.solvx", f"{rid}-updateinfo.solvx",
+                      f"{rid}-presto.solvx", f"{rid}-other.solvx"):
+                (self.cache / f).unlink(missing_ok=True)
 
     def env(self) -> dict[str, str]:
         return {"HOME": str(self.home), "LC_ALL": "C.UTF-8"}
@@ -156,6 +177,7 @@ class Dnf(Backend, name="dnf", family="rpm"):
                 "build step 'repository' failed: "), hint=exc.hint) from None
         finally:
             fetch.close()
+        self._metas = metas
         files = tuple((m.url, m.sha256) for m in metas)
         digest = hashlib.sha256("\n".join(f"{u} {h}" for u, h in files).encode()).hexdigest()
         return RepoState(digest=digest, source_date=max(m.timestamp for m in metas),

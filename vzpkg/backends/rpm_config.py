@@ -111,7 +111,9 @@ def render_conf(plan: Plan, settings: DnfSettings, key_files: Sequence[Path], *,
     """dnf.conf text: [main] plus one section per repository.
 
     Every repository checks package signatures against exactly the pinned keys;
-    nothing is read from the host's /etc/dnf or /etc/yum.repos.d.
+    nothing is read from the host's /etc/dnf or /etc/yum.repos.d.  Cached
+    metadata never expires by age: the backend removes it when repo_state finds
+    that a repository changed (see Dnf.prepare).
     """
     if not key_files:
         raise TemplateError("no pinned key for the rpm repositories",
@@ -125,7 +127,7 @@ def render_conf(plan: Plan, settings: DnfSettings, key_files: Sequence[Path], *,
         "tsflags": "nodocs" if settings.nodocs else "",
         "keepcache": "1",
         "cachedir": CACHEDIR,
-        "metadata_expire": "-1" if offline else "0",
+        "metadata_expire": "-1",
         "skip_if_unavailable": "0",
         "best": "1",
         "plugins": "0",
