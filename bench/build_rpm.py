@@ -70,12 +70,10 @@ def bare_dnf(dist: Distribution, url: str, tmp: Path) -> Callable[[], None]:
 
 
 def vzpkg_cli(workspace: Path, cache_dir: Path) -> Callable[[], None]:
-    vzpkg = Path(sys.executable).parent / "vzpkg"
-
     def run() -> None:
-        subprocess.run([str(vzpkg), "--workspace", str(workspace), "--cache-dir",
-                        str(cache_dir), "build", "--force", PLAN], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run([sys.executable, "-m", "vzpkg.cli.vzpkg", "--workspace",
+                        str(workspace), "--cache-dir", str(cache_dir), "build", "--force",
+                        PLAN], check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
     return run
 
 
