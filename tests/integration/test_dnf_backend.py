@@ -196,3 +196,42 @@ def test_target_dbpath_is_read_from_the_targets_macros(tmp_path: Path) -> None:
     macros.parent.mkdir(parents=True)
     macros.write_text("%_var /var\n%_dbpath\t\t%{_usr}/lib/sysimage/rpm\n")
     assert target_dbpath(tmp_path) == "/usr/lib/sysimage/rpm"
+
+
+def _tree(root: Path) -> dict[str, tuple[int, bytes]]:
+    """relative path -> (mode, content or link target) of everything below *root*."""
+    out: dict[str, tuple[int, bytes]] = {}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        if p.is_symlink():
+            data = os.readlink(p).encode()
+        elif p.is_file():
+            data = p.read_bytes()
+        else:
+            data = b""
+        out[str(p.relative_to(root))] = (st.st_mode, data)
+    return out
+
+
+def test_same_plan_and_repositories_give_the_same_tree(rpm_dist: ServedDistribution,
+                                                       tmp_path: Path) -> None:
+    trees = []
+    for i in range(2):
+        b = _backend(rpm_dist, tmp_path / f"b{i}", pkg_cache=tmp_path / "pc")
+        state = b.repo_state()
+        b.bootstrap(tmp_path / f"r{i}")
+        b.clean(tmp_path / f"r{i}")
+        trees.append(_tree(tmp_path / f"r{i}"))
+    assert trees[0].keys() == trees[1].keys()
+    differ = [k for k in trees[0] if trees[0][k] != trees[1][k]]
+    assert differ == []
+    # rpm took the repositories' date (SOURCE_DATE_EPOCH) as the transaction id
+    # and counts install times up from it in install order
+    r = subprocess.run(["rpm", "--root", str(tmp_path / "r0"), "--dbpath", "/var/lib/rpm",
+                        "-qa", "--qf", "%{INSTALLTID} %{INSTALLTIME}\n"], capture_output=True,
+                       text=True, check=True,
+                       env={"HOME": "/nonexistent", "PATH": "/usr/bin:/bin"})
+    pairs = [tuple(map(int, line.split())) for line in r.stdout.splitlines()]
+    assert {tid for tid, _ in pairs} == {state.source_date}
+    assert min(t for _, t in pairs) == state.source_date
+    assert max(t for _, t in pairs) < state.source_date + 60

@@ -162,7 +162,16 @@ class Dnf(Backend, name="dnf", family="rpm"):
                 (self.cache / f).unlink(missing_ok=True)
 
     def env(self) -> dict[str, str]:
-        return {"HOME": str(self.home), "LC_ALL": "C.UTF-8"}
+        """Environment of rpm and dnf: the private HOME (for %_dbpath) and
+        SOURCE_DATE_EPOCH, which rpm uses as every package's install time, so
+        the rpmdb of two builds against the same repositories is the same."""
+        env = {"HOME": str(self.home), "LC_ALL": "C.UTF-8"}
+        sde = os.environ.get("SOURCE_DATE_EPOCH", "")
+        if sde.isdigit():
+            env["SOURCE_DATE_EPOCH"] = sde
+        elif self._metas:
+            env["SOURCE_DATE_EPOCH"] = str(max(m.timestamp for m in self._metas))
+        return env
 
     # -- repositories ------------------------------------------------------------------
     def repo_state(self) -> RepoState:
@@ -252,9 +261,12 @@ class Dnf(Backend, name="dnf", family="rpm"):
         for pattern in ("var/log/dnf*.log*", "var/log/hawkey.log*"):
             for f in root.glob(pattern):
                 f.unlink()
-        (root / "var/lib/dnf/expired_repos.json").unlink(missing_ok=True)
+        # dnf's history database records wall-clock times: a cache would differ
+        # from build to build.  dnf starts a new one in the VE when it first runs.
+        for f in root.glob("var/lib/dnf/*"):
+            if f.name.startswith(("history.sqlite", "expired_repos.json")):
+                f.unlink()
         rpm_db.checkpoint(root, self.settings.rpmdb_path)
-        rpm_db.checkpoint(root, "/var/lib/dnf")
         (root / self.settings.rpmdb_path.lstrip("/") / ".rpm.lock").unlink(missing_ok=True)
 
     def check_dbpath(self, root: Path) -> None:
