@@ -11,8 +11,10 @@ session (rpmbuild, rpmsign, createrepo_c; a few seconds) and served by a
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import http.server
+import importlib
 import shutil
 import socket
 import subprocess
@@ -20,7 +22,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -123,14 +125,21 @@ def rpm_dist_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve
         yield ServedDistribution(dist=dist, base_url=server.url, server=server)
 
 
-class RunLog(BuildLog):
-    """A BuildLog whose run() works on branches where the pipeline's BuildLog
-    is still an interface: runs the command, appends its output to the log
-    file, raises BuildError naming the step on failure."""
+class RunLog:
+    """Runs commands for the backend where the pipeline's BuildLog is still an
+    interface (before vzpkg.build lands): output appended to the log file,
+    BuildError naming the step on failure.  See :func:`build_log`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, text: str) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(text if text.endswith("\n") else text + "\n")
 
     def run(self, argv: Sequence[str], *, step: str, env: Mapping[str, str] | None = None,
-            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+            cwd: Path | None = None, hint: str | None = None) -> None:
         self.write(f"$ {' '.join(argv)}")
         full = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8",
                 "HOME": "/root", **(env or {})}
@@ -140,8 +149,30 @@ class RunLog(BuildLog):
         if r.returncode != 0:
             tail = "\n    ".join((r.stdout + r.stderr).splitlines()[-25:])
             raise BuildError(step, f"{argv[0]} exited with status {r.returncode}; "
-                                   f"last output:\n    {tail}", log=str(self.path))
-        return r
+                                   f"last output:\n    {tail}", log=str(self.path), hint=hint)
+
+
+def build_log(path: Path) -> BuildLog:
+    """The pipeline's BuildLog if it can run commands here, else a RunLog."""
+    log = BuildLog(path)
+    try:
+        log.run(["true"], step="probe")
+    except NotImplementedError:
+        return cast(BuildLog, RunLog(path))
+    return log
+
+
+def make_context(plan: Plan, *, work: Path, pkg_cache: Path, keyring: Path, log: BuildLog,
+                 offline: bool = False) -> BuildContext:
+    """BuildContext(...) as the pipeline builds it; the dnf backend does not use
+    the pipeline's caching proxy, so an unstarted one is given where the field
+    exists."""
+    kwargs: dict[str, Any] = {"plan": plan, "pkg_cache": pkg_cache, "work": work,
+                              "keyring": keyring, "log": log, "offline": offline}
+    if "proxy" in {f.name for f in dataclasses.fields(BuildContext)}:
+        pkgcache = importlib.import_module("vzpkg.pkgcache")
+        kwargs["proxy"] = pkgcache.CachingProxy(pkg_cache, offline=offline)
+    return BuildContext(**kwargs)
 
 
 def vztest_plan(served: ServedDistribution, tmp: Path, variant: str = "good", *,
@@ -171,5 +202,5 @@ def dnf_context(plan: Plan, tmp: Path, *, pkg_cache: Path, offline: bool = False
     work.mkdir(parents=True, exist_ok=True)
     keyring = binary_keyring(keys if keys is not None else [k.armored for k in plan.keys],
                              work / "keyring.gpg")
-    return BuildContext(plan=plan, pkg_cache=pkg_cache, work=work, keyring=keyring,
-                        log=RunLog(tmp / "build.log"), offline=offline)
+    return make_context(plan, work=work, pkg_cache=pkg_cache, keyring=keyring,
+                        log=build_log(tmp / "build.log"), offline=offline)

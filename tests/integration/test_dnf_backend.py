@@ -178,7 +178,8 @@ def test_update_upgrades_in_place(rpm_dist: ServedDistribution, tmp_path: Path) 
     _backend(rpm_dist, tmp_path / "a", pkg_cache=cache).bootstrap(root)
     assert _rpm_qa(root)["vztest-c"] == "1.0-1"
     # nothing new: update changes no package
-    _backend(rpm_dist, tmp_path / "b", pkg_cache=cache).update(BuildVE(root, None))  # type: ignore[arg-type]
+    same = _backend(rpm_dist, tmp_path / "b", pkg_cache=cache)
+    same.update(BuildVE(root, same.ctx.log))
     assert _rpm_qa(root)["vztest-c"] == "1.0-1"
     # the v2 repository has vztest-c 1.0-2
     v2 = _backend(rpm_dist, tmp_path / "c", "v2", pkg_cache=cache)

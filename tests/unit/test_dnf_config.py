@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vzpkg.backends import BuildContext, get_backend
+from tests.rpm_helpers import make_context
+from vzpkg.backends import get_backend
 from vzpkg.backends.dnf import Dnf, diagnose
 from vzpkg.backends.rpm_config import DnfSettings, default_rpmdb, dnf_argv, repo_signed
 from vzpkg.buildve import BuildLog
@@ -29,7 +30,7 @@ def _plan(name: str, tmp: Path) -> Plan:
 
 def _backend(plan: Plan, tmp: Path, *, offline: bool = False) -> Dnf:
     (tmp / "work").mkdir(parents=True, exist_ok=True)
-    ctx = BuildContext(plan=plan, pkg_cache=tmp / "pkgcache", work=tmp / "work",
+    ctx = make_context(plan, pkg_cache=tmp / "pkgcache", work=tmp / "work",
                        keyring=tmp / "keyring.gpg", log=BuildLog(tmp / "build.log"),
                        offline=offline)
     backend = get_backend("dnf")(ctx)
