@@ -8,15 +8,15 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vzpkg import build as builder
 from vzpkg.cli.cmd_meta import add_plan_args, settings_from
 from vzpkg.cli.common import add_json_flag, emit_json, human_size
 from vzpkg.config import Settings
 from vzpkg.errors import UsageError, VzError
-from vzpkg.metadata.loader import all_plan_names, make_plan
-from vzpkg.metadata.render import parse_assignments
+
+if TYPE_CHECKING:   # the build machinery is imported only when a build runs
+    from vzpkg import build as builder
 
 BUILD_EPILOG = """\
 examples:
@@ -60,6 +60,10 @@ class Reporter:
 
 
 def _run(args: argparse.Namespace, work: Callable[..., builder.BuildResult]) -> int:
+    from vzpkg import build as builder
+    from vzpkg.metadata.loader import all_plan_names, make_plan
+    from vzpkg.metadata.render import parse_assignments
+
     settings = settings_from(args)
     names: list[str] = list(args.names)
     if getattr(args, "all", False):
@@ -107,12 +111,14 @@ def _run(args: argparse.Namespace, work: Callable[..., builder.BuildResult]) -> 
 
 def cmd_build(args: argparse.Namespace) -> int:
     def work(plan: Any, settings: Settings, **kw: Any) -> builder.BuildResult:
+        from vzpkg import build as builder
         return builder.build(plan, settings, force=args.force, offline=args.offline, **kw)
     return _run(args, work)
 
 
 def cmd_update(args: argparse.Namespace) -> int:
     def work(plan: Any, settings: Settings, **kw: Any) -> builder.BuildResult:
+        from vzpkg import build as builder
         return builder.update(plan, settings, offline=args.offline, **kw)
     return _run(args, work)
 

@@ -8,17 +8,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vzpkg.cli.common import add_json_flag, emit_json, human_size
 from vzpkg.config import Settings, load_settings
 from vzpkg.errors import TemplateError
-from vzpkg.metadata.loader import list_templates, make_plan, validate_file
 from vzpkg.metadata.model import Plan
-from vzpkg.metadata.render import parse_assignments
-from vzpkg.metadata.schema import schema_text
-from vzpkg.metadata.template import TemplateInfo, template_files
-from vzpkg.store import CacheStore
+
+if TYPE_CHECKING:   # the loader (jsonschema, jinja2) is imported only when used
+    from vzpkg.metadata.template import TemplateInfo
 
 SET_HELP = ("override a variable or mirror: NAME=VALUE, mirrors.NAME=URL, "
             "options.NAME=VALUE (repeatable); the environment may also set "
@@ -69,6 +67,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 def cmd_list(args: argparse.Namespace) -> int:
     settings = settings_from(args)
+    from vzpkg.metadata.loader import list_templates
+    from vzpkg.store import CacheStore
     infos = list_templates(settings)
     caches = CacheStore(settings.cache_dir).list()
     if args.json:
@@ -107,6 +107,8 @@ def _print_templates(infos: list[TemplateInfo]) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from vzpkg.metadata.loader import make_plan
+    from vzpkg.metadata.render import parse_assignments
     plan = make_plan(args.name, settings_from(args), overrides=parse_assignments(args.sets),
                      backend=args.backend)
     if args.json:
@@ -166,6 +168,8 @@ def _wrap(words: tuple[str, ...], width: int = 78) -> list[str]:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     settings = settings_from(args)
+    from vzpkg.metadata.loader import validate_file
+    from vzpkg.metadata.template import template_files
     files: list[Path] = list(args.files) or list(template_files(settings).values())
     results: list[dict[str, Any]] = []
     failed = 0
@@ -190,5 +194,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    from vzpkg.metadata.schema import schema_text
     sys.stdout.write(schema_text())
     return 0
