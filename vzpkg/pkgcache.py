@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import filecmp
 import hashlib
 import http.server
 import os
@@ -187,11 +188,15 @@ class CachingProxy:
                     for chunk in r.iter_content(CHUNK):
                         f.write(chunk)
                         n += len(chunk)
-                os.replace(tmp, local)
+                if local.is_file() and filecmp.cmp(tmp, local, shallow=False):
+                    Path(tmp).unlink()      # unchanged: leave the cached copy alone
+                else:
+                    os.replace(tmp, local)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
-            if not immutable(path):
+            if not immutable(path) and (r.headers.get("ETag") or
+                                        r.headers.get("Last-Modified")):
                 meta.write_text(f"{r.headers.get('ETag', '')}\n"
                                 f"{r.headers.get('Last-Modified', '')}")
         with self._lock:
