@@ -12,6 +12,8 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -196,3 +198,31 @@ def test_offline_with_an_empty_package_cache_fails_clearly(tmp_path: Path) -> No
     r = vzpkg(tmp_path, "build", NAME, "--offline")
     assert_user_error(r, "not in the package cache", "without --offline")
     assert not list((tmp_path / "caches").glob("*.tar.*"))
+
+
+def test_a_killed_build_leaves_nothing_and_the_next_build_cleans_up(
+        ws: Path, built: dict[str, Any]) -> None:
+    caches = ws / "caches"
+    tarball_state = {k: v for k, v in snapshot(caches).items() if not k.startswith(".")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vzpkg.cli.vzpkg", "--workspace", str(ws), "build", NAME,
+         "--force"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:                 # progress lines; wait until the VE is busy
+        if "bootstrapping" in line:
+            break
+    time.sleep(3)
+    proc.kill()                              # kill -9: no cleanup code runs
+    proc.wait()
+    time.sleep(1)
+    work = caches / ".work"
+    leftovers = list(work.iterdir())
+    assert leftovers, "expected the killed build's work directory to remain until next time"
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(work) not in ps, "a process of the killed build survived"
+    assert str(work) not in Path("/proc/self/mountinfo").read_text()
+    r = vzpkg(ws, "build", NAME)             # up to date, and it removes the leftovers
+    assert r.returncode == 0, r.stderr
+    assert not list(work.iterdir())
+    assert {k: v for k, v in snapshot(caches).items() if not k.startswith(".")} \
+        == tarball_state
