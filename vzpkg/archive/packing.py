@@ -101,7 +101,7 @@ def _options(compression: Compression, level: int | None, threads: int) -> bytes
                            hint=f"use a level from {lo} to {hi}")
     if threads < 0:
         raise ArchiveError(f"threads must be 0 (every core) or more, not {threads}")
-    n = threads or os.cpu_count() or 1
+    n = threads or len(os.sched_getaffinity(0)) or 1
     if compression is Compression.ZSTD:
         return f"zstd:compression-level={lvl},zstd:threads={n}".encode()
     if compression is Compression.XZ:
@@ -202,7 +202,11 @@ def _write(fd: int, items: list[_Item], options: bytes, filt: str, source_date: 
             L.write_set_bytes_in_last_block(a, 1)
             if L.write_open(a, None, None, sink.callback, None) < L.WARN:
                 raise ArchiveError(f"cannot start the archive: {L.message(a)}")
-            _entries(a, e, items, source_date, total, progress, sink)
+            try:
+                _entries(a, e, items, source_date, total, progress, sink)
+            except BaseException:
+                L.write_fail(a)               # write_free() must not finish the stream
+                raise
             if L.write_close(a) < L.WARN:
                 _fail(a, sink, "finishing the archive")
         finally:
