@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -130,37 +131,57 @@ def _fs_type(p: Path) -> str:
     return r.stdout.strip() or "unknown"
 
 
+def _measure(fn: Callable[[], object], children: bool) -> tuple[float, float]:
+    """(wall seconds, CPU seconds user+sys) of fn; CPU of child processes for
+    the GNU pipelines, of this process (all its threads) for vzpkg."""
+    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+    r0 = resource.getrusage(who)
+    wall = timeit(fn)
+    r1 = resource.getrusage(who)
+    return wall, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+
+
 def run(tree: Path, work: Path, runs: int) -> dict[str, Any]:
     ours, gnu = work / "vzpkg.tar.zst", work / "gnu.tar.zst"
-    t: dict[str, list[float]] = {k: [] for k in
-                                 ("pack_vzpkg", "pack_gnu", "unpack_vzpkg", "unpack_gnu",
-                                  "scan_vzpkg")}
+    names = ("pack_vzpkg", "pack_gnu", "unpack_vzpkg", "unpack_gnu", "scan_vzpkg")
+    wall: dict[str, list[float]] = {k: [] for k in names}
+    cpu: dict[str, list[float]] = {k: [] for k in names}
     pack(tree, ours, source_date=SOURCE_DATE, level=LEVEL)          # warm the page cache
     _gnu_pack(tree, gnu)
     for i in range(runs):
-        order: list[tuple[str, Callable[[], object]]] = [
+        steps: list[tuple[str, Callable[[], object]]] = [
             ("pack_vzpkg", lambda: pack(tree, ours, source_date=SOURCE_DATE, level=LEVEL)),
             ("pack_gnu", lambda: _gnu_pack(tree, gnu))]
-        for name, fn in (order if i % 2 == 0 else order[::-1]):
-            t[name].append(timeit(fn))
-        order = [("unpack_vzpkg", lambda: unpack(ours, work / "ve")),
-                 ("unpack_gnu", lambda: _gnu_unpack(ours, work / "ve"))]
-        for name, fn in (order if i % 2 == 0 else order[::-1]):
-            t[name].append(timeit(fn))
+        if i % 2:
+            steps.reverse()
+        unpacks: list[tuple[str, Callable[[], object]]] = [
+            ("unpack_vzpkg", lambda: unpack(ours, work / "ve")),
+            ("unpack_gnu", lambda: _gnu_unpack(ours, work / "ve"))]
+        steps += unpacks[::-1] if i % 2 else unpacks
+        steps.append(("scan_vzpkg", lambda: scan(ours)))
+        for name, fn in steps:
+            w, c = _measure(fn, children=name.endswith("gnu"))
+            wall[name].append(w)
+            cpu[name].append(c)
             _clear(work / "ve")
-        t["scan_vzpkg"].append(timeit(lambda: scan(ours)))
-        print(f"run {i + 1}/{runs}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in t.items()),
+        print(f"run {i + 1}/{runs}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in wall.items()),
               flush=True)
-    med = {k: round(median(v), 3) for k, v in t.items()}
+    med = {k: round(median(v), 3) for k, v in wall.items()}
+    med_cpu = {k: round(median(v), 3) for k, v in cpu.items()}
     info = scan(ours)
     ratios = {"pack": round(med["pack_vzpkg"] / med["pack_gnu"], 3),
               "unpack": round(med["unpack_vzpkg"] / med["unpack_gnu"], 3)}
+    cpu_ratios = {"pack": round(med_cpu["pack_vzpkg"] / med_cpu["pack_gnu"], 3),
+                  "unpack": round(med_cpu["unpack_vzpkg"] / med_cpu["unpack_gnu"], 3)}
     return {
         "tree": {"entries": info.file_count, "bytes": info.unpacked_size},
         "workdir_fs": _fs_type(work), "runs": runs, "level": LEVEL,
+        "load_average_1min_at_end": round(os.getloadavg()[0], 2),
         "sizes": {"vzpkg": ours.stat().st_size, "gnu": gnu.stat().st_size},
-        "seconds": {k: [round(x, 3) for x in v] for k, v in t.items()},
-        "median_seconds": med, "ratio_vzpkg_over_gnu": ratios,
+        "seconds": {k: [round(x, 3) for x in v] for k, v in wall.items()},
+        "cpu_seconds": {k: [round(x, 3) for x in v] for k, v in cpu.items()},
+        "median_seconds": med, "median_cpu_seconds": med_cpu,
+        "ratio_vzpkg_over_gnu": ratios, "cpu_ratio_vzpkg_over_gnu": cpu_ratios,
         "target_ratio": TARGET,
         "within_target": {k: v <= TARGET for k, v in ratios.items()},
         "baseline": {
@@ -202,11 +223,12 @@ def main() -> int:
         shutil.rmtree(work)
     out = write_results("archive", result)
     med, ratio = result["median_seconds"], result["ratio_vzpkg_over_gnu"]
+    cpu, cratio = result["median_cpu_seconds"], result["cpu_ratio_vzpkg_over_gnu"]
     print(f"tree: {result['tree']}")
-    print(f"pack   vzpkg {med['pack_vzpkg']:.2f}s  gnu {med['pack_gnu']:.2f}s  "
-          f"ratio {ratio['pack']:.2f} (target <= {TARGET})")
-    print(f"unpack vzpkg {med['unpack_vzpkg']:.2f}s  gnu {med['unpack_gnu']:.2f}s  "
-          f"ratio {ratio['unpack']:.2f} (target <= {TARGET})")
+    for op in ("pack", "unpack"):
+        print(f"{op:6} vzpkg {med[op + '_vzpkg']:.2f}s  gnu {med[op + '_gnu']:.2f}s  "
+              f"ratio {ratio[op]:.2f} (target <= {TARGET});  CPU vzpkg "
+              f"{cpu[op + '_vzpkg']:.2f}s  gnu {cpu[op + '_gnu']:.2f}s  ratio {cratio[op]:.2f}")
     print(f"scan   vzpkg {med['scan_vzpkg']:.2f}s;  results in {out}")
     return 0
 

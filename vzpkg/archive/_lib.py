@@ -117,6 +117,7 @@ write_header = _fn("write_header", [_vp, _vp], _int)
 write_data = _fn("write_data", [_vp, _vp, _size], _ssize)
 write_finish_entry = _fn("write_finish_entry", [_vp], _int)
 write_close = _fn("write_close", [_vp], _int)
+write_fail = _fn("write_fail", [_vp], _int)
 write_free = _fn("write_free", [_vp], _int)
 
 # reading archives

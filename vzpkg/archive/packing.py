@@ -101,7 +101,7 @@ def _options(compression: Compression, level: int | None, threads: int) -> bytes
                            hint=f"use a level from {lo} to {hi}")
     if threads < 0:
         raise ArchiveError(f"threads must be 0 (every core) or more, not {threads}")
-    n = threads or os.cpu_count() or 1
+    n = threads or len(os.sched_getaffinity(0)) or 1
     if compression is Compression.ZSTD:
         return f"zstd:compression-level={lvl},zstd:threads={n}".encode()
     if compression is Compression.XZ:
@@ -202,7 +202,11 @@ def _write(fd: int, items: list[_Item], options: bytes, filt: str, source_date: 
             L.write_set_bytes_in_last_block(a, 1)
             if L.write_open(a, None, None, sink.callback, None) < L.WARN:
                 raise ArchiveError(f"cannot start the archive: {L.message(a)}")
-            _entries(a, e, items, source_date, total, progress, sink)
+            try:
+                _entries(a, e, items, source_date, total, progress, sink)
+            except BaseException:
+                L.write_fail(a)               # write_free() must not finish the stream
+                raise
             if L.write_close(a) < L.WARN:
                 _fail(a, sink, "finishing the archive")
         finally:
@@ -229,13 +233,13 @@ def _fail(a: int, sink: _Sink, what: str) -> None:
 
 def _entries(a: int, e: int, items: list[_Item], source_date: int, total: int,
              progress: Callable[[int, int], None] | None, sink: _Sink) -> None:
-    # Hot loop: locals for every global lookup.
+    # Hot loop: locals for every global lookup, one branch per kind of entry.
     clear, set_path, set_mode = L.entry_clear, L.entry_copy_pathname, L.entry_set_mode
     set_uid, set_gid, set_mtime, set_size = (L.entry_set_uid, L.entry_set_gid,
                                              L.entry_set_mtime, L.entry_set_size)
-    add_xattr, write_header, finish = L.entry_xattr_add_entry, L.write_header, L.write_finish_entry
-    S_ISREG, S_ISLNK, listxattr, getxattr = (stat.S_ISREG, stat.S_ISLNK, os.listxattr,
-                                             os.getxattr)
+    write_header, write_data, finish = L.write_header, L.write_data, L.write_finish_entry
+    S_ISREG, S_ISLNK, listxattr = stat.S_ISREG, stat.S_ISLNK, os.listxattr
+    read, close = os.read, os.close
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_NOATIME if os.geteuid() == 0
                                                             else 0)
     links: dict[tuple[int, int], bytes] = {}
@@ -253,68 +257,86 @@ def _entries(a: int, e: int, items: list[_Item], source_date: int, total: int,
             set_gid(e, st.st_gid)
         mtime = int(st.st_mtime)
         set_mtime(e, mtime if mtime < source_date else source_date, 0)
-        data = False
         if S_ISREG(mode):
+            size = st.st_size
             if st.st_nlink > 1:
                 key = (st.st_dev, st.st_ino)
                 first = links.get(key)
-                if first is None:
-                    links[key] = name
-                    data = True
-                else:
+                if first is not None:      # a later name: a hard-link entry, no data
                     L.entry_copy_hardlink(e, first)
                     set_size(e, 0)
-            else:
-                data = True
-            if data:
-                set_size(e, st.st_size)
-        elif S_ISLNK(mode):
-            L.entry_copy_symlink(e, os.readlink(path))
-        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-            L.entry_set_rdevmajor(e, os.major(st.st_rdev))
-            L.entry_set_rdevminor(e, os.minor(st.st_rdev))
-        try:
-            xnames = listxattr(path, follow_symlinks=False)
-        except OSError:
-            xnames = []
-        if xnames:
-            for x in sorted(xnames):
-                try:
-                    v = getxattr(path, x, follow_symlinks=False)
-                except OSError:
+                    if write_header(a, e) < L.WARN or finish(a) < L.WARN:
+                        _fail(a, sink, f"cannot add {os.fsdecode(path)} to the archive")
                     continue
-                add_xattr(e, x.encode(), v, len(v))
-        if write_header(a, e) < L.WARN:
-            _fail(a, sink, f"cannot add {os.fsdecode(path)} to the archive")
-        if data and st.st_size:
-            _copy(a, path, st.st_size, flags, sink)
-            done += st.st_size
+                links[key] = name
+            set_size(e, size)
+            fd = _open(path, flags)
+            try:
+                if listxattr(fd):
+                    _xattrs(e, fd)
+                if write_header(a, e) < L.WARN:
+                    _fail(a, sink, f"cannot add {os.fsdecode(path)} to the archive")
+                if size <= _CHUNK:
+                    data = read(fd, size)
+                    if len(data) != size or write_data(a, data, size) < 0:
+                        _short(a, sink, path, data, size)
+                else:
+                    _copy(a, fd, path, size, sink)
+            finally:
+                close(fd)
+            done += size
             if progress and done - last >= _PROGRESS_STEP:
                 progress(done, total)
                 last = done
+        else:
+            if S_ISLNK(mode):
+                L.entry_copy_symlink(e, os.readlink(path))
+            elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+                L.entry_set_rdevmajor(e, os.major(st.st_rdev))
+                L.entry_set_rdevminor(e, os.minor(st.st_rdev))
+            try:
+                if listxattr(path, follow_symlinks=False):
+                    _xattrs(e, path)
+            except OSError:
+                pass
+            if write_header(a, e) < L.WARN:
+                _fail(a, sink, f"cannot add {os.fsdecode(path)} to the archive")
         if finish(a) < L.WARN:
             _fail(a, sink, f"cannot add {os.fsdecode(path)} to the archive")
     if progress:
         progress(done, total)
 
 
-def _copy(a: int, path: bytes, size: int, flags: int, sink: _Sink) -> None:
+def _xattrs(e: int, target: int | bytes) -> None:
+    """Add the extended attributes of a path or fd, sorted by name."""
+    follow = isinstance(target, int)          # an fd: the flag is not allowed
+    for x in sorted(os.listxattr(target, follow_symlinks=follow)):
+        try:
+            v = os.getxattr(target, x, follow_symlinks=follow)
+        except OSError:
+            continue
+        L.entry_xattr_add_entry(e, x.encode(), v, len(v))
+
+
+def _open(path: bytes, flags: int) -> int:
     try:
-        fd = os.open(path, flags)
+        return os.open(path, flags)
     except OSError as exc:
         raise ArchiveError(f"cannot read {os.fsdecode(path)}: {exc.strerror}",
                            hint="run as root, or fix the file's permissions") from exc
-    try:
-        left = size
-        write_data = L.write_data
-        while left:
-            data = os.read(fd, left if left < _CHUNK else _CHUNK)
-            n = len(data)
-            if n == 0:
-                raise ArchiveError(f"{os.fsdecode(path)} shrank while it was being packed",
-                                   hint="do not change the tree while packing it")
-            if write_data(a, data, n) < 0:
-                _fail(a, sink, f"cannot add {os.fsdecode(path)} to the archive")
-            left -= n
-    finally:
-        os.close(fd)
+
+
+def _short(a: int, sink: _Sink, path: bytes, data: bytes, size: int) -> None:
+    if len(data) < size:
+        raise ArchiveError(f"{os.fsdecode(path)} shrank while it was being packed",
+                           hint="do not change the tree while packing it")
+    _fail(a, sink, f"cannot add {os.fsdecode(path)} to the archive")
+
+
+def _copy(a: int, fd: int, path: bytes, size: int, sink: _Sink) -> None:
+    left = size
+    while left:
+        data = os.read(fd, left if left < _CHUNK else _CHUNK)
+        if not data or L.write_data(a, data, len(data)) < 0:
+            _short(a, sink, path, data, left)
+        left -= len(data)

@@ -23,7 +23,7 @@ from vzpkg.archive import _lib as L
 from vzpkg.errors import ArchiveError
 
 BLOCK = 1 << 20
-_DEPTH = 4
+_DEPTH = 64                  # up to 64 MiB decompressed ahead: smooths bursts
 DAMAGED = "the file is damaged or is not a tar archive (plain, .gz, .xz or .zst)"
 
 
