@@ -163,6 +163,16 @@ def test_status_survives_stale_pidfile(rt: Runtime) -> None:
         assert not rt.state(9205).running
         assert rt.start(9205) > 0  # start cleans up what the dead VE left
         assert sh(rt, 9205, "echo alive")[1].strip() == "alive"
+        os.kill(rt.init_pid(9205), 9)
+        time.sleep(0.2)
+        r = vzctl(rt, "stop", "9205")  # stop tidies up after a VE that died
+        assert r.returncode == 0, r.stderr
+        assert rt.state(9205).line() == "VEID 9205 exist unmounted down"
+        assert vzctl(rt, "stop", "9205").returncode == 1
+        assert vzctl(rt, "mount", "9205").returncode == 0
+        assert (rt.paths.ve_root(9205) / "etc/os-release").exists()
+        assert vzctl(rt, "umount", "9205").returncode == 0
+        assert not layout.is_mounted(rt.paths.ve_root(9205))
     finally:
         rt.destroy(9205)
 

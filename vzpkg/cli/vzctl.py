@@ -123,6 +123,18 @@ def cmd_set(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mount(args: argparse.Namespace) -> int:
+    root = _rt(args).mount(args.ctid)
+    _say(args, f"VE {args.ctid} mounted on {root}")
+    return 0
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    _rt(args).umount(args.ctid)
+    _say(args, f"VE {args.ctid} unmounted")
+    return 0
+
+
 def cmd_destroy(args: argparse.Namespace) -> int:
     _rt(args).destroy(args.ctid)
     _say(args, f"VE {args.ctid} destroyed")
@@ -186,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="set a password with the VE's chpasswd (not stored)")
     st.add_argument("--save", action="store_true", help="store the settings in CTID.conf")
     params.add_set_options(st)
+    cmd("mount", cmd_mount, "mount a stopped VE's root on $VZ_ROOT/root/CTID")
+    cmd("umount", cmd_umount, "unmount a stopped VE's root")
     cmd("destroy", cmd_destroy, "stop and remove a VE: files, config, cgroup, network",
         aliases=("delete",))
     return p

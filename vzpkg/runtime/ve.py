@@ -221,8 +221,30 @@ class Runtime:
             self.config(ctid)
             pid = state.running_pid(self.paths.pidfile(ctid))
             if pid is None:
+                if self._leftovers(ctid):  # init died behind our back: tidy up
+                    self._cleanup(ctid)
+                    return
                 raise VeError(f"VE {ctid} is not running")
             self._stop(ctid, pid, fast=fast, timeout=timeout)
+
+    def _leftovers(self, ctid: int) -> bool:
+        return (layout.is_mounted(self.paths.ve_root(ctid))
+                or self.paths.pidfile(ctid).exists()
+                or bool(self.cgroups.procs(str(ctid)))
+                or net.link_exists(net.host_ifname(ctid)))
+
+    def mount(self, ctid: int) -> Path:
+        """Mount a stopped VE's root on VZ_ROOT/root/CTID (to work on its files)."""
+        with self.locked(ctid):
+            self.config(ctid)
+            return layout.mount(self.paths, ctid)
+
+    def umount(self, ctid: int) -> None:
+        with self.locked(ctid):
+            self.config(ctid)
+            if state.running_pid(self.paths.pidfile(ctid)) is not None:
+                raise VeError(f"VE {ctid} is running", hint=f"stop it: vzctl stop {ctid}")
+            layout.umount(self.paths, ctid)
 
     def _stop(self, ctid: int, pid: int, *, fast: bool, timeout: float | None) -> None:
         if timeout is None:
