@@ -112,6 +112,10 @@ def test_fork_bomb_stops_at_numproc(rt: Runtime) -> None:
         assert sh(rt, B, "echo fine")[1].strip() == "fine"
         counters = {c.resource: c for c in rt.cgroups.counters(str(A), rt.config(A))}
         assert counters["numproc"].failcnt > 0
+        r = subprocess.run([_vzctl(), "ubc", str(A)], env=_env(rt), capture_output=True,
+                           text=True)
+        row = next(ln.split() for ln in r.stdout.splitlines() if "numproc" in ln)
+        assert row[-2] == "40" and int(row[-1]) > 0, r.stdout  # limit, failcnt
     finally:
         rt.stop(A, fast=True)
         rt.start(A)

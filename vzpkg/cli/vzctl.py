@@ -27,6 +27,7 @@ examples:
   vzctl set 101 --numproc 200:200 --ram 512M --cpuunits 2000 --save
   vzctl set 101 --userpasswd root:secret
   vzctl status 101                VEID 101 exist mounted running
+  vzctl ubc 101                   beancounters: which limit did the VE hit?
   vzctl stop 101 [--fast]
   vzctl destroy 101
 
@@ -135,6 +136,11 @@ def cmd_umount(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ubc(args: argparse.Namespace) -> int:
+    from vzpkg.cli import vzubc
+    return vzubc.main([*(["-q"] if args.quiet else []), str(args.ctid)])
+
+
 def cmd_destroy(args: argparse.Namespace) -> int:
     _rt(args).destroy(args.ctid)
     _say(args, f"VE {args.ctid} destroyed")
@@ -198,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="set a password with the VE's chpasswd (not stored)")
     st.add_argument("--save", action="store_true", help="store the settings in CTID.conf")
     params.add_set_options(st)
+    cmd("ubc", cmd_ubc, "the VE's beancounters: held, maxheld, barrier, limit, failcnt "
+                        "(as vzubc CTID; -q: only resources that hit their limit)")
     cmd("mount", cmd_mount, "mount a stopped VE's root on $VZ_ROOT/root/CTID")
     cmd("umount", cmd_umount, "unmount a stopped VE's root")
     cmd("destroy", cmd_destroy, "stop and remove a VE: files, config, cgroup, network",
