@@ -314,3 +314,19 @@ def test_debian_cache_end_to_end(rt: Runtime, tmp_path: Path) -> None:
         r2.destroy(ctid)
     with pytest.raises(VeError):
         r2.config(ctid)
+
+
+def test_failed_start_leaves_nothing_running(rt: Runtime) -> None:
+    ctid = 9211
+    rt.create(ctid, "busybox-1", ipadd=["198.18.92.11"])
+    try:
+        (rt.paths.private(ctid) / "bin/sh").unlink()  # init cannot be run
+        r = vzctl(rt, "start", str(ctid))
+        assert r.returncode == 1 and "start failed" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+        assert rt.state(ctid).line() == f"VEID {ctid} exist unmounted down"
+        assert not rt.cgroups.exists(str(ctid))
+        assert not net.link_exists(net.host_ifname(ctid))
+        assert not rt.paths.pidfile(ctid).exists()
+    finally:
+        rt.destroy(ctid)
