@@ -7,11 +7,13 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.runtime_helpers import destroy_all, runtime_for, sh
-from vzpkg.runtime import caps
+from vzpkg.errors import VeError
+from vzpkg.runtime import caps, layout
 from vzpkg.runtime.ve import Runtime
 
 pytestmark = [pytest.mark.root,
@@ -174,3 +176,23 @@ def _vzctl() -> str:
 
 def _env(rt: Runtime) -> dict[str, str]:
     return {**os.environ, "VZ_ROOT": str(rt.paths.root)}
+
+
+def test_planted_symlinks_cannot_aim_mounts_at_the_host(rt: Runtime, tmp_path: Path) -> None:
+    """A VE that replaces its /dev with a link to a host path cannot make start
+    mount or create anything there: start refuses, the host path is untouched."""
+    ctid = 9103
+    target = tmp_path / "host-dir"
+    target.mkdir()
+    rt.create(ctid, "busybox-1")
+    try:
+        dev = rt.paths.private(ctid) / "dev"
+        dev.rmdir()
+        dev.symlink_to(target)
+        with pytest.raises(VeError, match="symbolic link"):
+            rt.start(ctid)
+        assert list(target.iterdir()) == []
+        assert not rt.state(ctid).running
+        assert not layout.is_mounted(rt.paths.ve_root(ctid))
+    finally:
+        rt.destroy(ctid)

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from vzpkg.errors import VeError
+from vzpkg.errors import VeError, VzError
 from vzpkg.runtime import caps, libc
 
 VE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -77,16 +77,24 @@ class StartSpec:
     prepare: Callable[[], None] | None = None   # runs inside the VE before init
 
 
-def _mount_dev(r: str) -> None:
-    dev = f"{r}/dev"
-    os.makedirs(dev, exist_ok=True)
+def _mountpoint(path: str) -> str:
+    """*path* as a directory to mount on (already inside the VE's root)."""
+    if os.path.islink(path):
+        raise VeError(f"the VE's {path} is a symbolic link; it must be a directory",
+                      hint=f"remove the link from the VE's private area and create {path}")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def _mount_dev() -> None:
+    dev = _mountpoint("/dev")
     libc.mount("tmpfs", dev, "tmpfs", libc.MS_NOSUID | libc.MS_NOEXEC, "mode=755,size=64k")
     for name, major, minor in _DEVICES:
         os.mknod(f"{dev}/{name}", 0o666 | stat.S_IFCHR, os.makedev(major, minor))
         os.chmod(f"{dev}/{name}", 0o666)
     # The console leads nowhere: init's output is discarded.
     open(f"{dev}/console", "w").close()
-    libc.mount("/dev/null", f"{dev}/console", None, libc.MS_BIND)
+    libc.mount(f"{dev}/null", f"{dev}/console", None, libc.MS_BIND)
     os.mkdir(f"{dev}/pts")
     libc.mount("devpts", f"{dev}/pts", "devpts", libc.MS_NOSUID | libc.MS_NOEXEC,
                "newinstance,ptmxmode=0666,mode=620,gid=5")
@@ -106,27 +114,26 @@ def _mount_ro_bind(path: str) -> None:
 
 
 def _setup_mounts(root: Path) -> None:
+    """Pivot into the VE root first, so that every path below resolves inside the
+    VE (a symlink the VE planted can never aim a mount or a write at the host)."""
     libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
-    r = str(root)
-    nosuid = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
-    os.makedirs(f"{r}/proc", exist_ok=True)
-    libc.mount("proc", f"{r}/proc", "proc", nosuid)
-    for name in _RO_PROC:
-        if os.path.exists(f"{r}/proc/{name}"):
-            _mount_ro_bind(f"{r}/proc/{name}")
-    for name in _MASK_PROC:
-        if os.path.exists(f"{r}/proc/{name}"):
-            libc.mount("/dev/null", f"{r}/proc/{name}", None, libc.MS_BIND)
-    os.makedirs(f"{r}/sys", exist_ok=True)
-    libc.mount("sysfs", f"{r}/sys", "sysfs", nosuid | libc.MS_RDONLY)
-    _mount_dev(r)
-    if os.path.isdir(f"{r}/run") and not os.path.islink(f"{r}/run"):
-        libc.mount("tmpfs", f"{r}/run", "tmpfs", libc.MS_NOSUID | libc.MS_NODEV,
-                   "mode=755,size=10%")
-    os.chdir(r)
+    os.chdir(str(root))
     libc.pivot_root(".", ".")
     libc.umount2(".", libc.MNT_DETACH)
     os.chdir("/")
+    nosuid = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
+    _mount_dev()
+    libc.mount("proc", _mountpoint("/proc"), "proc", nosuid)
+    for name in _RO_PROC:
+        if os.path.exists(f"/proc/{name}"):
+            _mount_ro_bind(f"/proc/{name}")
+    for name in _MASK_PROC:
+        if os.path.exists(f"/proc/{name}"):
+            libc.mount("/dev/null", f"/proc/{name}", None, libc.MS_BIND)
+    libc.mount("sysfs", _mountpoint("/sys"), "sysfs", nosuid | libc.MS_RDONLY)
+    if os.path.isdir("/run") and not os.path.islink("/run"):
+        libc.mount("tmpfs", "/run", "tmpfs", libc.MS_NOSUID | libc.MS_NODEV,
+                   "mode=755,size=10%")
 
 
 def ve_env() -> dict[str, str]:
@@ -161,7 +168,8 @@ def _init_child(spec: StartSpec, r_go: int, w_err: int) -> None:
         caps.drop_to_ve_set()
         os.execve("/bin/sh", ["/bin/sh", INIT_PATH], ve_env())
     except BaseException as exc:  # report anything to the host, then die
-        msg = f"{exc}" if isinstance(exc, OSError) else traceback.format_exc(limit=3)
+        msg = (str(exc) if isinstance(exc, OSError | VzError)
+               else traceback.format_exc(limit=3))
         with contextlib.suppress(OSError):
             os.write(w_err, msg.encode(errors="replace")[:4000])
         os._exit(127)
