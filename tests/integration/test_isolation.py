@@ -196,3 +196,22 @@ def test_planted_symlinks_cannot_aim_mounts_at_the_host(rt: Runtime, tmp_path: P
         assert not layout.is_mounted(rt.paths.ve_root(ctid))
     finally:
         rt.destroy(ctid)
+
+
+def test_plain_ve_cannot_pose_as_overlay(rt: Runtime, tmp_path: Path) -> None:
+    """A plain VE that plants /lower, /upper and /work in its root (its private
+    area) gets neither the host's files at start nor their removal at destroy."""
+    ctid = 9104
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("host data\n")
+    rt.create(ctid, "busybox-1")
+    priv = rt.paths.private(ctid)
+    (priv / "lower").symlink_to(victim)
+    (priv / "upper").mkdir()
+    (priv / "work").mkdir()
+    rt.start(ctid)
+    code, out = sh(rt, ctid, "ls /; cat /keep")
+    assert "host data" not in out and "lower" in out
+    rt.destroy(ctid)
+    assert (victim / "keep").read_text() == "host data\n"

@@ -91,8 +91,14 @@ def ensure_shared(paths: VzPaths, cache: CacheRef) -> Path:
     return shared
 
 
-def layout_of(paths: VzPaths, ctid: int) -> Layout:
-    return Layout.OVERLAY if (paths.private(ctid) / "lower").is_symlink() else Layout.PLAIN
+def shared_of(paths: VzPaths, ctid: int) -> Path:
+    """The shared copy an overlay VE sits on: ``private/CTID/lower``, which must lead
+    to a directory directly under ``VZ_ROOT/shared`` (never anywhere else)."""
+    lower = (paths.private(ctid) / "lower").resolve()
+    if lower.parent != (paths.root / "shared").resolve() or not lower.is_dir():
+        raise VeError(f"the shared copy of VE {ctid} ({lower}) is missing or not under "
+                      f"{paths.root / 'shared'}", hint="destroy and re-create the VE")
+    return lower
 
 
 def is_mounted(path: Path) -> bool:
@@ -105,8 +111,11 @@ def is_mounted(path: Path) -> bool:
     return False
 
 
-def mount(paths: VzPaths, ctid: int) -> Path:
-    """Mount the VE's root on ``root/CTID`` (a no-op if it already is)."""
+def mount(paths: VzPaths, ctid: int, lay: Layout) -> Path:
+    """Mount the VE's root on ``root/CTID`` (a no-op if it already is).
+
+    *lay* comes from the VE's configuration, never from its files: a plain VE owns
+    its private area and could plant anything there."""
     target = paths.ve_root(ctid)
     private = paths.private(ctid)
     if not private.is_dir():
@@ -116,13 +125,10 @@ def mount(paths: VzPaths, ctid: int) -> Path:
     if is_mounted(target):
         return target
     try:
-        if layout_of(paths, ctid) is Layout.PLAIN:
+        if lay is Layout.PLAIN:
             libc.mount(str(private), str(target), None, libc.MS_BIND)
         else:
-            lower = (private / "lower").resolve()
-            if not lower.is_dir():
-                raise VeError(f"the shared copy {lower} of VE {ctid} is missing",
-                              hint="destroy and re-create the VE")
+            lower = shared_of(paths, ctid)
             opts = (f"lowerdir={lower},upperdir={private / 'upper'},"
                     f"workdir={private / 'work'}")
             libc.mount("overlay", str(target), "overlay", 0, opts)
@@ -143,13 +149,14 @@ def umount(paths: VzPaths, ctid: int) -> None:
             libc.umount2(str(target), libc.MNT_DETACH)
 
 
-def destroy(paths: VzPaths, ctid: int) -> None:
+def destroy(paths: VzPaths, ctid: int, lay: Layout) -> None:
     """Remove the private area and mount point, and an unused shared copy."""
     umount(paths, ctid)
     private = paths.private(ctid)
     shared: Path | None = None
-    if (private / "lower").is_symlink():
-        shared = (private / "lower").resolve()
+    if lay is Layout.OVERLAY:
+        with contextlib.suppress(VeError):
+            shared = shared_of(paths, ctid)
     if private.exists():
         shutil.rmtree(private)
     with contextlib.suppress(OSError):
@@ -167,5 +174,5 @@ def _shared_in_use(paths: VzPaths, shared: Path) -> bool:
     for d in base.iterdir() if base.is_dir() else ():
         link = d / "lower"
         if link.is_symlink() and link.resolve() == shared:
-            return True
+            return True  # (a plain VE's planted link can only keep it alive longer)
     return False

@@ -57,6 +57,15 @@ class VeState:
                 f"{'running' if self.running else 'down'}")
 
 
+def layout_of(cfg: VeConfig) -> Layout:
+    """The VE's layout, from its configuration (never from its files)."""
+    try:
+        return Layout(cfg.get("VE_LAYOUT") or "plain")
+    except ValueError:
+        raise VeError(f"{cfg.path}: VE_LAYOUT={cfg.get('VE_LAYOUT')!r} is not plain or "
+                      "overlay") from None
+
+
 def addrs_of(cfg: VeConfig) -> list[net.Addr]:
     return [net.parse_ip(a) for a in (cfg.get("IP_ADDRESS") or "").split()]
 
@@ -180,7 +189,7 @@ class Runtime:
             try:
                 new_cfg.save(conf_path)
             except BaseException:
-                layout.destroy(self.paths, ctid)
+                layout.destroy(self.paths, ctid, lay)
                 conf_path.unlink(missing_ok=True)
                 raise
 
@@ -201,7 +210,7 @@ class Runtime:
         cg = self.cgroups
         cg.create(str(ctid))
         cg.apply(str(ctid), cfg.layered_on(self.global_conf()))
-        root = layout.mount(self.paths, ctid)
+        root = layout.mount(self.paths, ctid, layout_of(cfg))
         addrs = addrs_of(cfg)
         setup = dist_setup(cfg)
 
@@ -236,8 +245,7 @@ class Runtime:
     def mount(self, ctid: int) -> Path:
         """Mount a stopped VE's root on VZ_ROOT/root/CTID (to work on its files)."""
         with self.locked(ctid):
-            self.config(ctid)
-            return layout.mount(self.paths, ctid)
+            return layout.mount(self.paths, ctid, layout_of(self.config(ctid)))
 
     def umount(self, ctid: int) -> None:
         with self.locked(ctid):
@@ -311,7 +319,8 @@ class Runtime:
             if pid is not None:
                 self._stop(ctid, pid, fast=False, timeout=None)
             self._cleanup(ctid)
-            layout.destroy(self.paths, ctid)
+            lay = layout_of(VeConfig.load(conf)) if conf.exists() else Layout.PLAIN
+            layout.destroy(self.paths, ctid, lay)
             conf.unlink(missing_ok=True)
         self.paths.lockfile(ctid).unlink(missing_ok=True)
 

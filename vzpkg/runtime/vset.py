@@ -44,7 +44,8 @@ def set_passwords(rt: Runtime, ctid: int, pairs: Sequence[str]) -> None:
         code, text = capture(rt, ctid, ["chpasswd"], data)
     else:
         was = layout.is_mounted(rt.paths.ve_root(ctid))
-        root = layout.mount(rt.paths, ctid)
+        from vzpkg.runtime.ve import layout_of
+        root = layout.mount(rt.paths, ctid, layout_of(rt.config(ctid)))
         try:
             code, raw = join.run_in_root(root, ["/bin/sh", "-c", "exec chpasswd"], data)
             text = raw.decode(errors="replace")
