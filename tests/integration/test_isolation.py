@@ -211,7 +211,7 @@ def test_plain_ve_cannot_pose_as_overlay(rt: Runtime, tmp_path: Path) -> None:
     (priv / "upper").mkdir()
     (priv / "work").mkdir()
     rt.start(ctid)
-    code, out = sh(rt, ctid, "ls /; cat /keep")
+    _code, out = sh(rt, ctid, "ls /; cat /keep")
     assert "host data" not in out and "lower" in out
     rt.destroy(ctid)
     assert (victim / "keep").read_text() == "host data\n"
