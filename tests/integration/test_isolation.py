@@ -215,3 +215,14 @@ def test_plain_ve_cannot_pose_as_overlay(rt: Runtime, tmp_path: Path) -> None:
     assert "host data" not in out and "lower" in out
     rt.destroy(ctid)
     assert (victim / "keep").read_text() == "host data\n"
+
+
+def test_init_reaps_orphans(rt: Runtime) -> None:
+    # ten orphans, re-parented to the VE's init, exit at once: none may stay a zombie
+    assert sh(rt, A, "for i in 1 2 3 4 5 6 7 8 9 10; do (sleep 0.2 &); done")[0] == 0
+    time.sleep(1)
+    zombies = [p for p in rt.cgroups.procs(str(A))
+               if Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"]
+    assert zombies == []
+    _code, out = sh(rt, A, "ps -o pid,stat,args")
+    assert " Z " not in out, out
