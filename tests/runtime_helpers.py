@@ -82,8 +82,12 @@ def make_busybox_cache(cache_dir: Path, name: str = BUSYBOX_NAME) -> Path:
 
 def debian_cache(cache_dir: Path) -> str | None:
     """The name of a real Debian cache in *cache_dir*, if the builder made one."""
-    for p in sorted(cache_dir.glob("debian-*.tar.zst")):
-        return p.name.removesuffix(".tar.zst")
+    from vzpkg.manifest import expand_name
+    from vzpkg.store import CacheStore
+    for short in ("debian-12", "debian-13", "debian-11"):
+        name = expand_name(short)
+        if CacheStore(cache_dir).tarball(name) is not None:
+            return name
     return None
 
 
