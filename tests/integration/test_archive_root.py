@@ -88,6 +88,20 @@ def test_unsafe_device_is_never_created(tmp_path: Path) -> None:
     assert not (tmp_path / "ve").exists()
 
 
+def test_pack_stays_on_one_filesystem(tree: Path, tmp_path: Path) -> None:
+    """A leftover mount in a build tree is packed as an empty directory."""
+    (tree / "proc").mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "vzpkg-test", str(tree / "proc")], check=True)
+    try:
+        (tree / "proc/host-file").write_text("from the host\n")
+        pack(tree, tmp_path / "c", source_date=SOURCE_DATE)
+    finally:
+        subprocess.run(["umount", str(tree / "proc")], check=True)
+    unpack(tmp_path / "c", tmp_path / "ve")
+    assert (tmp_path / "ve/proc").is_dir()
+    assert list((tmp_path / "ve/proc").iterdir()) == []
+
+
 @pytest.fixture()
 def shared_dir() -> Iterator[Path]:
     d = Path(tempfile.mkdtemp(prefix="vzpkg-archive-"))

@@ -176,8 +176,9 @@ def _extract(archive: Path, a: int, position: Callable[[], int], size: int,
             extract2 = L.read_extract2
             for e, length in entries:
                 if extract2(a, e, w) != L.OK:
-                    raise ArchiveError(f"cannot unpack {display(L.entry_pathname(e) or b'?')!r}"
-                                       f": {L.message(a)}", hint=_HINT)
+                    raise ArchiveError(f"{archive}: cannot unpack "
+                                       f"{display(L.entry_pathname(e) or b'?')!r}: "
+                                       f"{L.message(a)}", hint=_HINT)
                 if not count and L.entry_pathname(e) in _ROOT_NAMES:
                     root_mtime = L.entry_mtime(e)
                 count += 1
@@ -215,9 +216,7 @@ def _extract_unprivileged(archive: Path, a: int, w: int, e: int, length: int) ->
 
 
 _ROOT_NAMES = (b".", b"./")
-
-
-_HINT = "check free space and the target filesystem"
+_HINT = "check free space and the target filesystem, or whether the archive is damaged"
 
 
 def _write_error(w: int, e: int) -> None:
