@@ -167,7 +167,9 @@ def test_pack_bad_input_is_a_clear_error(tmp_path: Path) -> None:
         pack(tmp_path / "t", tmp_path / "no/such/dir/o", source_date=SOURCE_DATE)
     with pytest.raises(ArchiveError, match="source date"):
         pack(tmp_path / "t", tmp_path / "o", source_date=-5)
-    assert not (tmp_path / "o").exists()
+    with pytest.raises(ArchiveError, match="inside the tree"):
+        pack(tmp_path / "t", tmp_path / "t/o.tar.zst", source_date=SOURCE_DATE)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "t/o.tar.zst").exists()
 
 
 def test_progress_reports_bytes_up_to_the_total(tree: Path, tmp_path: Path) -> None:
