@@ -49,6 +49,7 @@ def make_tree(root: Path, *, order: str = "forward") -> Path:
         ("usr/share/empty", b"", 0o644),
         ("usr/share/na\u00efve caf\u00e9.txt", b"utf-8 name\n", 0o644),
         ("var/log/.hidden", b"h", 0o600),
+        ("usr/share/" + "long-directory-name/" * 6 + "x" * 120, b"pax path", 0o644),
     ]
     if order == "reverse":
         files.reverse()
