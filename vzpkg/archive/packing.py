@@ -102,11 +102,14 @@ def _options(compression: Compression, level: int | None, threads: int) -> bytes
     if threads < 0:
         raise ArchiveError(f"threads must be 0 (every core) or more, not {threads}")
     n = threads or len(os.sched_getaffinity(0)) or 1
+    # xattrs as SCHILY.xattr records only (what GNU tar reads), not also as
+    # LIBARCHIVE.xattr ones, which GNU tar warns about
+    pax = "pax:xattrheader=SCHILY"
     if compression is Compression.ZSTD:
-        return f"zstd:compression-level={lvl},zstd:threads={n}".encode()
+        return f"{pax},zstd:compression-level={lvl},zstd:threads={n}".encode()
     if compression is Compression.XZ:     # liblzma needs ~100 MB per thread at level 6
-        return f"xz:compression-level={lvl},xz:threads={min(max(n, 2), 8)}".encode()
-    return f"gzip:compression-level={lvl},gzip:!timestamp".encode()
+        return f"{pax},xz:compression-level={lvl},xz:threads={min(max(n, 2), 8)}".encode()
+    return f"{pax},gzip:compression-level={lvl},gzip:!timestamp".encode()
 
 
 def pack(src: Path, dest: Path, *, source_date: int,
