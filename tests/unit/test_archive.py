@@ -268,3 +268,21 @@ def test_gnu_tar_reads_our_archives(tree: Path, tmp_path: Path) -> None:
 def test_tool_versions_names_libarchive_and_zstd() -> None:
     v = tool_versions()
     assert v.startswith("libarchive 3.") and "zstd" in v
+
+
+def test_interrupted_pack_and_unpack_leave_nothing(tree: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C in the middle (here from the progress callback) cleans up too."""
+    def stop(done: int, total: int) -> None:
+        if done:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pack(tree, tmp_path / "c", source_date=SOURCE_DATE, progress=stop)
+    assert not (tmp_path / "c").exists()
+    pack(tree, tmp_path / "c", source_date=SOURCE_DATE)
+    monkeypatch.setattr("vzpkg.archive.unpacking._PROGRESS_EVERY", 4)
+    with pytest.raises(KeyboardInterrupt):
+        unpack(tmp_path / "c", tmp_path / "ve", progress=stop)
+    assert not (tmp_path / "ve").exists()
+    assert os.getcwd() != str(tmp_path / "ve")

@@ -172,7 +172,11 @@ class _Sink:
     def _write(self, _a: int | None, _ctx: int | None, buf: int | None, n: int) -> int:
         if self.error is not None:
             return -1
-        self.blocks.put(ctypes.string_at(buf or 0, n))
+        try:
+            self.blocks.put(ctypes.string_at(buf or 0, n))
+        except BaseException as exc:      # e.g. Ctrl-C: cannot unwind through C
+            self.error = exc
+            return -1
         self.size += n
         return n
 
