@@ -154,6 +154,8 @@ def craft(path: Path, members: Iterable[Member], *, compress: str | None = None)
             info.type = kinds[kind]
             info.mode = int(opts.get("mode", 0o755 if kind == "dir" else 0o644))  # type: ignore[call-overload]
             info.mtime = OLD
+            xattrs = dict(opts.get("xattrs", {}))  # type: ignore[call-overload]
+            info.pax_headers = {"SCHILY.xattr." + k: v for k, v in xattrs.items()}
             data = b""
             if kind == "file":
                 data = bytes(opts.get("data", b"payload\n"))  # type: ignore[call-overload]
