@@ -1,53 +1,217 @@
-"""The temporary VE used while building: a root directory, namespaces and mounts.
+"""The temporary VE used while building.
 
-(Interface first; the implementation lands with the Debian builder.)
+Every command that touches a build root runs inside fresh pid, mount, uts and ipc
+namespaces (util-linux ``unshare``) with private mount propagation, under
+``setpriv --pdeathsig KILL`` and ``unshare --kill-child``.  Consequences:
+
+* /proc, /sys and /dev are mounted for in-VE scripts *inside* that mount
+  namespace only, so they vanish when the command ends: the host never sees
+  them, and a build killed with SIGKILL leaves no mount behind;
+* when vzpkg dies, ``unshare`` gets SIGKILL, its child (PID 1 of the new pid
+  namespace) gets SIGKILL, and the kernel kills every process left in that
+  namespace: daemons started by maintainer scripts cannot outlive the build.
+
+In-VE scripts additionally get ``/usr/sbin/policy-rc.d`` (exit 101) so
+Debian's invoke-rc.d starts no daemons.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
+from vzpkg.errors import BuildError
 from vzpkg.metadata.model import Script
+
+CONTAIN = ("setpriv", "--pdeathsig", "KILL", "--",
+           "unshare", "--pid", "--mount", "--uts", "--ipc", "--fork", "--kill-child",
+           "--propagation", "private", "--")
+
+# Runs in the new namespaces, before chroot: $1 is the root, the rest the command.
+_ENTER = r"""
+set -eu
+R=$1; shift
+mkdir -p "$R/proc" "$R/sys" "$R/dev" "$R/run" "$R/tmp"
+mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
+mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$R/sys"
+mount -t tmpfs -o mode=755,nosuid,size=64k dev "$R/dev"
+for n in null zero full random urandom tty; do
+    : > "$R/dev/$n"; mount --bind "/dev/$n" "$R/dev/$n"
+done
+mkdir -p "$R/dev/pts" "$R/dev/shm"
+mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts "$R/dev/pts"
+ln -s pts/ptmx "$R/dev/ptmx"
+ln -s /proc/self/fd "$R/dev/fd"
+mount -t tmpfs -o mode=1777,nosuid,nodev shm "$R/dev/shm"
+mount -t tmpfs -o mode=755,nosuid,nodev run "$R/run"
+hostname vzpkg-build
+exec chroot "$R" "$@"
+"""
+
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 class BuildLog:
-    """The build's log file; host commands run through it keep their output."""
+    """The build's log file; host commands run through it keep their output.
 
-    def __init__(self, path: Path) -> None:
+    *echo*, when given, receives every output line as it arrives (verbose mode).
+    """
+
+    def __init__(self, path: Path, echo: Callable[[str], None] | None = None) -> None:
         self.path = path
+        self.echo = echo
+        path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, text: str) -> None:
         with self.path.open("a", encoding="utf-8") as f:
             f.write(text if text.endswith("\n") else text + "\n")
 
     def run(self, argv: Sequence[str], *, step: str, env: Mapping[str, str] | None = None,
-            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-        """Run a host command, output appended to the log; BuildError on failure."""
-        raise NotImplementedError
+            cwd: Path | None = None, hint: str | None = None) -> None:
+        """Run a command, output appended to the log; BuildError naming *step* if
+        it fails, with the last lines of its output in the message."""
+        self.write(f"$ {' '.join(argv)}")
+        tail: deque[str] = deque(maxlen=25)
+        full_env = {"PATH": SAFE_PATH, "LC_ALL": "C.UTF-8", "HOME": "/root",
+                    **(env or {})}
+        try:
+            proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=full_env, cwd=cwd)
+        except FileNotFoundError:
+            raise BuildError(step, f"command not found: {argv[0]}",
+                             hint="run 'make setup' (tools/install-system-deps) to "
+                                  "install the host tools") from None
+        assert proc.stdout is not None
+        with self.path.open("ab") as log:
+            for raw in proc.stdout:
+                log.write(raw)
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                tail.append(line)
+                if self.echo:
+                    self.echo(line)
+        rc = proc.wait()
+        if rc != 0:
+            out = "\n    ".join(tail) if tail else "(no output)"
+            raise BuildError(step, f"{argv[0]} exited with status {rc}; last output:\n"
+                                   f"    {out}", log=str(self.path), hint=hint)
+
+
+def contained(argv: Sequence[str]) -> list[str]:
+    """*argv* wrapped to run in private pid/mount/uts/ipc namespaces that die
+    with us (see the module docstring)."""
+    return [*CONTAIN, *argv]
+
+
+def script_env(base: Mapping[str, str], stage: str) -> dict[str, str]:
+    return {**base, "STAGE": stage}
 
 
 class BuildVE:
-    """Mounts /proc, /sys, /dev into *root*; runs commands chrooted in new
-    pid, mount, uts and ipc namespaces; undoes everything on exit."""
+    """A build root prepared for running commands inside it.
+
+    Entering installs policy-rc.d; leaving removes it.  Each :meth:`run` gets its
+    own namespaces and mounts (see the module docstring), so nothing needs to be
+    unmounted here.
+    """
+
+    POLICY = "usr/sbin/policy-rc.d"
 
     def __init__(self, root: Path, log: BuildLog) -> None:
         self.root = root
         self.log = log
+        self._policy_added = False
 
     def __enter__(self) -> BuildVE:
-        raise NotImplementedError
+        policy = self.root / self.POLICY
+        if policy.parent.is_dir() and not policy.exists():
+            policy.write_text("#!/bin/sh\n# installed by vzpkg during the build\nexit 101\n")
+            policy.chmod(0o755)
+            self._policy_added = True
+        return self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> None:
-        raise NotImplementedError
+        if self._policy_added:
+            (self.root / self.POLICY).unlink(missing_ok=True)
 
     def run(self, argv: Sequence[str], *, step: str,
-            env: Mapping[str, str] | None = None) -> None:
+            env: Mapping[str, str] | None = None, hint: str | None = None) -> None:
         """Run *argv* inside the VE; BuildError naming *step* on failure."""
-        raise NotImplementedError
+        self.log.run(contained(["/bin/sh", "-c", _ENTER, "vzpkg-enter", str(self.root),
+                                *argv]),
+                     step=step, env=env, hint=hint)
 
     def run_script(self, script: Script, env: Mapping[str, str]) -> None:
-        raise NotImplementedError
+        """Copy *script* into the VE's /tmp and run it there."""
+        tmp = self.root / "tmp"
+        tmp.mkdir(mode=0o1777, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".vzpkg-script-", dir=tmp)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(script.text)
+            os.chmod(name, 0o755)
+            inside = "/tmp/" + Path(name).name
+            argv = [inside] if script.text.startswith(b"#!") else ["/bin/sh", "-e", inside]
+            self.run(argv, step=script.stage.value, env=script_env(env, script.stage.value),
+                     hint=_script_hint(script))
+        finally:
+            Path(name).unlink(missing_ok=True)
+
+
+def run_host_script(script: Script, env: Mapping[str, str], log: BuildLog,
+                    work: Path) -> None:
+    """Run a host-side script (pre-cache, post-cache) from a private copy."""
+    fd, name = tempfile.mkstemp(prefix="script-", dir=work)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(script.text)
+        os.chmod(name, 0o700)
+        argv = [name] if script.text.startswith(b"#!") else ["/bin/sh", "-e", name]
+        log.run(argv, step=script.stage.value, env=script_env(env, script.stage.value),
+                cwd=work, hint=_script_hint(script))
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+def _script_hint(script: Script) -> str:
+    where = str(script.path) if script.path else "the inline script in the template"
+    return f"fix {where}; the previous cache was left untouched"
+
+
+def mounts_under(path: Path) -> list[str]:
+    """Mount points at or below *path* visible in our mount namespace."""
+    prefix = str(path.resolve())
+    found = []
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        for line in f:
+            mp = line.split()[4].replace("\\040", " ")
+            if mp == prefix or mp.startswith(prefix + "/"):
+                found.append(mp)
+    return found
+
+
+def remove_tree(path: Path) -> None:
+    """rm -rf *path*, but first detach anything mounted below it (never delete
+    through a mount into the host)."""
+    if not path.exists():
+        return
+    for mp in sorted(mounts_under(path), key=len, reverse=True):
+        subprocess.run(["umount", "-l", mp], check=False, capture_output=True)
+    if mounts_under(path):
+        raise BuildError("cleanup", f"{path} still has mounts below it; not removing it")
+    shutil.rmtree(path, ignore_errors=False, onerror=_chmod_retry)
+
+
+def _chmod_retry(func: Callable[..., object], p: str, _exc: object) -> None:
+    try:
+        os.chmod(os.path.dirname(p), 0o700)
+        func(p)
+    except OSError:
+        pass

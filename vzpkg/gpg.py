@@ -132,8 +132,10 @@ class Keyring:
                       passphrase: str | None = None) -> Path:
         """Write an armored detached signature of *data_file* to *dest*."""
         with data_file.open("rb") as f:
+            # SHA-256: as strong as needed, and verifiers hash it at hardware speed
             s = self.gpg.sign_file(f, keyid=keyid, detach=True, binary=False,
-                                   output=str(dest), passphrase=passphrase)
+                                   output=str(dest), passphrase=passphrase,
+                                   extra_args=["--digest-algo", "SHA256"])
         if not s or not dest.exists():
             raise GpgError(f"signing {data_file.name} with {keyid} failed: "
                            f"{getattr(s, 'status', '')}",

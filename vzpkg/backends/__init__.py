@@ -22,6 +22,7 @@ from vzpkg.metadata.model import Plan
 
 if TYPE_CHECKING:
     from vzpkg.buildve import BuildLog, BuildVE
+    from vzpkg.pkgcache import CachingProxy
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,8 @@ class BuildContext:
     """What a backend gets besides the plan."""
 
     plan: Plan
-    pkg_cache: Path          # shared download cache for this backend family
+    pkg_cache: Path          # shared download cache (vzpkg.pkgcache layout)
+    proxy: CachingProxy      # serves pkg_cache to package managers on 127.0.0.1
     work: Path               # private scratch directory for this build
     keyring: Path            # binary keyring with exactly the plan's pinned keys
     log: BuildLog
@@ -64,11 +66,14 @@ class Backend(ABC):
     family: ClassVar[str]                    # "deb" or "rpm"
     tools: ClassVar[tuple[str, ...]] = ()    # host commands it needs
 
-    def __init_subclass__(cls, *, name: str, family: str, **kw: object) -> None:
+    def __init_subclass__(cls, *, name: str | None = None, family: str | None = None,
+                          **kw: object) -> None:
         super().__init_subclass__(**kw)
-        cls.name = name
-        cls.family = family
-        Backend.registry[name] = cls
+        if family is not None:
+            cls.family = family
+        if name is not None:        # intermediate base classes give no name
+            cls.name = name
+            Backend.registry[name] = cls
 
     def __init__(self, ctx: BuildContext) -> None:
         self.ctx = ctx
@@ -84,7 +89,8 @@ class Backend(ABC):
 
     @abstractmethod
     def update(self, ve: BuildVE) -> None:
-        """Upgrade every package inside an unpacked cache (``vzpkg update``)."""
+        """Upgrade every package inside an unpacked cache (``vzpkg update``).
+        Whether anything changed is decided by the caller from the package list."""
 
     @abstractmethod
     def clean(self, root: Path) -> None:

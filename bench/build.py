@@ -1,0 +1,113 @@
+"""Benchmark: building debian-12-<arch>-minimal, against debootstrap and mmdebstrap.
+
+In one run, alternating, N rounds (default 3):
+  debootstrap --variant=minbase --include=<the minimal set>   into a directory
+  mmdebstrap  --variant=minbase --include=<the minimal set>   to a plain .tar
+  vzpkg build, cold  (empty package cache, fresh cache dir)
+  vzpkg build, warm  (package cache filled, --force)
+  vzpkg build, no-op (up to date)
+and the cache's size next to xz -9 and zstd -19 of the same tree.
+Medians and ratios go to bench/results/build.json.  Needs root and the mirror.
+
+    python bench/build.py [--rounds N] [--backend debootstrap|mmdebstrap]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from functools import partial
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import median, timeit, write_results
+from vzpkg.config import load_settings
+from vzpkg.metadata.loader import make_plan
+
+
+def sh(*argv: str | Path) -> None:
+    subprocess.run([str(a) for a in argv], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--backend", default=None)
+    ap.add_argument("--name", default="debian-12")
+    args = ap.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="vzpkg-bench-build-", dir="/var/tmp"))
+    settings = load_settings(cache_dir=base / "probe")
+    plan = make_plan(args.name, settings, backend=args.backend)
+    repo = plan.repositories[0]
+    assert repo.url and repo.suite
+    include = "--include=" + ",".join(plan.packages)
+    vzpkg = [sys.executable, "-m", "vzpkg.cli.vzpkg"]
+    bflag = ["--backend", args.backend] if args.backend else []
+    times: dict[str, list[float]] = {k: [] for k in
+                                     ("debootstrap", "mmdebstrap_tar", "vzpkg_cold",
+                                      "vzpkg_warm", "vzpkg_noop")}
+    warm_dir = base / "warm"
+    try:
+        # fill the warm cache once, untimed
+        sh(*vzpkg, "--cache-dir", warm_dir, "build", plan.name, *bflag)
+        for i in range(args.rounds):
+            d = base / f"deboot{i}"
+            times["debootstrap"].append(timeit(partial(
+                sh, "debootstrap", "--variant=minbase", include, f"--arch={plan.target_arch}",
+                repo.suite, d, repo.url)))
+            shutil.rmtree(d)
+            t = base / f"mm{i}.tar"
+            times["mmdebstrap_tar"].append(timeit(partial(
+                sh, "mmdebstrap", "--variant=minbase", "--mode=root", include,
+                f"--architectures={plan.target_arch}", repo.suite, t, repo.url)))
+            t.unlink()
+            cold = base / f"cold{i}"
+            times["vzpkg_cold"].append(timeit(partial(
+                sh, *vzpkg, "--cache-dir", cold, "build", plan.name, *bflag)))
+            shutil.rmtree(cold)
+            times["vzpkg_warm"].append(timeit(partial(
+                sh, *vzpkg, "--cache-dir", warm_dir, "build", plan.name, "--force", *bflag)))
+            times["vzpkg_noop"].append(timeit(partial(
+                sh, *vzpkg, "--cache-dir", warm_dir, "build", plan.name, *bflag)))
+            print(f"round {i + 1}: " + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in times.items()),
+                  flush=True)
+        tarball = warm_dir / f"{plan.name}.tar.zst"
+        tree = base / "tree"
+        tree.mkdir()
+        sh("tar", "--zstd", "-xpf", tarball, "-C", tree)
+        plain = base / "plain.tar"
+        sh("tar", "--sort=name", "-cf", plain, "-C", tree, ".")
+        sh("xz", "-9", "-T0", "-k", plain)
+        sh("zstd", "-19", "-T0", "-q", plain)
+        sizes = {"vzpkg_tar_zst": tarball.stat().st_size,
+                 "xz_9": Path(f"{plain}.xz").stat().st_size,
+                 "zstd_19": Path(f"{plain}.zst").stat().st_size,
+                 "plain_tar": plain.stat().st_size}
+        med = {k: median(v) for k, v in times.items()}
+        ratios = {"cold_vs_mmdebstrap_tar": med["vzpkg_cold"] / med["mmdebstrap_tar"],
+                  "warm_vs_mmdebstrap_tar": med["vzpkg_warm"] / med["mmdebstrap_tar"],
+                  "cold_vs_debootstrap": med["vzpkg_cold"] / med["debootstrap"]}
+        out = write_results("build", {"cache": plan.name, "backend": plan.backend,
+                                      "rounds": args.rounds, "seconds": times,
+                                      "median_seconds": med, "ratios": ratios,
+                                      "sizes_bytes": sizes,
+                                      "targets": {"cold_vs_mmdebstrap_tar": "<= 1.0",
+                                                  "warm_vs_mmdebstrap_tar": "<= 0.6",
+                                                  "noop_seconds": "< 3"}})
+        print(json.dumps({"median_seconds": med, "ratios": ratios, "sizes": sizes},
+                         indent=2))
+        print(f"written to {out}")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,131 @@
+"""Benchmark: pulling a ~40 MB cache over loopback, against curl of the same file.
+
+In one run, alternating, N rounds (default 7), from one HTTP server on 127.0.0.1
+(tests/mirror_helpers.MirrorServer: HTTP/1.1, sendfile):
+  curl -o FILE URL                        the tarball alone, no checks
+  curl + sha256sum + gpg --verify         the same with the checks done by hand
+  Puller.pull (in-process)                index + its signature, manifest, tarball
+                                          with sha256 while downloading, the tarball's
+                                          signature (sqv when installed), fsync and
+                                          atomic commit to a fresh cache directory
+  the same, signatures checked by gpg     (the fallback without sqv)
+  vzpkg pull (a new process)              the same from the command line, with the
+                                          Python start-up
+Medians and ratios against curl go to bench/results/mirror.json.
+
+    python bench/mirror.py [--rounds N] [--size-mb M]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import median, timeit, write_results
+from tests.mirror_helpers import (
+    Keys,
+    MirrorServer,
+    config_for,
+    make_cache,
+    make_keys,
+    publish_tree,
+)
+from vzpkg.mirror import Puller
+from vzpkg.mirror.verify import sqv_available
+from vzpkg.store import CacheStore
+
+NAME = "bench-1-x86_64-minimal"
+
+
+def sh(*argv: str | Path, env: dict[str, str] | None = None) -> None:
+    subprocess.run([str(a) for a in argv], check=True, capture_output=True, env=env)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--size-mb", type=int, default=40)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="vzpkg-bench-mirror-") as tmp:
+        base = Path(tmp)
+        keys = make_keys(base)
+        try:
+            return run(base, keys, args.rounds, args.size_mb)
+        finally:
+            keys.close()
+
+
+def run(base: Path, keys: Keys, rounds: int, size_mb: int) -> int:
+    m = make_cache(base / "src", NAME, size_mb << 20, seed=7)
+    publish_tree(base / "src", base / "tree", keys)
+    tar_rel = f"caches/{NAME}/{m.serial}/{NAME}.tar.zst"
+    cfg_file = base / "vzpkg.yaml"
+    times: dict[str, list[float]] = {"curl": [], "curl_checked": [], "pull_api": [],
+                                     "pull_api_gpg": [], "pull_cli": []}
+    env = {**os.environ, "VZPKG_CONFIG": str(cfg_file), "VZ_ROOT": str(base / "vz"),
+           "GNUPGHOME": str(base / "verify-home")}
+    (base / "verify-home").mkdir(mode=0o700)
+    sh("gpg", "--batch", "--quiet", "--import", keys.pub, env=env)
+    vzpkg = Path(sys.executable).parent / "vzpkg"
+    with MirrorServer(base / "tree") as srv:
+        cfg_file.write_text(f"pull:\n  mirrors: [{srv.url}]\n  trusted_keys:\n"
+                            f"    - {{file: {keys.pub}, fingerprint: {keys.fpr}}}\n")
+        cfg = config_for(keys, [srv.url])
+        url = srv.url + tar_rel
+        out = base / "curl.tar.zst"
+
+        def curl() -> None:
+            sh("curl", "-sSf", "-o", out, url)
+
+        def curl_checked() -> None:
+            sh("curl", "-sSf", "-o", out, url)
+            sh("curl", "-sSf", "-o", f"{out}.asc", url + ".asc")
+            sh("sha256sum", out)
+            sh("gpg", "--batch", "--verify", f"{out}.asc", out, env=env)
+
+        def api(use_sqv: bool | None = None) -> None:
+            with Puller(CacheStore(base / "api"), cfg, use_sqv=use_sqv) as p:
+                assert p.pull([NAME]).ok
+
+        def cli() -> None:
+            sh(vzpkg, "--cache-dir", base / "cli", "pull", NAME, "--json", env=env)
+
+        runs = {"curl": curl, "curl_checked": curl_checked, "pull_api": api,
+                "pull_api_gpg": lambda: api(False), "pull_cli": cli}
+        for _ in range(rounds):
+            for key, fn in runs.items():
+                times[key].append(timeit(fn))
+                for d in (base / "api", base / "cli"):
+                    if d.exists():
+                        got = CacheStore(d).entry(NAME)
+                        assert got is not None and got.manifest.sha256 == m.sha256
+                        shutil.rmtree(d)
+                out.unlink(missing_ok=True)
+    med = {k: median(v) for k, v in times.items()}
+    result = {
+        "size_bytes": m.size, "rounds": rounds,
+        "verifier": "sqv" if sqv_available() else "gpg",
+        "median_seconds": med,
+        "runs_seconds": times,
+        "ratio_vs_curl": {k: med[k] / med["curl"] for k in med},
+        "ratio_vs_curl_checked": {k: med[k] / med["curl_checked"] for k in med},
+        "target": "pull within 1.3x of curl, including verification",
+    }
+    path = write_results("mirror", result)
+    mb = m.size / (1 << 20)
+    for k, v in med.items():
+        print(f"{k:13s} median {v:6.3f}s  {mb / v:7.1f} MiB/s  "
+              f"x{v / med['curl']:.2f} of curl  x{v / med['curl_checked']:.2f} of checked curl")
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

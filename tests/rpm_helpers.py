@@ -1,0 +1,206 @@
+"""Test fixtures for RPM: the signed test distribution served on 127.0.0.1.
+
+Use in a test module with::
+
+    from tests.rpm_helpers import rpm_dist_fixture  # noqa: F401  (fixture rpm_dist)
+
+``rpm_dist`` is session-scoped: the distribution is built once per test
+session (rpmbuild, rpmsign, createrepo_c; a few seconds) and served by a
+``http.server`` thread until the session ends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import http.server
+import importlib
+import shutil
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from tests.rpmrepo.builder import Distribution, build_distribution, write_workspace
+from vzpkg.backends import BuildContext
+from vzpkg.buildve import BuildLog
+from vzpkg.config import load_settings
+from vzpkg.errors import BuildError
+from vzpkg.gpg import Keyring
+from vzpkg.metadata.loader import make_plan
+from vzpkg.metadata.model import Plan
+
+TOOLS = ("rpmbuild", "rpmsign", "rpm", "gpg", "dnf")
+
+
+class _RecordingHandler(http.server.SimpleHTTPRequestHandler):
+    requests: list[str]
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        self.requests.append(self.path)
+
+
+class RepoServer:
+    """Serve a directory over HTTP on 127.0.0.1 in a thread (context manager).
+    ``requests`` lists every path asked for, in order."""
+
+    def __init__(self, root: Path) -> None:
+        self.requests: list[str] = []
+        handler_cls = type("Handler", (_RecordingHandler,), {"requests": self.requests})
+        handler = functools.partial(handler_cls, directory=str(root))
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __enter__(self) -> RepoServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+def unused_port() -> int:
+    """A loopback port nothing listens on (for "the repository is down")."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class ServedDistribution:
+    dist: Distribution
+    base_url: str
+    server: RepoServer
+
+    def requested_since(self, mark: int) -> list[str]:
+        """Paths requested from the server after ``mark = len(server.requests)``."""
+        return list(self.server.requests[mark:])
+
+    def url(self, variant: str = "good") -> str:
+        self.dist.repo(variant)             # checks the name
+        return f"{self.base_url}/{variant}/"
+
+    @property
+    def down_url(self) -> str:
+        return f"http://127.0.0.1:{unused_port()}/vztest/"
+
+    @property
+    def fingerprint(self) -> str:
+        return self.dist.key.fingerprint
+
+    def workspace(self, dest: Path, variant: str = "good", *,
+                  fingerprint: str | None = None, url: str | None = None) -> Path:
+        """A fresh workspace at *dest* whose template points at *variant*."""
+        return write_workspace(dest, self.dist.key, url or self.url(variant),
+                               fingerprint=fingerprint)
+
+
+def missing_tools() -> list[str]:
+    return [t for t in TOOLS if shutil.which(t) is None]
+
+
+@pytest.fixture(scope="session", name="rpm_dist")
+def rpm_dist_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedDistribution]:
+    missing = missing_tools()
+    if missing:
+        pytest.skip(f"missing host tools: {', '.join(missing)} (run tools/install-system-deps)")
+    work = tmp_path_factory.mktemp("rpmdist")
+    dist = build_distribution(work)
+    with RepoServer(dist.root) as server:
+        yield ServedDistribution(dist=dist, base_url=server.url, server=server)
+
+
+class RunLog:
+    """Runs commands for the backend where the pipeline's BuildLog is still an
+    interface (before vzpkg.build lands): output appended to the log file,
+    BuildError naming the step on failure.  See :func:`build_log`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, text: str) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(text if text.endswith("\n") else text + "\n")
+
+    def run(self, argv: Sequence[str], *, step: str, env: Mapping[str, str] | None = None,
+            cwd: Path | None = None, hint: str | None = None) -> None:
+        self.write(f"$ {' '.join(argv)}")
+        full = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8",
+                "HOME": "/root", **(env or {})}
+        r = subprocess.run(list(argv), capture_output=True, text=True, check=False,
+                           env=full, cwd=cwd, stdin=subprocess.DEVNULL)
+        self.write(r.stdout + r.stderr)
+        if r.returncode != 0:
+            tail = "\n    ".join((r.stdout + r.stderr).splitlines()[-25:])
+            raise BuildError(step, f"{argv[0]} exited with status {r.returncode}; "
+                                   f"last output:\n    {tail}", log=str(self.path), hint=hint)
+
+
+def build_log(path: Path) -> BuildLog:
+    """The pipeline's BuildLog if it can run commands here, else a RunLog."""
+    log = BuildLog(path)
+    try:
+        log.run(["true"], step="probe")
+    except NotImplementedError:
+        return cast(BuildLog, RunLog(path))
+    return log
+
+
+def make_context(plan: Plan, *, work: Path, pkg_cache: Path, keyring: Path, log: BuildLog,
+                 offline: bool = False) -> BuildContext:
+    """BuildContext(...) as the pipeline builds it; the dnf backend does not use
+    the pipeline's caching proxy, so an unstarted one is given where the field
+    exists."""
+    kwargs: dict[str, Any] = {"plan": plan, "pkg_cache": pkg_cache, "work": work,
+                              "keyring": keyring, "log": log, "offline": offline}
+    if "proxy" in {f.name for f in dataclasses.fields(BuildContext)}:
+        pkgcache = importlib.import_module("vzpkg.pkgcache")
+        kwargs["proxy"] = pkgcache.CachingProxy(pkg_cache, offline=offline)
+    return BuildContext(**kwargs)
+
+
+def vztest_plan(served: ServedDistribution, tmp: Path, variant: str = "good", *,
+                set_name: str = "minimal", url: str | None = None,
+                fingerprint: str | None = None) -> Plan:
+    """The plan of the test template pointed at *variant* (or *url*)."""
+    ws = served.workspace(tmp / f"ws-{variant}-{set_name}", variant, url=url,
+                          fingerprint=fingerprint)
+    settings = load_settings(workspace=ws, cache_dir=tmp / "caches")
+    return make_plan(f"vztest-1-x86_64-{set_name}", settings)
+
+
+def binary_keyring(armored: Sequence[str], dest: Path) -> Path:
+    """A binary keyring holding *armored* keys (what the pipeline hands backends)."""
+    with Keyring() as kr:
+        fprs = [fp for a in armored for fp in kr.key_fingerprints(a)]
+        for a in armored:
+            kr.gpg.import_keys(a)
+        return kr.export_binary(fprs, dest)
+
+
+def dnf_context(plan: Plan, tmp: Path, *, pkg_cache: Path, offline: bool = False,
+                keys: Sequence[str] | None = None) -> BuildContext:
+    """A BuildContext as the pipeline makes it: private work dir, a keyring with
+    the plan's pinned keys (or *keys*), the shared package cache."""
+    work = tmp / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    keyring = binary_keyring(keys if keys is not None else [k.armored for k in plan.keys],
+                             work / "keyring.gpg")
+    return make_context(plan, work=work, pkg_cache=pkg_cache, keyring=keyring,
+                        log=build_log(tmp / "build.log"), offline=offline)

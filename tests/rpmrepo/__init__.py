@@ -1,0 +1,1 @@
+"""The vzpkg test RPM distribution: spec files, template and builder."""

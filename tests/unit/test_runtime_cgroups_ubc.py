@@ -1,0 +1,89 @@
+"""vzubc and the beancounter table, against a cgroup2-shaped directory tree."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.cgroups_helpers import v2_tree
+from vzpkg.cli import vzubc
+from vzpkg.runtime.config import VeConfig, ve_conf_path
+from vzpkg.runtime.params import UNLIMITED
+from vzpkg.runtime.ubc import Beancounter, format_table, to_json
+
+
+@pytest.fixture
+def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    cgroot = tmp_path / "cgroup"
+    g = v2_tree(cgroot, "101")
+    (g / "pids.current").write_text("7\n")
+    (g / "pids.peak").write_text("40\n")
+    (g / "pids.max").write_text("40\n")
+    (g / "pids.events").write_text("max 9\n")
+    (g / "memory.current").write_text(str(100 * 4096))
+    (g / "memory.max").write_text(str(64 << 20))
+    v2_tree(cgroot, "102")
+    vz = tmp_path / "vz"
+    VeConfig.parse('NUMPROC="30:40"\n').save(ve_conf_path(vz, "101"))
+    VeConfig.parse('NUMPROC="1000"\n').save(ve_conf_path(vz, "103"))
+    monkeypatch.setenv("VZ_ROOT", str(vz))
+    return cgroot
+
+
+def test_table_layout() -> None:
+    rows = [Beancounter("numproc", 7, 40, 30, 40, 9),
+            Beancounter("physpages", 100, 100, 0, UNLIMITED, 0)]
+    text = format_table({"101": rows})
+    lines = text.splitlines()
+    assert lines[0] == "Version: 2.5"
+    assert lines[1].split() == ["uid", "resource", "held", "maxheld", "barrier", "limit",
+                                "failcnt"]
+    assert lines[2].split() == ["101:", "numproc", "7", "40", "30", "40", "9"]
+    assert lines[3].split() == ["physpages", "100", "100", "0", str(UNLIMITED), "0"]
+    assert len({len(line) for line in lines[1:]}) == 1  # aligned columns
+    assert "physpages" not in format_table({"101": rows}, only_failed=True)
+    assert to_json({"101": rows})["101"][0] == {
+        "resource": "numproc", "held": 7, "maxheld": 40, "barrier": 30, "limit": 40,
+        "failcnt": 9}
+
+
+def test_vzubc_one_ve(host: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert vzubc.main(["--cgroup-root", str(host), "101"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[-6]: line.split()[-5:] for line in out.splitlines()[2:]}
+    assert rows["numproc"] == ["7", "40", "30", "40", "9"]   # barrier 30 from 101.conf
+    assert rows["physpages"][0] == "100" and rows["physpages"][3] == "16384"
+
+
+def test_vzubc_all_running_and_json(host: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert vzubc.main(["--cgroup-root", str(host), "-j"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert sorted(data) == ["101", "102"]
+    n = {b["resource"]: b for b in data["102"]}["numproc"]
+    assert n["barrier"] == n["limit"] == UNLIMITED       # no config: the kernel's limit
+
+
+def test_vzubc_errors(host: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert vzubc.main(["--cgroup-root", str(host), "103", "104", "../x"]) == 1
+    err = capsys.readouterr().err
+    assert "vzubc: error: VE 103 is not running: it has no cgroup" in err
+    assert "hint: start it with `vzctl start 103`" in err
+    assert "VE 104 does not exist" in err
+    assert "'../x' is not a valid CTID" in err
+    assert "Traceback" not in err
+
+
+def test_vzubc_bad_config_is_reported(host: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = Path(str(host.parent / "vz/etc/vz/conf/101.conf"))
+    conf.write_text('NUMPROC="many"\n')
+    assert vzubc.main(["--cgroup-root", str(host), "101"]) == 1
+    assert f"{conf}:1: NUMPROC: 'many' is not a number" in capsys.readouterr().err
+
+
+def test_vzubc_help_teaches(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        vzubc.main(["--help"])
+    out = capsys.readouterr().out
+    assert "failcnt" in out and "vzubc 101" in out and "VZ_ROOT" in out

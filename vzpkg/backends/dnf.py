@@ -1,0 +1,309 @@
+"""The dnf backend: RPM distributions installed with the host's dnf.
+
+``dnf --installroot`` runs on the host with a configuration generated in the
+build's private directory (never the host's /etc/dnf or /etc/yum.repos.d):
+package signatures always checked against exactly the template's pinned keys
+(imported into the root's rpmdb first), repomd.xml signatures too unless the
+template says its distribution does not sign them, weak dependencies and docs
+per the template's options.
+
+Each dnf run happens in private mount and pid namespaces that die with it:
+the shared package cache (``<pkg cache>/dnf/<distribution>-<hash>``) is bind
+mounted on the root's /var/cache/dnf with keepcache=1, so a warm build
+downloads only repomd.xml; /proc and a minimal /dev are mounted for the
+packages' scriptlets.  Nothing stays mounted afterwards.
+
+The rpm database goes where the target's own rpm looks for it (template
+variable ``rpmdb_path``), set through ``%_dbpath`` in the private HOME's
+.rpmmacros: Debian's rpm would otherwise put it under ~/.rpmdb.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import platform
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+from vzpkg.backends import Backend, BuildContext, RepoState, rpm_db
+from vzpkg.backends.rpm_config import (
+    DnfSettings,
+    cache_key,
+    dnf_argv,
+    macros,
+    render_conf,
+    repo_id,
+    repo_signed,
+    rpm_repos,
+)
+from vzpkg.backends.rpm_repomd import MetaFetcher, RepoMeta, repo_meta
+from vzpkg.buildve import BuildVE
+from vzpkg.errors import BuildError
+
+CONTAIN = ("setpriv", "--pdeathsig", "KILL", "--",
+           "unshare", "--mount", "--pid", "--fork", "--kill-child",
+           "--propagation", "private", "--")
+
+# In the private namespaces: $1 root, $2 package cache; the rest is the command.
+_PRELUDE = r"""
+set -eu
+R=$1; C=$2; shift 2
+mkdir -p "$R/var/cache/dnf" "$R/proc" "$R/dev"
+mount --bind "$C" "$R/var/cache/dnf"
+mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
+mount -t tmpfs -o mode=755,nosuid,size=64k dev "$R/dev"
+for n in null zero full random urandom tty; do
+    : > "$R/dev/$n"; mount --bind "/dev/$n" "$R/dev/$n"
+done
+ln -s /proc/self/fd "$R/dev/fd"
+exec "$@"
+"""
+
+# (pattern in dnf's output, what happened, how to fix it)
+_DIAGNOSES = (
+    (re.compile(r"Package (\S+) is not signed"),
+     "package {0} is not signed",
+     "the repository serves an unsigned package; a build never installs one"),
+    (re.compile(r"not correct for this package.*?Failing package is: (\S+)", re.S),
+     "package {0} is signed by a key the template does not pin",
+     "if the distribution changed its key, verify the new key and pin it under keys:"),
+    (re.compile(r"Public key for (\S+) is not installed"),
+     "package {0} is signed by a key the template does not pin",
+     "if the distribution changed its key, verify the new key and pin it under keys:"),
+    (re.compile(r"(\S+\.rpm): Downloading successful, but checksum doesn't match"),
+     "{0} does not match the checksum in the repository metadata",
+     "the mirror is corrupt or being updated; try again later or use another mirror"),
+    (re.compile(r"nothing provides (.+?)(?: from|$)", re.M),
+     "a dependency cannot be resolved: nothing provides {0}",
+     "the repositories do not hold every package the set needs; check the "
+     "template's repositories and package names"),
+    (re.compile(r"No match for argument: (\S+)"),
+     "no package {0} in the repositories",
+     "check the package name in the template's set, and its repositories"),
+    (re.compile(r"Failed to download metadata for repo '([^']+)'"),
+     "cannot download the metadata of repository {0}",
+     "is the repository up and its URL right? (override with --set mirrors.NAME=URL)"),
+    (re.compile(r"Cache-only enabled but no cache for '([^']+)'"),
+     "repository {0} is not in the package cache",
+     "build once without --offline to fill the package cache"),
+    (re.compile(r"repomd\.xml GPG signature verification error"),
+     "the signature of repomd.xml does not verify{0}",
+     "check the keys: entries of the template"),
+)
+
+
+def diagnose(output: str) -> tuple[str, str] | None:
+    """(message, hint) for a dnf failure recognised in *output*."""
+    for rx, msg, hint in _DIAGNOSES:
+        m = rx.search(output)
+        if m:
+            arg = m.group(1).strip() if m.groups() else ""
+            return msg.format(arg), hint
+    return None
+
+
+class Dnf(Backend, name="dnf", family="rpm"):
+    """RPM distributions (Fedora, AlmaLinux, Rocky, the tests' vztest)."""
+
+    tools = ("dnf", "rpm", "gpgv", "unshare", "setpriv")
+
+    def __init__(self, ctx: BuildContext) -> None:
+        super().__init__(ctx)
+        self.settings = DnfSettings.from_plan(self.plan)
+        self.private = ctx.work / "dnf"
+        self.home = self.private / "home"
+        self.cache = ctx.pkg_cache / "dnf" / cache_key(self.plan, self.settings)
+        self._metas: list[RepoMeta] = []
+
+    # -- configuration ---------------------------------------------------------------
+    def key_files(self) -> list[Path]:
+        keys = self.private / "keys"
+        keys.mkdir(parents=True, exist_ok=True)
+        out = []
+        for i, k in enumerate(self.plan.keys):
+            p = keys / f"{i:02d}-{k.fingerprint}.asc"
+            p.write_text(k.armored, encoding="utf-8")
+            out.append(p)
+        return out
+
+    def prepare(self) -> Path:
+        """Write the private configuration; returns the dnf.conf path."""
+        for d in ("repos.d", "vars", "home"):
+            (self.private / d).mkdir(parents=True, exist_ok=True)
+        (self.home / ".rpmmacros").write_text(macros(self.settings))
+        conf = self.private / "dnf.conf"
+        self.cache.mkdir(parents=True, exist_ok=True)
+        conf.write_text(render_conf(self.plan, self.settings, self.key_files(),
+                                    offline=self.ctx.offline))
+        if not self.ctx.offline:
+            self.drop_stale_metadata()
+        return conf
+
+    def drop_stale_metadata(self) -> None:
+        """dnf's cached metadata never expires by age (metadata_expire=-1): keep
+        a repository's only while its repomd.xml is the one repo_state verified
+        just now; otherwise remove it (packages stay) so dnf fetches it anew."""
+        for i, repo in enumerate(rpm_repos(self.plan)):
+            rid = repo_id(repo)
+            found = list(self.cache.glob(f"{rid}-*/repodata/repomd.xml"))
+            meta = self._metas[i] if i < len(self._metas) else None
+            if (meta is not None and len(found) == 1
+                    and hashlib.sha256(found[0].read_bytes()).hexdigest() == meta.sha256):
+                continue
+            for d in self.cache.glob(f"{rid}-*/repodata"):
+                _rm(d)
+            for f in (f"{rid}.solv", f"{rid}-filenames.solvx", f"{rid}-updateinfo.solvx",
+                      f"{rid}-presto.solvx", f"{rid}-other.solvx"):
+                (self.cache / f).unlink(missing_ok=True)
+
+    def env(self) -> dict[str, str]:
+        """Environment of rpm and dnf: the private HOME (for %_dbpath) and
+        SOURCE_DATE_EPOCH, which rpm uses as every package's install time, so
+        the rpmdb of two builds against the same repositories is the same."""
+        env = {"HOME": str(self.home), "LC_ALL": "C.UTF-8"}
+        sde = os.environ.get("SOURCE_DATE_EPOCH", "")
+        if sde.isdigit():
+            env["SOURCE_DATE_EPOCH"] = sde
+        elif self._metas:
+            env["SOURCE_DATE_EPOCH"] = str(max(m.timestamp for m in self._metas))
+        return env
+
+    # -- repositories ------------------------------------------------------------------
+    def repo_state(self) -> RepoState:
+        fetch = MetaFetcher(self.ctx.pkg_cache / "dnf" / "meta", offline=self.ctx.offline)
+        try:
+            metas = [repo_meta(fetch, url=r.url, metalink=r.metalink,
+                               mirrorlist=r.mirrorlist, keyring=self.ctx.keyring,
+                               signed=repo_signed(self.settings, r))
+                     for r in rpm_repos(self.plan)]
+        except BuildError as exc:
+            raise self.fail("repository", exc.message.removeprefix(
+                "build step 'repository' failed: "), hint=exc.hint) from None
+        finally:
+            fetch.close()
+        self._metas = metas
+        files = tuple((m.url, m.sha256) for m in metas)
+        digest = hashlib.sha256("\n".join(f"{u} {h}" for u, h in files).encode()).hexdigest()
+        return RepoState(digest=digest, source_date=max(m.timestamp for m in metas),
+                         files=files)
+
+    # -- running dnf -------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _cache_lock(self) -> Iterator[None]:
+        """One dnf at a time per cache directory (concurrent builds share it)."""
+        with open(self.cache.with_name(self.cache.name + ".lock"), "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+
+    def dnf(self, root: Path, *args: str, step: str) -> None:
+        """Run ``dnf --installroot=root ARGS`` in private namespaces."""
+        conf = self.prepare()
+        argv = [*dnf_argv(self.settings, conf=conf, root=root, private=self.private,
+                          offline=self.ctx.offline, host_arch=platform.machine()), *args]
+        full = [*CONTAIN, "/bin/sh", "-c", _PRELUDE, "vzpkg-dnf", str(root),
+                str(self.cache), *argv]
+        with self._cache_lock():
+            start = self._log_size()
+            try:
+                self.ctx.log.run(full, step=step, env=self.env())
+            except BuildError:
+                found = diagnose(self._log_since(start))
+                if found is None:
+                    raise
+                raise self.fail(step, found[0], hint=found[1]) from None
+
+    def _log_size(self) -> int:
+        try:
+            return self.ctx.log.path.stat().st_size
+        except OSError:
+            return 0
+
+    def _log_since(self, start: int, limit: int = 1 << 18) -> str:
+        """What the log gained since offset *start* (at most *limit* bytes)."""
+        path = self.ctx.log.path
+        try:
+            with path.open("rb") as f:
+                f.seek(max(start, path.stat().st_size - limit))
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def import_keys(self, root: Path) -> None:
+        """Put the pinned keys into the root's rpmdb (creating it at the target's
+        path), so rpm checks every package against exactly them."""
+        self.prepare()
+        self.ctx.log.run(["rpm", "--root", str(root), "--dbpath", self.settings.rpmdb_path,
+                          "--import", *map(str, self.key_files())],
+                         step="import keys", env=self.env())
+
+    # -- Backend interface -------------------------------------------------------------
+    def bootstrap(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.import_keys(root)
+        self.dnf(root, "install", *self.plan.packages, step="dnf install")
+        self.check_dbpath(root)
+
+    def update(self, ve: BuildVE) -> None:
+        self.import_keys(ve.root)
+        self.dnf(ve.root, "upgrade", step="dnf upgrade")
+
+    def clean(self, root: Path) -> None:
+        """No dnf caches or logs in the cache; sqlite journals folded in."""
+        cache = root / "var/cache/dnf"
+        if cache.is_dir() and not os.path.ismount(cache):
+            for child in cache.iterdir():
+                _rm(child)
+        for pattern in ("var/log/dnf*.log*", "var/log/hawkey.log*"):
+            for f in root.glob(pattern):
+                f.unlink()
+        # dnf's history database records wall-clock times: a cache would differ
+        # from build to build.  dnf starts a new one in the VE when it first runs.
+        for f in root.glob("var/lib/dnf/*"):
+            if f.name.startswith(("history.sqlite", "expired_repos.json")):
+                f.unlink()
+        rpm_db.checkpoint(root, self.settings.rpmdb_path)
+        (root / self.settings.rpmdb_path.lstrip("/") / ".rpm.lock").unlink(missing_ok=True)
+
+    def check_dbpath(self, root: Path) -> None:
+        want = rpm_db.target_dbpath(root)
+        if want is not None and want != self.settings.rpmdb_path:
+            raise self.fail("rpmdb", f"the target's rpm keeps its database in {want}, "
+                                     f"but the template put it in {self.settings.rpmdb_path}",
+                            hint=f"set the template variable rpmdb_path: {want} for "
+                                 f"release {self.plan.release}")
+
+    def tool_versions(self) -> dict[str, str]:
+        """Debian package versions of the host tools (dpkg-query is ~50x faster
+        than starting dnf for ``dnf --version``)."""
+        out: dict[str, str] = {}
+        try:
+            r = subprocess.run(["dpkg-query", "-W", "-f=${Package}\t${Version}\n",
+                                "dnf", "rpm", "libdnf2", "librepo0"],
+                               capture_output=True, text=True, check=False)
+            for line in r.stdout.splitlines():
+                name, _, version = line.partition("\t")
+                if version:
+                    out[name] = version
+        except OSError:
+            pass
+        if "dnf" not in out:
+            r = subprocess.run(["dnf", "--version"], capture_output=True, text=True,
+                               check=False, env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"})
+            first = r.stdout.strip().splitlines()[:1]
+            if r.returncode == 0 and first:
+                out["dnf"] = first[0].strip()
+        return out
+
+
+def _rm(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        for c in p.iterdir():
+            _rm(c)
+        p.rmdir()
+    else:
+        p.unlink()

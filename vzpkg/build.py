@@ -1,0 +1,286 @@
+"""Build and update caches: the pipeline from a Plan to a committed cache.
+
+    Plan ─► backend.repo_state ─► (up to date? stop) ─► pre-cache (host)
+         ─► backend.bootstrap ─► post-install (in the VE) ─► backend.clean
+         ─► finalize ─► post-cache (host) ─► archive.pack ─► store.commit
+
+Each build works in a private directory ``<cache dir>/.work/<name>.<pid>``
+that is removed whatever happens; one left by a killed build is removed by
+the next build (its pid is gone).  Nothing is mounted in the host's mount
+namespace (see vzpkg.buildve), so removing it is safe.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from vzpkg import __version__, archive
+from vzpkg.backends import Backend, BuildContext, InstalledPackage, get_backend
+from vzpkg.buildve import BuildLog, BuildVE, remove_tree, run_host_script
+from vzpkg.config import Settings
+from vzpkg.errors import BuildError, VzError
+from vzpkg.finalize import finalize
+from vzpkg.gpg import Keyring
+from vzpkg.manifest import Manifest
+from vzpkg.metadata.model import Plan, ScriptStage
+from vzpkg.packages import read_installed
+from vzpkg.pkgcache import CachingProxy
+from vzpkg.store import CacheStore
+
+Progress = Callable[[str, str], None]   # (cache name, message)
+
+
+class Status(StrEnum):
+    BUILT = "built"
+    UP_TO_DATE = "up-to-date"
+    UPDATED = "updated"
+    NO_UPDATES = "no-updates"
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    name: str
+    status: Status
+    seconds: float
+    log: str | None = None
+    serial: int | None = None
+    sha256: str | None = None
+    size: int | None = None
+    packages: int | None = None
+    downloaded_bytes: int = 0
+    notes: tuple[str, ...] = field(default=())
+
+    def to_json(self) -> dict[str, object]:
+        return {k: (v.value if isinstance(v, StrEnum) else v)
+                for k, v in self.__dict__.items()}
+
+
+def _nothing(_name: str, _msg: str) -> None:
+    return None
+
+
+def script_env(plan: Plan, root: Path | None) -> dict[str, str]:
+    """The documented environment of template scripts."""
+    env = {
+        "DISTRIBUTION": plan.distribution, "RELEASE": plan.release,
+        "ARCH": plan.arch, "TARGET_ARCH": plan.target_arch, "SET": plan.set_name,
+        "CACHE_NAME": plan.name, "PLAN_DIGEST": plan.digest, "BACKEND": plan.backend,
+        "PACKAGES": " ".join(plan.packages),
+        "VE_ROOT": str(root) if root is not None else "/",
+    }
+    codename = plan.var("codename")
+    if codename:
+        env["CODENAME"] = codename
+    return env
+
+
+def cleanup_stale_work(work_dir: Path) -> list[Path]:
+    """Remove work directories whose build process is gone."""
+    removed: list[Path] = []
+    if not work_dir.is_dir():
+        return removed
+    for d in work_dir.iterdir():
+        pid = d.name.rsplit(".", 1)[-1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            remove_tree(d)
+            removed.append(d)
+    return removed
+
+
+class _Build:
+    """State of one build or update of one cache."""
+
+    def __init__(self, plan: Plan, settings: Settings, *, offline: bool,
+                 progress: Progress, verbose: Callable[[str], None] | None) -> None:
+        self.plan = plan
+        self.settings = settings
+        self.offline = offline
+        self.progress = progress
+        self.store = CacheStore(settings.cache_dir)
+        settings.work_dir.mkdir(parents=True, exist_ok=True)
+        cleanup_stale_work(settings.work_dir)
+        self.work = settings.work_dir / f"{plan.name}.{os.getpid()}"
+        remove_tree(self.work)
+        self.work.mkdir(parents=True)
+        self.logs = settings.cache_dir / ".logs"
+        self.log = BuildLog(self.logs / f"{plan.name}.log", echo=verbose)
+        self.log.path.write_text(f"vzpkg {__version__}: {plan.name} digest {plan.digest}\n")
+
+    def say(self, msg: str) -> None:
+        self.log.write(f"== {msg}")
+        self.progress(self.plan.name, msg)
+
+    def keyring(self, kr: Keyring) -> Path:
+        fprs = [kr.import_pinned(k.armored, k.fingerprint, source=str(k.file))
+                for k in self.plan.keys]
+        if not fprs:
+            raise BuildError("keys", f"template {self.plan.template_file} pins no "
+                                     "signing key; a build never runs unverified",
+                             hint="add a keys: entry with the archive key and its "
+                                  "fingerprint")
+        return kr.export_binary(fprs, self.work / "keyring.gpg")
+
+    def context(self, keyring: Path, proxy: CachingProxy) -> BuildContext:
+        return BuildContext(plan=self.plan, pkg_cache=self.settings.pkg_cache_dir,
+                            proxy=proxy, work=self.work, keyring=keyring, log=self.log,
+                            offline=self.offline)
+
+    def pack_and_commit(self, backend: Backend, root: Path, source_date: int,
+                        repo_digest: str, packages: tuple[InstalledPackage, ...],
+                        plan_digest: str | None) -> Manifest:
+        comp = self.plan.options.compression
+        staged = self.store.staging(self.plan.name, comp)
+        try:
+            self.say("packing")
+            res = archive.pack(root, staged, source_date=source_date, compression=comp)
+            p = self.plan
+            manifest = Manifest(
+                name=p.name, distribution=p.distribution, release=p.release, arch=p.arch,
+                set_name=p.set_name, serial=self.store.next_serial(self.plan.name),
+                plan_digest=plan_digest, repo_digest=repo_digest, source_date=source_date,
+                backend=backend.name, tools={"vzpkg": __version__, **backend.tool_versions()},
+                packages=packages, file_count=res.file_count,
+                unpacked_size=res.unpacked_size,
+                tarball=self.plan.name + comp.suffix, compression=comp.value,
+                size=res.compressed_size, sha256=res.sha256, signature=None,
+                created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            self.store.commit(self.plan.name, staged, manifest)
+            return manifest
+        finally:
+            staged.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        remove_tree(self.work)
+
+
+def _source_date(env: Mapping[str, str], repo_date: int) -> int:
+    sde = env.get("SOURCE_DATE_EPOCH")
+    if sde:
+        if not sde.isdigit():
+            raise VzError(f"SOURCE_DATE_EPOCH={sde!r} is not a number of seconds",
+                          hint="unset it or give an integer")
+        return int(sde)
+    return repo_date
+
+
+def build(plan: Plan, settings: Settings, *, force: bool = False, offline: bool = False,
+          progress: Progress = _nothing, verbose: Callable[[str], None] | None = None,
+          env: Mapping[str, str] | None = None) -> BuildResult:
+    """Build *plan* into the cache store (or report that it is up to date)."""
+    env = os.environ if env is None else env
+    t0 = time.monotonic()
+    cls = get_backend(plan.backend)
+    b = _Build(plan, settings, offline=offline, progress=progress, verbose=verbose)
+    try:
+        with b.store.lock(plan.name), Keyring() as kr, \
+                CachingProxy(settings.pkg_cache_dir, offline=offline) as proxy:
+            backend = cls(b.context(b.keyring(kr), proxy))
+            b.say("checking repositories")
+            state = backend.repo_state()
+            current = b.store.manifest(plan.name)
+            if (not force and current is not None and current.plan_digest == plan.digest
+                    and current.repo_digest == state.digest):
+                b.say("up to date")
+                return BuildResult(plan.name, Status.UP_TO_DATE, time.monotonic() - t0,
+                                   serial=current.serial, sha256=current.sha256,
+                                   size=current.size, packages=len(current.packages),
+                                   downloaded_bytes=proxy.stats.downloaded_bytes)
+            source_date = _source_date(env, state.source_date)
+            root = b.work / "root"
+            script = plan.script(ScriptStage.PRE_CACHE)
+            if script:
+                b.say("pre-cache script")
+                run_host_script(script, script_env(plan, root), b.log, b.work)
+            b.say(f"bootstrapping with {plan.backend}")
+            backend.bootstrap(root)
+            _missing(proxy, b)
+            script = plan.script(ScriptStage.POST_INSTALL)
+            if script:
+                b.say("post-install script")
+                with BuildVE(root, b.log) as ve:
+                    ve.run_script(script, script_env(plan, None))
+            b.say("finalizing")
+            backend.clean(root)
+            finalize(root, plan.options)
+            script = plan.script(ScriptStage.POST_CACHE)
+            if script:
+                b.say("post-cache script")
+                run_host_script(script, script_env(plan, root), b.log, b.work)
+            packages = read_installed(root)
+            m = b.pack_and_commit(backend, root, source_date, state.digest, packages,
+                                  plan.digest)
+            b.say(f"done: serial {m.serial}, {len(packages)} packages")
+            return BuildResult(plan.name, Status.BUILT, time.monotonic() - t0,
+                               log=str(b.log.path), serial=m.serial, sha256=m.sha256,
+                               size=m.size, packages=len(packages),
+                               downloaded_bytes=proxy.stats.downloaded_bytes)
+    finally:
+        b.close()
+
+
+def _missing(proxy: CachingProxy, b: _Build) -> None:
+    if proxy.stats.missing:
+        raise BuildError("offline", "not in the package cache: "
+                         + ", ".join(proxy.stats.missing[:5]),
+                         log=str(b.log.path),
+                         hint="build once without --offline to fill the package cache")
+
+
+def update(plan: Plan, settings: Settings, *, offline: bool = False,
+           progress: Progress = _nothing, verbose: Callable[[str], None] | None = None
+           ) -> BuildResult:
+    """Unpack the newest cache, upgrade it in a temporary VE, repack only if a
+    package changed."""
+    t0 = time.monotonic()
+    cls = get_backend(plan.backend)
+    b = _Build(plan, settings, offline=offline, progress=progress, verbose=verbose)
+    try:
+        with b.store.lock(plan.name), Keyring() as kr, \
+                CachingProxy(settings.pkg_cache_dir, offline=offline) as proxy:
+            current = b.store.manifest(plan.name)
+            tarball = b.store.tarball(plan.name)
+            if current is None or tarball is None:
+                raise VzError(f"there is no cache {plan.name} to update",
+                              hint=f"build it first: vzpkg build {plan.name}")
+            backend = cls(b.context(b.keyring(kr), proxy))
+            b.say("checking repositories")
+            state = backend.repo_state()
+            root = b.work / "root"
+            b.say("unpacking the cache")
+            archive.unpack(tarball, root)
+            with BuildVE(root, b.log) as ve:
+                env = script_env(plan, None)
+                for stage in (ScriptStage.PRE_UPDATE, None, ScriptStage.POST_UPDATE):
+                    if stage is None:
+                        b.say("upgrading packages")
+                        backend.update(ve)
+                        continue
+                    script = plan.script(stage)
+                    if script:
+                        b.say(f"{stage.value} script")
+                        ve.run_script(script, env)
+            _missing(proxy, b)
+            backend.clean(root)
+            finalize(root, plan.options)
+            packages = read_installed(root)
+            if packages == tuple(current.packages):
+                b.say("no updates")
+                return BuildResult(plan.name, Status.NO_UPDATES, time.monotonic() - t0,
+                                   serial=current.serial, sha256=current.sha256,
+                                   size=current.size, packages=len(packages),
+                                   downloaded_bytes=proxy.stats.downloaded_bytes)
+            source_date = max(current.source_date, state.source_date)
+            m = b.pack_and_commit(backend, root, source_date, state.digest, packages,
+                                  current.plan_digest)
+            b.say(f"updated: serial {m.serial}")
+            return BuildResult(plan.name, Status.UPDATED, time.monotonic() - t0,
+                               log=str(b.log.path), serial=m.serial, sha256=m.sha256,
+                               size=m.size, packages=len(packages),
+                               downloaded_bytes=proxy.stats.downloaded_bytes)
+    finally:
+        b.close()

@@ -1,0 +1,239 @@
+"""HTTP for pulls: small files into memory, big files to a resumable .part file.
+
+Every request carries connect and read timeouts, so a mirror that stalls
+fails instead of hanging and the next mirror is tried.  A download resumes
+with ``Range: bytes=N-`` from what an earlier, interrupted attempt left in
+its ``.part`` file; a server that ignores the range (200) restarts it from
+zero, one that rejects it (416) gets one clean retry.  The sha256 is computed
+while the bytes arrive, so no second pass over the file is needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import requests
+import urllib3
+
+from vzpkg import __version__
+from vzpkg.errors import MirrorError
+
+CHUNK = 1 << 20
+SMALL_LIMIT = 16 << 20
+CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
+
+
+class Progress(Protocol):
+    """What a pull reports while it works (see vzpkg.mirror.progress)."""
+
+    def start(self, name: str, total: int, done: int, source: str) -> None: ...
+    def update(self, done: int) -> None: ...
+    def finish(self, ok: bool) -> None: ...
+    def note(self, message: str) -> None: ...
+
+
+class NoProgress:
+    def start(self, name: str, total: int, done: int, source: str) -> None:
+        pass
+
+    def update(self, done: int) -> None:
+        pass
+
+    def finish(self, ok: bool) -> None:
+        pass
+
+    def note(self, message: str) -> None:
+        pass
+
+
+class FetchError(MirrorError):
+    """One request to one mirror failed.
+
+    ``partial`` is set when some bytes arrived and the ``.part`` file is worth
+    resuming; ``corrupt`` when what arrived cannot be right and must go.
+    """
+
+    def __init__(self, message: str, *, partial: bool = False, corrupt: bool = False,
+                 fetched: int = 0, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.partial = partial
+        self.corrupt = corrupt
+        self.fetched = fetched
+
+
+@dataclass(frozen=True)
+class Download:
+    sha256: str
+    size: int
+    fetched: int        # bytes received in this call
+    resumed_from: int   # bytes already in the .part file that were kept
+
+
+class Fetcher:
+    def __init__(self, connect_timeout: float, read_timeout: float) -> None:
+        self.timeout = (connect_timeout, read_timeout)
+        self.session = requests.Session()
+        self.session.headers.update({"User-Agent": f"vzpkg/{__version__}",
+                                     "Accept-Encoding": "identity"})
+
+    def close(self) -> None:
+        self.session.close()
+
+    def _get(self, url: str, headers: dict[str, str] | None = None) -> requests.Response:
+        try:
+            # redirects are followed (to https, to a CDN): every byte is checked
+            # against the signed index wherever it came from
+            return self.session.get(url, headers=headers, stream=True, timeout=self.timeout)
+        except requests.Timeout:
+            raise FetchError(f"{url}: timed out after {self.timeout[0]:g}s connect / "
+                             f"{self.timeout[1]:g}s read",
+                             hint="the mirror is down or stalled; raise pull.timeout if "
+                                  "it is just slow") from None
+        except requests.RequestException as exc:
+            raise FetchError(f"{url}: cannot connect: {_reason(exc)}",
+                             hint="check the mirror URL and that the server is up") from None
+
+    @staticmethod
+    def _status_error(url: str, r: requests.Response) -> FetchError:
+        r.close()
+        return FetchError(f"{url}: HTTP {r.status_code} {r.reason}",
+                          hint="the file is missing on the mirror or the server failed")
+
+    def get_bytes(self, url: str, *, limit: int = SMALL_LIMIT) -> bytes:
+        """A small file (index, signature, manifest), whole, into memory."""
+        r = self._get(url)
+        if r.status_code != 200:
+            raise self._status_error(url, r)
+        buf = bytearray()
+        try:
+            with r:
+                for chunk in r.iter_content(CHUNK):
+                    buf += chunk
+                    if len(buf) > limit:
+                        raise FetchError(f"{url}: larger than {limit} bytes; refused")
+        except requests.RequestException as exc:
+            raise FetchError(f"{url}: transfer failed: {_reason(exc)}") from None
+        return bytes(buf)
+
+    def download(self, url: str, part: Path, size: int, progress: Progress,
+                 name: str) -> Download:
+        """Complete *part* to *size* bytes from *url*, resuming what is there."""
+        offset = part.stat().st_size if part.exists() else 0
+        if offset > size:
+            offset = 0
+        hasher = hashlib.sha256()
+        if offset:
+            with part.open("rb") as f:
+                hashed = 0
+                while hashed < offset:
+                    chunk = f.read(min(CHUNK, offset - hashed))
+                    hasher.update(chunk)
+                    hashed += len(chunk)
+        if offset == size:
+            if size == 0:
+                part.touch()
+            return Download(hasher.hexdigest(), size, 0, offset)
+        r = self._get(url, {"Range": f"bytes={offset}-"} if offset else None)
+        if r.status_code == 416 and offset:
+            r.close()
+            part.unlink()
+            return self.download(url, part, size, progress, name)
+        if r.status_code == 206:
+            m = CONTENT_RANGE.match(r.headers.get("Content-Range", ""))
+            if not m or int(m.group(1)) != offset or int(m.group(3)) != size:
+                r.close()
+                raise FetchError(f"{url}: server answered range {offset}- with "
+                                 f"{r.headers.get('Content-Range')!r}; expected a total of "
+                                 f"{size} bytes", corrupt=True)
+        elif r.status_code == 200:
+            if offset:
+                offset, hasher = 0, hashlib.sha256()
+            length = r.headers.get("Content-Length")
+            if length is not None and length.isdigit() and int(length) != size:
+                r.close()
+                raise FetchError(f"{url}: the mirror's file is {length} bytes, the signed "
+                                 f"index says {size}", corrupt=True,
+                                 hint="the mirror is damaged or being updated; try again "
+                                      "later or another mirror")
+        else:
+            raise self._status_error(url, r)
+        encoding = r.headers.get("Content-Encoding", "identity").lower()
+        if encoding not in ("", "identity"):
+            r.close()
+            raise FetchError(f"{url}: served with Content-Encoding {encoding}",
+                             hint="serve cache files as they are (no on-the-fly "
+                                  "compression)")
+        got = offset
+        progress.start(name, size, offset, url)
+        try:
+            with r, part.open("r+b" if offset else "wb") as f:
+                f.seek(offset)
+                f.truncate()
+                while chunk := self._read(r, url, got, size, offset):
+                    if got + len(chunk) > size:
+                        raise FetchError(f"{url}: more data than the {size} bytes the index "
+                                         "names; refused", corrupt=True)
+                    f.write(chunk)
+                    hasher.update(chunk)
+                    got += len(chunk)
+                    progress.update(got)
+        except OSError as exc:
+            progress.finish(False)
+            raise MirrorError(f"cannot write {part}: {exc.strerror}",
+                              hint="free space in the cache directory") from None
+        except FetchError:
+            progress.finish(False)
+            raise
+        if got < size:
+            progress.finish(False)
+            raise FetchError(f"{url}: truncated: got {got} of {size} bytes",
+                             partial=got > offset, fetched=got - offset)
+        progress.finish(True)
+        return Download(hasher.hexdigest(), size, got - offset, offset)
+
+    @staticmethod
+    def _read(r: requests.Response, url: str, got: int, size: int, offset: int) -> bytes:
+        """What has arrived (read1: a cut loses nothing already received)."""
+        try:
+            data: bytes = r.raw.read1(CHUNK, decode_content=False)
+            return data
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise FetchError(f"{url}: transfer cut after {got} of {size} bytes: "
+                             f"{_reason(exc)}", partial=got > offset,
+                             fetched=got - offset) from None
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """*exc* and every exception it wraps (cause, context, .reason, exception args)."""
+    seen: list[BaseException] = []
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if any(e is x for x in seen):
+            continue
+        seen.append(e)
+        more = [e.__cause__, e.__context__, getattr(e, "reason", None), *e.args]
+        todo.extend(x for x in more if isinstance(x, BaseException))
+    return seen
+
+
+def _reason(exc: BaseException) -> str:
+    """A short human reason for a requests/urllib3 failure."""
+    chain = _chain(exc)
+    for kind, text in ((ConnectionRefusedError, "connection refused"),
+                       (socket.gaierror, "host name not found"),
+                       (urllib3.exceptions.ReadTimeoutError, "read timed out"),
+                       (urllib3.exceptions.ConnectTimeoutError, "connect timed out"),
+                       (TimeoutError, "timed out"),
+                       (http.client.IncompleteRead, "connection closed early by the server"),
+                       (ConnectionResetError, "connection reset by the server"),
+                       (urllib3.exceptions.SSLError, "TLS error")):
+        if any(isinstance(e, kind) for e in chain):
+            return text
+    return str(chain[-1] if len(chain) > 1 else exc)[:200]

@@ -1,0 +1,226 @@
+"""``vzpkg publish``: write caches into a signed static tree.
+
+Order of writes, so a reader never sees an index naming a missing file: for
+each new cache, its tarball, manifest and signature go into
+``caches/<name>/<serial>/`` (each written to a temporary name, fsynced and
+renamed); then the index signature and finally ``index.json`` itself are
+replaced by rename.  ``--keep N`` prunes after that, and never the serial the
+index names.  A cache whose sha256 is already in the index is not
+written again; when nothing changed, not even the index is touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from vzpkg.errors import GpgError, MirrorError
+from vzpkg.gpg import Keyring
+from vzpkg.manifest import Manifest
+from vzpkg.mirror.index import INDEX_NAME, INDEX_SIG_NAME, Index, IndexEntry
+from vzpkg.store import CacheStore
+
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Published:
+    name: str
+    serial: int
+    sha256: str
+    size: int
+    status: str          # "published" | "unchanged"
+    tarball: str
+
+
+@dataclass(frozen=True)
+class PublishReport:
+    dest: Path
+    caches: tuple[Published, ...]
+    index_written: bool
+    pruned: tuple[str, ...]
+
+
+@contextmanager
+def _atomic(dest: Path) -> Iterator[Path]:
+    """A temporary sibling of *dest* that replaces it on success, vanishes otherwise."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    path = Path(tmp)
+    try:
+        yield path
+        with path.open("rb+") as f:
+            os.fsync(f.fileno())
+        path.chmod(0o644)
+        os.replace(path, dest)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _copy_hashed(src: Path, dst: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    n = 0
+    with src.open("rb") as fi, dst.open("wb") as fo:
+        while chunk := fi.read(CHUNK):
+            h.update(chunk)
+            fo.write(chunk)
+            n += len(chunk)
+    return h.hexdigest(), n
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _sign(keyring: Keyring, keyid: str, data: Path, dest: Path) -> None:
+    try:
+        keyring.sign_detached(data, keyid, dest)
+    except GpgError as exc:
+        raise MirrorError(f"cannot sign {data.name} with key {keyid}: {exc.message}",
+                          hint="check --sign / signing.key and that the secret key is in "
+                               "--gnupghome / signing.gnupghome (or $GNUPGHOME)") from None
+
+
+def check_secret_key(keyring: Keyring, keyid: str) -> str:
+    """The fingerprint of the secret key *keyid*; MirrorError when it is not there."""
+    want = keyid.replace(" ", "").upper()
+    for k in keyring.gpg.list_keys(secret=True):
+        fpr = str(k.get("fingerprint", "")).upper()
+        uids = [str(u) for u in k.get("uids", [])]
+        if want and (fpr.endswith(want) or any(keyid in u for u in uids)):
+            return fpr
+    raise MirrorError(f"no secret key {keyid!r} in the keyring {keyring.home}",
+                      hint="pass --gnupghome DIR (or set signing.gnupghome) to the keyring "
+                           "that holds the signing key; list them with "
+                           "'gpg --list-secret-keys'")
+
+
+def read_index(dest: Path) -> Index:
+    path = dest / INDEX_NAME
+    if not path.exists():
+        return Index(())
+    return Index.from_bytes(path.read_bytes(), source=str(path))
+
+
+def _publish_one(store: CacheStore, m: Manifest, dest: Path, keyring: Keyring,
+                 keyid: str) -> IndexEntry:
+    src = store.tarball(m.name)
+    if src is None:
+        raise MirrorError(f"cache {m.name}: the manifest has no tarball beside it",
+                          hint=f"run 'vzpkg verify {m.name}' and rebuild or re-import it")
+    rel = f"caches/{m.name}/{m.serial}"
+    d = dest / rel
+    d.mkdir(parents=True, exist_ok=True)
+    tar = d / m.tarball
+    with _atomic(tar) as tmp:
+        sha, size = _copy_hashed(src, tmp)
+        if sha != m.sha256 or size != m.size:
+            raise MirrorError(f"cache {m.name}: {src} does not match its manifest "
+                              f"(sha256 {sha[:16]}…, {size} bytes; manifest says "
+                              f"{m.sha256[:16]}…, {m.size} bytes); not published",
+                              hint=f"run 'vzpkg verify {m.name}'; rebuild or re-import it")
+        with _atomic(d / (m.tarball + ".asc")) as sig:
+            _sign(keyring, keyid, tmp, sig)
+    manifest_bytes = m.dumps().encode()
+    with _atomic(d / f"{m.name}.manifest.json") as tmp:
+        tmp.write_bytes(manifest_bytes)
+    _fsync_dir(d)
+    return IndexEntry(
+        name=m.name, distribution=m.distribution, release=m.release, arch=m.arch,
+        set_name=m.set_name, serial=m.serial, size=m.size, sha256=m.sha256,
+        compression=m.compression, tarball=f"{rel}/{m.tarball}",
+        manifest=f"{rel}/{m.name}.manifest.json",
+        manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(),
+        signature=f"{rel}/{m.tarball}.asc", packages=len(m.packages), created=m.created)
+
+
+def _in_place(dest: Path, e: IndexEntry) -> bool:
+    tar = dest / e.tarball
+    return (tar.is_file() and tar.stat().st_size == e.size and (dest / e.manifest).is_file()
+            and (dest / e.signature).is_file())
+
+
+def _prune(dest: Path, index: Index, keep: int) -> list[str]:
+    removed: list[str] = []
+    top = dest / "caches"
+    if not top.is_dir():
+        return removed
+    for named in sorted(top.iterdir()):
+        entry = index.get(named.name)
+        serials = sorted((int(p.name) for p in named.iterdir() if p.name.isdigit()),
+                         reverse=True)
+        keepers = set(serials[:keep])
+        if entry is not None:
+            keepers.add(entry.serial)
+        for s in serials:
+            if s not in keepers:
+                shutil.rmtree(named / str(s))
+                removed.append(f"caches/{named.name}/{s}")
+    return removed
+
+
+def publish(store: CacheStore, dest: Path, names: Sequence[str], *, keyring: Keyring,
+            keyid: str, keep: int | None = None) -> PublishReport:
+    """Publish *names* (all caches when empty) from *store* into the tree at *dest*."""
+    if keep is not None and keep < 1:
+        raise MirrorError(f"--keep {keep}: must keep at least the current serial (1)")
+    if dest.exists() and not dest.is_dir():
+        raise MirrorError(f"{dest} is not a directory",
+                          hint="publish into a directory a web server serves")
+    check_secret_key(keyring, keyid)
+    manifests: list[Manifest] = []
+    for name in names or [e.name for e in store.list()]:
+        m = store.manifest(name)
+        if m is None:
+            raise MirrorError(f"no cache named {name} in {store.dir}",
+                              hint="see 'vzpkg list' for the caches there")
+        manifests.append(m)
+    if not manifests:
+        raise MirrorError(f"no caches to publish in {store.dir}",
+                          hint="build or import a cache first")
+    dest.mkdir(parents=True, exist_ok=True)
+    old = read_index(dest)
+    new: dict[str, IndexEntry] = {}
+    done: list[Published] = []
+    for m in manifests:
+        cur = old.get(m.name)
+        if cur is not None and cur.sha256 == m.sha256 and _in_place(dest, cur):
+            done.append(Published(m.name, m.serial, m.sha256, m.size, "unchanged",
+                                  cur.tarball))
+            continue
+        if cur is not None and cur.serial >= m.serial and cur.sha256 != m.sha256:
+            raise MirrorError(
+                f"cache {m.name}: the mirror already has serial {cur.serial} with "
+                f"different content; the local cache is serial {m.serial}",
+                hint="clients take the newest serial: rebuild so the serial grows past "
+                     "the published one, or publish into a fresh tree")
+        e = _publish_one(store, m, dest, keyring, keyid)
+        new[m.name] = e
+        done.append(Published(m.name, m.serial, m.sha256, m.size, "published", e.tarball))
+    written = bool(new) or not (dest / INDEX_NAME).exists() \
+        or not (dest / INDEX_SIG_NAME).exists()
+    index = old.with_entries(new, _now() if written else old.generated)
+    if written:
+        data = index.to_bytes()
+        with _atomic(dest / INDEX_NAME) as idx:
+            idx.write_bytes(data)
+            with _atomic(dest / INDEX_SIG_NAME) as sig:
+                _sign(keyring, keyid, idx, sig)
+        _fsync_dir(dest)
+    pruned = _prune(dest, index, keep) if keep is not None else []
+    return PublishReport(dest, tuple(done), written, tuple(pruned))

@@ -1,0 +1,262 @@
+"""``vzpkg pull``: fetch caches from signed mirrors, verify every byte, commit.
+
+For each mirror in order: fetch ``index.json`` and its detached signature,
+verify it against the pinned trusted keys, then for each wanted cache fetch
+its manifest (checked against the sha256 in the signed index) and tarball
+signature, download the tarball into ``<cache_dir>/.partial/`` (resuming
+what an interrupted pull left there), check size and sha256 against the
+index and the detached signature against the trusted keys, and only then
+hand it to the store, which replaces the cache atomically under its lock.
+A failure of any kind moves on to the next mirror; bytes that turned out to be
+wrong are deleted, an interrupted download is kept for the next attempt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from vzpkg.errors import ConfigError, MirrorError, StoreError
+from vzpkg.gpg import Keyring
+from vzpkg.manifest import Manifest, expand_name
+from vzpkg.metadata.model import Compression
+from vzpkg.mirror.config import MirrorConfig
+from vzpkg.mirror.fetch import Fetcher, FetchError, NoProgress, Progress
+from vzpkg.mirror.index import INDEX_NAME, INDEX_SIG_NAME, Index, IndexEntry
+from vzpkg.mirror.verify import Verifier
+from vzpkg.store import CacheStore
+
+PARTIAL_DIR = ".partial"
+
+
+@dataclass(frozen=True)
+class Pulled:
+    name: str
+    serial: int
+    sha256: str
+    size: int
+    status: str          # "pulled" | "current"
+    mirror: str
+    fetched: int         # tarball bytes downloaded by this pull
+    resumed_from: int    # bytes of an earlier attempt that were kept
+
+
+@dataclass(frozen=True)
+class PullReport:
+    pulled: tuple[Pulled, ...]
+    failed: tuple[tuple[str, str], ...]   # (cache name or "*", why)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+class Puller:
+    """One pull session: a keyring of trusted keys and an HTTP session."""
+
+    def __init__(self, store: CacheStore, config: MirrorConfig,
+                 progress: Progress | None = None, *, use_sqv: bool | None = None) -> None:
+        if not config.mirrors:
+            raise ConfigError("no mirror to pull from",
+                              hint="pass --mirror URL, or list URLs under pull.mirrors in "
+                                   "vzpkg.yaml or TEMPLATE_MIRRORS in vz.conf")
+        if not config.trusted_keys:
+            raise ConfigError("no trusted keys configured: a pull verifies every index and "
+                              "tarball signature and refuses unsigned mirrors",
+                              hint="add pull.trusted_keys: [{file: KEY.asc, fingerprint: "
+                                   "40 HEX}] to vzpkg.yaml or TEMPLATE_KEYS to vz.conf")
+        self.store = store
+        self.config = config
+        self.progress: Progress = progress or NoProgress()
+        self.keyring = Keyring()
+        try:
+            self.trusted = [self._import(k.file, k.fingerprint) for k in config.trusted_keys]
+            self.verifier = Verifier(self.keyring, self.trusted, use_sqv=use_sqv)
+            self.fetcher = Fetcher(config.connect_timeout, config.read_timeout)
+        except BaseException:
+            self.keyring.close()
+            raise
+
+    def __enter__(self) -> Puller:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.fetcher.close()
+        self.keyring.close()
+
+    def _import(self, file: Path, fingerprint: str) -> str:
+        try:
+            armored = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"trusted key {file}: cannot read: {exc}",
+                              hint="fix the file path in pull.trusted_keys / "
+                                   "TEMPLATE_KEYS") from None
+        return self.keyring.import_pinned(armored, fingerprint, source=str(file))
+
+    # -- the index ---------------------------------------------------------------------
+    def index(self, mirror: str) -> Index:
+        """The mirror's index, its signature verified; MirrorError otherwise."""
+        url = mirror + INDEX_NAME
+        for attempt in (1, 2):
+            data = self.fetcher.get_bytes(url)
+            try:
+                sig = self.fetcher.get_bytes(mirror + INDEX_SIG_NAME)
+            except FetchError as exc:
+                raise MirrorError(f"{url}: the index is not signed ({exc.message})",
+                                  hint="pull only from mirrors made by 'vzpkg publish "
+                                       "--sign'; nothing was downloaded") from None
+            try:
+                self.verifier.bytes(sig, data, what=url)
+                break
+            except MirrorError as exc:
+                # publish replaces the signature just before the index: a reader can
+                # catch the two out of step once; a second read settles it
+                if attempt == 2:
+                    raise MirrorError(f"{exc.message}; the index was refused",
+                                      hint=exc.hint) from None
+        return Index.from_bytes(data, source=url)
+
+    # -- one cache ---------------------------------------------------------------------
+    def _current(self, e: IndexEntry) -> Manifest | None:
+        m = self.store.manifest(e.name)
+        if m is not None and m.sha256 == e.sha256 and self.store.tarball(e.name) is not None:
+            return m
+        return None
+
+    def _manifest(self, mirror: str, e: IndexEntry) -> Manifest:
+        url = mirror + e.manifest
+        data = self.fetcher.get_bytes(url)
+        if hashlib.sha256(data).hexdigest() != e.manifest_sha256:
+            raise MirrorError(f"{url}: sha256 differs from the signed index; refused")
+        try:
+            m = Manifest.loads(data, source=url)
+        except StoreError as exc:
+            raise MirrorError(exc.message, hint=exc.hint) from None
+        for field, got, want in (("name", m.name, e.name), ("sha256", m.sha256, e.sha256),
+                                 ("size", m.size, e.size),
+                                 ("compression", m.compression, e.compression)):
+            if got != want:
+                raise MirrorError(f"{url}: field {field!r} is {got!r}, the signed index "
+                                  f"says {want!r}; refused")
+        return m
+
+    def _download(self, mirror: str, e: IndexEntry, part: Path) -> tuple[int, int]:
+        """Fetch the tarball into *part*; (bytes fetched, bytes kept from before)."""
+        url = mirror + e.tarball
+        before = part.stat().st_size if part.exists() else 0
+        resumed = before if before <= e.size else 0
+        fetched = 0
+        for attempt in range(self.config.retries + 1):
+            try:
+                d = self.fetcher.download(url, part, e.size, self.progress, e.name)
+            except FetchError as exc:
+                fetched += exc.fetched
+                if exc.corrupt:
+                    part.unlink(missing_ok=True)
+                    raise
+                if not exc.partial or attempt == self.config.retries:
+                    raise
+                self.progress.note(f"{exc.message}; resuming")
+                continue
+            fetched += d.fetched
+            if d.sha256 != e.sha256 and d.resumed_from and attempt < self.config.retries:
+                # the bytes kept from an earlier attempt may be what is wrong: start over
+                self.progress.note(f"{e.name}: sha256 mismatch after resuming; "
+                                   "downloading again from the start")
+                part.unlink(missing_ok=True)
+                continue
+            if d.sha256 != e.sha256:
+                part.unlink(missing_ok=True)
+                raise MirrorError(f"{url}: sha256 {d.sha256} differs from the signed index "
+                                  f"({e.sha256}); the download was deleted",
+                                  hint="the mirror's file was altered or damaged")
+            return fetched, resumed
+        raise AssertionError("unreachable")
+
+    def pull_one(self, mirror: str, e: IndexEntry) -> Pulled:
+        if self._current(e) is not None:
+            return Pulled(e.name, e.serial, e.sha256, e.size, "current", mirror, 0, 0)
+        # the cache's lock covers the download too: two pulls never write one .part file
+        with self.store.lock(e.name, on_wait=self.progress.note):
+            if self._current(e) is not None:       # another pull got there first
+                return Pulled(e.name, e.serial, e.sha256, e.size, "current", mirror, 0, 0)
+            return self._fetch_and_commit(mirror, e)
+
+    def _fetch_and_commit(self, mirror: str, e: IndexEntry) -> Pulled:
+        manifest = self._manifest(mirror, e)
+        sig = self.fetcher.get_bytes(mirror + e.signature, limit=1 << 20)
+        partial = self.store.dir / PARTIAL_DIR
+        partial.mkdir(parents=True, exist_ok=True)
+        part = partial / f"{e.name}.{e.sha256[:16]}.part"
+        for stale in partial.glob(f"{e.name}.*.part"):
+            if stale != part:
+                stale.unlink(missing_ok=True)
+        fetched, resumed = self._download(mirror, e, part)
+        sig_file = partial / f"{e.name}.{e.sha256[:16]}.asc"
+        try:
+            check = self.verifier.start(sig, part, what=mirror + e.signature)
+            with part.open("rb") as f:      # flush to disk while the signature is checked
+                os.fsync(f.fileno())
+            try:
+                check.result()
+            except MirrorError as exc:
+                part.unlink(missing_ok=True)
+                raise MirrorError(f"{exc.message}; the download was deleted",
+                                  hint=exc.hint) from None
+            sig_file.write_bytes(sig)
+            self._commit(e, manifest, part, sig_file)
+        finally:
+            sig_file.unlink(missing_ok=True)
+        return Pulled(e.name, e.serial, e.sha256, e.size, "pulled", mirror, fetched, resumed)
+
+    def _commit(self, e: IndexEntry, manifest: Manifest, part: Path, sig: Path) -> None:
+        """Hand the verified download to the store (the caller holds the lock)."""
+        staged = self.store.staging(e.name, Compression(manifest.compression))
+        try:
+            os.replace(part, staged)
+            self.store.commit(e.name, staged, manifest, sig, keep_serial=True)
+        finally:
+            staged.unlink(missing_ok=True)
+
+    # -- several caches, several mirrors -------------------------------------------------
+    def pull(self, names: Sequence[str], *, everything: bool = False) -> PullReport:
+        """Pull *names* (short forms allowed), or every cache the mirror lists."""
+        wanted = list(dict.fromkeys(expand_name(n) for n in names))
+        done: list[Pulled] = []
+        why: dict[str, list[str]] = {}
+        index_errors: list[str] = []
+        for mirror in self.config.mirrors:
+            try:
+                index = self.index(mirror)
+            except MirrorError as exc:
+                index_errors.append(str(exc))
+                self.progress.note(f"{exc.message}; trying the next mirror")
+                continue
+            if everything:
+                wanted = list(dict.fromkeys([*wanted, *index.names()]))
+                everything = False
+            left = []
+            for name in wanted:
+                e = index.get(name)
+                if e is None:
+                    why.setdefault(name, []).append(f"{mirror}: not in the index")
+                    left.append(name)
+                    continue
+                try:
+                    done.append(self.pull_one(mirror, e))
+                except MirrorError as exc:
+                    why.setdefault(name, []).append(str(exc))
+                    self.progress.note(f"{name}: {exc.message}")
+                    left.append(name)
+            wanted = left
+            if not wanted:
+                break
+        failed = [(n, "\n  ".join(why.get(n, []) + index_errors)) for n in wanted]
+        if everything and index_errors:
+            failed.append(("*", "\n  ".join(index_errors)))
+        return PullReport(tuple(done), tuple(failed))

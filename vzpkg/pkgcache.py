@@ -1,0 +1,214 @@
+"""The shared package download cache, served to package managers by a local proxy.
+
+Package managers (debootstrap, mmdebstrap, apt in the build VE) are pointed at
+``http://127.0.0.1:PORT/<key>/`` instead of the real mirror.  The proxy:
+
+* serves immutable files (``pool/…`` and ``…/by-hash/…``) from the cache, and
+  fetches and keeps them on a miss;
+* fetches mutable index files (``InRelease``, ``Packages.xz`` …) upstream with a
+  conditional GET, so an unchanged file costs one 304 and no download;
+* offline, serves only what the cache holds and records what was missing.
+
+It changes no byte: signatures and checksums are still checked end to end by
+the package manager, against the template's pinned keys.  Files are written
+to a temporary name and renamed, so concurrent builds share the cache safely;
+each build holds a shared lock on it, and pruning takes the exclusive lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import filecmp
+import hashlib
+import http.server
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+CHUNK = 1 << 20
+TIMEOUT = (15, 120)
+
+
+def upstream_key(url: str) -> str:
+    """A short, stable directory name for an upstream mirror URL."""
+    return hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
+
+
+def immutable(path: str) -> bool:
+    return path.startswith("pool/") or "/by-hash/" in path
+
+
+@dataclass
+class ProxyStats:
+    downloaded_bytes: int = 0
+    fetched: list[str] = field(default_factory=list)
+    hits: int = 0
+    not_modified: int = 0
+    missing: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+class CachingProxy:
+    """Context manager: a caching HTTP proxy for a set of upstream mirrors."""
+
+    def __init__(self, cache_dir: Path, *, offline: bool = False) -> None:
+        self.dir = cache_dir
+        self.offline = offline
+        self.stats = ProxyStats()
+        self.upstreams: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._session = requests.Session()
+        self._server: http.server.ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._lockfile: Any = None
+
+    # -- public -----------------------------------------------------------------
+    def url_for(self, upstream: str) -> str:
+        """The local URL that stands for *upstream*."""
+        key = upstream_key(upstream)
+        self.upstreams[key] = upstream.rstrip("/")
+        assert self._server is not None, "proxy not started"
+        return f"http://127.0.0.1:{self._server.server_address[1]}/{key}"
+
+    def fetch(self, upstream: str, path: str) -> Path | None:
+        """Get one file through the cache (also used directly, e.g. InRelease)."""
+        key = upstream_key(upstream)
+        self.upstreams[key] = upstream.rstrip("/")
+        return self._get(key, path)
+
+    def __enter__(self) -> CachingProxy:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lockfile = open(self.dir / ".lock", "a")
+        fcntl.flock(self._lockfile, fcntl.LOCK_SH)
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                proxy._serve(self, body=True)
+
+            def do_HEAD(self) -> None:
+                proxy._serve(self, body=False)
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        # a short poll keeps shutdown (at the end of every build) quick
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        self._session.close()
+        if self._lockfile is not None:
+            self._lockfile.close()
+
+    # -- internals --------------------------------------------------------------
+    def _local(self, key: str, path: str) -> Path:
+        return self.dir / key / path
+
+    def _serve(self, h: http.server.BaseHTTPRequestHandler, *, body: bool) -> None:
+        parts = h.path.split("?", 1)[0].lstrip("/").split("/", 1)
+        if len(parts) != 2 or parts[0] not in self.upstreams or ".." in parts[1].split("/"):
+            h.send_error(404)
+            return
+        try:
+            local = self._get(parts[0], parts[1])
+        except requests.RequestException as exc:
+            with self._lock:
+                self.stats.errors.append(f"{parts[1]}: {exc}")
+            h.send_error(502, str(exc)[:200])
+            return
+        if local is None:
+            h.send_error(404)
+            return
+        size = local.stat().st_size
+        h.send_response(200)
+        h.send_header("Content-Length", str(size))
+        h.send_header("Content-Type", "application/octet-stream")
+        h.end_headers()
+        if body:
+            with local.open("rb") as f:
+                shutil.copyfileobj(f, h.wfile, CHUNK)
+
+    def _get(self, key: str, path: str) -> Path | None:
+        local = self._local(key, path)
+        if immutable(path) and local.is_file():
+            with self._lock:
+                self.stats.hits += 1
+            return local
+        if self.offline:
+            if local.is_file():
+                with self._lock:
+                    self.stats.hits += 1
+                return local
+            with self._lock:
+                self.stats.missing.append(path)
+            return None
+        return self._download(key, path, local)
+
+    def _download(self, key: str, path: str, local: Path) -> Path | None:
+        url = f"{self.upstreams[key]}/{path}"
+        headers = {}
+        meta = local.with_name(local.name + ".etag")
+        if local.is_file() and meta.is_file():
+            etag, _, modified = meta.read_text().partition("\n")
+            if etag:
+                headers["If-None-Match"] = etag
+            if modified:
+                headers["If-Modified-Since"] = modified
+        with self._session.get(url, stream=True, timeout=TIMEOUT, headers=headers) as r:
+            if r.status_code == 304:
+                with self._lock:
+                    self.stats.not_modified += 1
+                return local
+            if r.status_code == 404:
+                return None
+            r.raise_for_status()
+            local.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=".part-")
+            n = 0
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    for chunk in r.iter_content(CHUNK):
+                        f.write(chunk)
+                        n += len(chunk)
+                if local.is_file() and filecmp.cmp(tmp, local, shallow=False):
+                    Path(tmp).unlink()      # unchanged: leave the cached copy alone
+                else:
+                    os.replace(tmp, local)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            if not immutable(path) and (r.headers.get("ETag") or
+                                        r.headers.get("Last-Modified")):
+                meta.write_text(f"{r.headers.get('ETag', '')}\n"
+                                f"{r.headers.get('Last-Modified', '')}")
+        with self._lock:
+            self.stats.downloaded_bytes += n
+            self.stats.fetched.append(path)
+        return local
+
+
+@contextlib.contextmanager
+def exclusive(cache_dir: Path) -> Iterator[None]:
+    """Hold the package cache exclusively (pruning)."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield

@@ -1,0 +1,1 @@
+"""The VE runtime: vzctl, vzlist and vzubc."""

@@ -1,0 +1,189 @@
+"""OpenVZ parameters -> cgroup files, for cgroup v1 and v2.
+
+Pure functions: given a :class:`VeConfig` they return the ordered list of
+:class:`Write` s that put the VE's limits in place.  Every managed file is
+written every time (unset parameters write "no limit"), so ``apply`` is also how
+a limit is removed from a running VE.
+
+=============  =================================  ==========================================
+parameter      cgroup v2                          cgroup v1
+=============  =================================  ==========================================
+CPUUNITS       cpu.weight = units / 10 (1..10000)  cpu.shares = units * 1024 / 1000
+CPULIMIT/CPUS  cpu.max = "QUOTA 100000"            cpu.cfs_period_us, cpu.cfs_quota_us
+CPUMASK        cpuset.cpus                         cpuset.cpus
+PHYSPAGES      memory.max (limit),                 memory.limit_in_bytes (limit),
+               memory.high (barrier if < limit)    memory.soft_limit_in_bytes (barrier)
+SWAPPAGES      memory.swap.max                     memory.memsw.limit_in_bytes = RAM + swap
+NUMPROC        pids.max (limit)                    pids.max (limit)
+IOPRIO         io.weight = 100 * 2^((prio-4)/2)    blkio.bfq.weight (same scale)
+=============  =================================  ==========================================
+
+CPULIMIT is in percent of one CPU and CPUS in whole CPUs; the lower of the two
+is the quota.  A PHYSPAGES barrier of 0 (OpenVZ's usual ``0:LIMIT``) or equal to
+the limit means no soft limit.  A swap limit needs the kernel's swap accounting
+(``memory.swap.max`` / ``memory.memsw.*``); when the host has no swap device at all
+the limit holds trivially, so only a host *with* swap but without accounting makes
+a SWAPPAGES limit an error.  IOPRIO 4 is the
+default weight (100); each step up or down multiplies or divides it by about 1.4.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from vzpkg.errors import VeError
+from vzpkg.runtime.config import VeConfig
+from vzpkg.runtime.params import UNLIMITED, format_cpumask
+
+CFS_PERIOD_US = 100_000
+DEFAULT_CPUUNITS = 1000
+DEFAULT_IOPRIO = 4
+
+
+@dataclass(frozen=True)
+class Write:
+    """Write *value* to *file* of the VE's group in *controller*.
+
+    *limiting* is True when the value is a real limit; a missing controller is
+    then an error rather than something to skip.
+    """
+
+    controller: str
+    file: str
+    value: str
+    limiting: bool = True
+    param: str = ""
+
+
+def host_has_swap(swaps: Path = Path("/proc/swaps")) -> bool:
+    """True when the host has an active swap device or file."""
+    try:
+        return len(swaps.read_text().splitlines()) > 1
+    except OSError:
+        return True
+
+
+def cpu_shares(units: int) -> int:
+    return max(2, min(262144, units * 1024 // DEFAULT_CPUUNITS))
+
+
+def cpu_weight(units: int) -> int:
+    return max(1, min(10000, round(units * 100 / DEFAULT_CPUUNITS)))
+
+
+def cpu_quota_us(cfg: VeConfig) -> int | None:
+    """The CFS quota per 100 ms period, or None for no cap."""
+    caps = [pct for pct in (cfg.get_int("CPULIMIT") or 0, (cfg.get_int("CPUS") or 0) * 100)
+            if pct > 0]
+    return min(caps) * CFS_PERIOD_US // 100 if caps else None
+
+
+def io_weight(prio: int) -> int:
+    return round(100 * 2 ** ((prio - DEFAULT_IOPRIO) / 2))
+
+
+def _ioprio(cfg: VeConfig) -> int:
+    prio = cfg.get_int("IOPRIO")
+    return DEFAULT_IOPRIO if prio is None else prio
+
+
+def _units(cfg: VeConfig) -> int:
+    return cfg.get_int("CPUUNITS") or DEFAULT_CPUUNITS
+
+
+def _memory(cfg: VeConfig) -> tuple[int | None, int | None, int | None]:
+    """(ram limit, ram soft limit, swap limit) in bytes; None = unlimited."""
+    phys = cfg.barrier_limit_bytes("PHYSPAGES")
+    swap = cfg.barrier_limit_bytes("SWAPPAGES")
+    limit = soft = swap_limit = None
+    if phys is not None:
+        b, lim = phys
+        limit = None if lim >= UNLIMITED else lim
+        if 0 < b < lim:
+            soft = b
+    if swap is not None and swap[1] < UNLIMITED:
+        swap_limit = swap[1]
+    return limit, soft, swap_limit
+
+
+def _numproc(cfg: VeConfig) -> int | None:
+    bl = cfg.barrier_limit("NUMPROC")
+    return None if bl is None or bl[1] >= UNLIMITED else bl[1]
+
+
+def _cpus(cfg: VeConfig, host_cpus: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    mask = cfg.cpumask()
+    if mask is not None and host_cpus is not None:
+        missing = sorted(set(mask) - set(host_cpus))
+        if missing:
+            raise VeError(f"CPUMASK {format_cpumask(mask)} names CPUs the host does not have:"
+                          f" {format_cpumask(missing)}",
+                          hint=f"the host's CPUs are {format_cpumask(host_cpus)}")
+    return mask
+
+
+def v2_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None,
+              host_swap: bool = True) -> list[Write]:
+    units = _units(cfg)
+    quota = cpu_quota_us(cfg)
+    limit, soft, swap = _memory(cfg)
+    nproc = _numproc(cfg)
+    mask = _cpus(cfg, host_cpus)
+    prio = _ioprio(cfg)
+    return [
+        Write("cpu", "cpu.weight", str(cpu_weight(units)), units != DEFAULT_CPUUNITS,
+              "CPUUNITS"),
+        Write("cpu", "cpu.max", f"{quota if quota else 'max'} {CFS_PERIOD_US}",
+              quota is not None, "CPULIMIT"),
+        Write("cpuset", "cpuset.cpus", format_cpumask(mask) if mask else "",
+              mask is not None, "CPUMASK"),
+        Write("memory", "memory.max", str(limit) if limit is not None else "max", limit is not None,
+              "PHYSPAGES"),
+        Write("memory", "memory.high", str(soft) if soft else "max", soft is not None,
+              "PHYSPAGES"),
+        Write("memory", "memory.swap.max", str(swap) if swap is not None else "max",
+              swap is not None and host_swap, "SWAPPAGES"),
+        Write("pids", "pids.max", str(nproc) if nproc is not None else "max",
+              nproc is not None, "NUMPROC"),
+        Write("io", "io.weight", f"default {io_weight(prio)}", prio != DEFAULT_IOPRIO,
+              "IOPRIO"),
+    ]
+
+
+def v1_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None,
+              host_swap: bool = True) -> list[Write]:
+    """Writes for v1.  memsw is first opened up so that the RAM limit can move either
+    way (the kernel insists memsw >= memory), then set to RAM + swap."""
+    units = _units(cfg)
+    quota = cpu_quota_us(cfg)
+    limit, soft, swap = _memory(cfg)
+    nproc = _numproc(cfg)
+    mask = _cpus(cfg, host_cpus)
+    prio = _ioprio(cfg)
+    cpus = mask if mask is not None else host_cpus
+    memsw = limit + swap if limit is not None and swap is not None else None
+    out = [
+        Write("cpu", "cpu.shares", str(cpu_shares(units)), units != DEFAULT_CPUUNITS,
+              "CPUUNITS"),
+        Write("cpu", "cpu.cfs_period_us", str(CFS_PERIOD_US), quota is not None, "CPULIMIT"),
+        Write("cpu", "cpu.cfs_quota_us", str(quota) if quota else "-1", quota is not None,
+              "CPULIMIT"),
+    ]
+    if cpus is not None:
+        out.append(Write("cpuset", "cpuset.cpus", format_cpumask(cpus), mask is not None,
+                         "CPUMASK"))
+    out += [
+        Write("memory", "memory.memsw.limit_in_bytes", "-1", False, "SWAPPAGES"),
+        Write("memory", "memory.limit_in_bytes", str(limit) if limit is not None else "-1",
+              limit is not None, "PHYSPAGES"),
+        Write("memory", "memory.soft_limit_in_bytes", str(soft) if soft else "-1",
+              soft is not None, "PHYSPAGES"),
+        Write("memory", "memory.memsw.limit_in_bytes", str(memsw) if memsw is not None else "-1",
+              memsw is not None and host_swap, "SWAPPAGES"),
+        Write("pids", "pids.max", str(nproc) if nproc is not None else "max",
+              nproc is not None, "NUMPROC"),
+        Write("blkio", "blkio.bfq.weight", str(io_weight(prio)), prio != DEFAULT_IOPRIO,
+              "IOPRIO"),
+    ]
+    return out

@@ -1,0 +1,244 @@
+"""cgroup v1: one hierarchy per controller (``/sys/fs/cgroup/memory``, ...).
+
+The VE's group is ``<mount>/<prefix>/<ctid>`` in every controller hierarchy
+found (co-mounted controllers such as ``cpu,cpuacct`` share one directory).
+The freezer hierarchy, when mounted, makes :meth:`kill_all` race-free: the VE
+is frozen, every task gets SIGKILL, then it is thawed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from vzpkg.errors import VeError
+from vzpkg.runtime.cgroups.base import (
+    DEFAULT_PREFIX,
+    Cgroups,
+    barrier_from,
+    check_ctid,
+    host_cpus,
+    pages,
+    parse_pids,
+    read_int,
+    read_keyed,
+    read_limit,
+    read_text,
+    rmdir_tree,
+    signal_all,
+    walk_groups,
+    write_file,
+)
+from vzpkg.runtime.cgroups.mapping import Write, host_has_swap, v1_writes
+from vzpkg.runtime.config import VeConfig
+from vzpkg.runtime.params import UNLIMITED
+from vzpkg.runtime.ubc import Beancounter
+
+CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids", "freezer", "blkio", "devices")
+_PROCS_FROM = ("pids", "freezer", "memory", "cpu")
+
+
+class CgroupsV1(Cgroups):
+    version = 1
+
+    def __init__(self, mounts: Mapping[str, Path], prefix: str = DEFAULT_PREFIX) -> None:
+        super().__init__(prefix)
+        self.mounts = {c: Path(p) for c, p in mounts.items() if c in CONTROLLERS}
+        if not self.mounts:
+            raise VeError("no cgroup v1 controller hierarchies found",
+                          hint="mount them (e.g. memory, pids, cpu) under /sys/fs/cgroup")
+
+    def __repr__(self) -> str:
+        return f"CgroupsV1({sorted(self.mounts)}, prefix={self.prefix!r})"
+
+    # -- paths ------------------------------------------------------------------------
+    def group(self, controller: str, ctid: str) -> Path | None:
+        m = self.mounts.get(controller)
+        return None if m is None else m / self.prefix / check_ctid(ctid)
+
+    def _dirs(self, ctid: str) -> list[Path]:
+        seen: dict[Path, None] = {}
+        for c in self.mounts:
+            g = self.group(c, ctid)
+            if g is not None:
+                seen.setdefault(g, None)
+        return list(seen)
+
+    def _main(self, ctid: str) -> Path:
+        for c in _PROCS_FROM:
+            g = self.group(c, ctid)
+            if g is not None:
+                return g
+        return self._dirs(ctid)[0]
+
+    # -- lifecycle --------------------------------------------------------------------
+    def exists(self, ctid: str) -> bool:
+        return self._main(ctid).is_dir()
+
+    def create(self, ctid: str) -> None:
+        made: list[Path] = []
+        try:
+            for mount in self.mounts.values():
+                for d in (mount / self.prefix, mount / self.prefix / check_ctid(ctid)):
+                    if not d.is_dir():
+                        d.mkdir()
+                        made.append(d)
+            if "cpuset" in self.mounts:  # also repairs a group left empty by a crash
+                base = self.mounts["cpuset"] / self.prefix
+                _inherit_cpuset(base)
+                _inherit_cpuset(base / ctid)
+        except (OSError, VeError) as exc:
+            for d in reversed(made):
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+            if isinstance(exc, VeError):
+                raise
+            raise VeError(f"VE {ctid}: cannot create its cgroup: {exc}",
+                          hint="cgroups can only be created by root") from None
+
+    def writes(self, cfg: VeConfig) -> list[Write]:
+        cpuset = self.mounts.get("cpuset")
+        return v1_writes(cfg, host_cpus(cpuset / "cpuset.effective_cpus")
+                         if cpuset else None, host_has_swap())
+
+    def apply(self, ctid: str, cfg: VeConfig) -> None:
+        """Check every write first, then write: a limit that cannot be enforced
+        leaves the group as it was."""
+        todo: list[tuple[Path, Write]] = []
+        for w in self.writes(cfg):
+            g = self.group(w.controller, ctid)
+            if g is None or not (g / w.file).exists():
+                if w.limiting:
+                    what = (f"the {w.controller} controller is not mounted" if g is None
+                            else f"{g / w.file} does not exist")
+                    raise VeError(f"VE {ctid}: {w.param} cannot be enforced: {what}",
+                                  hint=f"mount the cgroup v1 {w.controller} controller, or "
+                                       f"remove {w.param} from the VE's configuration")
+                continue
+            todo.append((g / w.file, w))
+        for f, w in todo:
+            write_file(f, w.value, f"VE {ctid}: {w.param}")
+
+    def attach(self, ctid: str, pid: int) -> None:
+        for d in self._dirs(ctid):
+            write_file(d / "cgroup.procs", str(pid), f"VE {ctid}: attach pid {pid}")
+
+    def procs(self, ctid: str) -> list[int]:
+        pids: set[int] = set()
+        for d in walk_groups(self._main(ctid)):
+            pids.update(parse_pids(read_text(d / "cgroup.procs")))
+        return sorted(pids)
+
+    def kill_all(self, ctid: str, sig: int = signal.SIGKILL, timeout: float = 10.0) -> None:
+        if sig != signal.SIGKILL:
+            signal_all(self.procs(ctid), sig)
+            return
+        freezer = self.group("freezer", ctid)
+        if freezer is not None and (freezer / "freezer.state").exists():
+            self._freeze(freezer, ctid, "FROZEN", timeout)
+            signal_all(self.procs(ctid), signal.SIGKILL)
+            self._freeze(freezer, ctid, "THAWED", timeout)
+        self._wait_empty(ctid, timeout)
+
+    def _freeze(self, g: Path, ctid: str, state: str, timeout: float) -> None:
+        write_file(g / "freezer.state", state, f"VE {ctid}: freezer")
+        deadline = time.monotonic() + min(timeout, 2.0)
+        while (read_text(g / "freezer.state") or "").strip() != state:
+            if time.monotonic() > deadline:
+                return  # killing works without a complete freeze, just less tidily
+            time.sleep(0.002)
+
+    def remove(self, ctid: str) -> None:
+        left = self.procs(ctid) if self.exists(ctid) else []
+        if left:
+            raise VeError(f"VE {ctid}: cannot remove its cgroup, processes {left[:10]} "
+                          "are still in it", hint="stop the VE first")
+        for d in self._dirs(ctid):
+            rmdir_tree(d)
+
+    def list_ctids(self) -> list[str]:
+        base = self._main("0").parent
+        try:
+            return sorted(p.name for p in base.iterdir() if p.is_dir())
+        except FileNotFoundError:
+            return []
+
+    # -- counters ---------------------------------------------------------------------
+    def counters(self, ctid: str, cfg: VeConfig | None = None) -> list[Beancounter]:
+        out: list[Beancounter] = []
+        mem = self.group("memory", ctid)
+        if mem is not None and mem.is_dir():
+            out += _memory_counters(mem, cfg)
+        pids = self.group("pids", ctid)
+        if pids is not None and pids.is_dir():
+            held = read_int(pids / "pids.current") or 0
+            limit = read_limit(pids / "pids.max")
+            out.append(Beancounter(
+                "numproc", held, read_int(pids / "pids.peak") or held,
+                barrier_from(cfg, "NUMPROC", limit), limit,
+                read_keyed(pids / "pids.events").get("max", 0)))
+        return out
+
+
+def _memory_counters(g: Path, cfg: VeConfig | None) -> list[Beancounter]:
+    usage = read_int(g / "memory.usage_in_bytes") or 0
+    peak = read_int(g / "memory.max_usage_in_bytes") or usage
+    limit = read_limit(g / "memory.limit_in_bytes")
+    soft = read_limit(g / "memory.soft_limit_in_bytes")
+    out = [Beancounter("kmemsize", read_int(g / "memory.kmem.usage_in_bytes") or 0,
+                       read_int(g / "memory.kmem.max_usage_in_bytes") or 0,
+                       UNLIMITED, UNLIMITED, read_int(g / "memory.kmem.failcnt") or 0)]
+    oom = read_keyed(g / "memory.oom_control").get("oom_kill", 0)
+    # With memsw equal to the RAM limit (no swap) the kernel refuses charges at memsw,
+    # whose failcnt it may not count; an OOM kill then is the evidence of the hit.
+    fails = read_int(g / "memory.failcnt") or 0
+    out.append(Beancounter("physpages", pages(usage), pages(peak),
+                           barrier_from(cfg, "PHYSPAGES", pages(soft)), pages(limit),
+                           fails or oom))
+    sw_usage = read_int(g / "memory.memsw.usage_in_bytes")
+    if sw_usage is not None:
+        sw_peak = read_int(g / "memory.memsw.max_usage_in_bytes") or sw_usage
+        sw_limit = read_limit(g / "memory.memsw.limit_in_bytes")
+        swap_limit = (UNLIMITED if sw_limit >= UNLIMITED or limit >= UNLIMITED
+                      else pages(sw_limit - limit))
+        out.append(Beancounter("swappages", pages(max(0, sw_usage - usage)),
+                               pages(max(0, sw_peak - peak)),
+                               barrier_from(cfg, "SWAPPAGES", swap_limit), swap_limit,
+                               read_int(g / "memory.memsw.failcnt") or 0))
+    out.append(Beancounter("oomguarpages", pages(usage), pages(peak), 0, UNLIMITED, oom))
+    return out
+
+
+def _inherit_cpuset(d: Path) -> None:
+    """A new v1 cpuset group starts with no CPUs and no memory nodes: copy the parent's."""
+    for f in ("cpuset.cpus", "cpuset.mems"):
+        if not (read_text(d / f) or "").strip():
+            write_file(d / f, (read_text(d.parent / f) or "").strip(), f"cgroup {d}")
+
+
+def find_mounts(root: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> dict[str, Path]:
+    """controller -> mount point of the v1 hierarchies at or below *root*."""
+    out: dict[str, Path] = {}
+    try:
+        lines = mountinfo.read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields, rfields = left.split(), right.split()
+        if len(fields) < 5 or len(rfields) < 3 or rfields[0] != "cgroup":
+            continue
+        point = Path(fields[4].replace("\\040", " "))
+        if point != root and root not in point.parents:
+            continue
+        for opt in rfields[2].split(","):
+            if opt in CONTROLLERS:
+                out.setdefault(opt, point)
+    if not out:  # a plain directory tree (tests), or mountinfo unreadable
+        for c in CONTROLLERS:
+            if (root / c / "cgroup.procs").exists():
+                out[c] = root / c
+    return out

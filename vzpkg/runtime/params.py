@@ -1,0 +1,395 @@
+"""The OpenVZ parameter table.
+
+One declarative table (:data:`PARAMS`) drives three readers: the ``vzctl set``
+/ ``vzctl create`` options (:func:`add_set_options`, :func:`options_to_values`),
+the validation of ``CTID.conf`` values (:func:`normalize`, used by
+:mod:`vzpkg.runtime.config`) and the cgroup mapping (``Param.controller``, used by
+:mod:`vzpkg.runtime.cgroups`).
+
+Value syntax follows OpenVZ:
+
+* ``barrier:limit`` pairs (``NUMPROC="200:250"``); one number sets both; either
+  side may be ``unlimited``.
+* Memory in pages of 4 KiB unless suffixed: ``PHYSPAGES="0:512M"`` and
+  ``PHYSPAGES="0:131072"`` are the same.  ``--ram 512M`` / ``--swap 1G`` are
+  shorthands that set ``PHYSPAGES`` / ``SWAPPAGES`` to ``0:SIZE``.
+* ``CPULIMIT`` is a percentage of one CPU (200 = two CPUs, 0 = no limit);
+  ``CPUUNITS`` is a relative weight (default 1000).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from vzpkg.errors import UsageError
+
+PAGE_SIZE = 4096
+UNLIMITED = 9223372036854775807  # LONG_MAX: what OpenVZ writes for "unlimited"
+_SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": PAGE_SIZE}
+_SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:I?B)?$", re.IGNORECASE)
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class ParamError(ValueError):
+    """A value does not fit its parameter; the text says what was expected."""
+
+
+class ParamKind(StrEnum):
+    STRING = "string"
+    INT = "int"
+    BOOL = "bool"                    # yes | no
+    CHOICE = "choice"
+    LIST = "list"                    # space-separated items
+    PERCENT = "percent"              # CPULIMIT: % of one CPU, 0 = unlimited
+    BARRIER_LIMIT = "barrier:limit"  # counts, B[:L]
+    PAGES = "pages"                  # B[:L] in 4 KiB pages, K/M/G/T suffixes accepted
+    SIZE = "size"                    # --ram/--swap: one size, stored as 0:pages
+    CPUMASK = "cpumask"              # "all" or 0-3,6
+
+
+class ListOp(StrEnum):
+    SET = "set"  # the option's values replace the list
+    ADD = "add"  # --ipadd: append to the current list
+    DEL = "del"  # --ipdel: remove from it ("all" clears it)
+
+
+@dataclass(frozen=True)
+class Param:
+    """One OpenVZ parameter: its CTID.conf key, its option and how it is checked."""
+
+    key: str
+    option: str
+    kind: ParamKind
+    live: bool
+    help: str
+    default: str | None = None
+    metavar: str = "VALUE"
+    controller: str | None = None  # cgroup controller that enforces it
+    settable: bool = True          # offered by `vzctl set`
+    primary: bool = True           # the canonical param for its key
+    choices: tuple[str, ...] = ()
+    minimum: int | None = None
+    maximum: int | None = None
+    op: ListOp = ListOp.SET
+    check: Callable[[str], str] | None = None  # validates/normalizes one item
+
+    @property
+    def dest(self) -> str:
+        return "param_" + self.option.replace("-", "_")
+
+
+# -- item checks ---------------------------------------------------------------------
+
+def check_ip(text: str) -> str:
+    try:
+        return str(ipaddress.ip_interface(text)) if "/" in text else str(
+            ipaddress.ip_address(text))
+    except ValueError:
+        raise ParamError(f"{text!r} is not an IPv4 or IPv6 address "
+                         "(e.g. 10.0.0.2, 10.0.0.2/24, fd00::2)") from None
+
+
+def check_nameserver(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ParamError(f"{text!r} is not an IP address of a name server") from None
+
+
+def check_hostname(text: str) -> str:
+    name = text.rstrip(".")
+    if not name or len(name) > 253 or not all(_HOST_LABEL.match(p) for p in name.split(".")):
+        raise ParamError(f"{text!r} is not a valid host name (letters, digits and '-', "
+                         "dot-separated labels of at most 63 characters)")
+    return name
+
+
+def check_name(text: str) -> str:
+    if not _NAME_RE.match(text) or text.isdigit():
+        raise ParamError(f"{text!r} is not a valid VE name (start with a letter or digit; "
+                         "letters, digits, '_', '.', '-'; not all digits)")
+    return text
+
+
+# -- value parsing -------------------------------------------------------------------
+
+def parse_size(text: str, *, bare_unit: int = 1) -> int:
+    """Bytes in *text* (``512M``, ``1G``, ``10P`` pages); a bare number counts in
+    *bare_unit*; ``unlimited`` is :data:`UNLIMITED`."""
+    t = text.strip()
+    if t.lower() == "unlimited" or t == str(UNLIMITED):
+        return UNLIMITED
+    m = _SIZE_RE.match(t)
+    if not m:
+        raise ParamError(f"{text!r} is not a size (e.g. 512M, 2G, 131072 pages, unlimited)")
+    num, suf = m.group(1), m.group(2).upper()
+    unit = _SUFFIX[suf] if suf else bare_unit
+    if "." in num and not suf:
+        raise ParamError(f"{text!r}: a fraction needs a unit suffix (e.g. 1.5G)")
+    return int(float(num) * unit) if "." in num else int(num) * unit
+
+
+def parse_count(text: str) -> int:
+    t = text.strip()
+    if t.lower() == "unlimited":
+        return UNLIMITED
+    if not t.isdigit():
+        raise ParamError(f"{text!r} is not a number or 'unlimited'")
+    return int(t)
+
+
+def _pages(text: str) -> int:
+    b = parse_size(text, bare_unit=PAGE_SIZE)
+    return UNLIMITED if b == UNLIMITED else b // PAGE_SIZE
+
+
+def parse_barrier_limit(text: str, *, pages: bool = False) -> tuple[int, int]:
+    """``B:L`` (or one value for both) as integers; pages if *pages*."""
+    one = _pages if pages else parse_count
+    parts = text.strip().split(":")
+    if len(parts) > 2 or not all(p.strip() for p in parts):
+        raise ParamError(f"{text!r} is not 'barrier:limit' or one value")
+    barrier = one(parts[0])
+    limit = one(parts[1]) if len(parts) == 2 else barrier
+    if barrier > limit:
+        raise ParamError(f"{text!r}: the barrier must not be above the limit")
+    return barrier, limit
+
+
+def format_count(n: int) -> str:
+    return "unlimited" if n >= UNLIMITED else str(n)
+
+
+def parse_cpumask(text: str) -> tuple[int, ...] | None:
+    """CPU numbers in ``0-3,6``; None for ``all``."""
+    t = text.strip()
+    if t.lower() == "all":
+        return None
+    cpus: set[int] = set()
+    for part in t.split(","):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part.strip())
+        if not m or (m.group(2) and int(m.group(2)) < int(m.group(1))):
+            raise ParamError(f"{text!r} is not a CPU list (e.g. 0, 0-3, 0,2-3 or all)")
+        lo = int(m.group(1))
+        cpus.update(range(lo, int(m.group(2) or lo) + 1))
+    return tuple(sorted(cpus))
+
+
+def format_cpumask(cpus: Iterable[int]) -> str:
+    out: list[str] = []
+    seq = sorted(set(cpus))
+    i = 0
+    while i < len(seq):
+        j = i
+        while j + 1 < len(seq) and seq[j + 1] == seq[j] + 1:
+            j += 1
+        out.append(str(seq[i]) if i == j else f"{seq[i]}-{seq[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+def split_list(text: str) -> list[str]:
+    return [x for x in re.split(r"[\s,]+", text.strip()) if x]
+
+
+def normalize(p: Param, text: str) -> str:
+    """The CTID.conf form of *text* for *p*; :class:`ParamError` if it does not fit."""
+    k = p.kind
+    if k in (ParamKind.INT, ParamKind.PERCENT):
+        t = text.strip().removesuffix("%") if k is ParamKind.PERCENT else text.strip()
+        if not t.isdigit():
+            raise ParamError(f"{text!r} is not a whole number"
+                             + (" (percent of one CPU; 0 = no limit)"
+                                if k is ParamKind.PERCENT else ""))
+        n = int(t)
+        if (p.minimum is not None and n < p.minimum) or (p.maximum is not None
+                                                          and n > p.maximum):
+            raise ParamError(f"{n} is out of range {p.minimum}..{p.maximum}")
+        return str(n)
+    if k is ParamKind.BOOL:
+        t = text.strip().lower()
+        if t in ("yes", "on", "true", "1"):
+            return "yes"
+        if t in ("no", "off", "false", "0"):
+            return "no"
+        raise ParamError(f"{text!r} is not yes or no")
+    if k is ParamKind.CHOICE:
+        if text.strip() not in p.choices:
+            raise ParamError(f"{text!r} is not one of: {', '.join(p.choices)}")
+        return text.strip()
+    if k is ParamKind.LIST:
+        items = split_list(text)
+        return " ".join(p.check(i) if p.check else i for i in items)
+    if k in (ParamKind.BARRIER_LIMIT, ParamKind.PAGES):
+        b, lim = parse_barrier_limit(text, pages=k is ParamKind.PAGES)
+        return f"{format_count(b)}:{format_count(lim)}"
+    if k is ParamKind.SIZE:
+        size = parse_size(text)
+        if size < (1 << 20) and size != 0:
+            raise ParamError(f"{text!r} is {size} bytes; did you mean {text.strip()}M?")
+        return f"0:{format_count(size if size == UNLIMITED else size // PAGE_SIZE)}"
+    if k is ParamKind.CPUMASK:
+        cpus = parse_cpumask(text)
+        return "all" if cpus is None else format_cpumask(cpus)
+    if "\n" in text:
+        raise ParamError(f"{text!r}: a value cannot span lines")
+    return p.check(text.strip()) if p.check else text
+
+
+# -- the table -----------------------------------------------------------------------
+
+_P = Param
+PARAMS: tuple[Param, ...] = (
+    _P("NAME", "name", ParamKind.STRING, False, "a name for the VE, usable instead of CTID",
+       metavar="NAME", check=check_name),
+    _P("DESCRIPTION", "description", ParamKind.STRING, False, "free-text description",
+       metavar="TEXT"),
+    _P("ONBOOT", "onboot", ParamKind.BOOL, False, "start the VE when the host boots",
+       default="no", metavar="yes|no"),
+    _P("OSTEMPLATE", "ostemplate", ParamKind.STRING, False,
+       "the cache the VE was created from (e.g. debian-12-x86_64-minimal)",
+       metavar="NAME", settable=False),
+    _P("VE_LAYOUT", "layout", ParamKind.CHOICE, False,
+       "plain: unpack the cache; overlay: share a read-only unpacked copy",
+       default="plain", metavar="plain|overlay", settable=False,
+       choices=("plain", "overlay")),
+    _P("HOSTNAME", "hostname", ParamKind.STRING, True, "the VE's host name",
+       metavar="NAME", check=check_hostname),
+    _P("IP_ADDRESS", "ipdel", ParamKind.LIST, True,
+       "remove an address (repeatable), or 'all'", metavar="IP|all",
+       op=ListOp.DEL, primary=False, check=check_ip),
+    _P("IP_ADDRESS", "ipadd", ParamKind.LIST, True,
+       "add an IPv4/IPv6 address (repeatable; ADDR or ADDR/PREFIX)",
+       metavar="IP", op=ListOp.ADD, check=check_ip),
+    _P("NAMESERVER", "nameserver", ParamKind.LIST, True,
+       "DNS server for /etc/resolv.conf (repeatable; replaces the list)",
+       metavar="IP", check=check_nameserver),
+    _P("SEARCHDOMAIN", "searchdomain", ParamKind.LIST, True,
+       "DNS search domain (repeatable; replaces the list)", metavar="DOMAIN",
+       check=check_hostname),
+    _P("STOP_TIMEOUT", "stop-timeout", ParamKind.INT, False,
+       "seconds `vzctl stop` waits for init before killing the VE",
+       metavar="SECONDS", minimum=0, maximum=86400),
+    _P("CPUUNITS", "cpuunits", ParamKind.INT, True,
+       "CPU weight relative to other VEs (default 1000)", default="1000",
+       metavar="N", controller="cpu", minimum=8, maximum=500000),
+    _P("CPULIMIT", "cpulimit", ParamKind.PERCENT, True,
+       "CPU cap in percent of one CPU (200 = two CPUs; 0 = none)", default="0",
+       metavar="PCT", controller="cpu", minimum=0, maximum=100 * 4096),
+    _P("CPUS", "cpus", ParamKind.INT, True,
+       "CPU cap in whole CPUs (0 = none); the lower of CPUS and CPULIMIT wins",
+       default="0", metavar="N", controller="cpu", minimum=0, maximum=4096),
+    _P("CPUMASK", "cpumask", ParamKind.CPUMASK, True,
+       "host CPUs the VE may run on (e.g. 0-1,3 or all)", default="all",
+       metavar="CPUS", controller="cpuset"),
+    _P("PHYSPAGES", "physpages", ParamKind.PAGES, True,
+       "RAM as barrier:limit in 4 KiB pages or sizes (0:512M); barrier = soft limit",
+       metavar="B:L", controller="memory"),
+    _P("PHYSPAGES", "ram", ParamKind.SIZE, True, "RAM limit (e.g. 512M, 2G)",
+       metavar="SIZE", controller="memory", primary=False),
+    _P("SWAPPAGES", "swappages", ParamKind.PAGES, True,
+       "swap as barrier:limit in pages or sizes (0:1G)", metavar="B:L",
+       controller="memory"),
+    _P("SWAPPAGES", "swap", ParamKind.SIZE, True, "swap limit (e.g. 1G, 0 for none)",
+       metavar="SIZE", controller="memory", primary=False),
+    _P("IOPRIO", "ioprio", ParamKind.INT, True,
+       "disk I/O priority, 0 (lowest) to 7 (highest); default 4", default="4",
+       metavar="0-7", controller="io", minimum=0, maximum=7),
+    _P("NUMPROC", "numproc", ParamKind.BARRIER_LIMIT, True,
+       "processes and threads as barrier:limit (the limit is enforced)",
+       metavar="B:L", controller="pids"),
+)
+RESOURCE_KEYS: tuple[str, ...] = tuple(dict.fromkeys(p.key for p in PARAMS if p.controller))
+
+_BY_OPTION = {p.option: p for p in PARAMS}
+_BY_KEY = {p.key: p for p in PARAMS if p.primary}
+
+
+def param_by_option(opt: str) -> Param:
+    try:
+        return _BY_OPTION[opt.lstrip("-")]
+    except KeyError:
+        raise UsageError(f"unknown parameter option --{opt.lstrip('-')}",
+                         hint="known: " + ", ".join(sorted(_BY_OPTION))) from None
+
+
+def param_by_key(key: str) -> Param:
+    try:
+        return _BY_KEY[key]
+    except KeyError:
+        raise UsageError(f"unknown parameter {key}",
+                         hint="known: " + ", ".join(sorted(_BY_KEY))) from None
+
+
+def find_param(key: str) -> Param | None:
+    """The primary param for a CTID.conf key, or None for keys the table does not know."""
+    return _BY_KEY.get(key)
+
+
+def add_set_options(parser: argparse.ArgumentParser,
+                    only: Iterable[str] | None = None) -> None:
+    """Add ``--cpuunits N``, ``--ram SIZE``, ... to *parser*.
+
+    By default the options of ``vzctl set``; *only* names the options to add
+    instead (e.g. ``("hostname", "ipadd", "ostemplate", "layout")`` for create).
+    """
+    wanted = set(only) if only is not None else None
+    group = parser.add_argument_group("VE parameters")
+    for p in PARAMS:
+        if (p.option not in wanted) if wanted is not None else not p.settable:
+            continue
+        repeat = p.kind is ParamKind.LIST
+        group.add_argument(f"--{p.option}", dest=p.dest, metavar=p.metavar,
+                           action="append" if repeat else "store", help=p.help)
+
+
+def options_to_values(args: argparse.Namespace,
+                      current: Callable[[str], str | None] | None = None) -> dict[str, str]:
+    """Validated CTID.conf values (KEY -> value) for the options given on the command
+    line.  *current* (e.g. ``VeConfig.get``) supplies the lists ``--ipadd`` and
+    ``--ipdel`` edit; without it they edit an empty list."""
+    out: dict[str, str] = {}
+    given: dict[str, str] = {}
+    for p in PARAMS:
+        raw = getattr(args, p.dest, None)
+        if raw is None:
+            continue
+        if p.key in given and p.op is ListOp.SET and given[p.key] != p.option:
+            raise UsageError(f"--{given[p.key]} and --{p.option} both set {p.key}",
+                             hint="give only one of them")
+        given.setdefault(p.key, p.option)
+        try:
+            if p.op is ListOp.SET:
+                text = " ".join(raw) if isinstance(raw, list) else str(raw)
+                out[p.key] = normalize(p, text)
+                continue
+            base = out.get(p.key)
+            if base is None:
+                base = (current(p.key) if current else None) or ""
+            items = split_list(base)
+            if p.op is ListOp.DEL:
+                if "all" in raw:
+                    items = []
+                else:
+                    drop = {_strip_prefix(check_ip(x)) for x in raw}
+                    items = [i for i in items if _strip_prefix(i) not in drop]
+            else:
+                for x in raw:
+                    ip = check_ip(x)
+                    if _strip_prefix(ip) not in {_strip_prefix(i) for i in items}:
+                        items.append(ip)
+            out[p.key] = " ".join(items)
+        except ParamError as exc:
+            raise UsageError(f"--{p.option}: {exc}",
+                             hint=f"--{p.option} {p.metavar}: {p.help}") from None
+    return out
+
+
+def _strip_prefix(ip: str) -> str:
+    return ip.split("/", 1)[0]
