@@ -49,6 +49,7 @@ def make_tree(root: Path, *, order: str = "forward") -> Path:
         ("usr/share/empty", b"", 0o644),
         ("usr/share/na\u00efve caf\u00e9.txt", b"utf-8 name\n", 0o644),
         ("var/log/.hidden", b"h", 0o600),
+        ("usr/share/" + "long-directory-name/" * 6 + "x" * 120, b"pax path", 0o644),
     ]
     if order == "reverse":
         files.reverse()
@@ -153,6 +154,8 @@ def craft(path: Path, members: Iterable[Member], *, compress: str | None = None)
             info.type = kinds[kind]
             info.mode = int(opts.get("mode", 0o755 if kind == "dir" else 0o644))  # type: ignore[call-overload]
             info.mtime = OLD
+            xattrs = dict(opts.get("xattrs", {}))  # type: ignore[call-overload]
+            info.pax_headers = {"SCHILY.xattr." + k: v for k, v in xattrs.items()}
             data = b""
             if kind == "file":
                 data = bytes(opts.get("data", b"payload\n"))  # type: ignore[call-overload]

@@ -36,7 +36,7 @@ def tree(tmp_path: Path) -> Path:
     (root / "srv").mkdir()
     os.chown(root / "srv", 0, 50)
     os.chmod(root / "srv", 0o2775)
-    os.setxattr(root / "usr/bin/tool", "trusted.overlay.test", b"t")
+    os.setxattr(root / "usr/bin/tool", "trusted.vzpkg-test", b"t")
     os.setxattr(root / "etc", "security.vzpkg-test", b"label")
     if shutil.which("setcap"):
         subprocess.run(["setcap", "cap_net_raw=ep", str(root / "usr/bin/tool")], check=True)
@@ -63,7 +63,7 @@ def test_root_round_trip_keeps_owners_devices_xattrs_caps(tree: Path, tmp_path: 
     assert os.stat(ve / "usr/bin/su").st_mode & 0o4000
     assert os.stat(ve / "srv").st_mode & 0o2000
     assert os.getxattr(ve / "usr/bin/tool", "security.capability")
-    assert os.getxattr(ve / "usr/bin/tool", "trusted.overlay.test") == b"t"
+    assert os.getxattr(ve / "usr/bin/tool", "trusted.vzpkg-test") == b"t"
     assert os.major(os.stat(ve / "dev/urandom").st_rdev) == 1
     if shutil.which("getcap"):
         r = subprocess.run(["getcap", str(ve / "usr/bin/tool")], check=True,
@@ -86,6 +86,20 @@ def test_unsafe_device_is_never_created(tmp_path: Path) -> None:
     with pytest.raises(UnsafeArchiveError, match="dev/vda"):
         unpack(arc, tmp_path / "ve")
     assert not (tmp_path / "ve").exists()
+
+
+def test_pack_stays_on_one_filesystem(tree: Path, tmp_path: Path) -> None:
+    """A leftover mount in a build tree is packed as an empty directory."""
+    (tree / "proc").mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "vzpkg-test", str(tree / "proc")], check=True)
+    try:
+        (tree / "proc/host-file").write_text("from the host\n")
+        pack(tree, tmp_path / "c", source_date=SOURCE_DATE)
+    finally:
+        subprocess.run(["umount", str(tree / "proc")], check=True)
+    unpack(tmp_path / "c", tmp_path / "ve")
+    assert (tmp_path / "ve/proc").is_dir()
+    assert list((tmp_path / "ve/proc").iterdir()) == []
 
 
 @pytest.fixture()

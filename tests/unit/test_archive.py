@@ -167,7 +167,9 @@ def test_pack_bad_input_is_a_clear_error(tmp_path: Path) -> None:
         pack(tmp_path / "t", tmp_path / "no/such/dir/o", source_date=SOURCE_DATE)
     with pytest.raises(ArchiveError, match="source date"):
         pack(tmp_path / "t", tmp_path / "o", source_date=-5)
-    assert not (tmp_path / "o").exists()
+    with pytest.raises(ArchiveError, match="inside the tree"):
+        pack(tmp_path / "t", tmp_path / "t/o.tar.zst", source_date=SOURCE_DATE)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "t/o.tar.zst").exists()
 
 
 def test_progress_reports_bytes_up_to_the_total(tree: Path, tmp_path: Path) -> None:
@@ -252,12 +254,35 @@ def test_gnu_tar_reads_our_archives(tree: Path, tmp_path: Path) -> None:
         pytest.skip("GNU tar is not installed")
     pack(tree, tmp_path / "c.tar.zst", source_date=SOURCE_DATE)
     (tmp_path / "gnu").mkdir()
-    subprocess.run(["tar", "-C", str(tmp_path / "gnu"), "--zstd", "-xf",
-                    str(tmp_path / "c.tar.zst")], check=True, capture_output=True)
+    r = subprocess.run(["tar", "-C", str(tmp_path / "gnu"), "--zstd", "--xattrs",
+                        "--xattrs-include=*", "-xf", str(tmp_path / "c.tar.zst")],
+                       check=True, capture_output=True, text=True)
+    # no unknown pax keywords, except POSIX hdrcharset for the one non-UTF-8 name
+    assert all("hdrcharset" in line for line in r.stderr.splitlines())
     big = "usr/lib/big.bin"
     assert (tmp_path / "gnu" / big).read_bytes() == (tree / big).read_bytes()
+    if os.listxattr(tree / "usr/bin/tool"):
+        assert os.getxattr(tmp_path / "gnu/usr/bin/tool", "user.a") == b"\x00binary\xff"
 
 
 def test_tool_versions_names_libarchive_and_zstd() -> None:
     v = tool_versions()
     assert v.startswith("libarchive 3.") and "zstd" in v
+
+
+def test_interrupted_pack_and_unpack_leave_nothing(tree: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C in the middle (here from the progress callback) cleans up too."""
+    def stop(done: int, total: int) -> None:
+        if done:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pack(tree, tmp_path / "c", source_date=SOURCE_DATE, progress=stop)
+    assert not (tmp_path / "c").exists()
+    pack(tree, tmp_path / "c", source_date=SOURCE_DATE)
+    monkeypatch.setattr("vzpkg.archive.unpacking._PROGRESS_EVERY", 4)
+    with pytest.raises(KeyboardInterrupt):
+        unpack(tmp_path / "c", tmp_path / "ve", progress=stop)
+    assert not (tmp_path / "ve").exists()
+    assert os.getcwd() != str(tmp_path / "ve")

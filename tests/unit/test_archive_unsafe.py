@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.archive_helpers import Member, craft
+from tests.archive_helpers import Member, craft, user_xattrs_supported
 from vzpkg.archive import scan, unpack
 from vzpkg.errors import ArchiveError, UnsafeArchiveError
 
@@ -70,6 +70,9 @@ CASES: dict[str, tuple[list[Member], str, str]] = {
     "char-device-disguised": (    # the name says null, the numbers say tty1
         [("chr", "./dev/null", {"major": 4, "minor": 1})], "./dev/null",
         "character device 4:1"),
+    "overlay-xattr": (
+        [("dir", "./usr/share", {"xattrs": {"trusted.overlay.redirect": "/etc"}})],
+        "./usr/share/", "overlayfs attribute 'trusted.overlay.redirect'"),
     "block-device": (
         [("blk", "./dev/sda", {"major": 8, "minor": 0})], "./dev/sda", "block device"),
 }
@@ -153,6 +156,7 @@ def test_symlinks_may_point_anywhere(tmp_path: Path, outside: Path) -> None:
         ("file", "./etc/hostname", {"data": b"new\n"}),        # a file again: later wins
         ("fifo", "./run-fifo", {}),
     ]
+    members.append(("file", "./usr/bin/ping", {"xattrs": {"user.note": "kept"}}))
     arc = craft(tmp_path / "ok.tar", PRELUDE + members)
     res = unpack(arc, tmp_path / "ve")
     ve = tmp_path / "ve"
@@ -160,6 +164,8 @@ def test_symlinks_may_point_anywhere(tmp_path: Path, outside: Path) -> None:
     assert os.readlink(ve / "usr/bin/sh") == "/bin/dash"
     assert (ve / "etc/hostname").read_text() == "new\n"
     assert (ve / "usr/bin/tool2").stat().st_ino == (ve / "usr/bin/tool").stat().st_ino
+    if user_xattrs_supported(tmp_path):
+        assert os.getxattr(ve / "usr/bin/ping", "user.note") == b"kept"
     assert res.file_count == len(PRELUDE) + len(members)
     assert res == scan(arc)
 

@@ -100,6 +100,9 @@ entry_size = _fn("entry_size", [_vp], _i64)
 entry_rdevmajor = _fn("entry_rdevmajor", [_vp], _uint)
 entry_rdevminor = _fn("entry_rdevminor", [_vp], _uint)
 entry_mtime = _fn("entry_mtime", [_vp], _i64)
+entry_xattr_count = _fn("entry_xattr_count", [_vp], _int)
+entry_xattr_reset = _fn("entry_xattr_reset", [_vp], _int)
+entry_xattr_next = _fn("entry_xattr_next", [_vp, _vp, _vp, _vp], _int)
 
 # writing archives
 write_new = _fn("write_new", [], _vp)
@@ -210,3 +213,14 @@ def gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+def xattr_names(e: int) -> list[bytes]:
+    """The names of the extended attributes an entry carries."""
+    name, value, size = ctypes.c_char_p(), ctypes.c_void_p(), ctypes.c_size_t()
+    refs = ctypes.addressof(name), ctypes.addressof(value), ctypes.addressof(size)
+    out = []
+    entry_xattr_reset(e)
+    while entry_xattr_next(e, *refs) == OK:
+        out.append(name.value or b"")
+    return out

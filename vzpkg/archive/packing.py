@@ -12,9 +12,9 @@ What makes two packs of the same tree byte-identical:
 * hard links: the first name in that order carries the data, later names are
   hard-link entries pointing to it;
 * compression: zstd always runs in libzstd's multi-threaded mode (its output
-  does not depend on the number of worker threads, only on the level), xz always
-  uses liblzma's multi-threaded block encoder (likewise), gzip writes no
-  timestamp and no file name;
+  does not depend on the number of worker threads, only on the level and the
+  libzstd version), xz always uses liblzma's multi-threaded block encoder with
+  2 to 8 threads (likewise), gzip writes no timestamp and no file name;
 * the calling thread's locale is fixed to C.UTF-8 while libarchive runs.
 
 The tree is walked without following symlinks and without descending into
@@ -102,11 +102,14 @@ def _options(compression: Compression, level: int | None, threads: int) -> bytes
     if threads < 0:
         raise ArchiveError(f"threads must be 0 (every core) or more, not {threads}")
     n = threads or len(os.sched_getaffinity(0)) or 1
+    # xattrs as SCHILY.xattr records only (what GNU tar reads), not also as
+    # LIBARCHIVE.xattr ones, which GNU tar warns about
+    pax = "pax:xattrheader=SCHILY"
     if compression is Compression.ZSTD:
-        return f"zstd:compression-level={lvl},zstd:threads={n}".encode()
-    if compression is Compression.XZ:
-        return f"xz:compression-level={lvl},xz:threads={max(n, 2)}".encode()
-    return f"gzip:compression-level={lvl},gzip:!timestamp".encode()
+        return f"{pax},zstd:compression-level={lvl},zstd:threads={n}".encode()
+    if compression is Compression.XZ:     # liblzma needs ~100 MB per thread at level 6
+        return f"{pax},xz:compression-level={lvl},xz:threads={min(max(n, 2), 8)}".encode()
+    return f"{pax},gzip:compression-level={lvl},gzip:!timestamp".encode()
 
 
 def pack(src: Path, dest: Path, *, source_date: int,
@@ -115,16 +118,19 @@ def pack(src: Path, dest: Path, *, source_date: int,
     """Pack the tree ``src`` into exactly the file ``dest`` (created or truncated,
     fsynced).  ``threads=0`` uses every core.  ``progress(done, total)`` gets bytes
     of file data.  On any error ``dest`` is removed and ArchiveError raised."""
-    src, dest = Path(src), Path(dest)
+    src, dest, compression = Path(src), Path(dest), Compression(compression)
     if not isinstance(source_date, int) or source_date < 0:
         raise ArchiveError(f"source date must be a non-negative integer, not {source_date!r}",
                            hint="pass seconds since the epoch, e.g. from SOURCE_DATE_EPOCH")
-    options = _options(Compression(compression), level, threads)
+    options = _options(compression, level, threads)
     try:
         if not stat.S_ISDIR(os.lstat(src).st_mode):
             raise ArchiveError(f"{src}: not a directory", hint="pack a directory tree")
     except FileNotFoundError:
         raise ArchiveError(f"{src}: no such directory") from None
+    if dest.absolute().resolve().is_relative_to(src.absolute().resolve()):
+        raise ArchiveError(f"{dest}: the archive would be inside the tree it packs ({src})",
+                           hint="write the archive outside the tree")
     with L.gc_paused():
         items = _walk(os.fsencode(src))
     total = sum(st.st_size for _, _, st in items
@@ -166,7 +172,11 @@ class _Sink:
     def _write(self, _a: int | None, _ctx: int | None, buf: int | None, n: int) -> int:
         if self.error is not None:
             return -1
-        self.blocks.put(ctypes.string_at(buf or 0, n))
+        try:
+            self.blocks.put(ctypes.string_at(buf or 0, n))
+        except BaseException as exc:      # e.g. Ctrl-C: cannot unwind through C
+            self.error = exc
+            return -1
         self.size += n
         return n
 

@@ -14,7 +14,10 @@ the type of each of them and refuses an entry when:
 * it is a block device, or a character device other than the standard set
   (null, zero, full, random, urandom, tty, console, ptmx, checked by
   major:minor);
-* it is of a kind tar cannot describe safely (sockets, unknown types).
+* it is of a kind tar cannot describe safely (sockets, unknown types);
+* it carries overlayfs metadata (``trusted.overlay.*`` xattrs): an unpacked
+  cache serves as an overlayfs lower layer, where such attributes would
+  redirect lookups or hide files.
 
 Symlinks themselves may point anywhere: they are resolved inside the VE later
 and nothing during unpacking follows one.
@@ -127,3 +130,11 @@ class Policy:
         if kind in (AE_IFDIR, AE_IFLNK):
             raise UnsafeArchiveError(display(raw), f"hard link to the {_KIND[kind]} "
                                      f"{display(target)!r}")
+
+
+def check_xattrs(raw: bytes | None, names: list[bytes]) -> None:
+    """Refuse overlayfs metadata; every other extended attribute is kept."""
+    for n in names:
+        if n.startswith(b"trusted.overlay."):
+            raise UnsafeArchiveError(display(raw or b"?"),
+                                     f"overlayfs attribute {display(n)!r} not allowed")

@@ -73,12 +73,18 @@ class _Feed:
         self.inflater = inflater
         self.current: ctypes.Array[ctypes.c_char] | None = None   # kept alive for libarchive
         self.done = False
+        self.interrupted: BaseException | None = None
         self.callback = L.READ_CALLBACK(self._read)
 
     def _read(self, _a: int | None, _ctx: int | None, out: int | None) -> int:
         if self.done or out is None:
             return 0
-        item = self.inflater.blocks.get()
+        try:
+            item = self.inflater.blocks.get()
+        except BaseException as exc:      # e.g. Ctrl-C: cannot unwind through C
+            self.interrupted = exc
+            self.done = True
+            return -1
         if item is None:
             self.done = True
             self.current = None
@@ -98,6 +104,7 @@ def open_archive(archive: Path, *, threaded: bool = False
         raise ArchiveError(f"cannot open {archive}: {exc.strerror}") from exc
     raw: int | None = None
     inflater: _Inflater | None = None
+    feed: _Feed | None = None
     tar = L.read_new()
     try:
         size = os.fstat(fd).st_size
@@ -130,6 +137,8 @@ def open_archive(archive: Path, *, threaded: bool = False
         try:
             yield tar, position, size
         except ArchiveError:
+            if feed is not None and feed.interrupted is not None:
+                raise feed.interrupted from None
             if inflater is not None and inflater.error is not None:
                 raise ArchiveError(f"{archive}: {inflater.error}", hint=DAMAGED) from None
             raise

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vzpkg.archive import _lib as L
-from vzpkg.archive.policy import Policy, display
+from vzpkg.archive.policy import Policy, check_xattrs, display
 from vzpkg.archive.source import damaged, open_archive
 from vzpkg.errors import ArchiveError, UnsafeArchiveError
 
@@ -66,6 +66,7 @@ def _entries(archive: Path, a: int, position: Callable[[], int], size: int,
     ref = ctypes.addressof(slot)
     next_header, pathname, filetype = L.read_next_header, L.entry_pathname, L.entry_filetype
     hardlink, esize, AE_IFREG, AE_IFCHR = L.entry_hardlink, L.entry_size, L.AE_IFREG, L.AE_IFCHR
+    xattr_count = L.entry_xattr_count
     n = 0
     while True:
         r = next_header(a, ref)
@@ -77,6 +78,8 @@ def _entries(archive: Path, a: int, position: Callable[[], int], size: int,
                 raise UnsafeArchiveError(display(pathname(e) or b"?"), L.message(a))
             raise damaged(archive, a)
         ftype = filetype(e)
+        if xattr_count(e):
+            check_xattrs(pathname(e), L.xattr_names(e))
         if ftype == AE_IFREG:
             check(pathname(e), ftype, hardlink(e))
             yield e, esize(e)
@@ -176,8 +179,9 @@ def _extract(archive: Path, a: int, position: Callable[[], int], size: int,
             extract2 = L.read_extract2
             for e, length in entries:
                 if extract2(a, e, w) != L.OK:
-                    raise ArchiveError(f"cannot unpack {display(L.entry_pathname(e) or b'?')!r}"
-                                       f": {L.message(a)}", hint=_HINT)
+                    raise ArchiveError(f"{archive}: cannot unpack "
+                                       f"{display(L.entry_pathname(e) or b'?')!r}: "
+                                       f"{L.message(a)}", hint=_HINT)
                 if not count and L.entry_pathname(e) in _ROOT_NAMES:
                     root_mtime = L.entry_mtime(e)
                 count += 1
@@ -215,9 +219,7 @@ def _extract_unprivileged(archive: Path, a: int, w: int, e: int, length: int) ->
 
 
 _ROOT_NAMES = (b".", b"./")
-
-
-_HINT = "check free space and the target filesystem"
+_HINT = "check free space and the target filesystem, or whether the archive is damaged"
 
 
 def _write_error(w: int, e: int) -> None:
