@@ -16,7 +16,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from vzpkg.archive import _lib as L
@@ -51,19 +51,17 @@ class _Inflater(threading.Thread):
                     if n < 0:
                         self.error = L.message(self.raw)
                     break
-                while not self.stop.is_set():
-                    try:
-                        self.blocks.put((buf, n), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+                self.blocks.put((buf, n))
         finally:
-            while not self.stop.is_set():
-                try:
-                    self.blocks.put(None, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
+            self.blocks.put(None)
+
+    def finish(self) -> None:
+        """Stop early if need be: drain the queue so a blocked put() returns."""
+        self.stop.set()
+        while self.is_alive():
+            with suppress(queue.Empty):
+                self.blocks.get(timeout=0.05)
+        self.join()
 
 
 class _Feed:
@@ -145,8 +143,7 @@ def open_archive(archive: Path, *, threaded: bool = False
     finally:
         L.read_free(tar)
         if inflater is not None:
-            inflater.stop.set()
-            inflater.join()
+            inflater.finish()
         if raw is not None:
             L.read_free(raw)
         os.close(fd)
