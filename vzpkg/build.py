@@ -12,7 +12,9 @@ namespace (see vzpkg.buildve), so removing it is safe.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -92,6 +94,18 @@ def cleanup_stale_work(work_dir: Path) -> list[Path]:
     return removed
 
 
+def _private_dir(d: Path) -> None:
+    """Create *d* (mode 0700) or check that it is ours: it may sit in a
+    world-writable place such as /dev/shm."""
+    d.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        d.mkdir(mode=0o700)
+    st = d.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise VzError(f"work directory {d} is not a private directory of this user",
+                      hint="remove it, or set VZPKG_WORK_DIR to another directory")
+
+
 class _Build:
     """State of one build or update of one cache."""
 
@@ -102,7 +116,7 @@ class _Build:
         self.offline = offline
         self.progress = progress
         self.store = CacheStore(settings.cache_dir)
-        settings.work_dir.mkdir(parents=True, exist_ok=True)
+        _private_dir(settings.work_dir)
         cleanup_stale_work(settings.work_dir)
         self.work = settings.work_dir / f"{plan.name}.{os.getpid()}"
         remove_tree(self.work)

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tests.conftest import assert_user_error, run_cli
-from vzpkg.config import SHIPPED_METADATA
+from vzpkg.config import SHIPPED_METADATA, load_settings
 
 NAME = "debian-12-x86_64-minimal"
 pytestmark = pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86_64 host")
@@ -175,8 +175,8 @@ def test_failing_post_install_leaves_previous_cache_and_nothing_behind(
     assert after == tarball_state, "the previous cache was touched"
     mounts = Path("/proc/self/mountinfo").read_text()
     assert str(bad) not in mounts
-    work = bad / "caches" / ".work"
-    assert not work.exists() or not list(work.iterdir())
+    work = load_settings(workspace=bad).work_dir
+    assert not list(work.glob(f"{NAME}.*")), "the build's work directory was left behind"
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(bad) not in ps
 
@@ -215,14 +215,14 @@ def test_a_killed_build_leaves_nothing_and_the_next_build_cleans_up(
     proc.kill()                              # kill -9: no cleanup code runs
     proc.wait()
     time.sleep(1)
-    work = caches / ".work"
-    leftovers = list(work.iterdir())
-    assert leftovers, "expected the killed build's work directory to remain until next time"
+    work = load_settings(workspace=ws).work_dir
+    mine = work / f"{NAME}.{proc.pid}"
+    assert mine.is_dir(), "expected the killed build's work directory to remain until next time"
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(work) not in ps, "a process of the killed build survived"
     assert str(work) not in Path("/proc/self/mountinfo").read_text()
     r = vzpkg(ws, "build", NAME)             # up to date, and it removes the leftovers
     assert r.returncode == 0, r.stderr
-    assert not list(work.iterdir())
+    assert not mine.exists()
     assert {k: v for k, v in snapshot(caches).items() if not k.startswith(".")} \
         == tarball_state

@@ -16,7 +16,8 @@ from vzpkg.metadata.model import Repository
 BUILD_KEYRING = "etc/apt/vzpkg-build-keyring.gpg"
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "DEBCONF_NONINTERACTIVE_SEEN": "true"}
 APT_OPTS = ("-y", "-q", "-o", "Dpkg::Options::=--force-confdef",
-            "-o", "Dpkg::Options::=--force-confold")
+            "-o", "Dpkg::Options::=--force-confold",
+            "-o", "Dpkg::Options::=--force-unsafe-io")   # the tarball is fsynced instead
 
 
 class DebianBackend(Backend, family="deb"):

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from vzpkg.backends.deb import DebianBackend
 from vzpkg.buildve import contained
+
+EATMYDATA_HOOKS = Path("/usr/share/mmdebstrap/hooks/eatmydata")
+# what mmdebstrap leaves for its --aptopt / --dpkgopt: build-time settings only
+LEFTOVERS = ("etc/apt/apt.conf.d/99mmdebstrap", "etc/dpkg/dpkg.cfg.d/99mmdebstrap")
 
 
 class Mmdebstrap(DebianBackend, name="mmdebstrap"):
@@ -17,7 +22,11 @@ class Mmdebstrap(DebianBackend, name="mmdebstrap"):
         argv = ["mmdebstrap", "--mode=root", f"--variant={self.plan.options.variant}",
                 f"--architectures={self.plan.target_arch}", f"--keyring={self.ctx.keyring}",
                 "--aptopt=Acquire::Languages \"none\"",
-                ]
+                # the build tree is thrown away if anything fails and the tarball is
+                # fsynced when packed: dpkg's per-file fsyncs buy nothing here
+                "--dpkgopt=force-unsafe-io"]
+        if EATMYDATA_HOOKS.is_dir() and shutil.which("eatmydata"):
+            argv.append(f"--hook-dir={EATMYDATA_HOOKS}")
         if self.plan.packages:
             argv.append("--include=" + ",".join(self.plan.packages))
         argv += [suite, str(root)]
@@ -27,3 +36,8 @@ class Mmdebstrap(DebianBackend, name="mmdebstrap"):
         self.ctx.log.run(contained(["env", "TMPDIR=/tmp", *argv]), step="mmdebstrap",
                          hint="see the log; a signature or checksum error means the "
                               "mirror or the pinned keys are wrong")
+
+    def clean(self, root: Path) -> None:
+        super().clean(root)
+        for rel in LEFTOVERS:
+            (root / rel).unlink(missing_ok=True)
