@@ -226,3 +226,24 @@ def test_a_killed_build_leaves_nothing_and_the_next_build_cleans_up(
     assert not mine.exists()
     assert {k: v for k, v in snapshot(caches).items() if not k.startswith(".")} \
         == tarball_state
+
+
+def test_the_debootstrap_backend_builds_a_working_debian_too(tmp_path: Path) -> None:
+    """Same template, the other Debian backend (--backend), its own cache dir."""
+    (tmp_path / "vzpkg.yaml").write_text("cache_dir: caches\n")
+    r = vzpkg(tmp_path, "build", NAME, "--backend", "debootstrap", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)["results"][0]
+    assert res["status"] == "built"
+    m = json.loads((tmp_path / "caches" / f"{NAME}.manifest.json").read_text())
+    assert m["backend"] == "debootstrap" and "debootstrap" in m["tools"]
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    subprocess.run(["tar", "--zstd", "-xpf", tmp_path / "caches" / f"{NAME}.tar.zst",
+                    "-C", tree], check=True, capture_output=True)
+    assert 'VERSION_ID="12"' in (tree / "etc/os-release").read_text()
+    assert {"iproute2", "procps"} <= {p["name"] for p in m["packages"]}
+    assert "ii  iproute2 " in chroot(tree, "dpkg", "-l")
+    sources = (tree / "etc/apt/sources.list").read_text()
+    assert "127.0.0.1" not in sources and "bookworm-security" in sources
+    assert not (tree / "etc/apt/vzpkg-build-keyring.gpg").exists()

@@ -1,0 +1,86 @@
+"""The shared package cache proxy: what it keeps, what it fetches again, offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import requests
+
+from tests.mirror_helpers import MirrorServer
+from vzpkg.pkgcache import CachingProxy
+
+
+def _upstream(tmp_path: Path) -> Path:
+    up = tmp_path / "up"
+    (up / "pool/main/h").mkdir(parents=True)
+    (up / "dists/stable/main/binary-amd64/by-hash/SHA256").mkdir(parents=True)
+    (up / "pool/main/h/hello_1.0_amd64.deb").write_bytes(b"deb-v1" * 1000)
+    (up / "dists/stable/InRelease").write_text("Date: one\n")
+    (up / "dists/stable/main/binary-amd64/by-hash/SHA256/abc").write_text("packages")
+    return up
+
+
+def test_packages_are_kept_and_indices_fetched_again(tmp_path: Path) -> None:
+    up = _upstream(tmp_path)
+    cache = tmp_path / "cache"
+    with MirrorServer(up) as srv:
+        upstream = srv.url.rstrip("/")
+        with CachingProxy(cache) as proxy:
+            base = proxy.url_for(upstream)
+            deb = requests.get(f"{base}/pool/main/h/hello_1.0_amd64.deb", timeout=10)
+            assert deb.content == b"deb-v1" * 1000
+            assert requests.get(f"{base}/dists/stable/InRelease", timeout=10).text == \
+                "Date: one\n"
+            assert proxy.stats.downloaded_bytes == 6000 + 10
+        # upstream changes: the package file name is immutable, the index is not
+        (up / "pool/main/h/hello_1.0_amd64.deb").write_bytes(b"changed")
+        (up / "dists/stable/InRelease").write_text("Date: two\n")
+        with CachingProxy(cache) as proxy:
+            base = proxy.url_for(upstream)
+            deb = requests.get(f"{base}/pool/main/h/hello_1.0_amd64.deb", timeout=10)
+            assert deb.content == b"deb-v1" * 1000, "a pool file was fetched again"
+            assert requests.get(f"{base}/dists/stable/InRelease", timeout=10).text == \
+                "Date: two\n"
+            assert proxy.stats.hits == 1 and proxy.stats.fetched == ["dists/stable/InRelease"]
+        pool_requests = [p for p, _ in srv.log if "pool/" in p]
+        assert len(pool_requests) == 1
+
+
+def test_an_unchanged_index_is_not_rewritten(tmp_path: Path) -> None:
+    up = _upstream(tmp_path)
+    cache = tmp_path / "cache"
+    with MirrorServer(up) as srv, CachingProxy(cache) as proxy:
+        local = proxy.fetch(srv.url, "dists/stable/InRelease")
+        assert local is not None
+        before = local.stat()
+        again = proxy.fetch(srv.url, "dists/stable/InRelease")
+        assert again == local
+        after = local.stat()
+        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_offline_serves_the_cache_and_names_what_is_missing(tmp_path: Path) -> None:
+    up = _upstream(tmp_path)
+    cache = tmp_path / "cache"
+    with MirrorServer(up) as srv:
+        with CachingProxy(cache) as proxy:
+            assert proxy.fetch(srv.url, "pool/main/h/hello_1.0_amd64.deb") is not None
+        served = len(srv.log)
+        with CachingProxy(cache, offline=True) as proxy:
+            base = proxy.url_for(srv.url)
+            ok = requests.get(f"{base}/pool/main/h/hello_1.0_amd64.deb", timeout=10)
+            assert ok.status_code == 200
+            missing = requests.get(f"{base}/pool/main/h/other_2_amd64.deb", timeout=10)
+            assert missing.status_code == 404
+            assert proxy.stats.missing == ["pool/main/h/other_2_amd64.deb"]
+        assert len(srv.log) == served, "offline mode went to the network"
+
+
+def test_paths_outside_the_mirror_are_refused(tmp_path: Path) -> None:
+    up = _upstream(tmp_path)
+    (tmp_path / "secret").write_text("no")
+    with MirrorServer(up) as srv, CachingProxy(tmp_path / "cache") as proxy:
+        base = proxy.url_for(srv.url)
+        port_base = base.rsplit("/", 1)[0]
+        assert requests.get(f"{base}/../secret", timeout=10).status_code == 404
+        assert requests.get(f"{port_base}/unknownkey/pool/x", timeout=10).status_code == 404
