@@ -7,7 +7,8 @@ Per round, in this order (interleaved, so load drifts hit every variant alike):
 * bare dnf: a fresh root and a fresh dnf cache; the same checks vzpkg asks for
   (gpgcheck and repo_gpgcheck with the distribution key, no weak deps);
 * cli cold: ``python -m vzpkg.cli.vzpkg build --force`` in a new process, as a
-  user runs it, with an empty cache dir (all metadata and packages downloaded);
+  user runs it (byte code cached, as for an installed package), with an empty
+  cache dir (all metadata and packages downloaded);
 * cli warm: the same with the package cache of an earlier build;
 * api cold / api warm: ``vzpkg.build.build(plan, settings, force=True)`` in this
   process (no interpreter start-up or imports), same two cache states.
@@ -77,12 +78,19 @@ def bare_dnf(dist: Distribution, url: str, tmp: Path, packages: tuple[str, ...]
     return run
 
 
+def cli_env() -> dict[str, str]:
+    """The environment of the CLI runs: this one without PYTHONDONTWRITEBYTECODE,
+    so vzpkg's modules load from byte code as from an installed package (the
+    source would otherwise be compiled anew in every run)."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def vzpkg_cli(workspace: Path, cache_dir: Path) -> Callable[[], None]:
     def run() -> None:
         subprocess.run([sys.executable, "-m", "vzpkg.cli.vzpkg", "--workspace",
                         str(workspace), "--cache-dir", str(cache_dir), "build", "--force",
                         PLAN], check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, cwd=ROOT)
+                       stderr=subprocess.DEVNULL, cwd=ROOT, env=cli_env())
     return run
 
 
@@ -134,7 +142,7 @@ def main() -> int:
             plan = make_plan(PLAN, load_settings(workspace=ws, cache_dir=tmp / "probe"))
             packages = plan.packages
             warm = tmp / "warm-caches"
-            vzpkg_cli(ws, warm)()                           # fill the package cache
+            vzpkg_cli(ws, warm)()           # fill the package cache (and write .pyc)
             api_warm = ApiRun(ws, warm)
             for i in range(args.runs):
                 times["bare_dnf"].append(timeit(bare_dnf(dist, url, tmp / f"bare{i}",
@@ -159,6 +167,7 @@ def main() -> int:
     res = {
         "mode": "vzpkg build, full pipeline (CLI in a new process, and the API)",
         "label": args.label, "runs": args.runs, "packages": list(packages),
+        "load_average_1m_at_end": os.getloadavg()[0],
         "seconds": times, "median_seconds": med, "ratios": ratios,
         "api_step_median_seconds": steps,
         "targets": {"cold_vs_bare_max": 1.3, "warm_vs_bare_max": 1.0},
