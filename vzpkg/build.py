@@ -4,6 +4,11 @@
          ─► backend.bootstrap ─► post-install (in the VE) ─► backend.clean
          ─► finalize ─► post-cache (host) ─► archive.pack ─► store.commit
 
+Work that nothing waits for right away runs in a thread beside the pipeline
+(the host tools' versions, closing the private GnuPG home, reading the package
+list while the tree is packed); every such thread is joined before the build
+returns, whatever happens.
+
 Each build works in a private directory ``<cache dir>/.work/<name>.<pid>``
 that is removed whatever happens; one left by a killed build is removed by
 the next build (its pid is gone).  Nothing is mounted in the host's mount
@@ -15,11 +20,13 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from vzpkg import __version__, archive
 from vzpkg.backends import Backend, BuildContext, InstalledPackage, get_backend
@@ -35,6 +42,31 @@ from vzpkg.pkgcache import CachingProxy
 from vzpkg.store import CacheStore
 
 Progress = Callable[[str, str], None]   # (cache name, message)
+T = TypeVar("T")
+
+
+class _Task(Generic[T]):
+    """*fn* running in a thread; ``result()`` waits for it and returns its value
+    or raises its exception."""
+
+    def __init__(self, fn: Callable[[], T]) -> None:
+        self._fn = fn
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._fn()
+        except BaseException as exc:   # handed to the caller of result()
+            self._error = exc
+
+    def result(self) -> T:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
 
 
 class Status(StrEnum):
@@ -124,20 +156,33 @@ class _Build:
         self.logs = settings.cache_dir / ".logs"
         self.log = BuildLog(self.logs / f"{plan.name}.log", echo=verbose)
         self.log.path.write_text(f"vzpkg {__version__}: {plan.name} digest {plan.digest}\n")
+        self.tasks: list[_Task[object]] = []
+
+    def later(self, fn: Callable[[], T]) -> _Task[T]:
+        """Run *fn* beside the build; joined by close() at the latest."""
+        task = _Task(fn)
+        self.tasks.append(task)   # type: ignore[arg-type]
+        return task
 
     def say(self, msg: str) -> None:
         self.log.write(f"== {msg}")
         self.progress(self.plan.name, msg)
 
-    def keyring(self, kr: Keyring) -> Path:
-        fprs = [kr.import_pinned(k.armored, k.fingerprint, source=str(k.file))
-                for k in self.plan.keys]
-        if not fprs:
+    def keyring(self) -> Path:
+        """The binary keyring of exactly the plan's pinned keys.  The private
+        GnuPG home is needed only to make it: it is closed beside the build."""
+        if not self.plan.keys:
             raise BuildError("keys", f"template {self.plan.template_file} pins no "
                                      "signing key; a build never runs unverified",
                              hint="add a keys: entry with the archive key and its "
                                   "fingerprint")
-        return kr.export_binary(fprs, self.work / "keyring.gpg")
+        kr = Keyring()
+        try:
+            fprs = [kr.import_pinned(k.armored, k.fingerprint, source=str(k.file))
+                    for k in self.plan.keys]
+            return kr.export_binary(fprs, self.work / "keyring.gpg")
+        finally:
+            self.later(kr.close)
 
     def context(self, keyring: Path, proxy: CachingProxy) -> BuildContext:
         return BuildContext(plan=self.plan, pkg_cache=self.settings.pkg_cache_dir,
@@ -145,8 +190,12 @@ class _Build:
                             offline=self.offline)
 
     def pack_and_commit(self, backend: Backend, root: Path, source_date: int,
-                        repo_digest: str, packages: tuple[InstalledPackage, ...],
-                        plan_digest: str | None) -> Manifest:
+                        repo_digest: str,
+                        packages: Callable[[], tuple[InstalledPackage, ...]],
+                        plan_digest: str | None,
+                        tools: Callable[[], dict[str, str]]) -> Manifest:
+        """Pack *root* and commit it; *packages* and *tools* are asked for
+        after packing (they may be computed meanwhile)."""
         comp = self.plan.options.compression
         staged = self.store.staging(self.plan.name, comp)
         try:
@@ -157,8 +206,8 @@ class _Build:
                 name=p.name, distribution=p.distribution, release=p.release, arch=p.arch,
                 set_name=p.set_name, serial=self.store.next_serial(self.plan.name),
                 plan_digest=plan_digest, repo_digest=repo_digest, source_date=source_date,
-                backend=backend.name, tools={"vzpkg": __version__, **backend.tool_versions()},
-                packages=packages, file_count=res.file_count,
+                backend=backend.name, tools={"vzpkg": __version__, **tools()},
+                packages=packages(), file_count=res.file_count,
                 unpacked_size=res.unpacked_size,
                 tarball=self.plan.name + comp.suffix, compression=comp.value,
                 size=res.compressed_size, sha256=res.sha256, signature=None,
@@ -169,7 +218,12 @@ class _Build:
             staged.unlink(missing_ok=True)
 
     def close(self) -> None:
-        remove_tree(self.work)
+        try:
+            for task in self.tasks:
+                with contextlib.suppress(Exception):   # the build's own error wins
+                    task.result()
+        finally:
+            remove_tree(self.work)
 
 
 def _source_date(env: Mapping[str, str], repo_date: int) -> int:
@@ -191,9 +245,10 @@ def build(plan: Plan, settings: Settings, *, force: bool = False, offline: bool 
     cls = get_backend(plan.backend)
     b = _Build(plan, settings, offline=offline, progress=progress, verbose=verbose)
     try:
-        with b.store.lock(plan.name), Keyring() as kr, \
+        with b.store.lock(plan.name), \
                 CachingProxy(settings.pkg_cache_dir, offline=offline) as proxy:
-            backend = cls(b.context(b.keyring(kr), proxy))
+            backend = cls(b.context(b.keyring(), proxy))
+            tools = b.later(backend.tool_versions)
             b.say("checking repositories")
             state = backend.repo_state()
             current = b.store.manifest(plan.name)
@@ -225,13 +280,13 @@ def build(plan: Plan, settings: Settings, *, force: bool = False, offline: bool 
             if script:
                 b.say("post-cache script")
                 run_host_script(script, script_env(plan, root), b.log, b.work)
-            packages = read_installed(root)
-            m = b.pack_and_commit(backend, root, source_date, state.digest, packages,
-                                  plan.digest)
-            b.say(f"done: serial {m.serial}, {len(packages)} packages")
+            installed = b.later(lambda: read_installed(root))   # read while packing
+            m = b.pack_and_commit(backend, root, source_date, state.digest,
+                                  installed.result, plan.digest, tools.result)
+            b.say(f"done: serial {m.serial}, {len(m.packages)} packages")
             return BuildResult(plan.name, Status.BUILT, time.monotonic() - t0,
                                log=str(b.log.path), serial=m.serial, sha256=m.sha256,
-                               size=m.size, packages=len(packages),
+                               size=m.size, packages=len(m.packages),
                                downloaded_bytes=proxy.stats.downloaded_bytes)
     finally:
         b.close()
@@ -254,14 +309,15 @@ def update(plan: Plan, settings: Settings, *, offline: bool = False,
     cls = get_backend(plan.backend)
     b = _Build(plan, settings, offline=offline, progress=progress, verbose=verbose)
     try:
-        with b.store.lock(plan.name), Keyring() as kr, \
+        with b.store.lock(plan.name), \
                 CachingProxy(settings.pkg_cache_dir, offline=offline) as proxy:
             current = b.store.manifest(plan.name)
             tarball = b.store.tarball(plan.name)
             if current is None or tarball is None:
                 raise VzError(f"there is no cache {plan.name} to update",
                               hint=f"build it first: vzpkg build {plan.name}")
-            backend = cls(b.context(b.keyring(kr), proxy))
+            backend = cls(b.context(b.keyring(), proxy))
+            tools = b.later(backend.tool_versions)
             b.say("checking repositories")
             state = backend.repo_state()
             root = b.work / "root"
@@ -289,8 +345,8 @@ def update(plan: Plan, settings: Settings, *, offline: bool = False,
                                    size=current.size, packages=len(packages),
                                    downloaded_bytes=proxy.stats.downloaded_bytes)
             source_date = max(current.source_date, state.source_date)
-            m = b.pack_and_commit(backend, root, source_date, state.digest, packages,
-                                  current.plan_digest)
+            m = b.pack_and_commit(backend, root, source_date, state.digest,
+                                  lambda: packages, current.plan_digest, tools.result)
             b.say(f"updated: serial {m.serial}")
             return BuildResult(plan.name, Status.UPDATED, time.monotonic() - t0,
                                log=str(b.log.path), serial=m.serial, sha256=m.sha256,

@@ -13,6 +13,10 @@ It changes no byte: signatures and checksums are still checked end to end by
 the package manager, against the template's pinned keys.  Files are written
 to a temporary name and renamed, so concurrent builds share the cache safely;
 each build holds a shared lock on it, and pruning takes the exclusive lock.
+
+The HTTP server starts on the first ``url_for`` and ``requests`` is imported on
+the first download: a build whose package manager never asks (dnf keeps its own
+packages in the cache directory) pays for neither.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ import contextlib
 import fcntl
 import filecmp
 import hashlib
-import http.server
 import os
 import shutil
 import tempfile
@@ -29,9 +32,12 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import requests
+if TYPE_CHECKING:
+    import http.server
+
+    import requests
 
 CHUNK = 1 << 20
 TIMEOUT = (15, 120)
@@ -65,17 +71,22 @@ class CachingProxy:
         self.stats = ProxyStats()
         self.upstreams: dict[str, str] = {}
         self._lock = threading.Lock()
-        self._session = requests.Session()
+        self._session_obj: requests.Session | None = None
         self._server: http.server.ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._lockfile: Any = None
+        self._entered = False
 
     # -- public -----------------------------------------------------------------
     def url_for(self, upstream: str) -> str:
         """The local URL that stands for *upstream*."""
         key = upstream_key(upstream)
         self.upstreams[key] = upstream.rstrip("/")
-        assert self._server is not None, "proxy not started"
+        assert self._entered, "proxy not started"
+        with self._lock:
+            if self._server is None:
+                self._start_server()
+        assert self._server is not None
         return f"http://127.0.0.1:{self._server.server_address[1]}/{key}"
 
     def fetch(self, upstream: str, path: str) -> Path | None:
@@ -88,6 +99,23 @@ class CachingProxy:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lockfile = open(self.dir / ".lock", "a")
         fcntl.flock(self._lockfile, fcntl.LOCK_SH)
+        self._entered = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._session_obj is not None:
+            self._session_obj.close()
+        if self._lockfile is not None:
+            self._lockfile.close()
+        self._entered = False
+
+    # -- internals --------------------------------------------------------------
+    def _start_server(self) -> None:
+        import http.server
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -108,17 +136,15 @@ class CachingProxy:
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        self._session.close()
-        if self._lockfile is not None:
-            self._lockfile.close()
+    @property
+    def _session(self) -> requests.Session:
+        with self._lock:
+            if self._session_obj is None:
+                import requests
+                self._session_obj = requests.Session()
+            return self._session_obj
 
-    # -- internals --------------------------------------------------------------
     def _local(self, key: str, path: str) -> Path:
         return self.dir / key / path
 
@@ -127,6 +153,7 @@ class CachingProxy:
         if len(parts) != 2 or parts[0] not in self.upstreams or ".." in parts[1].split("/"):
             h.send_error(404)
             return
+        import requests
         try:
             local = self._get(parts[0], parts[1])
         except requests.RequestException as exc:

@@ -15,12 +15,10 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
-
 from vzpkg.errors import BuildError
 
 REPOMD = "repodata/repomd.xml"
-TIMEOUT = (15, 60)
+TIMEOUT = 60            # seconds, for connecting and for each read
 NS_REPO = "{http://linux.duke.edu/metadata/repo}"
 NS_METALINK = "{http://www.metalinker.org/}"
 NS_MM0 = "{http://fedorahosted.org/mirrormanager}"
@@ -86,12 +84,15 @@ def parse_mirrorlist(text: str) -> list[str]:
 
 class MetaFetcher:
     """Downloads small metadata files, keeping a copy in *store* so that an
-    offline build can use the copy of the last online one."""
+    offline build can use the copy of the last online one.
+
+    The standard library's urllib (redirects and the *_proxy environment
+    variables as usual) is enough for a few small files and imports in a
+    third of the time of requests, which every build would pay for."""
 
     def __init__(self, store: Path, *, offline: bool) -> None:
         self.store = store
         self.offline = offline
-        self.session = requests.Session()
 
     def _local(self, url: str) -> Path:
         return self.store / hashlib.sha256(url.encode()).hexdigest()[:32]
@@ -105,23 +106,17 @@ class MetaFetcher:
                 return None
             raise BuildError("repository", f"{url} is not in the package cache",
                              hint="build once without --offline to fill the cache")
-        try:
-            r = self.session.get(url, timeout=TIMEOUT)
-        except requests.RequestException as exc:
-            raise BuildError("repository", f"cannot fetch {url}: {_reason(exc)}",
-                             hint="is the repository up and the URL right? check "
-                                  "the template's mirrors (override with --set "
-                                  "mirrors.NAME=URL)") from None
-        if r.status_code == 404 and missing_ok:
+        status, data = _http_get(url)
+        if status == 404 and missing_ok:
             self.store.mkdir(parents=True, exist_ok=True)
             local.with_suffix(".absent").touch()
             return None
-        if r.status_code != 200:
-            raise BuildError("repository", f"cannot fetch {url}: HTTP {r.status_code}",
+        if status != 200:
+            raise BuildError("repository", f"cannot fetch {url}: HTTP {status}",
                              hint="is the repository URL right?")
-        self._keep(local, r.content)
+        self._keep(local, data)
         local.with_suffix(".absent").unlink(missing_ok=True)
-        return r.content
+        return data
 
     def _keep(self, local: Path, data: bytes) -> None:
         self.store.mkdir(parents=True, exist_ok=True)
@@ -131,11 +126,30 @@ class MetaFetcher:
         os.replace(tmp, local)
 
     def close(self) -> None:
-        self.session.close()
+        return None
 
 
-def _reason(exc: requests.RequestException) -> str:
-    text = str(exc)
+def _http_get(url: str) -> tuple[int, bytes]:
+    """(HTTP status, body) of GET *url*; BuildError when there is no answer."""
+    import http.client
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(url, headers={"User-Agent": "vzpkg"})
+    try:
+        with urllib.request.urlopen(req, timeout=TIMEOUT) as r:
+            return int(r.status), bytes(r.read())
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return exc.code, b""
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # URLError too
+        raise BuildError("repository", f"cannot fetch {url}: {_reason(exc)}",
+                         hint="is the repository up and the URL right? check "
+                              "the template's mirrors (override with --set "
+                              "mirrors.NAME=URL)") from None
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(getattr(exc, "reason", None) or exc)
     if "Connection refused" in text:
         return "connection refused (the repository is down or the port is wrong)"
     if "Name or service not known" in text or "Temporary failure in name" in text:

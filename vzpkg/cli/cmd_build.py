@@ -7,7 +7,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from vzpkg.cli.cmd_meta import add_plan_args, settings_from
@@ -87,6 +86,7 @@ def _run(args: argparse.Namespace, work: Callable[..., builder.BuildResult]) -> 
     if jobs == 1 or len(plans) == 1:
         results = [one(p) for p in plans]
     else:
+        from concurrent.futures import ThreadPoolExecutor
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             results = list(pool.map(one, plans))
     failed = [r for r in results if isinstance(r, VzError)]
