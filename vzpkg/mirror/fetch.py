@@ -10,8 +10,6 @@ while the bytes arrive, so no second pass over the file is needed.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import hashlib
 import http.client
 import os
@@ -26,9 +24,9 @@ import urllib3
 
 from vzpkg import __version__
 from vzpkg.errors import MirrorError
+from vzpkg.mirror.flush import Flusher
 
 CHUNK = 1 << 20
-WRITEBACK = 8 << 20         # start writing dirty pages back after this many bytes
 SMALL_LIMIT = 16 << 20
 CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
 
@@ -203,8 +201,11 @@ class Fetcher:
         try:
             with r, open(part, "r+b" if offset else "w+b", buffering=0) as f:
                 f.truncate(offset)
-                got = self._receive(r, f.fileno(), url, offset, size, hasher, sink,
-                                    progress)
+                with Flusher(f.fileno(), offset) as flusher:
+                    got = self._receive(r, f.fileno(), url, offset, size, hasher, sink,
+                                        progress, flusher)
+                    if got == size:
+                        flusher.finish()        # durable: the store's fsync is a no-op
         except OSError as exc:
             progress.finish(False)
             raise MirrorError(f"cannot write {part}: {exc.strerror}",
@@ -220,9 +221,10 @@ class Fetcher:
         return Download(hasher.hexdigest(), size, got - offset, offset)
 
     def _receive(self, r: requests.Response, fd: int, url: str, offset: int, size: int,
-                 hasher: hashlib._Hash, sink: Sink, progress: Progress) -> int:
+                 hasher: hashlib._Hash, sink: Sink, progress: Progress,
+                 flusher: Flusher) -> int:
         """Write the body at *offset* of *fd*, hashing and feeding it; bytes now there."""
-        got = flushed = offset
+        got = offset
         while chunk := self._read(r, url, got, size, offset):
             if got + len(chunk) > size:
                 raise FetchError(f"{url}: more data than the {size} bytes the index "
@@ -233,11 +235,8 @@ class Fetcher:
             hasher.update(chunk)
             sink.feed(fd, got, len(chunk))
             got += len(chunk)
-            if got - flushed >= WRITEBACK:
-                start_writeback(fd, flushed, got - flushed)
-                flushed = got
+            flusher.wrote(got)
             progress.update(got)
-        start_writeback(fd, flushed, got - flushed)
         return got
 
     @staticmethod
@@ -250,30 +249,6 @@ class Fetcher:
             raise FetchError(f"{url}: transfer cut after {got} of {size} bytes: "
                              f"{_reason(exc)}", partial=got > offset,
                              fetched=got - offset) from None
-
-
-def _libc_sync_file_range() -> ctypes._NamedFuncPointer | None:
-    try:
-        fn = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_SYNC_FILE_RANGE = _libc_sync_file_range()
-SYNC_FILE_RANGE_WRITE = 2
-
-
-def start_writeback(fd: int, offset: int, count: int) -> None:
-    """Start writing [offset, offset + count) of *fd* to disk, without waiting.
-
-    Only a head start for the fsync that makes the file durable (the store's
-    commit); where sync_file_range is missing this does nothing.
-    """
-    if _SYNC_FILE_RANGE is not None and count > 0:
-        _SYNC_FILE_RANGE(fd, offset, count, SYNC_FILE_RANGE_WRITE)
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
