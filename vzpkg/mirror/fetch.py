@@ -44,14 +44,14 @@ class Sink(Protocol):
     """Something that sees the downloaded bytes as they land (a signature check)."""
 
     def restart(self) -> None: ...
-    def feed(self, fd: int, offset: int, count: int) -> None: ...
+    def feed(self, fd: int, upto: int, *, wait: bool = False) -> None: ...
 
 
 class NoSink:
     def restart(self) -> None:
         pass
 
-    def feed(self, fd: int, offset: int, count: int) -> None:
+    def feed(self, fd: int, upto: int, *, wait: bool = False) -> None:
         pass
 
 
@@ -142,9 +142,10 @@ class Fetcher:
                  name: str, sink: Sink | None = None) -> Download:
         """Complete *part* to *size* bytes from *url*, resuming what is there.
 
-        Every byte of the file, kept or received, is also passed to *sink* (a
-        signature check) right after it is written; the dirty pages are sent to
-        the disk as they pile up, so the fsync at commit finds little to do.
+        Every byte of the file, kept or received, is offered to *sink* (a
+        signature check) right after it is written, and the file is flushed to
+        disk behind the writer (:class:`vzpkg.mirror.flush.Flusher`) and made
+        durable before this returns, so the fsync at commit finds nothing to do.
         """
         sink = sink or NoSink()
         sink.restart()
@@ -160,8 +161,8 @@ class Fetcher:
                     if not chunk:
                         break
                     hasher.update(chunk)
-                    sink.feed(f.fileno(), hashed, len(chunk))
                     hashed += len(chunk)
+                    sink.feed(f.fileno(), hashed, wait=hashed == size)
         if offset == size:
             if size == 0:
                 part.touch()
@@ -180,7 +181,7 @@ class Fetcher:
                                  f"{size} bytes", corrupt=True)
         elif r.status_code == 200:
             if offset:
-                offset, hasher = 0, hashlib.sha256()
+                offset = 0
                 sink.restart()
             length = r.headers.get("Content-Length")
             if length is not None and length.isdigit() and int(length) != size:
@@ -198,6 +199,8 @@ class Fetcher:
                              hint="serve cache files as they are (no on-the-fly "
                                   "compression)")
         progress.start(name, size, offset, url)
+        if not offset:                  # a 200 to a range request starts from zero
+            hasher = hashlib.sha256()
         try:
             with r, open(part, "r+b" if offset else "w+b", buffering=0) as f:
                 f.truncate(offset)
@@ -205,6 +208,7 @@ class Fetcher:
                     got = self._receive(r, f.fileno(), url, offset, size, hasher, sink,
                                         progress, flusher)
                     if got == size:
+                        sink.feed(f.fileno(), got, wait=True)
                         flusher.finish()        # durable: the store's fsync is a no-op
         except OSError as exc:
             progress.finish(False)
@@ -233,8 +237,8 @@ class Fetcher:
             while view:
                 view = view[os.pwrite(fd, view, got + len(chunk) - len(view)):]
             hasher.update(chunk)
-            sink.feed(fd, got, len(chunk))
             got += len(chunk)
+            sink.feed(fd, got)
             flusher.wrote(got)
             progress.update(got)
         return got

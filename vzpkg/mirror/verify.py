@@ -142,7 +142,7 @@ class Check:
     """One signature check under way.
 
     Streaming (no *data* path): sqv reads the data from a pipe; :meth:`feed`
-    passes it byte ranges of the file being written, :meth:`restart` starts
+    passes it what was written of the file so far, :meth:`restart` starts
     over from byte 0 (a download that restarts), :meth:`result` closes the
     pipe and waits for the verdict.  Always call result() or close().
     """
@@ -213,15 +213,21 @@ class Check:
             self._stop()
             self._spawn()
 
-    def feed(self, fd: int, offset: int, count: int) -> None:
-        """Pass bytes [offset, offset + count) of the file open (readable) at *fd*."""
-        while count > 0 and self.pipe >= 0:
+    def feed(self, fd: int, upto: int, *, wait: bool = False) -> None:
+        """Bytes [0, upto) of the file open (readable) at *fd* are written: pass on
+        what sqv has not had yet, all of it with *wait*, else what the pipe takes
+        now (sqv catches up later from the page cache; the download never waits)."""
+        flags = 0 if wait else os.SPLICE_F_NONBLOCK
+        while self.fed < upto and self.pipe >= 0:
+            count = upto - self.fed
             try:
                 if self.copy:
-                    data = os.pread(fd, min(count, PIPE_SIZE), offset)
+                    data = os.pread(fd, min(count, PIPE_SIZE), self.fed)
                     n = os.write(self.pipe, data) if data else 0
                 else:
-                    n = os.splice(fd, self.pipe, count, offset_src=offset)
+                    n = os.splice(fd, self.pipe, count, offset_src=self.fed, flags=flags)
+            except BlockingIOError:
+                return
             except BrokenPipeError:          # sqv stopped reading: its verdict says why
                 os.close(self.pipe)
                 self.pipe = -1
@@ -229,12 +235,11 @@ class Check:
             except OSError as exc:
                 if self.copy or exc.errno not in (errno.EINVAL, errno.ENOSYS):
                     raise
-                self.copy = True
+                self.copy = True             # e.g. a file system without splice
                 continue
             if n <= 0:
-                raise MirrorError(f"{self.what}: the data file ended early at byte {offset}")
-            offset += n
-            count -= n
+                raise MirrorError(f"{self.what}: the data file ended early at byte "
+                                  f"{self.fed}")
             self.fed += n
 
     def result(self, data: Path) -> str:
