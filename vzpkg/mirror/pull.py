@@ -4,9 +4,11 @@ For each mirror in order: fetch ``index.json`` and its detached signature,
 verify it against the pinned trusted keys, then for each wanted cache fetch
 its manifest (checked against the sha256 in the signed index) and tarball
 signature, download the tarball into ``<cache_dir>/.partial/`` (resuming
-what an interrupted pull left there), check size and sha256 against the
-index and the detached signature against the trusted keys, and only then
-hand it to the store, which replaces the cache atomically under its lock.
+what an interrupted pull left there) while its sha256 is computed, its
+detached signature is checked by sqv reading along, and it is flushed to disk
+behind the writer; only when size, sha256 (against the signed index) and
+signature (against the trusted keys) are all right is it handed to the store,
+which replaces the cache atomically under its lock.
 A failure of any kind moves on to the next mirror; bytes that turned out to be
 wrong are deleted, an interrupted download is kept for the next attempt.
 """
@@ -55,7 +57,7 @@ class PullReport:
 
 
 class Puller:
-    """One pull session: a keyring of trusted keys and an HTTP session."""
+    """One pull session: a verifier of the pinned keys and an HTTP session."""
 
     def __init__(self, store: CacheStore, config: MirrorConfig,
                  progress: Progress | None = None, *, use_sqv: bool | None = None) -> None:
@@ -75,7 +77,11 @@ class Puller:
                 for k in config.trusted_keys]
         self.verifier = Verifier(keys, use_sqv=use_sqv)
         self.trusted = self.verifier.trusted
-        self.fetcher = Fetcher(config.connect_timeout, config.read_timeout)
+        try:
+            self.fetcher = Fetcher(config.connect_timeout, config.read_timeout)
+        except BaseException:
+            self.verifier.close()
+            raise
 
     def __enter__(self) -> Puller:
         return self
