@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import os
 import re
 import socket
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import urllib3
 
 from vzpkg import __version__
 from vzpkg.errors import MirrorError
+from vzpkg.mirror.flush import Flusher
 
 CHUNK = 1 << 20
 SMALL_LIMIT = 16 << 20
@@ -36,6 +38,21 @@ class Progress(Protocol):
     def update(self, done: int) -> None: ...
     def finish(self, ok: bool) -> None: ...
     def note(self, message: str) -> None: ...
+
+
+class Sink(Protocol):
+    """Something that sees the downloaded bytes as they land (a signature check)."""
+
+    def restart(self) -> None: ...
+    def feed(self, fd: int, upto: int, *, wait: bool = False) -> None: ...
+
+
+class NoSink:
+    def restart(self) -> None:
+        pass
+
+    def feed(self, fd: int, upto: int, *, wait: bool = False) -> None:
+        pass
 
 
 class NoProgress:
@@ -122,8 +139,16 @@ class Fetcher:
         return bytes(buf)
 
     def download(self, url: str, part: Path, size: int, progress: Progress,
-                 name: str) -> Download:
-        """Complete *part* to *size* bytes from *url*, resuming what is there."""
+                 name: str, sink: Sink | None = None) -> Download:
+        """Complete *part* to *size* bytes from *url*, resuming what is there.
+
+        Every byte of the file, kept or received, is offered to *sink* (a
+        signature check) right after it is written, and the file is flushed to
+        disk behind the writer (:class:`vzpkg.mirror.flush.Flusher`) and made
+        durable before this returns, so the fsync at commit finds nothing to do.
+        """
+        sink = sink or NoSink()
+        sink.restart()
         offset = part.stat().st_size if part.exists() else 0
         if offset > size:
             offset = 0
@@ -133,8 +158,11 @@ class Fetcher:
                 hashed = 0
                 while hashed < offset:
                     chunk = f.read(min(CHUNK, offset - hashed))
+                    if not chunk:
+                        break
                     hasher.update(chunk)
                     hashed += len(chunk)
+                    sink.feed(f.fileno(), hashed, wait=hashed == size)
         if offset == size:
             if size == 0:
                 part.touch()
@@ -143,7 +171,7 @@ class Fetcher:
         if r.status_code == 416 and offset:
             r.close()
             part.unlink()
-            return self.download(url, part, size, progress, name)
+            return self.download(url, part, size, progress, name, sink)
         if r.status_code == 206:
             m = CONTENT_RANGE.match(r.headers.get("Content-Range", ""))
             if not m or int(m.group(1)) != offset or int(m.group(3)) != size:
@@ -153,7 +181,8 @@ class Fetcher:
                                  f"{size} bytes", corrupt=True)
         elif r.status_code == 200:
             if offset:
-                offset, hasher = 0, hashlib.sha256()
+                offset = 0
+                sink.restart()
             length = r.headers.get("Content-Length")
             if length is not None and length.isdigit() and int(length) != size:
                 r.close()
@@ -169,20 +198,18 @@ class Fetcher:
             raise FetchError(f"{url}: served with Content-Encoding {encoding}",
                              hint="serve cache files as they are (no on-the-fly "
                                   "compression)")
-        got = offset
         progress.start(name, size, offset, url)
+        if not offset:                  # a 200 to a range request starts from zero
+            hasher = hashlib.sha256()
         try:
-            with r, part.open("r+b" if offset else "wb") as f:
-                f.seek(offset)
-                f.truncate()
-                while chunk := self._read(r, url, got, size, offset):
-                    if got + len(chunk) > size:
-                        raise FetchError(f"{url}: more data than the {size} bytes the index "
-                                         "names; refused", corrupt=True)
-                    f.write(chunk)
-                    hasher.update(chunk)
-                    got += len(chunk)
-                    progress.update(got)
+            with r, open(part, "r+b" if offset else "w+b", buffering=0) as f:
+                f.truncate(offset)
+                with Flusher(f.fileno(), offset) as flusher:
+                    got = self._receive(r, f.fileno(), url, offset, size, hasher, sink,
+                                        progress, flusher)
+                    if got == size:
+                        sink.feed(f.fileno(), got, wait=True)
+                        flusher.finish()        # durable: the store's fsync is a no-op
         except OSError as exc:
             progress.finish(False)
             raise MirrorError(f"cannot write {part}: {exc.strerror}",
@@ -196,6 +223,25 @@ class Fetcher:
                              partial=got > offset, fetched=got - offset)
         progress.finish(True)
         return Download(hasher.hexdigest(), size, got - offset, offset)
+
+    def _receive(self, r: requests.Response, fd: int, url: str, offset: int, size: int,
+                 hasher: hashlib._Hash, sink: Sink, progress: Progress,
+                 flusher: Flusher) -> int:
+        """Write the body at *offset* of *fd*, hashing and feeding it; bytes now there."""
+        got = offset
+        while chunk := self._read(r, url, got, size, offset):
+            if got + len(chunk) > size:
+                raise FetchError(f"{url}: more data than the {size} bytes the index "
+                                 "names; refused", corrupt=True)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.pwrite(fd, view, got + len(chunk) - len(view)):]
+            hasher.update(chunk)
+            got += len(chunk)
+            sink.feed(fd, got)
+            flusher.wrote(got)
+            progress.update(got)
+        return got
 
     @staticmethod
     def _read(r: requests.Response, url: str, got: int, size: int, offset: int) -> bytes:

@@ -4,9 +4,11 @@ For each mirror in order: fetch ``index.json`` and its detached signature,
 verify it against the pinned trusted keys, then for each wanted cache fetch
 its manifest (checked against the sha256 in the signed index) and tarball
 signature, download the tarball into ``<cache_dir>/.partial/`` (resuming
-what an interrupted pull left there), check size and sha256 against the
-index and the detached signature against the trusted keys, and only then
-hand it to the store, which replaces the cache atomically under its lock.
+what an interrupted pull left there) while its sha256 is computed, its
+detached signature is checked by sqv reading along, and it is flushed to disk
+behind the writer; only when size, sha256 (against the signed index) and
+signature (against the trusted keys) are all right is it handed to the store,
+which replaces the cache atomically under its lock.
 A failure of any kind moves on to the next mirror; bytes that turned out to be
 wrong are deleted, an interrupted download is kept for the next attempt.
 """
@@ -21,13 +23,12 @@ from pathlib import Path
 from types import TracebackType
 
 from vzpkg.errors import ConfigError, MirrorError, StoreError
-from vzpkg.gpg import Keyring
 from vzpkg.manifest import Manifest, expand_name
 from vzpkg.metadata.model import Compression
 from vzpkg.mirror.config import MirrorConfig
 from vzpkg.mirror.fetch import Fetcher, FetchError, NoProgress, Progress
 from vzpkg.mirror.index import INDEX_NAME, INDEX_SIG_NAME, Index, IndexEntry
-from vzpkg.mirror.verify import Verifier
+from vzpkg.mirror.verify import Check, Verifier
 from vzpkg.store import CacheStore
 
 PARTIAL_DIR = ".partial"
@@ -56,7 +57,7 @@ class PullReport:
 
 
 class Puller:
-    """One pull session: a keyring of trusted keys and an HTTP session."""
+    """One pull session: a verifier of the pinned keys and an HTTP session."""
 
     def __init__(self, store: CacheStore, config: MirrorConfig,
                  progress: Progress | None = None, *, use_sqv: bool | None = None) -> None:
@@ -72,13 +73,14 @@ class Puller:
         self.store = store
         self.config = config
         self.progress: Progress = progress or NoProgress()
-        self.keyring = Keyring()
+        keys = [(self._read_key(k.file), k.fingerprint, str(k.file))
+                for k in config.trusted_keys]
+        self.verifier = Verifier(keys, use_sqv=use_sqv)
+        self.trusted = self.verifier.trusted
         try:
-            self.trusted = [self._import(k.file, k.fingerprint) for k in config.trusted_keys]
-            self.verifier = Verifier(self.keyring, self.trusted, use_sqv=use_sqv)
             self.fetcher = Fetcher(config.connect_timeout, config.read_timeout)
         except BaseException:
-            self.keyring.close()
+            self.verifier.close()
             raise
 
     def __enter__(self) -> Puller:
@@ -87,16 +89,16 @@ class Puller:
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.fetcher.close()
-        self.keyring.close()
+        self.verifier.close()
 
-    def _import(self, file: Path, fingerprint: str) -> str:
+    @staticmethod
+    def _read_key(file: Path) -> str:
         try:
-            armored = file.read_text(encoding="utf-8")
+            return file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"trusted key {file}: cannot read: {exc}",
                               hint="fix the file path in pull.trusted_keys / "
                                    "TEMPLATE_KEYS") from None
-        return self.keyring.import_pinned(armored, fingerprint, source=str(file))
 
     # -- the index ---------------------------------------------------------------------
     def index(self, mirror: str) -> Index:
@@ -145,15 +147,17 @@ class Puller:
                                   f"says {want!r}; refused")
         return m
 
-    def _download(self, mirror: str, e: IndexEntry, part: Path) -> tuple[int, int]:
-        """Fetch the tarball into *part*; (bytes fetched, bytes kept from before)."""
+    def _download(self, mirror: str, e: IndexEntry, part: Path,
+                  check: Check) -> tuple[int, int]:
+        """Fetch the tarball into *part*, feeding *check*; (bytes fetched, kept)."""
         url = mirror + e.tarball
         before = part.stat().st_size if part.exists() else 0
         resumed = before if before <= e.size else 0
         fetched = 0
         for attempt in range(self.config.retries + 1):
             try:
-                d = self.fetcher.download(url, part, e.size, self.progress, e.name)
+                d = self.fetcher.download(url, part, e.size, self.progress, e.name,
+                                          check)
             except FetchError as exc:
                 fetched += exc.fetched
                 if exc.corrupt:
@@ -196,20 +200,22 @@ class Puller:
         for stale in partial.glob(f"{e.name}.*.part"):
             if stale != part:
                 stale.unlink(missing_ok=True)
-        fetched, resumed = self._download(mirror, e, part)
-        sig_file = partial / f"{e.name}.{e.sha256[:16]}.asc"
+        # the tarball's signature is checked while it downloads (sqv reads along)
+        check = self.verifier.stream(sig, what=mirror + e.signature)
         try:
-            check = self.verifier.start(sig, part, what=mirror + e.signature)
-            with part.open("rb") as f:      # flush to disk while the signature is checked
-                os.fsync(f.fileno())
+            fetched, resumed = self._download(mirror, e, part, check)
             try:
-                check.result()
+                check.result(part)
             except MirrorError as exc:
                 part.unlink(missing_ok=True)
                 raise MirrorError(f"{exc.message}; the download was deleted",
                                   hint=exc.hint) from None
+        finally:
+            check.close()
+        sig_file = partial / f"{e.name}.{e.sha256[:16]}.asc"
+        try:
             sig_file.write_bytes(sig)
-            self._commit(e, manifest, part, sig_file)
+            self._commit(e, manifest, part, sig_file)   # the store fsyncs it, once
         finally:
             sig_file.unlink(missing_ok=True)
         return Pulled(e.name, e.serial, e.sha256, e.size, "pulled", mirror, fetched, resumed)

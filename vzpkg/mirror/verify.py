@@ -1,31 +1,39 @@
 """Detached-signature checks with messages that say who signed and why it failed.
 
-Keys are pin-checked and imported by :class:`vzpkg.gpg.Keyring` (a private
-keyring holding only the pinned trusted keys).  Signatures are then checked by
-``sqv`` (Sequoia's stand-alone verifier, the one apt uses) when it is
-installed, against a keyring file holding exactly those pinned keys: it hashes
-at the speed of the CPU's SHA extensions, where ``gpg --verify`` walks the data
-byte by byte (about 200 MB/s), which would dominate a pull.  Without sqv, or
-when sqv refuses, gpg gives the verdict, so a refusal always names the signing
+Signatures are checked by ``sqv`` (Sequoia's stand-alone verifier, the one apt
+uses) when it is installed, against a keyring file holding exactly the pinned
+certificates (:mod:`vzpkg.mirror.keys` picks them out of the key files and
+checks the pins without starting gpg).  A tarball's check is a
+:class:`Check` fed *while the download runs*: sqv reads the bytes from a pipe
+(spliced from the ``.part`` file's page cache, no copy) and hashes them on the
+other core, so its verdict is ready the moment the last byte is written.
+Without sqv, or when sqv refuses, gpg gives the verdict over the file on disk
+(its private keyring is made only then), so a refusal always names the signing
 key or says the data was altered.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import os
 import shutil
 import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import IO
 
 import gnupg
 
 from vzpkg.errors import MirrorError
-from vzpkg.gpg import Keyring
+from vzpkg.gpg import Keyring, normalize_fingerprint
+from vzpkg.mirror.keys import ParseError, keyring_bytes
 
 TRUST_HINT = ("add the key to pull.trusted_keys (or TEMPLATE_KEYS in vz.conf) only if you "
               "have checked its fingerprint; otherwise the mirror was tampered with")
+PIPE_SIZE = 1 << 20
 
 
 def _verdict(v: gnupg.Verify, trusted: Sequence[str], what: str) -> str:
@@ -47,78 +55,220 @@ def _verdict(v: gnupg.Verify, trusted: Sequence[str], what: str) -> str:
 
 
 class Verifier:
-    """Checks detached signatures against the pinned keys in *keyring*."""
+    """Checks detached signatures against pinned keys; close() when done.
 
-    def __init__(self, keyring: Keyring, trusted: Sequence[str], *,
+    *keys* are (armored key text, pinned fingerprint, source for messages).
+    A key file that does not hold its pinned key is refused here, before any
+    request is made.
+    """
+
+    def __init__(self, keys: Sequence[tuple[str, str, str]], *,
                  use_sqv: bool | None = None) -> None:
-        self.keyring = keyring
-        self.trusted = [t.upper() for t in trusted]
+        self.keys = list(keys)
+        self.trusted = [normalize_fingerprint(f) for _, f, _ in self.keys]
         sqv = shutil.which("sqv") if use_sqv is not False else None
         if use_sqv and sqv is None:
             raise MirrorError("sqv is not installed", hint="apt install sqv")
         self.sqv = sqv
-        self.keyfile = keyring.home / "trusted-keys.pgp"
-        if self.sqv:
-            keyring.export_binary(self.trusted, self.keyfile)
+        self._keyring: Keyring | None = None
+        self.tmp = Path(tempfile.mkdtemp(prefix="vzpkg-verify-"))
+        try:
+            self.keyfile = self.tmp / "trusted-keys.pgp"
+            if self.sqv is None:
+                _ = self.keyring            # import (and pin-check) now
+            else:
+                try:
+                    data = keyring_bytes(self.keys)
+                except ParseError:          # not what keys.py reads: gpg decides
+                    data = self._gpg_export()
+                self.keyfile.write_bytes(data)
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def backend(self) -> str:
         return "sqv" if self.sqv else "gpg"
+
+    @property
+    def keyring(self) -> Keyring:
+        """A private gpg keyring with the pinned keys (made on first use)."""
+        if self._keyring is None:
+            kr = Keyring()
+            try:
+                for armored, fpr, source in self.keys:
+                    kr.import_pinned(armored, fpr, source=source)
+            except BaseException:
+                kr.close()
+                raise
+            self._keyring = kr
+        return self._keyring
+
+    def _gpg_export(self) -> bytes:
+        self.keyring.export_binary(self.trusted, self.keyfile)
+        return self.keyfile.read_bytes()
+
+    def close(self) -> None:
+        if self._keyring is not None:
+            self._keyring.close()
+            self._keyring = None
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
     def _gpg_file(self, sig: Path, data: Path, what: str) -> str:
         with sig.open("rb") as s:
             v = self.keyring.gpg.verify_file(s, str(data))
         return _verdict(v, self.trusted, what)
 
-    def start(self, sig: bytes, data: Path, *, what: str) -> Pending:
-        """Begin checking detached *sig* over the file *data* (sqv runs meanwhile)."""
-        return Pending(self, sig, data, what)
+    def stream(self, sig: bytes, *, what: str) -> Check:
+        """A check of detached *sig* that is fed the data as it arrives."""
+        return Check(self, sig, what)
 
     def file(self, sig: bytes, data: Path, *, what: str) -> str:
         """Check detached *sig* over the file *data*; the signer's fingerprint."""
-        return self.start(sig, data, what=what).result()
+        return Check(self, sig, what, data).result(data)
 
     def bytes(self, sig: bytes, data: bytes, *, what: str) -> str:
         """Check detached *sig* over *data* held in memory."""
-        with tempfile.NamedTemporaryFile(dir=self.keyring.home) as d:
-            d.write(data)
-            d.flush()
-            return self.file(sig, Path(d.name), what=what)
+        fd, name = tempfile.mkstemp(dir=self.tmp)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            return self.file(sig, Path(name), what=what)
+        finally:
+            os.unlink(name)
 
 
-class Pending:
-    """A signature check under way; :meth:`result` waits for the verdict."""
+class Check:
+    """One signature check under way.
 
-    def __init__(self, verifier: Verifier, sig: bytes, data: Path, what: str) -> None:
+    Streaming (no *data* path): sqv reads the data from a pipe; :meth:`feed`
+    passes it what was written of the file so far, :meth:`restart` starts
+    over from byte 0 (a download that restarts), :meth:`result` closes the
+    pipe and waits for the verdict.  Always call result() or close().
+    """
+
+    def __init__(self, verifier: Verifier, sig: bytes, what: str,
+                 data: Path | None = None) -> None:
         self.v = verifier
-        self.data = data
         self.what = what
-        fd, name = tempfile.mkstemp(suffix=".asc", dir=verifier.keyring.home)
+        fd, name = tempfile.mkstemp(suffix=".asc", dir=verifier.tmp)
         with os.fdopen(fd, "wb") as f:
             f.write(sig)
         self.sig = Path(name)
-        self.proc = None if verifier.sqv is None else subprocess.Popen(
-            [verifier.sqv, "--keyring", str(verifier.keyfile), name, str(data)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.data = data
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.pipe = -1
+        self.fed = 0
+        self.copy = False           # splice not possible here: pread + write
+        self.out: IO[bytes] | None = None
+        self.err: IO[bytes] | None = None
+        try:
+            self._spawn()
+        except BaseException:
+            self.close()
+            raise
 
-    def result(self) -> str:
+    def _spawn(self) -> None:
+        if self.v.sqv is None:
+            return
+        # the verdict goes to files (never a pipe that could fill up and stall sqv)
+        self.out = tempfile.TemporaryFile(dir=self.v.tmp)  # noqa: SIM115 (closed in _stop)
+        self.err = tempfile.TemporaryFile(dir=self.v.tmp)  # noqa: SIM115
+        argv = [self.v.sqv, "--keyring", str(self.v.keyfile), str(self.sig)]
+        if self.data is not None:
+            self.proc = subprocess.Popen([*argv, str(self.data)], stdin=subprocess.DEVNULL,
+                                         stdout=self.out, stderr=self.err)
+            return
+        r, w = os.pipe2(os.O_CLOEXEC)
+        try:
+            with contextlib.suppress(OSError):      # a bigger pipe: fewer wake-ups
+                fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+            self.proc = subprocess.Popen([*argv, "/dev/stdin"], stdin=r, stdout=self.out,
+                                         stderr=self.err)
+        except BaseException:
+            os.close(w)
+            raise
+        finally:
+            os.close(r)
+        self.pipe = w
+        self.fed = 0
+
+    def _stop(self) -> None:
+        if self.pipe >= 0:
+            os.close(self.pipe)
+            self.pipe = -1
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+        for f in (self.out, self.err):
+            if f is not None:
+                f.close()
+        self.out = self.err = None
+
+    def restart(self) -> None:
+        """Forget what was fed: the data starts again from byte 0."""
+        if self.fed or (self.proc is not None and self.proc.poll() is not None):
+            self._stop()
+            self._spawn()
+
+    def feed(self, fd: int, upto: int, *, wait: bool = False) -> None:
+        """Bytes [0, upto) of the file open (readable) at *fd* are written: pass on
+        what sqv has not had yet, all of it with *wait*, else what the pipe takes
+        now (sqv catches up later from the page cache; the download never waits)."""
+        flags = 0 if wait else os.SPLICE_F_NONBLOCK
+        while self.fed < upto and self.pipe >= 0:
+            count = upto - self.fed
+            try:
+                if self.copy:
+                    data = os.pread(fd, min(count, PIPE_SIZE), self.fed)
+                    n = os.write(self.pipe, data) if data else 0
+                else:
+                    n = os.splice(fd, self.pipe, count, offset_src=self.fed, flags=flags)
+            except BlockingIOError:
+                return
+            except BrokenPipeError:          # sqv stopped reading: its verdict says why
+                os.close(self.pipe)
+                self.pipe = -1
+                return
+            except OSError as exc:
+                if self.copy or exc.errno not in (errno.EINVAL, errno.ENOSYS):
+                    raise
+                self.copy = True             # e.g. a file system without splice
+                continue
+            if n <= 0:
+                raise MirrorError(f"{self.what}: the data file ended early at byte "
+                                  f"{self.fed}")
+            self.fed += n
+
+    def result(self, data: Path) -> str:
+        """The signer's fingerprint once all of *data* was fed; MirrorError if refused."""
         try:
             if self.proc is None:
-                return self.v._gpg_file(self.sig, self.data, self.what)
-            out, err = self.proc.communicate()
-            fprs = out.split()
-            if self.proc.returncode == 0 and fprs:
+                return self.v._gpg_file(self.sig, data, self.what)
+            if self.pipe >= 0:
+                os.close(self.pipe)
+                self.pipe = -1
+            code = self.proc.wait()
+            assert self.out is not None and self.err is not None
+            self.out.seek(0)
+            self.err.seek(0)
+            fprs = self.out.read().decode(errors="replace").split()
+            err = self.err.read().decode(errors="replace").strip()
+            if code == 0 and fprs and fprs[0].upper() in self.v.trusted:
                 return fprs[0].upper()
-            self.v._gpg_file(self.sig, self.data, self.what)   # raises, precisely
+            self.v._gpg_file(self.sig, data, self.what)   # raises, precisely
             raise MirrorError(f"{self.what}: signature refused by sqv: "
-                              f"{err.strip() or f'exit status {self.proc.returncode}'}",
+                              f"{err or f'exit status {code}'}",
                               hint="the signature or the signing key is not acceptable "
                                    "(expired, revoked or a weak algorithm?)")
         finally:
-            if self.proc is not None and self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-            self.sig.unlink(missing_ok=True)
+            self.close()
+
+    def close(self) -> None:
+        self._stop()
+        self.sig.unlink(missing_ok=True)
 
 
 def sqv_available() -> bool:
