@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+
+import pytest
 
 from vzpkg.runtime import dists
 from vzpkg.runtime.dists import DistSetup, Family
@@ -72,3 +75,20 @@ def test_symlinked_file_is_replaced_not_followed(tmp_path: Path) -> None:
     dists.apply(SETUP, str(root))
     assert outside.read_text() == "do not touch\n"
     assert not (root / "etc/resolv.conf").is_symlink()
+
+
+def test_ssh_host_keys_are_made_on_first_start_only(tmp_path: Path) -> None:
+    keygen = shutil.which("ssh-keygen")
+    if keygen is None:
+        pytest.skip("ssh-keygen is not installed on this host")
+    root = tmp_path
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "etc/ssh").mkdir(parents=True)
+    assert not dists.ssh_host_keys(str(root)), "no ssh-keygen in the VE: nothing to do"
+    (root / "usr/bin/ssh-keygen").symlink_to(keygen)
+    assert dists.ssh_host_keys(str(root))
+    keys = sorted(p.name for p in (root / "etc/ssh").glob("ssh_host_*_key"))
+    assert "ssh_host_ed25519_key" in keys
+    first = (root / "etc/ssh/ssh_host_ed25519_key").read_bytes()
+    assert not dists.ssh_host_keys(str(root)), "keys exist: a restart keeps them"
+    assert (root / "etc/ssh/ssh_host_ed25519_key").read_bytes() == first

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import subprocess
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -197,3 +198,19 @@ def apply(setup: DistSetup, root: str = "/") -> Family:
             _write(root, "etc/NetworkManager/system-connections/eth0.nmconnection",
                    nm_keyfile(setup.addrs), 0o600)
     return fam
+
+
+def ssh_host_keys(root: str = "/") -> bool:
+    """Caches ship without ssh host keys (each VE needs its own): make the missing
+    ones with the VE's own ``ssh-keygen -A`` on its first start.  Runs inside the VE
+    (*root* is "/"); returns whether keys were made."""
+    keygen = os.path.join(root, "usr/bin/ssh-keygen")
+    sshd = os.path.join(root, "etc/ssh")
+    if not os.path.exists(keygen) or not os.path.isdir(sshd):
+        return False
+    if any(n.startswith("ssh_host_") and n.endswith("_key") for n in os.listdir(sshd)):
+        return False
+    # -f: the tree to write into (the keys land in <root>/etc/ssh, never elsewhere)
+    r = subprocess.run([keygen, "-A", "-f", root], capture_output=True, check=False,
+                       env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    return r.returncode == 0

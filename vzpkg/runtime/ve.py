@@ -341,5 +341,6 @@ def by_name(paths: VzPaths, name: str) -> int | None:
 
 def _prepare(setup: dists.DistSetup) -> None:
     dists.apply(setup)
+    dists.ssh_host_keys()
 
 
