@@ -38,6 +38,8 @@ def test_proxy_starts_its_server_only_when_asked_for_a_url(tmp_path: Path) -> No
         with urllib.request.urlopen(f"{base}/pool/main/x/x_1_all.deb", timeout=10) as r:
             assert r.read() == b"package bytes"
         assert proxy.stats.hits == 2
-    # the server thread is gone after the build
-    for t in threading.enumerate():
-        assert "serve_forever" not in repr(getattr(t, "_target", None))
+        server = proxy._thread
+        assert server is not None and server.is_alive()
+    # this build's server thread is gone after the build
+    server.join(timeout=5)
+    assert not server.is_alive()
