@@ -38,6 +38,7 @@ from vzpkg.gpg import Keyring
 from vzpkg.manifest import Manifest
 from vzpkg.metadata.model import Plan, ScriptStage
 from vzpkg.packages import read_installed
+from vzpkg.pgpkeys import ParseError, keyring_bytes
 from vzpkg.pkgcache import CachingProxy
 from vzpkg.store import CacheStore
 
@@ -176,11 +177,21 @@ class _Build:
                                      "signing key; a build never runs unverified",
                              hint="add a keys: entry with the archive key and its "
                                   "fingerprint")
+        dest = self.work / "keyring.gpg"
+        try:    # read the armored files directly: no gpg process on the common path
+            if any(k.armored.count("-----BEGIN PGP PUBLIC KEY BLOCK-----") != 1
+                   for k in self.plan.keys):
+                raise ParseError("not exactly one armored block")
+            dest.write_bytes(keyring_bytes([(k.armored, k.fingerprint, str(k.file))
+                                            for k in self.plan.keys]))
+            return dest
+        except ParseError:
+            pass    # a key file this reader does not understand: let gpg do it
         kr = Keyring()
         try:
             fprs = [kr.import_pinned(k.armored, k.fingerprint, source=str(k.file))
                     for k in self.plan.keys]
-            return kr.export_binary(fprs, self.work / "keyring.gpg")
+            return kr.export_binary(fprs, dest)
         finally:
             self.later(kr.close)
 

@@ -27,8 +27,8 @@ from vzpkg.errors import GpgError, MirrorError
 from vzpkg.gpg import Keyring
 from vzpkg.mirror import Puller
 from vzpkg.mirror.flush import Flusher
-from vzpkg.mirror.keys import ParseError, certificates, dearmor, pinned_certificate
 from vzpkg.mirror.verify import Verifier, sqv_available
+from vzpkg.pgpkeys import ParseError, certificates, dearmor, pinned_certificate
 from vzpkg.store import CacheStore
 
 NAME = "test-1-x86_64-minimal"

@@ -18,6 +18,7 @@ from vzpkg.gpg import FPR_RE, Keyring
 from vzpkg.metadata.model import Key, Script, ScriptStage
 from vzpkg.metadata.template import Template
 from vzpkg.metadata.yamlpos import PathKey
+from vzpkg.pgpkeys import ParseError, certificates, dearmor
 
 HOOK_RE = re.compile(r"^hooks/\S+$")
 
@@ -28,8 +29,13 @@ _SCAN_CACHE: dict[str, tuple[str, ...]] = {}
 def _fingerprints(armored: str) -> tuple[str, ...]:
     digest = hashlib.sha256(armored.encode()).hexdigest()
     if digest not in _SCAN_CACHE:
-        with Keyring() as kr:
-            _SCAN_CACHE[digest] = tuple(kr.key_fingerprints(armored))
+        try:    # no gpg process for the common case: one armored block
+            if armored.count("-----BEGIN PGP PUBLIC KEY BLOCK-----") != 1:
+                raise ParseError("not exactly one armored block")
+            _SCAN_CACHE[digest] = tuple(f for f, _ in certificates(dearmor(armored)))
+        except ParseError:
+            with Keyring() as kr:
+                _SCAN_CACHE[digest] = tuple(kr.key_fingerprints(armored))
     return _SCAN_CACHE[digest]
 
 

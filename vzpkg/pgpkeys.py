@@ -1,4 +1,7 @@
-"""Pinned OpenPGP certificates for sqv, without starting gpg.
+"""Pinned OpenPGP certificates without starting gpg.
+
+Used for template keys (fingerprints at load time, the binary keyring that
+gpgv, apt and dnf get during a build) and for the mirror's trusted keys (sqv).
 
 A trusted key file is ASCII-armored; this module decodes the armor (checking
 its CRC-24), walks the packet framing, computes each primary key's v4
