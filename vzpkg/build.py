@@ -90,6 +90,14 @@ class BuildResult:
     downloaded_bytes: int = 0
     notes: tuple[str, ...] = field(default=())
 
+    @classmethod
+    def of(cls, status: Status, m: Manifest, t0: float, proxy: CachingProxy,
+           log: Path | None = None) -> BuildResult:
+        """The result for cache *m*, *t0* being when the work began."""
+        return cls(m.name, status, time.monotonic() - t0, log=str(log) if log else None,
+                   serial=m.serial, sha256=m.sha256, size=m.size, packages=len(m.packages),
+                   downloaded_bytes=proxy.stats.downloaded_bytes)
+
     def to_json(self) -> dict[str, object]:
         return {k: (v.value if isinstance(v, StrEnum) else v)
                 for k, v in self.__dict__.items()}
@@ -266,10 +274,7 @@ def build(plan: Plan, settings: Settings, *, force: bool = False, offline: bool 
             if (not force and current is not None and current.plan_digest == plan.digest
                     and current.repo_digest == state.digest):
                 b.say("up to date")
-                return BuildResult(plan.name, Status.UP_TO_DATE, time.monotonic() - t0,
-                                   serial=current.serial, sha256=current.sha256,
-                                   size=current.size, packages=len(current.packages),
-                                   downloaded_bytes=proxy.stats.downloaded_bytes)
+                return BuildResult.of(Status.UP_TO_DATE, current, t0, proxy)
             source_date = _source_date(env, state.source_date)
             root = b.work / "root"
             script = plan.script(ScriptStage.PRE_CACHE)
@@ -295,10 +300,7 @@ def build(plan: Plan, settings: Settings, *, force: bool = False, offline: bool 
             m = b.pack_and_commit(backend, root, source_date, state.digest,
                                   installed.result, plan.digest, tools.result)
             b.say(f"done: serial {m.serial}, {len(m.packages)} packages")
-            return BuildResult(plan.name, Status.BUILT, time.monotonic() - t0,
-                               log=str(b.log.path), serial=m.serial, sha256=m.sha256,
-                               size=m.size, packages=len(m.packages),
-                               downloaded_bytes=proxy.stats.downloaded_bytes)
+            return BuildResult.of(Status.BUILT, m, t0, proxy, b.log.path)
     finally:
         b.close()
 
@@ -351,17 +353,11 @@ def update(plan: Plan, settings: Settings, *, offline: bool = False,
             packages = read_installed(root)
             if packages == tuple(current.packages):
                 b.say("no updates")
-                return BuildResult(plan.name, Status.NO_UPDATES, time.monotonic() - t0,
-                                   serial=current.serial, sha256=current.sha256,
-                                   size=current.size, packages=len(packages),
-                                   downloaded_bytes=proxy.stats.downloaded_bytes)
+                return BuildResult.of(Status.NO_UPDATES, current, t0, proxy)
             source_date = max(current.source_date, state.source_date)
             m = b.pack_and_commit(backend, root, source_date, state.digest,
                                   lambda: packages, current.plan_digest, tools.result)
             b.say(f"updated: serial {m.serial}")
-            return BuildResult(plan.name, Status.UPDATED, time.monotonic() - t0,
-                               log=str(b.log.path), serial=m.serial, sha256=m.sha256,
-                               size=m.size, packages=len(packages),
-                               downloaded_bytes=proxy.stats.downloaded_bytes)
+            return BuildResult.of(Status.UPDATED, m, t0, proxy, b.log.path)
     finally:
         b.close()
