@@ -7,7 +7,10 @@ Package managers (debootstrap, mmdebstrap, apt in the build VE) are pointed at
   fetches and keeps them on a miss;
 * fetches mutable index files (``InRelease``, ``Packages.xz`` …) upstream with a
   conditional GET, so an unchanged file costs one 304 and no download;
-* offline, serves only what the cache holds and records what was missing.
+* offline, serves only what the cache holds and records what was missing;
+* within one build, serves an index file fetched earlier in that build from the
+  build's own copy: the repository state verified at the start (and recorded in
+  the manifest) is exactly what the package manager installs from.
 
 It changes no byte: signatures and checksums are still checked end to end by
 the package manager, against the template's pinned keys.  Files are written
@@ -69,6 +72,8 @@ class CachingProxy:
         self.dir = cache_dir
         self.offline = offline
         self.stats = ProxyStats()
+        self._fresh: dict[Path, Path] = {}  # mutable file -> this session's copy
+        self._session_dir: Path | None = None
         self.upstreams: dict[str, str] = {}
         self._lock = threading.Lock()
         self._session_obj: requests.Session | None = None
@@ -109,6 +114,10 @@ class CachingProxy:
             self._server = None
         if self._session_obj is not None:
             self._session_obj.close()
+        if self._session_dir is not None:
+            shutil.rmtree(self._session_dir, ignore_errors=True)
+            self._session_dir = None
+            self._fresh.clear()
         if self._lockfile is not None:
             self._lockfile.close()
         self._entered = False
@@ -175,6 +184,12 @@ class CachingProxy:
 
     def _get(self, key: str, path: str) -> Path | None:
         local = self._local(key, path)
+        with self._lock:
+            fresh = self._fresh.get(local)
+        if fresh is not None:
+            with self._lock:
+                self.stats.hits += 1
+            return fresh
         if immutable(path) and local.is_file():
             with self._lock:
                 self.stats.hits += 1
@@ -187,7 +202,32 @@ class CachingProxy:
             with self._lock:
                 self.stats.missing.append(path)
             return None
-        return self._download(key, path, local)
+        got = self._download(key, path, local)
+        if got is not None and not immutable(path):
+            # one build sees one state of the repository: the index verified at its
+            # start is the one the package manager gets (a hard link keeps this
+            # build's copy even if a concurrent build replaces the cached file)
+            with self._lock:
+                if local in self._fresh:            # another thread was first
+                    return self._fresh[local]
+                snap = self._copies_dir() / f"{key}-{path.replace('/', '_')}"
+                os.link(got, snap)
+                self._fresh[local] = snap
+            return snap
+        return got
+
+    def _copies_dir(self) -> Path:
+        """This session's directory of index copies (caller holds the lock)."""
+        if self._session_dir is None:
+            sessions = self.dir / ".sessions"
+            sessions.mkdir(exist_ok=True)
+            for old in sessions.iterdir():          # left by killed builds
+                pid = old.name.split("-", 1)[0]
+                if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                    shutil.rmtree(old, ignore_errors=True)
+            self._session_dir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-",
+                                                      dir=sessions))
+        return self._session_dir
 
     def _download(self, key: str, path: str, local: Path) -> Path | None:
         url = f"{self.upstreams[key]}/{path}"

@@ -84,3 +84,21 @@ def test_paths_outside_the_mirror_are_refused(tmp_path: Path) -> None:
         port_base = base.rsplit("/", 1)[0]
         assert requests.get(f"{base}/../secret", timeout=10).status_code == 404
         assert requests.get(f"{port_base}/unknownkey/pool/x", timeout=10).status_code == 404
+
+
+def test_one_build_sees_one_state_of_an_index(tmp_path: Path) -> None:
+    """An index fetched once in a build is what the package manager gets for the
+    rest of that build, even if the mirror (or another build) changes it."""
+    up = _upstream(tmp_path)
+    with MirrorServer(up) as srv, CachingProxy(tmp_path / "cache") as proxy:
+        first = proxy.fetch(srv.url, "dists/stable/InRelease")
+        assert first is not None and first.read_text() == "Date: one\n"
+        (up / "dists/stable/InRelease").write_text("Date: two\n")
+        base = proxy.url_for(srv.url)
+        again = requests.get(f"{base}/dists/stable/InRelease", timeout=10)
+        assert again.text == "Date: one\n"
+        assert [p for p, _ in srv.log].count("dists/stable/InRelease") == 1
+    with MirrorServer(up) as srv, CachingProxy(tmp_path / "cache") as proxy:
+        nxt = proxy.fetch(srv.url, "dists/stable/InRelease")
+        assert nxt is not None and nxt.read_text() == "Date: two\n"   # a new build
+    assert not list((tmp_path / "cache" / ".sessions").iterdir())
