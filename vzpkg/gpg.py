@@ -14,8 +14,10 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-import gnupg
+if TYPE_CHECKING:   # python-gnupg is imported only when gpg is really used
+    import gnupg
 
 from vzpkg.errors import GpgError
 
@@ -38,6 +40,7 @@ class Keyring:
         self._own = home is None
         self.home = Path(tempfile.mkdtemp(prefix="vzpkg-gpg-")) if home is None else home
         self.home.chmod(0o700)
+        import gnupg
         self.gpg = gnupg.GPG(gnupghome=str(self.home))
         self.gpg.encoding = "utf-8"
 

@@ -8,12 +8,15 @@ TemplateErrors that name the file, the line of the offending key and its path.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
-from jsonschema.exceptions import ValidationError
+if TYPE_CHECKING:   # jsonschema is imported only when a template is not known good
+    import jsonschema
+    from jsonschema.exceptions import ValidationError
 
 from vzpkg.errors import TemplateError
 from vzpkg.metadata.yamlpos import Lines
@@ -48,7 +51,21 @@ def schema() -> dict[str, Any]:
 
 @functools.cache
 def _validator() -> jsonschema.Draft202012Validator:
+    import jsonschema
     return jsonschema.Draft202012Validator(schema())
+
+
+def _known_good_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"),
+                                                             ".cache")
+    return Path(base) / "vzpkg" / "schema-ok"
+
+
+def _digest(data: Any) -> str:
+    """Names this exact document under this exact schema."""
+    h = hashlib.sha256(schema_text().encode())
+    h.update(json.dumps(data, sort_keys=True, default=repr).encode())
+    return h.hexdigest()
 
 
 def _what(value: Any) -> str:
@@ -112,16 +129,29 @@ def _explain(err: ValidationError, lines: Lines) -> TemplateError:
         # prefer the branch of the right type: its error says what is wrong inside
         deeper = [c for c in err.context if c.path]
         typed = [c for c in err.context if c.validator != "type"]
-        best = jsonschema.exceptions.best_match(deeper or typed or err.context)
+        from jsonschema.exceptions import best_match
+        best = best_match(deeper or typed or err.context)
         if best is not None:
             return _explain(best, lines)
     return lines.error(path, err.message)
 
 
 def validate(data: Any, lines: Lines) -> None:
-    """Raise TemplateError for the first schema violation (by line)."""
+    """Raise TemplateError for the first schema violation (by line).
+
+    A document that passed before (same bytes, same schema) is remembered by its
+    digest in ~/.cache/vzpkg/schema-ok, so commands skip loading jsonschema
+    (a tenth of a second) for templates that did not change."""
+    marker = _known_good_dir() / _digest(data)
+    if marker.exists():
+        return
     errors = list(_validator().iter_errors(data))
     if not errors:
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        except OSError:
+            pass        # a read-only home: validate every time
         return
     errors.sort(key=lambda e: (lines.line(tuple(e.absolute_path)) or 0,
                                len(e.absolute_path)))

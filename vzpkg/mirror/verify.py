@@ -23,9 +23,10 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-import gnupg
+if TYPE_CHECKING:   # python-gnupg is imported only when gpg is really used
+    import gnupg
 
 from vzpkg.errors import MirrorError
 from vzpkg.gpg import Keyring, normalize_fingerprint
