@@ -17,12 +17,11 @@ import http.server
 import importlib
 import shutil
 import socket
-import subprocess
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
@@ -30,7 +29,6 @@ from tests.rpmrepo.builder import Distribution, build_distribution, write_worksp
 from vzpkg.backends import BuildContext
 from vzpkg.buildve import BuildLog
 from vzpkg.config import load_settings
-from vzpkg.errors import BuildError
 from vzpkg.gpg import Keyring
 from vzpkg.metadata.loader import make_plan
 from vzpkg.metadata.model import Plan
@@ -125,41 +123,9 @@ def rpm_dist_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve
         yield ServedDistribution(dist=dist, base_url=server.url, server=server)
 
 
-class RunLog:
-    """Runs commands for the backend where the pipeline's BuildLog is still an
-    interface (before vzpkg.build lands): output appended to the log file,
-    BuildError naming the step on failure.  See :func:`build_log`."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(self, text: str) -> None:
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(text if text.endswith("\n") else text + "\n")
-
-    def run(self, argv: Sequence[str], *, step: str, env: Mapping[str, str] | None = None,
-            cwd: Path | None = None, hint: str | None = None) -> None:
-        self.write(f"$ {' '.join(argv)}")
-        full = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8",
-                "HOME": "/root", **(env or {})}
-        r = subprocess.run(list(argv), capture_output=True, text=True, check=False,
-                           env=full, cwd=cwd, stdin=subprocess.DEVNULL)
-        self.write(r.stdout + r.stderr)
-        if r.returncode != 0:
-            tail = "\n    ".join((r.stdout + r.stderr).splitlines()[-25:])
-            raise BuildError(step, f"{argv[0]} exited with status {r.returncode}; "
-                                   f"last output:\n    {tail}", log=str(self.path), hint=hint)
-
-
 def build_log(path: Path) -> BuildLog:
-    """The pipeline's BuildLog if it can run commands here, else a RunLog."""
-    log = BuildLog(path)
-    try:
-        log.run(["true"], step="probe")
-    except NotImplementedError:
-        return cast(BuildLog, RunLog(path))
-    return log
+    """The pipeline's BuildLog, writing to *path*."""
+    return BuildLog(path)
 
 
 def make_context(plan: Plan, *, work: Path, pkg_cache: Path, keyring: Path, log: BuildLog,
