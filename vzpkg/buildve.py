@@ -197,6 +197,21 @@ def mounts_under(path: Path) -> list[str]:
     return found
 
 
+def fs_type(path: Path) -> str:
+    """The file system type of the mount that holds *path* ("" if unknown)."""
+    target = str(path.resolve())
+    best, kind = "", ""
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        for line in f:
+            fields = line.split()
+            mp = fields[4].replace("\\040", " ")
+            sep = fields.index("-")
+            if ((target == mp or target.startswith(mp.rstrip("/") + "/"))
+                    and len(mp) >= len(best)):
+                best, kind = mp, fields[sep + 1]
+    return kind
+
+
 def remove_tree(path: Path) -> None:
     """rm -rf *path*, but first detach anything mounted below it (never delete
     through a mount into the host)."""

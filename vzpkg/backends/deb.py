@@ -15,9 +15,14 @@ from vzpkg.metadata.model import Repository
 
 BUILD_KEYRING = "etc/apt/vzpkg-build-keyring.gpg"
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "DEBCONF_NONINTERACTIVE_SEEN": "true"}
+# apt prefers gzip'd indexes: Debian's main Packages.gz is a third larger than
+# Packages.xz (downloaded once into the package cache) but unpacks in 0.2 s
+# instead of 1 s, in every build (apt falls back to xz where there is no .gz)
+APT_PREFER_GZIP = 'Acquire::CompressionTypes::Order { "gz"; };'
 APT_OPTS = ("-y", "-q", "-o", "Dpkg::Options::=--force-confdef",
             "-o", "Dpkg::Options::=--force-confold",
-            "-o", "Dpkg::Options::=--force-unsafe-io")   # the tarball is fsynced instead
+            "-o", "Dpkg::Options::=--force-unsafe-io",   # the tarball is fsynced instead
+            "-o", "Acquire::CompressionTypes::Order::=gz")
 
 
 class DebianBackend(Backend, family="deb"):
