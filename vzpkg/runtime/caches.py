@@ -11,7 +11,6 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from vzpkg import archive
 from vzpkg.errors import VeError
 from vzpkg.manifest import expand_name
 from vzpkg.store import CacheStore
@@ -60,4 +59,5 @@ def find_cache(name: str, dirs: list[Path]) -> CacheRef | None:
 def unpack(tarball: Path, dest: Path) -> None:
     """Unpack *tarball* into the existing empty directory *dest* (securely: see
     :func:`vzpkg.archive.unpack`; on refusal nothing is left in *dest*)."""
+    from vzpkg import archive  # libarchive: only 'vzctl create' unpacks
     archive.unpack(tarball, dest)
