@@ -28,7 +28,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from vzpkg import __version__, archive
+from vzpkg import __version__
 from vzpkg.backends import Backend, BuildContext, InstalledPackage, get_backend
 from vzpkg.buildve import BuildLog, BuildVE, remove_tree, run_host_script
 from vzpkg.config import Settings
@@ -215,6 +215,7 @@ class _Build:
                         tools: Callable[[], dict[str, str]]) -> Manifest:
         """Pack *root* and commit it; *packages* and *tools* are asked for
         after packing (they may be computed meanwhile)."""
+        from vzpkg import archive  # loaded by _preload_archive by now, as a rule
         comp = self.plan.options.compression
         staged = self.store.staging(self.plan.name, comp)
         try:
@@ -245,6 +246,17 @@ class _Build:
             remove_tree(self.work)
 
 
+def _preload_archive() -> None:
+    """Import vzpkg.archive (libarchive: some 40 ms, an ``ldconfig -p`` among
+    them) in a daemon thread while the build waits on its package manager.
+    Packing and unpacking import it again in the build's own thread: an import
+    error surfaces there, as if this had not run."""
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            import vzpkg.archive  # noqa: F401
+    threading.Thread(target=load, name="vzpkg-preload", daemon=True).start()
+
+
 def _source_date(env: Mapping[str, str], repo_date: int) -> int:
     sde = env.get("SOURCE_DATE_EPOCH")
     if sde:
@@ -259,6 +271,7 @@ def build(plan: Plan, settings: Settings, *, force: bool = False, offline: bool 
           progress: Progress = _nothing, verbose: Callable[[str], None] | None = None,
           env: Mapping[str, str] | None = None) -> BuildResult:
     """Build *plan* into the cache store (or report that it is up to date)."""
+    _preload_archive()
     env = os.environ if env is None else env
     t0 = time.monotonic()
     cls = get_backend(plan.backend)
@@ -318,6 +331,7 @@ def update(plan: Plan, settings: Settings, *, offline: bool = False,
            ) -> BuildResult:
     """Unpack the newest cache, upgrade it in a temporary VE, repack only if a
     package changed."""
+    _preload_archive()
     t0 = time.monotonic()
     cls = get_backend(plan.backend)
     b = _Build(plan, settings, offline=offline, progress=progress, verbose=verbose)
@@ -335,6 +349,7 @@ def update(plan: Plan, settings: Settings, *, offline: bool = False,
             state = backend.repo_state()
             root = b.work / "root"
             b.say("unpacking the cache")
+            from vzpkg import archive
             archive.unpack(tarball, root)
             with BuildVE(root, b.log) as ve:
                 env = script_env(plan, None)

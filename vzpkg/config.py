@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from vzpkg.errors import ConfigError
 
 PACKAGE_DATA = Path(__file__).resolve().parent / "data"
@@ -105,6 +103,7 @@ def find_workspace(start: Path) -> Path | None:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml  # here: needed only when a configuration file exists
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:

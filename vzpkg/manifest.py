@@ -15,7 +15,7 @@ Cache names are ``<distribution>-<release>-<arch>-<set>``; see :func:`parse_name
 from __future__ import annotations
 
 import json
-import platform
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -60,7 +60,7 @@ def parse_name(name: str, *, what: str = "cache name") -> CacheName:
 
 def host_arch() -> str:
     """This machine's architecture in vzpkg's names (x86_64, aarch64, ...)."""
-    m = platform.machine()
+    m = os.uname().machine    # what platform.machine() returns, without importing it
     return ARCH_ALIASES.get(m, m)
 
 

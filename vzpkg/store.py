@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from vzpkg.errors import StoreError
 from vzpkg.manifest import Manifest, parse_name, tarball_name
@@ -44,7 +44,9 @@ from vzpkg.store_lock import (
     stderr_line,
     write_synced,
 )
-from vzpkg.store_verify import VerifyReport, verify_cache
+
+if TYPE_CHECKING:   # verifying needs libarchive: imported by verify() only
+    from vzpkg.store_verify import VerifyReport
 
 MANIFEST_SUFFIX = ".manifest.json"
 SIG_SUFFIX = ".asc"
@@ -399,4 +401,5 @@ class CacheStore:
 
     def verify(self, name: str, *, trusted_keys: Sequence[Key] = ()) -> VerifyReport:
         """Check sha256, size, every entry, counts and signature of cache *name*."""
+        from vzpkg.store_verify import verify_cache
         return verify_cache(self, name, trusted_keys=trusted_keys)

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 from vzpkg.cli.cmd_meta import add_plan_args, settings_from
 from vzpkg.cli.common import add_json_flag, emit_json, human_size
-from vzpkg.config import Settings
 from vzpkg.errors import UsageError, VzError
 
 if TYPE_CHECKING:   # the build machinery is imported only when a build runs
     from vzpkg import build as builder
+    from vzpkg.config import Settings
 
 BUILD_EPILOG = """\
 examples:

@@ -6,15 +6,16 @@ import argparse
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vzpkg.cli.common import add_json_flag, emit_json, human_size
-from vzpkg.config import load_settings
 from vzpkg.errors import GpgError, UsageError
-from vzpkg.gpg import normalize_fingerprint
-from vzpkg.manifest import expand_name
 from vzpkg.metadata.model import Compression, Key
-from vzpkg.store import CacheStore
+
+# The store (and through it libarchive), gpg and the configuration (yaml) are
+# imported by the commands: registering them must stay cheap.
+if TYPE_CHECKING:
+    from vzpkg.store import CacheStore
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -55,6 +56,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def _store(args: argparse.Namespace) -> CacheStore:
+    from vzpkg.config import load_settings
+    from vzpkg.store import CacheStore
     settings = load_settings(workspace=args.workspace, cache_dir=args.cache_dir)
     return CacheStore(settings.cache_dir)
 
@@ -68,6 +71,7 @@ def _say(line: str) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from vzpkg.manifest import expand_name
     from vzpkg.store_import import import_tarball
 
     store = _store(args)
@@ -91,6 +95,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def _trusted_keys(specs: list[str]) -> list[Key]:
+    from vzpkg.gpg import normalize_fingerprint
     keys: list[Key] = []
     for spec in specs:
         file, sep, fpr = spec.rpartition(":")
@@ -109,6 +114,7 @@ def _trusted_keys(specs: list[str]) -> list[Key]:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from vzpkg.manifest import expand_name
     store = _store(args)
     keys = _trusted_keys(args.trusted_key)
     names = [expand_name(n) for n in args.names] or store.names()
@@ -134,6 +140,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
+    from vzpkg.manifest import expand_name
     store = _store(args)
     name = expand_name(args.name)
     store.remove(name)

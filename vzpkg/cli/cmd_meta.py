@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vzpkg.cli.common import add_json_flag, emit_json, human_size
-from vzpkg.config import Settings, load_settings
 from vzpkg.errors import TemplateError
-from vzpkg.metadata.model import Plan
 
-if TYPE_CHECKING:   # the loader (jsonschema, jinja2) is imported only when used
+# Only parsing is done at import time: configuration (yaml), the loader
+# (jinja2, jsonschema) and the store are imported by the commands that use them.
+if TYPE_CHECKING:
+    from vzpkg.config import Settings
+    from vzpkg.metadata.model import Plan
     from vzpkg.metadata.template import TemplateInfo
 
 SET_HELP = ("override a variable or mirror: NAME=VALUE, mirrors.NAME=URL, "
@@ -24,6 +26,7 @@ SET_HELP = ("override a variable or mirror: NAME=VALUE, mirrors.NAME=URL, "
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
+    from vzpkg.config import load_settings
     return load_settings(workspace=getattr(args, "workspace", None),
                          cache_dir=getattr(args, "cache_dir", None))
 

@@ -6,14 +6,15 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vzpkg.cli.common import add_json_flag, emit_json, human_size
-from vzpkg.config import Settings, load_settings
 from vzpkg.errors import UsageError
 
-# vzpkg.mirror (requests, gnupg) is imported in the commands: every other vzpkg
-# command would pay for it at start-up otherwise
+# vzpkg.mirror (requests, gnupg) and the configuration (yaml) are imported in the
+# commands: every other vzpkg command would pay for them at start-up otherwise
+if TYPE_CHECKING:
+    from vzpkg.config import Settings
 
 PUBLISH_EPILOG = """\
 The tree holds index.json (+ .asc) and caches/<name>/<serial>/ with the
@@ -31,6 +32,7 @@ An interrupted download is resumed by the next pull.
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    from vzpkg.config import load_settings
     return load_settings(workspace=args.workspace, cache_dir=args.cache_dir)
 
 

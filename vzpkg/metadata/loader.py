@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import platform
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -60,7 +59,7 @@ __all__ = ["TemplateInfo", "all_plan_names", "host_arch", "list_templates", "mak
 
 
 def host_arch() -> str:
-    m = platform.machine()
+    m = os.uname().machine    # what platform.machine() returns, without importing it
     return _ARCH_ALIASES.get(m, m)
 
 

@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jinja2
-
 from vzpkg.errors import TemplateError, UsageError
 from vzpkg.metadata.hostmirror import APT_DIR, host_mirror
 from vzpkg.metadata.yamlpos import Lines, PathKey, dotted
@@ -57,6 +55,7 @@ class Renderer:
     context: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        import jinja2  # here, not at the top: 'vzpkg list' loads templates, renders none
         self._env = jinja2.Environment(undefined=jinja2.StrictUndefined,
                                        autoescape=False, keep_trailing_newline=True)
         self._env.globals["host_mirror"] = self._host_mirror
@@ -82,6 +81,7 @@ class Renderer:
         if "{" not in text:
             return text
         self._path = path
+        import jinja2  # loaded by __post_init__ already
         try:
             return self._env.from_string(text).render(self.context)
         except jinja2.UndefinedError as exc:

@@ -12,17 +12,25 @@ thread, which only moves work earlier.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
+import functools
 import os
 import threading
 from types import TracebackType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import ctypes
 
 STEP = 8 << 20              # flush behind the writer after this many new bytes
 SYNC_FILE_RANGE_WRITE = 2
 
 
+@functools.cache
 def _libc_sync_file_range() -> ctypes._NamedFuncPointer | None:
+    """Looked up at the first writeback, not at import: find_library runs
+    ``ldconfig -p``, and a pull fetches its index before any tarball."""
+    import ctypes
+    import ctypes.util
     try:
         fn = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).sync_file_range
     except (OSError, AttributeError):
@@ -32,13 +40,10 @@ def _libc_sync_file_range() -> ctypes._NamedFuncPointer | None:
     return fn
 
 
-_SYNC_FILE_RANGE = _libc_sync_file_range()
-
-
 def start_writeback(fd: int, offset: int, count: int) -> None:
     """Start writing [offset, offset + count) of *fd* to disk, without waiting."""
-    if _SYNC_FILE_RANGE is not None and count > 0:
-        _SYNC_FILE_RANGE(fd, offset, count, SYNC_FILE_RANGE_WRITE)
+    if count > 0 and (fn := _libc_sync_file_range()) is not None:
+        fn(fd, offset, count, SYNC_FILE_RANGE_WRITE)
 
 
 class Flusher:

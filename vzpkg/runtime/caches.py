@@ -11,10 +11,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from vzpkg import archive
 from vzpkg.errors import VeError
-from vzpkg.manifest import expand_name
-from vzpkg.store import CacheStore
 
 
 @dataclass(frozen=True)
@@ -47,6 +44,10 @@ def file_sha256(path: Path) -> str:
 
 def find_cache(name: str, dirs: list[Path]) -> CacheRef | None:
     """The cache *name* (short forms allowed) in the first of *dirs* that has it."""
+    # here, not at the top: only 'vzctl create' looks for a cache; start, exec and
+    # the rest (and vzlist) need neither manifests nor the store
+    from vzpkg.manifest import expand_name
+    from vzpkg.store import CacheStore
     full = expand_name(name)
     for d in dirs:
         store = CacheStore(d)
@@ -60,4 +61,5 @@ def find_cache(name: str, dirs: list[Path]) -> CacheRef | None:
 def unpack(tarball: Path, dest: Path) -> None:
     """Unpack *tarball* into the existing empty directory *dest* (securely: see
     :func:`vzpkg.archive.unpack`; on refusal nothing is left in *dest*)."""
+    from vzpkg import archive  # libarchive: only 'vzctl create' unpacks
     archive.unpack(tarball, dest)
