@@ -122,7 +122,8 @@ def run(base: Path, keys: Keys, rounds: int, size_mb: int) -> int:
             sh(vzpkg, "--cache-dir", base / "cli", "pull", NAME, "--json", env=env)
 
         runs = {"curl": curl, "curl_durable": curl_durable, "curl_checked": curl_checked,
-                "durable_write": durable_write, "pull_api": api, "pull_api_gpg": lambda: api(False), "pull_cli": cli}
+                "durable_write": durable_write, "pull_api": api,
+                "pull_api_gpg": lambda: api(False), "pull_cli": cli}
         keys_ = list(runs)
         for i in range(rounds):
             # rotate the order: no method always runs right after the same other one
