@@ -1,0 +1,85 @@
+"""The shipped `default` set (minimal plus an SSH server and everyday tools), built
+from the mirror and run: two VEs from one cache each make their own ssh host keys
+on first start, and sshd answers on the VE's address."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+NAME = "debian-12-x86_64-default"
+VES = {9301: "198.18.93.1", 9302: "198.18.93.2"}
+pytestmark = pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86_64 host")
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("ws-default")
+    (d / "vzpkg.yaml").write_text("cache_dir: caches\n")
+    r = run_cli("vzpkg", ["--workspace", d, "build", NAME, "--json"])
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["results"][0]["status"] == "built"
+    return d
+
+
+def vzctl(ws: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("vzctl", list(args), env={"VZ_ROOT": str(ws / "vz"),
+                                             "VZPKG_CACHE_DIR": str(ws / "caches")},
+                   timeout=300)
+
+
+@pytest.fixture(scope="module")
+def running(ws: Path) -> Iterator[dict[int, str]]:
+    try:
+        for ctid, ip in VES.items():
+            r = vzctl(ws, "create", str(ctid), "--ostemplate", NAME, "--layout", "overlay",
+                      "--ipadd", ip, "--hostname", f"ve{ctid}")
+            assert r.returncode == 0, r.stderr
+            r = vzctl(ws, "start", str(ctid))
+            assert r.returncode == 0, r.stderr
+        yield VES
+    finally:
+        for ctid in VES:
+            vzctl(ws, "stop", str(ctid))
+            vzctl(ws, "destroy", str(ctid))
+
+
+def ve_sh(ws: Path, ctid: int, cmd: str) -> str:
+    r = vzctl(ws, "exec", str(ctid), cmd)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+def test_the_cache_ships_sshd_but_no_host_keys(ws: Path) -> None:
+    listing = subprocess.run(["tar", "--zstd", "-tf", ws / "caches" / f"{NAME}.tar.zst"],
+                             capture_output=True, text=True, check=True).stdout.splitlines()
+    assert "./usr/sbin/sshd" in listing
+    assert not [e for e in listing if "/etc/ssh/ssh_host_" in e]
+    manifest = json.loads((ws / "caches" / f"{NAME}.manifest.json").read_text())
+    assert {"openssh-server", "sudo", "curl", "cron", "locales"} <= {
+        p["name"] for p in manifest["packages"]}
+
+
+def test_each_ve_makes_its_own_host_keys(ws: Path, running: dict[int, str]) -> None:
+    prints = {ctid: ve_sh(ws, ctid, "for k in /etc/ssh/ssh_host_*_key.pub; do "
+                                    "ssh-keygen -lf $k; done") for ctid in running}
+    for out in prints.values():
+        assert "ED25519" in out and "RSA" in out, out
+    first, second = prints.values()
+    assert not set(first.split()) & {w for w in second.split() if w.startswith("SHA256:")}
+
+
+def test_sshd_answers_on_the_ve_address(ws: Path, running: dict[int, str]) -> None:
+    for ctid, ip in running.items():
+        with socket.create_connection((ip, 22), timeout=10) as s:
+            banner = s.recv(64)
+        assert banner.startswith(b"SSH-2.0-OpenSSH"), (ctid, banner)
+        assert f"ve{ctid}" in ve_sh(ws, ctid, "hostname")
