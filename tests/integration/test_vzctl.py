@@ -51,8 +51,8 @@ def host_leftovers(rt: Runtime, ctid: int) -> list[str]:
               rt.paths.pidfile(ctid)):
         if p.exists():
             out.append(str(p))
-    if net.link_exists(net.host_ifname(ctid)):
-        out.append(net.host_ifname(ctid))
+    if net.link_exists(rt.paths.host_ifname(ctid)):
+        out.append(rt.paths.host_ifname(ctid))
     if rt.cgroups.exists(str(ctid)):
         out.append(f"cgroup {ctid}")
     return out
@@ -211,7 +211,7 @@ def test_network_ping_tcp_and_live_ipadd(rt: Runtime) -> None:
         assert "198.18.92.7" in out and "198.18.92.6" not in out
     finally:
         rt.destroy(ctid)
-    assert not net.link_exists(net.host_ifname(ctid))
+    assert not net.link_exists(rt.paths.host_ifname(ctid))
 
 
 def test_set_hostname_dns_password(rt: Runtime) -> None:
@@ -326,7 +326,33 @@ def test_failed_start_leaves_nothing_running(rt: Runtime) -> None:
         assert "Traceback" not in r.stderr
         assert rt.state(ctid).line() == f"VEID {ctid} exist unmounted down"
         assert not rt.cgroups.exists(str(ctid))
-        assert not net.link_exists(net.host_ifname(ctid))
+        assert not net.link_exists(rt.paths.host_ifname(ctid))
         assert not rt.paths.pidfile(ctid).exists()
     finally:
         rt.destroy(ctid)
+
+
+def test_two_roots_run_the_same_ctid_without_touching_each_other(
+        rt: Runtime, tmp_path: Path) -> None:
+    """VE 9215 of a second VZ_ROOT gets its own cgroup and veth: starting, stopping
+    and destroying it leaves VE 9215 of the first root running and reachable."""
+    other = runtime_for(tmp_path / "second")
+    ctid = 9215
+    rt.create(ctid, "busybox-1", ipadd=["198.18.92.15"])
+    other.create(ctid, "busybox-1", ipadd=["198.18.92.16"])
+    ping = ["ping", "-c1", "-W2"]
+    try:
+        first_pid = rt.start(ctid)
+        other.start(ctid)
+        assert rt.state(ctid).running and rt.init_pid(ctid) == first_pid
+        assert net.link_exists(rt.paths.host_ifname(ctid))
+        assert net.link_exists(other.paths.host_ifname(ctid))
+        other.stop(ctid)
+        other.destroy(ctid)
+        assert rt.state(ctid).running and rt.init_pid(ctid) == first_pid
+        assert rt.cgroups.procs(str(ctid))
+        assert subprocess.run([*ping, "198.18.92.15"], capture_output=True).returncode == 0
+    finally:
+        destroy_all(other)
+        rt.destroy(ctid)
+    assert host_leftovers(rt, ctid) == []

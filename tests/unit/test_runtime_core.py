@@ -42,7 +42,18 @@ def test_ip_parsing_defaults_to_host_addresses() -> None:
     assert net.parse_ip("fd00::1").with_prefixlen == "fd00::1/128"
     with pytest.raises(UsageError, match="invalid IP"):
         net.parse_ip("10.1.2")
-    assert len(net.host_ifname(999999999)) <= 15  # IFNAMSIZ - 1
+
+
+def test_host_wide_names_are_openvz_s_for_vz_and_tagged_for_other_roots() -> None:
+    default = VzPaths(Path("/vz"))
+    assert (default.host_ifname(101), default.cgroup_prefix) == ("veth101.0", "vzpkg")
+    a, b = VzPaths(Path("/srv/vz-a")), VzPaths(Path("/srv/vz-b"))
+    names = {p.host_ifname(101) for p in (default, a, b)}
+    prefixes = {p.cgroup_prefix for p in (default, a, b)}
+    assert len(names) == 3 and len(prefixes) == 3
+    assert a.host_ifname(101) == VzPaths(Path("/srv/vz-a")).host_ifname(101)   # stable
+    for p in (default, a, b):
+        assert len(p.host_ifname(999999999)) <= 15  # IFNAMSIZ - 1
 
 
 def test_pidfile_is_trusted_only_for_the_same_process(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +11,7 @@ from vzpkg.cli.common import Parser, emit_json, run_main
 from vzpkg.errors import VeError, VzError
 from vzpkg.runtime.cgroups import Cgroups, check_ctid, detect
 from vzpkg.runtime.config import VeConfig, ve_conf_path
+from vzpkg.runtime.paths import VzPaths
 from vzpkg.runtime.ubc import Beancounter, format_table, to_json
 
 EPILOG = """\
@@ -73,8 +73,9 @@ def collect(cg: Cgroups, vz_root: Path, ctids: Sequence[str]
 
 
 def run(args: argparse.Namespace) -> int:
-    vz_root = Path(os.environ.get("VZ_ROOT") or "/vz")
-    cg = detect(args.cgroup_root)
+    paths = VzPaths.from_env()
+    vz_root = paths.root
+    cg = detect(args.cgroup_root, prefix=paths.cgroup_prefix)
     ctids = list(args.ctids) or cg.list_ctids()
     data, errors = collect(cg, vz_root, ctids)
     if args.json:

@@ -1,6 +1,7 @@
 """VE networking: a routed veth pair.
 
-The host end is ``veth<CTID>.0``; the VE end is created straight inside the
+The host end is ``veth<CTID>.0`` (see VzPaths.host_ifname for roots other than
+/vz; every function here takes that name as *hif*); the VE end is created straight inside the
 VE's network namespace as ``eth0``.  Each VE address is put on ``eth0`` and a
 host route for it points at the host end, so the host (and, with forwarding
 on, the world) reaches the VE.  The host end carries the link-local gateway
@@ -21,10 +22,6 @@ GW6 = "fe80::1"
 VE_IF = "eth0"
 
 Addr = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-
-
-def host_ifname(ctid: int) -> str:
-    return f"veth{ctid}.0"
 
 
 def parse_ip(text: str) -> Addr:
@@ -55,8 +52,8 @@ def link_exists(name: str) -> bool:
     return os.path.exists(f"/sys/class/net/{name}")
 
 
-def _host_route(addr: Addr, ctid: int, verb: str) -> str:
-    return f"route {verb} {addr.ip}/{addr.max_prefixlen} dev {host_ifname(ctid)}"
+def _host_route(addr: Addr, hif: str, verb: str) -> str:
+    return f"route {verb} {addr.ip}/{addr.max_prefixlen} dev {hif}"
 
 
 def _ve_addr(addr: Addr, verb: str) -> str:
@@ -64,20 +61,19 @@ def _ve_addr(addr: Addr, verb: str) -> str:
     return f"addr {verb} {addr.with_prefixlen} dev {VE_IF}{extra}"
 
 
-def setup(ctid: int, pid: int, addrs: Iterable[Addr]) -> None:
+def setup(hif: str, pid: int, addrs: Iterable[Addr]) -> None:
     """Bring up lo, and the veth pair when the VE has addresses."""
     addrs = list(addrs)
     if not addrs:
         _ip([], ["link set lo up"], pid)
         return
-    hif = host_ifname(ctid)
     if link_exists(hif):  # left over from a VE whose namespace is still going away
         _ip([], [f"link del {hif}"])
     _ip([], [f"link add {hif} type veth peer name {VE_IF} netns {pid}",
              f"addr add {GW4}/32 dev {hif}",
              f"addr add {GW6}/64 dev {hif} nodad",
              f"link set {hif} up",
-             *(_host_route(a, ctid, "replace") for a in addrs)])
+             *(_host_route(a, hif, "replace") for a in addrs)])
     _ip([], ["link set lo up", f"link set {VE_IF} up",
              *(_ve_addr(a, "add") for a in addrs),
              f"route add {GW4} dev {VE_IF} scope link",
@@ -85,32 +81,31 @@ def setup(ctid: int, pid: int, addrs: Iterable[Addr]) -> None:
              f"route add ::/0 via {GW6} dev {VE_IF}"], pid)
 
 
-def add(ctid: int, pid: int, addrs: Iterable[Addr], current: Iterable[Addr]) -> None:
+def add(hif: str, pid: int, addrs: Iterable[Addr], current: Iterable[Addr]) -> None:
     """Add addresses to a running VE (creating the veth pair for its first one)."""
     addrs = list(addrs)
     if not addrs:
         return
-    if not link_exists(host_ifname(ctid)):
-        setup(ctid, pid, addrs)
+    if not link_exists(hif):
+        setup(hif, pid, addrs)
         return
     have = {a.ip for a in current}
     new = [a for a in addrs if a.ip not in have]
     if not new:
         return
-    _ip([], [_host_route(a, ctid, "replace") for a in new])
+    _ip([], [_host_route(a, hif, "replace") for a in new])
     _ip([], [_ve_addr(a, "add") for a in new], pid)
 
 
-def delete(ctid: int, pid: int, addrs: Iterable[Addr]) -> None:
+def delete(hif: str, pid: int, addrs: Iterable[Addr]) -> None:
     addrs = list(addrs)
-    if not addrs or not link_exists(host_ifname(ctid)):
+    if not addrs or not link_exists(hif):
         return
-    _ip(["-force"], [_host_route(a, ctid, "del") for a in addrs])
+    _ip(["-force"], [_host_route(a, hif, "del") for a in addrs])
     _ip(["-force"], [_ve_addr(a, "del") for a in addrs], pid)
 
 
-def teardown(ctid: int) -> None:
+def teardown(hif: str) -> None:
     """Remove the host end (which removes the pair); fine if it is gone."""
-    hif = host_ifname(ctid)
     if link_exists(hif):
         subprocess.run(["ip", "link", "del", hif], capture_output=True, check=False)

@@ -13,10 +13,17 @@
     VZ_ROOT/lock/CTID.lck                per-VE lock
 
 ``VZ_ROOT`` comes from the environment and defaults to ``/vz``.
+
+Host-wide names (the VE's cgroup, the host end of its veth pair) are OpenVZ's for
+``/vz``: ``vzpkg/CTID`` and ``vethCTID.0``.  Any other root tags them with a short
+hash of its path (``vzpkg-TAG/CTID``, ``vTAGCTID``), so VE 101 of a second root never
+shares a cgroup or an interface with VE 101 of the first: starting one must not kill
+or unplug the other.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -47,6 +54,22 @@ class VzPaths:
     def from_env(cls, env: dict[str, str] | None = None) -> VzPaths:
         e = os.environ if env is None else env
         return cls(Path(e.get("VZ_ROOT") or DEFAULT_ROOT).absolute())
+
+    @property
+    def tag(self) -> str:
+        """"" for /vz; else 5 hex digits naming this root in host-wide names."""
+        if self.root == DEFAULT_ROOT:
+            return ""
+        return hashlib.sha256(str(self.root).encode()).hexdigest()[:5]
+
+    @property
+    def cgroup_prefix(self) -> str:
+        """The cgroup directory that holds this root's VEs."""
+        return f"vzpkg-{self.tag}" if self.tag else "vzpkg"
+
+    def host_ifname(self, ctid: int) -> str:
+        """The host end of the VE's veth pair (at most 15 characters: IFNAMSIZ)."""
+        return f"v{self.tag}{ctid}" if self.tag else f"veth{ctid}.0"
 
     @property
     def etc(self) -> Path:

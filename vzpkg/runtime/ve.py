@@ -91,7 +91,7 @@ class Runtime:
     @property
     def cgroups(self) -> Cgroups:
         if self._cgroups is None:
-            self._cgroups = detect()
+            self._cgroups = detect(prefix=self.paths.cgroup_prefix)
         return self._cgroups
 
     # -- helpers ---------------------------------------------------------
@@ -216,7 +216,7 @@ class Runtime:
 
         def ready(pid: int) -> None:
             cg.attach(str(ctid), pid)
-            net.setup(ctid, pid, addrs)
+            net.setup(self.paths.host_ifname(ctid), pid, addrs)
 
         spec = ns.StartSpec(ctid=ctid, root=root, hostname=cfg.get("HOSTNAME") or None,
                             prepare=lambda: _prepare(setup))
@@ -240,7 +240,7 @@ class Runtime:
         return (layout.is_mounted(self.paths.ve_root(ctid))
                 or self.paths.pidfile(ctid).exists()
                 or bool(self.cgroups.procs(str(ctid)))
-                or net.link_exists(net.host_ifname(ctid)))
+                or net.link_exists(self.paths.host_ifname(ctid)))
 
     def mount(self, ctid: int) -> Path:
         """Mount a stopped VE's root on VZ_ROOT/root/CTID (to work on its files)."""
@@ -274,7 +274,7 @@ class Runtime:
         cg = self.cgroups
         if cg.procs(str(ctid)):
             cg.kill_all(str(ctid))
-        net.teardown(ctid)
+        net.teardown(self.paths.host_ifname(ctid))
         layout.umount(self.paths, ctid)
         cg.remove(str(ctid))
         self.paths.pidfile(ctid).unlink(missing_ok=True)

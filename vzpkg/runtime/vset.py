@@ -79,8 +79,9 @@ def apply(rt: Runtime, ctid: int, values: dict[str, str], *,
         new_cfg = cfg.with_values(new_vals)
         if pid is not None and new_vals:
             rt.cgroups.apply(str(ctid), new_cfg.layered_on(rt.global_conf()))
-            net.delete(ctid, pid, removed)
-            net.add(ctid, pid, added, [a for a in cur if a not in removed])
+            hif = rt.paths.host_ifname(ctid)
+            net.delete(hif, pid, removed)
+            net.add(hif, pid, added, [a for a in cur if a not in removed])
             if any(k in new_vals for k in LIVE_DIST_KEYS):
                 _live_dist(rt, ctid, pid, dist_setup(new_cfg),
                            new_vals.get("HOSTNAME"))
