@@ -46,15 +46,15 @@ def fill(d: Path, files: dict[str, str]) -> Path:
 
 def v2_tree(root: Path, ctid: str = "101", *,
             controllers: str = "cpu cpuset memory pids io",
-            skip: tuple[str, ...] = ()) -> Path:
+            skip: tuple[str, ...] = (), prefix: str = "vzpkg") -> Path:
     """A cgroup2 root with the VE's group; returns the group directory."""
     fill(root, {"cgroup.controllers": controllers, "cgroup.subtree_control": "",
                 "cgroup.procs": "", "cpuset.cpus.effective": "0-3"})
-    fill(root / "vzpkg", {"cgroup.controllers": controllers,
-                          "cgroup.subtree_control": ""})
+    fill(root / prefix, {"cgroup.controllers": controllers,
+                         "cgroup.subtree_control": ""})
     files = {k: v for k, v in V2_FILES.items()
              if k.split(".")[0] in [*controllers.split(), "cgroup"] and k not in skip}
-    return fill(root / "vzpkg" / ctid, {"cgroup.controllers": controllers, **files})
+    return fill(root / prefix / ctid, {"cgroup.controllers": controllers, **files})
 
 
 def v1_tree(root: Path, ctid: str = "101",

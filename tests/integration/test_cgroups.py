@@ -23,6 +23,7 @@ from vzpkg.errors import VeError
 from vzpkg.runtime.cgroups import Cgroups, CgroupsV2, detect
 from vzpkg.runtime.config import VeConfig, ve_conf_path
 from vzpkg.runtime.params import UNLIMITED
+from vzpkg.runtime.paths import VzPaths
 from vzpkg.runtime.ubc import Beancounter
 
 pytestmark = [pytest.mark.root,
@@ -170,12 +171,22 @@ def test_kill_all_empties_a_forking_group(cg: Cgroups, ctid: str) -> None:
     assert ctid not in cg.list_ctids()
 
 
-def test_vzubc_shows_the_limit_a_ve_hit(cg: Cgroups, ctid: str, tmp_path: Path,
-                                        monkeypatch: pytest.MonkeyPatch,
+@pytest.fixture
+def root_cg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Cgroups, str]]:
+    """A VE group of the VZ_ROOT *tmp_path* (whose VEs vzubc reads), and its CTID."""
+    monkeypatch.setenv("VZ_ROOT", str(tmp_path))
+    cg = detect(prefix=VzPaths(tmp_path).cgroup_prefix)
+    c = _new_ctid()
+    cg.create(c)
+    yield cg, c
+    _cleanup(cg, c)
+
+
+def test_vzubc_shows_the_limit_a_ve_hit(root_cg: tuple[Cgroups, str], tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
+    cg, ctid = root_cg
     cfg = VeConfig.parse('NUMPROC="4:6"\n')
     cfg.save(ve_conf_path(tmp_path, ctid))
-    monkeypatch.setenv("VZ_ROOT", str(tmp_path))
     cg.apply(ctid, cfg)
     p = spawn(cg, ctid, [sys.executable, "-c", FORK_BOMB], stdout=subprocess.PIPE)
     assert p.stdout is not None

@@ -11,21 +11,24 @@ from tests.cgroups_helpers import v2_tree
 from vzpkg.cli import vzubc
 from vzpkg.runtime.config import VeConfig, ve_conf_path
 from vzpkg.runtime.params import UNLIMITED
+from vzpkg.runtime.paths import VzPaths
 from vzpkg.runtime.ubc import Beancounter, format_table, to_json
 
 
 @pytest.fixture
 def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     cgroot = tmp_path / "cgroup"
-    g = v2_tree(cgroot, "101")
+    vz = tmp_path / "vz"
+    prefix = VzPaths(vz).cgroup_prefix      # this VZ_ROOT's VEs, not /vz's
+    g = v2_tree(cgroot, "101", prefix=prefix)
     (g / "pids.current").write_text("7\n")
     (g / "pids.peak").write_text("40\n")
     (g / "pids.max").write_text("40\n")
     (g / "pids.events").write_text("max 9\n")
     (g / "memory.current").write_text(str(100 * 4096))
     (g / "memory.max").write_text(str(64 << 20))
-    v2_tree(cgroot, "102")
-    vz = tmp_path / "vz"
+    v2_tree(cgroot, "102", prefix=prefix)
+    v2_tree(cgroot, "105")                  # VE 105 of /vz: not listed for this root
     VeConfig.parse('NUMPROC="30:40"\n').save(ve_conf_path(vz, "101"))
     VeConfig.parse('NUMPROC="1000"\n').save(ve_conf_path(vz, "103"))
     monkeypatch.setenv("VZ_ROOT", str(vz))
