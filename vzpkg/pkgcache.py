@@ -7,7 +7,10 @@ Package managers (debootstrap, mmdebstrap, apt in the build VE) are pointed at
   fetches and keeps them on a miss;
 * fetches mutable index files (``InRelease``, ``Packages.xz`` …) upstream with a
   conditional GET, so an unchanged file costs one 304 and no download;
-* offline, serves only what the cache holds and records what was missing;
+* offline, serves only what the cache holds and records what was missing (an
+  index asked for in one compression is not missing when the cache holds it in
+  another, which apt then takes: a cache filled when apt preferred .xz still
+  builds offline now that it prefers .gz);
 * within one build, serves an index file fetched earlier in that build from the
   build's own copy: the repository state verified at the start (and recorded in
   the manifest) is exactly what the package manager installs from.
@@ -29,6 +32,7 @@ import fcntl
 import filecmp
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -44,6 +48,8 @@ if TYPE_CHECKING:
 
 CHUNK = 1 << 20
 TIMEOUT = (15, 120)
+COMPRESSIONS = (".gz", ".xz", ".bz2", ".lzma", ".zst")
+BY_HASH = re.compile(r"(?P<dir>.+)/by-hash/SHA256/(?P<hash>[0-9a-f]{64})")
 
 
 def upstream_key(url: str) -> str:
@@ -199,8 +205,9 @@ class CachingProxy:
                 with self._lock:
                     self.stats.hits += 1
                 return local
-            with self._lock:
-                self.stats.missing.append(path)
+            if not self._other_compression_cached(key, path):
+                with self._lock:
+                    self.stats.missing.append(path)
             return None
         got = self._download(key, path, local)
         if got is not None and not immutable(path):
@@ -215,6 +222,37 @@ class CachingProxy:
                 self._fresh[local] = snap
             return snap
         return got
+
+    def _other_compression_cached(self, key: str, path: str) -> bool:
+        """Whether *path* is an index (by name or by hash) that the cached InRelease
+        of its suite lists in another compression the cache holds."""
+        parts = path.split("/")
+        if parts[0] != "dists":
+            return False
+        for i in range(len(parts) - 1, 1, -1):
+            suite = "/".join(parts[:i])
+            release = self._local(key, f"{suite}/InRelease")
+            if release.is_file():
+                break
+        else:
+            return False
+        entries = sha256_entries(release.read_text(encoding="utf-8", errors="replace"))
+        rel = "/".join(parts[i:])
+        m = BY_HASH.fullmatch(rel)
+        name = (next((n for n, h in entries.items()
+                      if h == m["hash"] and n.rpartition("/")[0] == m["dir"]), None)
+                if m else rel if rel in entries else None)
+        if name is None:
+            return False
+        base = next((name[:-len(e)] for e in COMPRESSIONS if name.endswith(e)), name)
+        for variant in (base, *(base + e for e in COMPRESSIONS)):
+            if variant == name or variant not in entries:
+                continue
+            d = variant.rpartition("/")[0]
+            if (self._local(key, f"{suite}/{d}/by-hash/SHA256/{entries[variant]}").is_file()
+                    or self._local(key, f"{suite}/{variant}").is_file()):
+                return True
+        return False
 
     def _copies_dir(self) -> Path:
         """This session's directory of index copies (caller holds the lock)."""
@@ -270,6 +308,20 @@ class CachingProxy:
             self.stats.downloaded_bytes += n
             self.stats.fetched.append(path)
         return local
+
+
+def sha256_entries(release: str) -> dict[str, str]:
+    """{file name: sha256} from the SHA256 section of a Release/InRelease text."""
+    out: dict[str, str] = {}
+    section = False
+    for line in release.splitlines():
+        if not line.startswith(" "):
+            section = line.rstrip() == "SHA256:"
+            continue
+        fields = line.split()
+        if section and len(fields) == 3:
+            out[fields[2]] = fields[0]
+    return out
 
 
 @contextlib.contextmanager

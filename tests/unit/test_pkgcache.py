@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import requests
@@ -102,3 +103,41 @@ def test_one_build_sees_one_state_of_an_index(tmp_path: Path) -> None:
         nxt = proxy.fetch(srv.url, "dists/stable/InRelease")
         assert nxt is not None and nxt.read_text() == "Date: two\n"   # a new build
     assert not list((tmp_path / "cache" / ".sessions").iterdir())
+
+
+def test_offline_an_index_in_another_cached_compression_is_not_missing(
+        tmp_path: Path) -> None:
+    """apt asks for Packages.gz first and falls back to .xz: offline, a cache that
+    holds only the .xz (filled when apt preferred it) must not count the .gz as a
+    miss, or the build would fail although apt got its index."""
+    up = _upstream(tmp_path)
+    idx = up / "dists/stable/main/binary-amd64"
+    xz, gz = b"\xfd7zXZ packages", b"\x1f\x8b packages"
+    hx, hg = hashlib.sha256(xz).hexdigest(), hashlib.sha256(gz).hexdigest()
+    for h, data in ((hx, xz), (hg, gz)):
+        (idx / "by-hash/SHA256" / h).write_bytes(data)
+    (up / "dists/stable/InRelease").write_text(
+        "Date: one\nSHA256:\n"
+        f" {hashlib.sha256(b'plain').hexdigest()} 5 main/binary-amd64/Packages\n"
+        f" {hg} {len(gz)} main/binary-amd64/Packages.gz\n"
+        f" {hx} {len(xz)} main/binary-amd64/Packages.xz\n"
+        f" {'0' * 64} 9 main/source/Sources.xz\n")
+    cache = tmp_path / "cache"
+    with MirrorServer(up) as srv:
+        with CachingProxy(cache) as proxy:      # online: InRelease and the .xz only
+            assert proxy.fetch(srv.url, "dists/stable/InRelease") is not None
+            assert proxy.fetch(srv.url, f"dists/stable/main/binary-amd64/by-hash/SHA256/{hx}")
+        with CachingProxy(cache, offline=True) as proxy:
+            base = proxy.url_for(srv.url)
+            for path in (f"main/binary-amd64/by-hash/SHA256/{hg}",
+                         "main/binary-amd64/Packages.gz", "main/binary-amd64/Packages"):
+                assert requests.get(f"{base}/dists/stable/{path}", timeout=10).status_code \
+                    == 404
+            got = requests.get(f"{base}/dists/stable/main/binary-amd64/by-hash/SHA256/{hx}",
+                               timeout=10)
+            assert got.content == xz
+            assert proxy.stats.missing == []
+            # an index of which no compression is cached is missing
+            gone = requests.get(f"{base}/dists/stable/main/source/Sources.gz", timeout=10)
+            assert gone.status_code == 404
+            assert proxy.stats.missing == ["dists/stable/main/source/Sources.gz"]
