@@ -45,8 +45,10 @@ class DebianBackend(Backend, family="deb"):
             path = f"dists/{repo.suite}/InRelease"
             try:
                 local = self.ctx.proxy.fetch(repo.url, path)
-            except OSError as exc:
-                raise self.fail("repository", f"cannot fetch {repo.url}/{path}: {exc}",
+            except OSError as exc:      # requests' errors too
+                from vzpkg.neterrors import describe
+                raise self.fail("repository",
+                                f"cannot fetch {repo.url}/{path}: {describe(exc)}",
                                 hint="check the mirror URL and the network, or use "
                                      "--offline with a filled package cache") from None
             if local is None:

@@ -142,19 +142,11 @@ def _http_get(url: str) -> tuple[int, bytes]:
         exc.close()
         return exc.code, b""
     except (OSError, ValueError, http.client.HTTPException) as exc:  # URLError too
-        raise BuildError("repository", f"cannot fetch {url}: {_reason(exc)}",
+        from vzpkg.neterrors import describe
+        raise BuildError("repository", f"cannot fetch {url}: {describe(exc)}",
                          hint="is the repository up and the URL right? check "
                               "the template's mirrors (override with --set "
                               "mirrors.NAME=URL)") from None
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(getattr(exc, "reason", None) or exc)
-    if "Connection refused" in text:
-        return "connection refused (the repository is down or the port is wrong)"
-    if "Name or service not known" in text or "Temporary failure in name" in text:
-        return "the host name does not resolve"
-    return text[:300]
 
 
 def verify_signature(data: bytes, sig: bytes, keyring: Path, what: str) -> None:

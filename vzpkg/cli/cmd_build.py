@@ -79,7 +79,8 @@ def _run(args: argparse.Namespace, work: Callable[..., builder.BuildResult]) -> 
         try:
             return work(plan, settings, progress=rep, verbose=verbose)
         except VzError as exc:
-            rep.line(f"{plan.name}: error: {exc}")
+            if len(plans) > 1:  # a single build's error is the command's own, shown once
+                rep.line(f"{plan.name}: error: {exc}")
             return exc
 
     jobs = max(1, args.jobs)
@@ -102,7 +103,7 @@ def _run(args: argparse.Namespace, work: Callable[..., builder.BuildResult]) -> 
                 print(f"{p.name}: {r.status.value} (serial {r.serial}, {size}, "
                       f"{r.packages} packages, {r.seconds:.1f}s, "
                       f"downloaded {human_size(r.downloaded_bytes)})")
-            else:
+            elif len(plans) > 1:
                 print(f"{p.name}: FAILED", file=sys.stderr)
     if len(plans) == 1 and failed:
         raise failed[0]

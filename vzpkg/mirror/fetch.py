@@ -11,10 +11,8 @@ while the bytes arrive, so no second pass over the file is needed.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import os
 import re
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -25,6 +23,7 @@ import urllib3
 from vzpkg import __version__
 from vzpkg.errors import MirrorError
 from vzpkg.mirror.flush import Flusher
+from vzpkg.neterrors import describe
 
 CHUNK = 1 << 20
 SMALL_LIMIT = 16 << 20
@@ -113,7 +112,7 @@ class Fetcher:
                              hint="the mirror is down or stalled; raise pull.timeout if "
                                   "it is just slow") from None
         except requests.RequestException as exc:
-            raise FetchError(f"{url}: cannot connect: {_reason(exc)}",
+            raise FetchError(f"{url}: cannot connect: {describe(exc)}",
                              hint="check the mirror URL and that the server is up") from None
 
     @staticmethod
@@ -135,7 +134,7 @@ class Fetcher:
                     if len(buf) > limit:
                         raise FetchError(f"{url}: larger than {limit} bytes; refused")
         except requests.RequestException as exc:
-            raise FetchError(f"{url}: transfer failed: {_reason(exc)}") from None
+            raise FetchError(f"{url}: transfer failed: {describe(exc)}") from None
         return bytes(buf)
 
     def download(self, url: str, part: Path, size: int, progress: Progress,
@@ -251,35 +250,5 @@ class Fetcher:
             return data
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise FetchError(f"{url}: transfer cut after {got} of {size} bytes: "
-                             f"{_reason(exc)}", partial=got > offset,
+                             f"{describe(exc)}", partial=got > offset,
                              fetched=got - offset) from None
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    """*exc* and every exception it wraps (cause, context, .reason, exception args)."""
-    seen: list[BaseException] = []
-    todo = [exc]
-    while todo:
-        e = todo.pop()
-        if any(e is x for x in seen):
-            continue
-        seen.append(e)
-        more = [e.__cause__, e.__context__, getattr(e, "reason", None), *e.args]
-        todo.extend(x for x in more if isinstance(x, BaseException))
-    return seen
-
-
-def _reason(exc: BaseException) -> str:
-    """A short human reason for a requests/urllib3 failure."""
-    chain = _chain(exc)
-    for kind, text in ((ConnectionRefusedError, "connection refused"),
-                       (socket.gaierror, "host name not found"),
-                       (urllib3.exceptions.ReadTimeoutError, "read timed out"),
-                       (urllib3.exceptions.ConnectTimeoutError, "connect timed out"),
-                       (TimeoutError, "timed out"),
-                       (http.client.IncompleteRead, "connection closed early by the server"),
-                       (ConnectionResetError, "connection reset by the server"),
-                       (urllib3.exceptions.SSLError, "TLS error")):
-        if any(isinstance(e, kind) for e in chain):
-            return text
-    return str(chain[-1] if len(chain) > 1 else exc)[:200]
