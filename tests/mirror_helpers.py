@@ -252,7 +252,7 @@ def make_keys(base: Path) -> Keys:
 
 
 def make_cache(cache_dir: Path, name: str, size: int = 1 << 20, *,
-               seed: int = 1) -> Manifest:
+               seed: int = 1, packages: Sequence[InstalledPackage] = ()) -> Manifest:
     """Commit a real .tar.zst cache of about *size* incompressible bytes to the store."""
     store = CacheStore(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -270,7 +270,7 @@ def make_cache(cache_dir: Path, name: str, size: int = 1 << 20, *,
         name=name, distribution=parts[0], release=parts[1], arch=parts[2],
         set_name=parts[3], serial=1, plan_digest=None, repo_digest=None,
         source_date=0, backend="import", tools={"vzpkg": "test"},
-        packages=(InstalledPackage("base-files", str(seed), "all"),),
+        packages=tuple(packages) or (InstalledPackage("base-files", str(seed), "all"),),
         file_count=3, unpacked_size=size, tarball=f"{name}.tar.zst", compression="zstd",
         size=len(data), sha256=hashlib.sha256(data).hexdigest())
     with store.lock(name):

@@ -326,8 +326,14 @@ def sha256_entries(release: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def exclusive(cache_dir: Path) -> Iterator[None]:
-    """Hold the package cache exclusively (pruning)."""
+    """Hold the package cache exclusively (pruning); StoreError at once while a
+    build holds it."""
+    from vzpkg.errors import StoreError
     cache_dir.mkdir(parents=True, exist_ok=True)
     with open(cache_dir / ".lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreError(f"the package cache {cache_dir} is in use by a build",
+                             hint="run it again when the build has finished") from None
         yield

@@ -1,4 +1,5 @@
-"""``vzpkg import``, ``vzpkg verify``, ``vzpkg remove``: the cache store."""
+"""``vzpkg import``, ``vzpkg verify``, ``vzpkg remove``, ``vzpkg prune``: the cache
+store and the package cache beside it."""
 
 from __future__ import annotations
 
@@ -53,6 +54,20 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("name", metavar="NAME")
     add_json_flag(p)
     p.set_defaults(func=cmd_remove)
+
+    p = sub.add_parser(
+        "prune", help="remove package downloads that no cache needs any more",
+        description="Trim the shared package cache (<cache dir>/.pkgcache): keep the\n"
+                    "package files that the caches in the cache directory (and their\n"
+                    "-old copies) were built from and the indexes their repositories\n"
+                    "still name; remove other packages, superseded indexes and\n"
+                    "leftovers of killed downloads. Fails while a build is running.",
+        epilog="examples:\n  vzpkg prune --dry-run        what would go, and how much\n"
+               "  vzpkg prune --json           remove, and report as JSON",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    add_json_flag(p)
+    p.set_defaults(func=cmd_prune)
 
 
 def _store(args: argparse.Namespace) -> CacheStore:
@@ -148,4 +163,20 @@ def cmd_remove(args: argparse.Namespace) -> int:
         emit_json({"removed": name})
     else:
         print(f"removed {name} (and its -old copy)")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from vzpkg.config import load_settings
+    from vzpkg.pkgcache_prune import prune
+    settings = load_settings(workspace=args.workspace, cache_dir=args.cache_dir)
+    report = prune(settings.cache_dir, settings.pkg_cache_dir, dry_run=args.dry_run)
+    if args.json:
+        emit_json(report.to_json())
+        return 0
+    verb = "would remove" if report.dry_run else "removed"
+    for p in report.removed:
+        print(f"{verb} {p}")
+    print(f"{verb} {len(report.removed)} files ({human_size(report.freed_bytes)}) from "
+          f"{report.directory}; kept {report.kept_packages} package files")
     return 0

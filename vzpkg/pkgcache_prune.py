@@ -1,0 +1,117 @@
+"""Pruning the shared package cache: keep what the caches in the store came from.
+
+Kept: every package file (``.deb`` of a pool, ``.rpm`` of dnf's cache) whose name,
+version and architecture a current or ``-old`` cache's manifest lists, every index
+that the cached InRelease of its suite still names, and everything else (InRelease
+files, dnf's metadata).  Removed: other package files, by-hash indexes no InRelease
+names any more, and temporary files left by killed downloads.  A build that needs
+something removed downloads it again; ``--offline`` builds of the kept caches still
+work.  Runs only while no build uses the cache (the builds' shared lock).
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from vzpkg.errors import StoreError
+from vzpkg.manifest import Manifest
+from vzpkg.pkgcache import BY_HASH, exclusive, sha256_entries
+from vzpkg.store import CacheStore
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    directory: Path
+    removed: tuple[Path, ...]
+    freed_bytes: int
+    kept_packages: int
+    dry_run: bool
+
+    def to_json(self) -> dict[str, object]:
+        return {"directory": str(self.directory), "dry_run": self.dry_run,
+                "removed": [str(p) for p in self.removed], "freed_bytes": self.freed_bytes,
+                "kept_packages": self.kept_packages}
+
+
+def package_files(manifests: Iterable[Manifest]) -> set[str]:
+    """The file names the manifests' packages were installed from (.deb and .rpm
+    names; neither carries the epoch)."""
+    names: set[str] = set()
+    for m in manifests:
+        for p in m.packages:
+            version = p.version.split(":", 1)[-1]
+            names.add(f"{p.name}_{version}_{p.arch}.deb")
+            names.add(f"{p.name}-{version}.{p.arch}.rpm")
+    return names
+
+
+def _manifests(store: CacheStore) -> list[Manifest]:
+    out: list[Manifest] = []
+    for name in store.names():
+        for load in (store.manifest, store.old_manifest):
+            try:
+                m = load(name)
+            except StoreError as exc:
+                raise StoreError(f"cannot tell what cache {name} needs: {exc.message}",
+                                 hint=f"fix or remove it (vzpkg remove {name}) first; "
+                                      "nothing was pruned") from None
+            if m is not None:
+                out.append(m)
+    return out
+
+
+def _stale(pkg_cache: Path, wanted: set[str]) -> Iterator[Path]:
+    releases: dict[Path, set[str]] = {}
+    for f in sorted(pkg_cache.rglob("*")):
+        if not f.is_file() or f.is_symlink() or ".sessions" in f.relative_to(pkg_cache).parts:
+            continue
+        if f.name.startswith(".part-"):
+            yield f
+        elif f.suffix in (".deb", ".rpm"):
+            if urllib.parse.unquote(f.name) not in wanted:
+                yield f
+        elif "by-hash" in f.parts:
+            m = BY_HASH.fullmatch(str(f.relative_to(pkg_cache)))
+            suite = _suite_of(f, pkg_cache)
+            if m is None or suite is None:
+                continue
+            if suite not in releases:
+                releases[suite] = set(sha256_entries(
+                    (suite / "InRelease").read_text(encoding="utf-8", errors="replace")
+                ).values())
+            if m["hash"] not in releases[suite]:
+                yield f
+
+
+def _suite_of(f: Path, top: Path) -> Path | None:
+    """The nearest directory above *f* (below ``dists``) that has an InRelease."""
+    for d in f.parents:
+        if d == top or d.name == "dists":
+            return None
+        if (d / "InRelease").is_file():
+            return d
+    return None
+
+
+def prune(cache_dir: Path, pkg_cache: Path, *, dry_run: bool = False) -> PruneReport:
+    """Remove from *pkg_cache* what no cache in *cache_dir*'s store needs."""
+    store = CacheStore(cache_dir)
+    wanted = package_files(_manifests(store))
+    removed: list[Path] = []
+    freed = 0
+    if not pkg_cache.is_dir():
+        return PruneReport(pkg_cache, (), 0, 0, dry_run)
+    with exclusive(pkg_cache):
+        for f in _stale(pkg_cache, wanted):
+            size = f.stat().st_size
+            if not dry_run:
+                f.unlink()
+            removed.append(f)
+            freed += size
+        gone = set(removed)
+        kept = sum(1 for f in pkg_cache.rglob("*") if f.suffix in (".deb", ".rpm")
+                   and f not in gone)
+    return PruneReport(pkg_cache, tuple(removed), freed, kept, dry_run)
