@@ -256,3 +256,19 @@ def test_the_debootstrap_backend_builds_a_working_debian_too(tmp_path: Path) -> 
     sources = (tree / "etc/apt/sources.list").read_text()
     assert "127.0.0.1" not in sources and "bookworm-security" in sources
     assert not (tree / "etc/apt/vzpkg-build-keyring.gpg").exists()
+
+
+def test_prune_keeps_what_an_offline_rebuild_needs(ws: Path, built: dict[str, Any]) -> None:
+    """After `vzpkg prune`, the package cache still holds every package and index of
+    the cache (epochs and quoted file names included): a forced offline rebuild works
+    and installs the same packages."""
+    r = vzpkg(ws, "prune", "--json")
+    assert r.returncode == 0, r.stderr
+    kept = json.loads(r.stdout)["kept_packages"]
+    assert kept >= len(built["manifest"]["packages"])
+    r = vzpkg(ws, "build", NAME, "--offline", "--force", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)["results"][0]
+    assert res["status"] == "built" and res["downloaded_bytes"] == 0
+    now = json.loads((ws / "caches" / f"{NAME}.manifest.json").read_text())
+    assert now["packages"] == built["manifest"]["packages"]
