@@ -6,7 +6,8 @@ In one run, alternating, N rounds (default 3):
   vzpkg build, cold  (empty package cache, fresh cache dir)
   vzpkg build, warm  (package cache filled, --force)
   vzpkg build, no-op (up to date)
-and the cache's size next to xz -9 and zstd -19 of the same tree.
+and the cache's size next to xz -9 and zstd -19 of the same tree; then one more
+warm build with --verbose, timed step by step (vzpkg's and mmdebstrap's steps).
 Medians and ratios go to bench/results/build.json.  Needs root and the mirror.
 
     python bench/build.py [--rounds N] [--backend debootstrap|mmdebstrap]
@@ -15,11 +16,14 @@ Medians and ratios go to bench/results/build.json.  Needs root and the mirror.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from functools import partial
 from pathlib import Path
 
@@ -33,6 +37,28 @@ from vzpkg.metadata.loader import make_plan
 def sh(*argv: str | Path) -> None:
     subprocess.run([str(a) for a in argv], check=True, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
+
+
+def phases(argv: list[str | Path]) -> dict[str, float]:
+    """Run one build with --verbose and time its steps: vzpkg's own ("[  1.2s] name:
+    step") and mmdebstrap's ("I: ..."), each until the next one begins."""
+    marks: list[tuple[float, str]] = []
+    t0 = time.monotonic()
+    with subprocess.Popen([str(a) for a in argv], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            now = time.monotonic() - t0
+            m = re.match(r"\[\s*[\d.]+s\] [^:]+: (.*)", line)
+            if m:
+                marks.append((now, m.group(1).split(":")[0].strip()))
+            elif line.startswith("I: ") and not line.startswith("I: running --"):
+                marks.append((now, "mmdebstrap: " + line[3:].strip().rstrip(".")))
+    marks.append((time.monotonic() - t0, "end"))
+    out: dict[str, float] = {}
+    for (t, what), (t_next, _) in itertools.pairwise(marks):
+        out[what] = round(out.get(what, 0.0) + t_next - t, 2)
+    return out
 
 
 def main() -> int:
@@ -78,6 +104,10 @@ def main() -> int:
                 sh, *vzpkg, "--cache-dir", warm_dir, "build", plan.name, *bflag)))
             print(f"round {i + 1}: " + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in times.items()),
                   flush=True)
+        warm_phases = phases([*vzpkg, "--cache-dir", warm_dir, "build", plan.name,
+                              "--force", "--verbose", *bflag])
+        print("warm build, by step: " + ", ".join(f"{k} {v:.1f}s"
+                                                  for k, v in warm_phases.items()), flush=True)
         tarball = warm_dir / f"{plan.name}.tar.zst"
         tree = base / "tree"
         tree.mkdir()
@@ -98,6 +128,7 @@ def main() -> int:
                                       "rounds": args.rounds, "seconds": times,
                                       "median_seconds": med, "ratios": ratios,
                                       "sizes_bytes": sizes,
+                                      "warm_steps_seconds": warm_phases,
                                       "targets": {"cold_vs_mmdebstrap_tar": "<= 1.0",
                                                   "warm_vs_mmdebstrap_tar": "<= 0.6",
                                                   "noop_seconds": "< 3"}})
