@@ -56,6 +56,14 @@ def test_host_wide_names_are_openvz_s_for_vz_and_tagged_for_other_roots() -> Non
         assert len(p.host_ifname(999999999)) <= 15  # IFNAMSIZ - 1
 
 
+def test_a_root_reached_through_a_symlink_keeps_its_names(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    real, link = VzPaths(tmp_path / "real"), VzPaths(tmp_path / "link")
+    assert (link.host_ifname(7), link.cgroup_prefix) == (real.host_ifname(7),
+                                                         real.cgroup_prefix)
+
+
 def test_pidfile_is_trusted_only_for_the_same_process(tmp_path: Path) -> None:
     pf = tmp_path / "1.pid"
     assert state.running_pid(pf) is None  # missing

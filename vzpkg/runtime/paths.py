@@ -57,10 +57,12 @@ class VzPaths:
 
     @property
     def tag(self) -> str:
-        """"" for /vz; else 5 hex digits naming this root in host-wide names."""
-        if self.root == DEFAULT_ROOT:
+        """"" for /vz; else 5 hex digits naming this root in host-wide names (of its
+        real path: a root reached through a symlink keeps its names)."""
+        real = self.root.resolve()
+        if real == DEFAULT_ROOT.resolve():
             return ""
-        return hashlib.sha256(str(self.root).encode()).hexdigest()[:5]
+        return hashlib.sha256(str(real).encode()).hexdigest()[:5]
 
     @property
     def cgroup_prefix(self) -> str:
