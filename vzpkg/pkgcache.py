@@ -226,18 +226,13 @@ class CachingProxy:
     def _other_compression_cached(self, key: str, path: str) -> bool:
         """Whether *path* is an index (by name or by hash) that the cached InRelease
         of its suite lists in another compression the cache holds."""
-        parts = path.split("/")
-        if parts[0] != "dists":
+        local = self._local(key, path)
+        suite = suite_dir(local, self.dir / key)
+        if suite is None:
             return False
-        for i in range(len(parts) - 1, 1, -1):
-            suite = "/".join(parts[:i])
-            release = self._local(key, f"{suite}/InRelease")
-            if release.is_file():
-                break
-        else:
-            return False
-        entries = sha256_entries(release.read_text(encoding="utf-8", errors="replace"))
-        rel = "/".join(parts[i:])
+        entries = sha256_entries((suite / "InRelease").read_text(encoding="utf-8",
+                                                                  errors="replace"))
+        rel = str(local.relative_to(suite))
         m = BY_HASH.fullmatch(rel)
         name = (next((n for n, h in entries.items()
                       if h == m["hash"] and n.rpartition("/")[0] == m["dir"]), None)
@@ -249,8 +244,8 @@ class CachingProxy:
             if variant == name or variant not in entries:
                 continue
             d = variant.rpartition("/")[0]
-            if (self._local(key, f"{suite}/{d}/by-hash/SHA256/{entries[variant]}").is_file()
-                    or self._local(key, f"{suite}/{variant}").is_file()):
+            if ((suite / d / "by-hash/SHA256" / entries[variant]).is_file()
+                    or (suite / variant).is_file()):
                 return True
         return False
 
@@ -308,6 +303,17 @@ class CachingProxy:
             self.stats.downloaded_bytes += n
             self.stats.fetched.append(path)
         return local
+
+
+def suite_dir(path: Path, top: Path) -> Path | None:
+    """The suite holding *path*: the nearest directory above it, below ``dists``
+    and *top*, with a cached InRelease."""
+    for d in path.parents:
+        if d == top or d.name == "dists":
+            return None
+        if (d / "InRelease").is_file():
+            return d
+    return None
 
 
 def sha256_entries(release: str) -> dict[str, str]:

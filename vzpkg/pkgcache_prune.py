@@ -18,7 +18,7 @@ from pathlib import Path
 
 from vzpkg.errors import StoreError
 from vzpkg.manifest import Manifest
-from vzpkg.pkgcache import BY_HASH, exclusive, sha256_entries
+from vzpkg.pkgcache import exclusive, sha256_entries, suite_dir
 from vzpkg.store import CacheStore
 
 
@@ -73,27 +73,16 @@ def _stale(pkg_cache: Path, wanted: set[str]) -> Iterator[Path]:
         elif f.suffix in (".deb", ".rpm"):
             if urllib.parse.unquote(f.name) not in wanted:
                 yield f
-        elif "by-hash" in f.parts:
-            m = BY_HASH.fullmatch(str(f.relative_to(pkg_cache)))
-            suite = _suite_of(f, pkg_cache)
-            if m is None or suite is None:
+        elif f.parent.name == "SHA256" and f.parent.parent.name == "by-hash":
+            suite = suite_dir(f, pkg_cache)
+            if suite is None:
                 continue
             if suite not in releases:
                 releases[suite] = set(sha256_entries(
                     (suite / "InRelease").read_text(encoding="utf-8", errors="replace")
                 ).values())
-            if m["hash"] not in releases[suite]:
+            if f.name not in releases[suite]:
                 yield f
-
-
-def _suite_of(f: Path, top: Path) -> Path | None:
-    """The nearest directory above *f* (below ``dists``) that has an InRelease."""
-    for d in f.parents:
-        if d == top or d.name == "dists":
-            return None
-        if (d / "InRelease").is_file():
-            return d
-    return None
 
 
 def prune(cache_dir: Path, pkg_cache: Path, *, dry_run: bool = False) -> PruneReport:
