@@ -185,30 +185,33 @@ def _script_hint(script: Script) -> str:
     return f"fix {where}; the previous cache was left untouched"
 
 
+def _mounts() -> list[tuple[str, str]]:
+    """(mount point, file system type) of every mount in our mount namespace."""
+    out = []
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        for line in f:
+            fields = line.split()
+            out.append((fields[4].replace("\\040", " "), fields[fields.index("-") + 1]))
+    return out
+
+
+def _below(mp: str, path: str) -> bool:
+    return mp == path or mp.startswith(path.rstrip("/") + "/")
+
+
 def mounts_under(path: Path) -> list[str]:
     """Mount points at or below *path* visible in our mount namespace."""
     prefix = str(path.resolve())
-    found = []
-    with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        for line in f:
-            mp = line.split()[4].replace("\\040", " ")
-            if mp == prefix or mp.startswith(prefix + "/"):
-                found.append(mp)
-    return found
+    return [mp for mp, _ in _mounts() if _below(mp, prefix)]
 
 
 def fs_type(path: Path) -> str:
     """The file system type of the mount that holds *path* ("" if unknown)."""
     target = str(path.resolve())
-    best, kind = "", ""
-    with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        for line in f:
-            fields = line.split()
-            mp = fields[4].replace("\\040", " ")
-            sep = fields.index("-")
-            if ((target == mp or target.startswith(mp.rstrip("/") + "/"))
-                    and len(mp) >= len(best)):
-                best, kind = mp, fields[sep + 1]
+    best, kind = -1, ""
+    for mp, fs in _mounts():      # the deepest mount wins; of two on one point, the later
+        if _below(target, mp) and len(mp) >= best:
+            best, kind = len(mp), fs
     return kind
 
 
