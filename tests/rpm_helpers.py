@@ -170,3 +170,15 @@ def dnf_context(plan: Plan, tmp: Path, *, pkg_cache: Path, offline: bool = False
                              work / "keyring.gpg")
     return make_context(plan, work=work, pkg_cache=pkg_cache, keyring=keyring,
                         log=build_log(tmp / "build.log"), offline=offline)
+
+
+def prestarted_dnfs() -> list[int]:
+    """Pids of dnf interpreters vzpkg pre-started (see vzpkg.backends.dnf)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and b"dnf.cli import main" in (d / "cmdline").read_bytes():
+                out.append(int(d.name))
+        except OSError:
+            continue
+    return out

@@ -166,6 +166,7 @@ class _Build:
         self.log = BuildLog(self.logs / f"{plan.name}.log", echo=verbose)
         self.log.path.write_text(f"vzpkg {__version__}: {plan.name} digest {plan.digest}\n")
         self.tasks: list[_Task[object]] = []
+        self.closers: list[Callable[[], None]] = []
 
     def later(self, fn: Callable[[], T]) -> _Task[T]:
         """Run *fn* beside the build; joined by close() at the latest."""
@@ -239,6 +240,9 @@ class _Build:
 
     def close(self) -> None:
         try:
+            for closer in self.closers:
+                with contextlib.suppress(Exception):   # the build's own error wins
+                    closer()
             for task in self.tasks:
                 with contextlib.suppress(Exception):   # the build's own error wins
                     task.result()
@@ -280,16 +284,19 @@ def build(plan: Plan, settings: Settings, *, force: bool = False, offline: bool 
         with b.store.lock(plan.name), \
                 CachingProxy(settings.pkg_cache_dir, offline=offline) as proxy:
             backend = cls(b.context(b.keyring(), proxy))
+            b.closers.append(backend.close)
+            root = b.work / "root"
+            current = b.store.manifest(plan.name)
+            if force or current is None or current.plan_digest != plan.digest:
+                backend.prestart(root)      # a build is likely: let it start early
             tools = b.later(backend.tool_versions)
             b.say("checking repositories")
             state = backend.repo_state()
-            current = b.store.manifest(plan.name)
             if (not force and current is not None and current.plan_digest == plan.digest
                     and current.repo_digest == state.digest):
                 b.say("up to date")
                 return BuildResult.of(Status.UP_TO_DATE, current, t0, proxy)
             source_date = _source_date(env, state.source_date)
-            root = b.work / "root"
             script = plan.script(ScriptStage.PRE_CACHE)
             if script:
                 b.say("pre-cache script")

@@ -77,17 +77,28 @@ class BuildLog:
         """Run a command, output appended to the log; BuildError naming *step* if
         it fails, with the last lines of its output in the message."""
         self.write(f"$ {' '.join(argv)}")
-        tail: deque[str] = deque(maxlen=25)
+        self.follow(self.spawn(argv, step=step, env=env, cwd=cwd), step=step, hint=hint)
+
+    def spawn(self, argv: Sequence[str], *, step: str, env: Mapping[str, str] | None = None,
+              cwd: Path | None = None, stdin: int = subprocess.DEVNULL
+              ) -> subprocess.Popen[bytes]:
+        """Start a command whose output (stdout and stderr) :meth:`follow` reads."""
         full_env = {"PATH": SAFE_PATH, "LC_ALL": "C.UTF-8", "HOME": "/root",
                     **(env or {})}
         try:
-            proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            return subprocess.Popen(list(argv), stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, stdin=stdin,
                                     env=full_env, cwd=cwd)
         except FileNotFoundError:
             raise BuildError(step, f"command not found: {argv[0]}",
                              hint="run 'make setup' (tools/install-system-deps) to "
                                   "install the host tools") from None
+
+    def follow(self, proc: subprocess.Popen[bytes], *, step: str,
+               hint: str | None = None) -> None:
+        """Append what *proc* prints to the log until it ends; BuildError naming
+        *step* if it fails, with the last lines of its output in the message."""
+        tail: deque[str] = deque(maxlen=25)
         assert proc.stdout is not None
         with self.path.open("ab") as log:
             for raw in proc.stdout:
@@ -98,8 +109,9 @@ class BuildLog:
                     self.echo(line)
         rc = proc.wait()
         if rc != 0:
+            name = proc.args[0] if isinstance(proc.args, list) else str(proc.args)
             out = "\n    ".join(tail) if tail else "(no output)"
-            raise BuildError(step, f"{argv[0]} exited with status {rc}; last output:\n"
+            raise BuildError(step, f"{name} exited with status {rc}; last output:\n"
                                    f"    {out}", log=str(self.path), hint=hint)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,10 +15,12 @@ from tests.rpm_helpers import (
     RepoServer,
     ServedDistribution,
     dnf_context,
+    prestarted_dnfs,
     rpm_dist_fixture,  # noqa: F401  (the session fixture rpm_dist)
     vztest_plan,
 )
 from tests.rpmrepo.builder import MINIMAL
+from vzpkg.backends import dnf as dnf_backend
 from vzpkg.backends import get_backend
 from vzpkg.backends.dnf import Dnf
 from vzpkg.backends.rpm_db import target_dbpath
@@ -236,3 +239,52 @@ def test_same_plan_and_repositories_give_the_same_tree(rpm_dist: ServedDistribut
     assert {tid for tid, _ in pairs} == {state.source_date}
     assert min(t for _, t in pairs) == state.source_date
     assert max(t for _, t in pairs) < state.source_date + 60
+
+
+def test_a_prestarted_dnf_installs_the_same_tree(rpm_dist: ServedDistribution,
+                                                  tmp_path: Path) -> None:
+    trees, logs = [], []
+    before = set(prestarted_dnfs())
+    for i, early in enumerate((False, True)):
+        b = _backend(rpm_dist, tmp_path / f"b{i}", pkg_cache=tmp_path / "pc")
+        root = tmp_path / f"r{i}"
+        if early:
+            b.prestart(root)
+        b.repo_state()
+        b.bootstrap(root)
+        b.close()
+        b.clean(root)
+        trees.append(_tree(root))
+        logs.append(b.ctx.log.path.read_text())
+    assert "(pre-started)" not in logs[0] and "(pre-started)" in logs[1]
+    assert trees[0] == trees[1]            # rpmdb install times included
+    assert set(prestarted_dnfs()) <= before
+
+
+def test_a_dnf_that_cannot_be_prestarted_runs_the_usual_way(
+        rpm_dist: ServedDistribution, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # this interpreter (the test venv's) cannot import dnf's modules
+    monkeypatch.setattr(dnf_backend, "dnf_python", lambda: sys.executable)
+    b = _backend(rpm_dist, tmp_path)
+    root = tmp_path / "root"
+    b.prestart(root)
+    b.repo_state()
+    b.bootstrap(root)
+    log = b.ctx.log.path.read_text()
+    assert "cannot import dnf's modules" in log
+    assert "running it the usual way" in log
+    assert set(MINIMAL) <= set(_rpm_qa(root))
+
+
+def test_an_unused_prestart_leaves_nothing_behind(rpm_dist: ServedDistribution,
+                                                 tmp_path: Path) -> None:
+    b = _backend(rpm_dist, tmp_path)
+    root = tmp_path / "root"
+    before = set(prestarted_dnfs())
+    b.prestart(root)
+    started = set(prestarted_dnfs()) - before
+    assert started
+    b.close()
+    assert started.isdisjoint(prestarted_dnfs())
+    assert _mounts_below(root) == []
+    assert not (root / "var/lib/rpm").exists()    # it never ran

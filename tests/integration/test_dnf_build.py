@@ -22,6 +22,7 @@ import pytest
 
 from tests.rpm_helpers import (
     ServedDistribution,
+    prestarted_dnfs,
     rpm_dist_fixture,  # noqa: F401  (the session fixture rpm_dist)
 )
 from tests.rpmrepo.builder import MINIMAL
@@ -134,6 +135,7 @@ def test_bad_input_fails_clearly_and_keeps_the_cache(
         variant: str, needles: tuple[str, ...]) -> None:
     caches = ws.parent / "caches"
     before = cache_state(caches)
+    dnfs = set(prestarted_dnfs())
     if variant == "wrong-pin":
         bad_ws = rpm_dist.workspace(ws.parent / "ws-wrong-pin",
                                     fingerprint=rpm_dist.dist.other_key.fingerprint)
@@ -146,6 +148,7 @@ def test_bad_input_fails_clearly_and_keeps_the_cache(
     assert list(caches.glob(".work/*")) == []
     with open("/proc/self/mountinfo") as f:
         assert str(caches) not in f.read()
+    assert set(prestarted_dnfs()) <= dnfs    # a dnf started early and not used is gone
 
 
 def test_update_repacks_only_when_a_package_changed(

@@ -100,6 +100,13 @@ class Backend(ABC):
         """Versions of the host tools used, for the manifest."""
         return {}
 
+    def prestart(self, root: Path) -> None:  # noqa: B027 (optional hook)
+        """A bootstrap of *root* is likely: start early whatever it will wait for.
+        The build may still turn out to be up to date; :meth:`close` follows."""
+
+    def close(self) -> None:  # noqa: B027 (optional hook)
+        """Stop what :meth:`prestart` started and the build did not use."""
+
     def fail(self, step: str, message: str, hint: str | None = None) -> BuildError:
         return BuildError(step, message, log=str(self.ctx.log.path), hint=hint)
 

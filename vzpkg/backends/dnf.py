@@ -7,6 +7,13 @@ package signatures always checked against exactly the template's pinned keys
 template says its distribution does not sign them, weak dependencies and docs
 per the template's options.
 
+dnf spends some 0.2 s importing its own Python modules before it does anything.
+When a build is likely (``prestart``), that interpreter is started at once in
+its namespaces and imports dnf while vzpkg checks the repositories and imports
+the keys; it then gets dnf's command line on stdin and runs it exactly as
+/usr/bin/dnf would (``dnf.cli.main.user_main``).  A host whose dnf is not a
+Python script, or whose interpreter cannot import it, runs dnf the usual way.
+
 Each dnf run happens in private mount and pid namespaces that die with it:
 the shared package cache (``<pkg cache>/dnf/<distribution>-<hash>``) is bind
 mounted on the root's /var/cache/dnf with keepcache=1, so a warm build
@@ -23,9 +30,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,7 +51,7 @@ from vzpkg.backends.rpm_config import (
     rpm_repos,
 )
 from vzpkg.backends.rpm_repomd import MetaFetcher, RepoMeta, repo_meta
-from vzpkg.buildve import BuildVE
+from vzpkg.buildve import SAFE_PATH, BuildVE
 from vzpkg.errors import BuildError
 
 CONTAIN = ("setpriv", "--pdeathsig", "KILL", "--",
@@ -63,6 +72,75 @@ done
 ln -s /proc/self/fd "$R/dev/fd"
 exec "$@"
 """
+
+# A pre-started dnf: imports dnf, says so, then runs the command line it reads
+# from stdin ({"argv": [...], "env": {...}}); EOF instead means: not needed.
+_WARM = r"""
+import json, os, sys
+try:
+    from dnf.cli import main
+except Exception as exc:
+    print("vzpkg: cannot import dnf's modules:", exc, flush=True)
+    sys.exit(97)
+print("vzpkg: dnf ready", flush=True)
+line = sys.stdin.readline()
+if not line:
+    sys.exit(0)
+req = json.loads(line)
+os.environ.update(req["env"])
+sys.argv = ["dnf", *req["argv"]]
+main.user_main(req["argv"], exit_code=True)
+"""
+_READY = b"vzpkg: dnf ready\n"
+
+
+def dnf_python() -> str | None:
+    """The interpreter of the host's dnf script (its #! line), or None when dnf
+    is not a Python script run directly by an interpreter."""
+    path = shutil.which("dnf", path=SAFE_PATH)
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(256)
+    except OSError:
+        return None
+    words = first[2:].decode("utf-8", "replace").split() if first.startswith(b"#!") else []
+    if not words or not os.path.basename(words[0]).startswith("python"):
+        return None
+    return words[0]
+
+
+class _Warm:
+    """One pre-started dnf for *root*: started by :meth:`start`, used once by
+    :meth:`run`, or stopped unused by :meth:`stop`."""
+
+    def __init__(self, root: Path, proc: subprocess.Popen[bytes]) -> None:
+        self.root = root
+        self.proc = proc
+
+    def ready(self) -> bytes:
+        """Wait until dnf is imported: b"" then, else what the interpreter said
+        first (the rest of its output is left for the log)."""
+        assert self.proc.stdout is not None
+        first = self.proc.stdout.readline()
+        return b"" if first == _READY else first or b"(no output)\n"
+
+    def send(self, argv: list[str], env: dict[str, str]) -> None:
+        assert self.proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            self.proc.stdin.write(json.dumps({"argv": argv, "env": env}).encode() + b"\n")
+            self.proc.stdin.close()
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        self.proc.kill()      # unshare: --kill-child takes the interpreter along
+        self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
 
 # (pattern in dnf's output, what happened, how to fix it)
 _DIAGNOSES = (
@@ -119,6 +197,7 @@ class Dnf(Backend, name="dnf", family="rpm"):
         self.home = self.private / "home"
         self.cache = ctx.pkg_cache / "dnf" / cache_key(self.plan, self.settings)
         self._metas: list[RepoMeta] = []
+        self._warm: _Warm | None = None
 
     # -- configuration ---------------------------------------------------------------
     def key_files(self) -> list[Path]:
@@ -200,22 +279,61 @@ class Dnf(Backend, name="dnf", family="rpm"):
             fcntl.flock(f, fcntl.LOCK_EX)
             yield
 
+    def prestart(self, root: Path) -> None:
+        """Start dnf's interpreter for *root* now: it imports dnf while the
+        build checks the repositories (see the module docstring)."""
+        python = dnf_python()
+        if python is None or self._warm is not None:
+            return
+        root.mkdir(parents=True, exist_ok=True)
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / ".rpmmacros").write_text(macros(self.settings))   # read on import
+        self.cache.mkdir(parents=True, exist_ok=True)
+        argv = [*CONTAIN, "/bin/sh", "-c", _PRELUDE, "vzpkg-dnf", str(root), str(self.cache),
+                python, "-I", "-c", _WARM]
+        env = {"HOME": str(self.home), "LC_ALL": "C.UTF-8"}
+        proc = self.ctx.log.spawn(argv, step="dnf", env=env, cwd=Path("/"),
+                                  stdin=subprocess.PIPE)
+        self._warm = _Warm(root, proc)
+
+    def close(self) -> None:
+        warm, self._warm = self._warm, None
+        if warm is not None:
+            warm.stop()
+
     def dnf(self, root: Path, *args: str, step: str) -> None:
         """Run ``dnf --installroot=root ARGS`` in private namespaces."""
         conf = self.prepare()
         argv = [*dnf_argv(self.settings, conf=conf, root=root, private=self.private,
                           offline=self.ctx.offline, host_arch=platform.machine()), *args]
-        full = [*CONTAIN, "/bin/sh", "-c", _PRELUDE, "vzpkg-dnf", str(root),
-                str(self.cache), *argv]
         with self._cache_lock():
             start = self._log_size()
             try:
-                self.ctx.log.run(full, step=step, env=self.env())
+                self._run(root, argv, step)
             except BuildError:
                 found = diagnose(self._log_since(start))
                 if found is None:
                     raise
                 raise self.fail(step, found[0], hint=found[1]) from None
+
+    def _run(self, root: Path, argv: list[str], step: str) -> None:
+        warm, self._warm = self._warm, None
+        log = self.ctx.log
+        if warm is not None and warm.root == root:
+            said = warm.ready()
+            if not said:
+                log.write(f"$ {' '.join(argv)}   (pre-started)")
+                warm.send(argv[1:], self.env())
+                log.follow(warm.proc, step=step)
+                return
+            log.write(said.decode("utf-8", "replace"))
+            with contextlib.suppress(BuildError):    # the rest of what it said
+                log.follow(warm.proc, step=step)
+            log.write("(dnf could not be pre-started: running it the usual way)")
+        elif warm is not None:
+            warm.stop()
+        log.run([*CONTAIN, "/bin/sh", "-c", _PRELUDE, "vzpkg-dnf", str(root),
+                 str(self.cache), *argv], step=step, env=self.env())
 
     def _log_size(self) -> int:
         try:
