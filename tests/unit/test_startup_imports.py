@@ -1,6 +1,7 @@
 """What start-up does not pay for: the heavy modules are imported by the commands
 that use them, not when the command line is set up (see the lazy imports in
-vzpkg.cli, vzpkg.config, vzpkg.store, vzpkg.build and vzpkg.runtime.caches)."""
+vzpkg.cli, vzpkg.config, vzpkg.store, vzpkg.build and vzpkg.runtime.caches, and
+the backend table in vzpkg.backends)."""
 
 from __future__ import annotations
 
@@ -38,3 +39,28 @@ def test_vzctl_and_vzlist_start_without_the_archive_or_the_store() -> None:
     code = "import vzpkg.cli.vzctl, vzpkg.cli.vzlist, vzpkg.cli.vzubc"
     assert _imported(code, ("libarchive", "vzpkg.archive", "vzpkg.store", "vzpkg.manifest",
                             "yaml", "jinja2", "requests")) == []
+
+
+def _plan_and_backend(name: str) -> str:
+    """Code that makes the plan for cache *name* and finds its backend class."""
+    return ("from pathlib import Path\n"
+            "from vzpkg.backends import get_backend\n"
+            "from vzpkg.config import Settings\n"
+            "from vzpkg.metadata.loader import make_plan\n"
+            f"plan = make_plan({name!r}, Settings(None, Path('/nonexistent')), env={{}})\n"
+            "get_backend(plan.backend)")
+
+
+def test_a_dnf_build_imports_no_debian_backend() -> None:
+    code = _plan_and_backend("almalinux-9-x86_64-minimal")
+    assert _imported(code, ("vzpkg.backends.dnf",)) == ["vzpkg.backends.dnf"]   # probe works
+    assert _imported(code, ("vzpkg.backends.mmdebstrap", "vzpkg.backends.debootstrap",
+                            "vzpkg.backends.deb", "email.utils")) == []
+
+
+def test_a_debian_build_imports_no_rpm_backend() -> None:
+    code = _plan_and_backend("debian-12-x86_64-minimal")
+    assert _imported(code, ("vzpkg.backends.mmdebstrap",)) == ["vzpkg.backends.mmdebstrap"]
+    assert _imported(code, ("vzpkg.backends.dnf", "vzpkg.backends.rpm_db",
+                            "vzpkg.backends.rpm_repomd", "vzpkg.backends.debootstrap",
+                            "sqlite3", "xml.etree")) == []

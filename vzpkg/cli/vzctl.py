@@ -6,9 +6,10 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from vzpkg import __version__
-from vzpkg.cli.common import Parser, run_main
+from vzpkg.cli.common import Parser, run_console, run_main
 from vzpkg.config import load_settings
 from vzpkg.errors import UsageError, VeError
 from vzpkg.runtime import console, params
@@ -218,5 +219,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_main("vzctl", build_parser, argv)
 
 
+def entry() -> NoReturn:
+    """The ``vzctl`` program: main(), then a fast exit (see exit_fast)."""
+    run_console(main)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

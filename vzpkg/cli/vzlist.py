@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
-from vzpkg.cli.common import Parser, emit_json, run_main
+from vzpkg.cli.common import Parser, emit_json, run_console, run_main
 from vzpkg.errors import UsageError
 from vzpkg.runtime.paths import VzPaths, check_ctid
 from vzpkg.runtime.ve import Runtime, VeState
@@ -108,5 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_main("vzlist", build_parser, argv)
 
 
+def entry() -> NoReturn:
+    """The ``vzlist`` program: main(), then a fast exit (see exit_fast)."""
+    run_console(main)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

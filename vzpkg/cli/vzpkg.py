@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from typing import NoReturn
 
 from vzpkg import __version__
 from vzpkg.cli import cmd_build, cmd_cache, cmd_meta, cmd_mirror
-from vzpkg.cli.common import Parser, run_main
+from vzpkg.cli.common import Parser, run_console, run_main
 
 EPILOG = """\
 examples:
@@ -42,5 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_main("vzpkg", build_parser, argv)
 
 
+def entry() -> NoReturn:
+    """The ``vzpkg`` program: main(), then a fast exit (see exit_fast)."""
+    run_console(main)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

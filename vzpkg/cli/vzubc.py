@@ -6,8 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
-from vzpkg.cli.common import Parser, emit_json, run_main
+from vzpkg.cli.common import Parser, emit_json, run_console, run_main
 from vzpkg.errors import VeError, VzError
 from vzpkg.runtime.cgroups import Cgroups, check_ctid, detect
 from vzpkg.runtime.config import VeConfig, ve_conf_path
@@ -91,5 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_main("vzubc", build, argv)
 
 
+def entry() -> NoReturn:
+    """The ``vzubc`` program: main(), then a fast exit (see exit_fast)."""
+    run_console(main)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

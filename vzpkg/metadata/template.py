@@ -20,20 +20,12 @@ from vzpkg.errors import TemplateError
 from vzpkg.metadata import schema
 from vzpkg.metadata.yamlpos import Lines, PathKey, load_yaml_file
 
-# Backends the metadata knows even before their modules exist, with their family.
-BUILTIN_BACKENDS = {"debootstrap": "deb", "mmdebstrap": "deb", "dnf": "rpm"}
-
 
 def backend_families() -> dict[str, str]:
-    """Every known backend name -> its family ("deb" or "rpm")."""
-    out = dict(BUILTIN_BACKENDS)
-    try:
-        from vzpkg.backends import Backend, backend_names
-        for name in backend_names():
-            out[name] = Backend.registry[name].family
-    except ImportError:  # pragma: no cover - a broken backend module is not our error
-        pass
-    return out
+    """Every known backend name -> its family ("deb" or "rpm").  From the table
+    in vzpkg.backends: no backend module is imported to check a template."""
+    from vzpkg.backends import backend_families
+    return backend_families()
 
 
 @dataclass(frozen=True)
@@ -135,11 +127,10 @@ def _check(tpl: Template) -> None:
                         f"distribution {tpl.distribution!r} does not match the file name "
                         f"{tpl.file.name!r}",
                         hint=f"rename the file to {tpl.distribution}.yaml or fix the field")
-    if tpl.backend not in BUILTIN_BACKENDS:     # known without importing the backends
-        families = backend_families()
-        if tpl.backend not in families:
-            raise tpl.error(("backend",), f"unknown backend {tpl.backend!r}",
-                            hint=f"expected one of: {', '.join(sorted(families))}")
+    families = backend_families()
+    if tpl.backend not in families:
+        raise tpl.error(("backend",), f"unknown backend {tpl.backend!r}",
+                        hint=f"expected one of: {', '.join(sorted(families))}")
     for arch in d.get("arch_map", {}):
         if arch not in tpl.architectures:
             raise tpl.error(("arch_map", arch),
