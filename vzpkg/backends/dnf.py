@@ -58,8 +58,8 @@ CONTAIN = ("setpriv", "--pdeathsig", "KILL", "--",
            "unshare", "--mount", "--pid", "--fork", "--kill-child",
            "--propagation", "private", "--")
 
-# In the private namespaces: $1 root, $2 package cache; the rest is the command.
-_PRELUDE = r"""
+# In the private namespaces: $1 root, $2 package cache.
+_MOUNTS = r"""
 set -eu
 R=$1; C=$2; shift 2
 mkdir -p "$R/var/cache/dnf" "$R/proc" "$R/dev"
@@ -70,17 +70,26 @@ for n in null zero full random urandom tty; do
     : > "$R/dev/$n"; mount --bind "/dev/$n" "$R/dev/$n"
 done
 ln -s /proc/self/fd "$R/dev/fd"
-exec "$@"
 """
+# ... then the rest of the arguments is the command
+_PRELUDE = _MOUNTS + 'exec "$@"\n'
 
-# A pre-started dnf: imports dnf, says so, then runs the command line it reads
-# from stdin ({"argv": [...], "env": {...}}); EOF instead means: not needed.
+# A pre-started dnf (PID 1 of its namespaces; argv: root, package cache, the
+# mount script): mounts while it imports dnf, says it is ready, then runs the
+# command line it reads from stdin ({"argv": [...], "env": {...}}); EOF instead
+# means: not needed.
 _WARM = r"""
-import json, os, sys
+import json, os, subprocess, sys
+root, cache, script = sys.argv[1:4]
+mounts = subprocess.Popen(["/bin/sh", "-c", script, "vzpkg-dnf", root, cache])
 try:
     from dnf.cli import main
 except Exception as exc:
+    mounts.wait()
     print("vzpkg: cannot import dnf's modules:", exc, flush=True)
+    sys.exit(97)
+if mounts.wait() != 0:
+    print("vzpkg: cannot mount /proc, /dev and the package cache for dnf", flush=True)
     sys.exit(97)
 print("vzpkg: dnf ready", flush=True)
 line = sys.stdin.readline()
@@ -289,8 +298,7 @@ class Dnf(Backend, name="dnf", family="rpm"):
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / ".rpmmacros").write_text(macros(self.settings))   # read on import
         self.cache.mkdir(parents=True, exist_ok=True)
-        argv = [*CONTAIN, "/bin/sh", "-c", _PRELUDE, "vzpkg-dnf", str(root), str(self.cache),
-                python, "-I", "-c", _WARM]
+        argv = [*CONTAIN, python, "-I", "-c", _WARM, str(root), str(self.cache), _MOUNTS]
         env = {"HOME": str(self.home), "LC_ALL": "C.UTF-8"}
         proc = self.ctx.log.spawn(argv, step="dnf", env=env, cwd=Path("/"),
                                   stdin=subprocess.PIPE)
