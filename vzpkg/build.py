@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -30,7 +29,7 @@ from typing import Generic, TypeVar
 
 from vzpkg import __version__
 from vzpkg.backends import Backend, BuildContext, InstalledPackage, get_backend
-from vzpkg.buildve import BuildLog, BuildVE, remove_tree, run_host_script
+from vzpkg.buildve import BuildLog, BuildVE, close_work, open_work, run_host_script
 from vzpkg.config import Settings
 from vzpkg.errors import BuildError, VzError
 from vzpkg.finalize import finalize
@@ -122,31 +121,6 @@ def script_env(plan: Plan, root: Path | None) -> dict[str, str]:
     return env
 
 
-def cleanup_stale_work(work_dir: Path) -> list[Path]:
-    """Remove work directories whose build process is gone."""
-    removed: list[Path] = []
-    if not work_dir.is_dir():
-        return removed
-    for d in work_dir.iterdir():
-        pid = d.name.rsplit(".", 1)[-1]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            remove_tree(d)
-            removed.append(d)
-    return removed
-
-
-def _private_dir(d: Path) -> None:
-    """Create *d* (mode 0700) or check that it is ours: it may sit in a
-    world-writable place such as /dev/shm."""
-    d.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileExistsError):
-        d.mkdir(mode=0o700)
-    st = d.lstat()
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
-        raise VzError(f"work directory {d} is not a private directory of this user",
-                      hint="remove it, or set VZPKG_WORK_DIR to another directory")
-
-
 class _Build:
     """State of one build or update of one cache."""
 
@@ -157,11 +131,7 @@ class _Build:
         self.offline = offline
         self.progress = progress
         self.store = CacheStore(settings.cache_dir)
-        _private_dir(settings.work_dir)
-        cleanup_stale_work(settings.work_dir)
-        self.work = settings.work_dir / f"{plan.name}.{os.getpid()}"
-        remove_tree(self.work)
-        self.work.mkdir(parents=True)
+        self.work = open_work(settings.work_dir, plan.name)
         self.logs = settings.cache_dir / ".logs"
         self.log = BuildLog(self.logs / f"{plan.name}.log", echo=verbose)
         self.log.path.write_text(f"vzpkg {__version__}: {plan.name} digest {plan.digest}\n")
@@ -247,7 +217,7 @@ class _Build:
                 with contextlib.suppress(Exception):   # the build's own error wins
                     task.result()
         finally:
-            remove_tree(self.work)
+            close_work(self.work)
 
 
 def _preload_archive() -> None:

@@ -17,8 +17,10 @@ Debian's invoke-rc.d starts no daemons.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 from collections import deque
@@ -26,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from vzpkg.errors import BuildError
+from vzpkg.errors import BuildError, VzError
 from vzpkg.metadata.model import Script
 
 CONTAIN = ("setpriv", "--pdeathsig", "KILL", "--",
@@ -245,3 +247,50 @@ def _chmod_retry(func: Callable[..., object], p: str, _exc: object) -> None:
         func(p)
     except OSError:
         pass
+
+
+def cleanup_stale_work(work_dir: Path) -> list[Path]:
+    """Remove work directories whose build process is gone."""
+    removed: list[Path] = []
+    if not work_dir.is_dir():
+        return removed
+    for d in work_dir.iterdir():
+        pid = d.name.rsplit(".", 1)[-1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            remove_tree(d)
+            removed.append(d)
+    return removed
+
+
+def private_dir(d: Path) -> None:
+    """Create *d* (mode 0700) or check that it is ours: it may sit in a
+    world-writable place such as /dev/shm."""
+    d.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        d.mkdir(mode=0o700)
+    st = d.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise VzError(f"work directory {d} is not a private directory of this user",
+                      hint="remove it, or set VZPKG_WORK_DIR to another directory")
+
+
+_OPEN: set[Path] = set()     # work directories this process made and still uses
+
+
+def open_work(work_dir: Path, name: str) -> Path:
+    """This process's private directory for building *name*: made on the first
+    call (removing what a killed build left behind), the same one on later calls
+    until :func:`close_work` (so work may begin before the build itself does)."""
+    private_dir(work_dir)
+    work = work_dir / f"{name}.{os.getpid()}"
+    if work not in _OPEN:
+        cleanup_stale_work(work_dir)
+        remove_tree(work)
+        work.mkdir(parents=True)
+        _OPEN.add(work)
+    return work
+
+
+def close_work(work: Path) -> None:
+    _OPEN.discard(work)
+    remove_tree(work)

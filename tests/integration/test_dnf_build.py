@@ -112,10 +112,18 @@ def test_cache_runs_sh_shows_scriptlets_and_lists_every_package(
 def test_unchanged_is_up_to_date_and_warm_downloads_no_package(
         ws: Path, built: dict[str, Any], rpm_dist: ServedDistribution) -> None:
     mark = len(rpm_dist.server.requests)
+    dnfs = set(prestarted_dnfs())
+    log = ws.parent / "caches" / ".logs" / f"{NAME}.log"
     assert result(vzpkg(ws, "build", NAME, "--json"))["status"] == "up-to-date"
+    assert "dnf" not in log.read_text()          # and no dnf was started for it
     forced = result(vzpkg(ws, "build", NAME, "--force", "--json"))
     assert forced["status"] == "built"
     assert [p for p in rpm_dist.requested_since(mark) if p.endswith(".rpm")] == []
+    # the command line started dnf before loading the build machinery, and the
+    # build took that one
+    assert "(dnf was started by the command line)" in log.read_text()
+    assert log.read_text().count("(pre-started)") == 1
+    assert set(prestarted_dnfs()) <= dnfs
     mark = len(rpm_dist.server.requests)
     offline = result(vzpkg(ws, "build", NAME, "--force", "--offline", "--json"))
     assert offline["status"] == "built"

@@ -27,6 +27,7 @@ variable ``rpmdb_path``), set through ``%_dbpath`` in the private HOME's
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import hashlib
@@ -38,8 +39,9 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from vzpkg.backends import Backend, BuildContext, RepoState, rpm_db
+from vzpkg.backends import Backend, BuildContext, RepoState
 from vzpkg.backends.rpm_config import (
     DnfSettings,
     cache_key,
@@ -50,9 +52,13 @@ from vzpkg.backends.rpm_config import (
     repo_signed,
     rpm_repos,
 )
-from vzpkg.backends.rpm_repomd import MetaFetcher, RepoMeta, repo_meta
-from vzpkg.buildve import SAFE_PATH, BuildVE
+from vzpkg.buildve import SAFE_PATH, BuildLog, BuildVE, open_work
 from vzpkg.errors import BuildError
+
+if TYPE_CHECKING:       # imported where used: `vzpkg build` starts dnf before that
+    from vzpkg.backends.rpm_repomd import RepoMeta
+    from vzpkg.config import Settings
+    from vzpkg.metadata.model import Plan
 
 CONTAIN = ("setpriv", "--pdeathsig", "KILL", "--",
            "unshare", "--mount", "--pid", "--fork", "--kill-child",
@@ -149,6 +155,52 @@ class _Warm:
         self.proc.wait()
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+
+
+_EARLY: dict[Path, _Warm] = {}     # root -> started by prestart_early, not yet taken
+
+
+def _spawn(root: Path, home: Path, cache: Path, settings: DnfSettings,
+           log: BuildLog) -> _Warm | None:
+    python = dnf_python()
+    if python is None:
+        return None
+    root.mkdir(parents=True, exist_ok=True)
+    home.mkdir(parents=True, exist_ok=True)
+    (home / ".rpmmacros").write_text(macros(settings))      # rpm reads it on import
+    cache.mkdir(parents=True, exist_ok=True)
+    argv = [*CONTAIN, python, "-I", "-c", _WARM, str(root), str(cache), _MOUNTS]
+    env = {"HOME": str(home), "LC_ALL": "C.UTF-8"}
+    return _Warm(root, log.spawn(argv, step="dnf", env=env, cwd=Path("/"),
+                                 stdin=subprocess.PIPE))
+
+
+def prestart_early(plan: Plan, settings: Settings, *, force: bool) -> None:
+    """For `vzpkg build`, as soon as the plan is known: when a dnf build of it is
+    likely, start dnf's interpreter in the directory the build will use, before
+    vzpkg even loads its build machinery; the build takes it (Dnf.prestart).
+    One that no build takes is stopped by stop_early, or at exit."""
+    if plan.backend != "dnf":
+        return
+    from vzpkg.store import CacheStore
+    current = CacheStore(settings.cache_dir).manifest(plan.name)
+    if not force and current is not None and current.plan_digest == plan.digest:
+        return                                  # most likely up to date
+    work = open_work(settings.work_dir, plan.name)
+    dnf_settings = DnfSettings.from_plan(plan)
+    cache = settings.pkg_cache_dir / "dnf" / cache_key(plan, dnf_settings)
+    log = BuildLog(settings.cache_dir / ".logs" / f"{plan.name}.log")
+    warm = _spawn(work / "root", work / "dnf" / "home", cache, dnf_settings, log)
+    if warm is not None:
+        if not _EARLY:
+            atexit.register(stop_early)
+        _EARLY[warm.root] = warm
+
+
+def stop_early() -> None:
+    """Stop every interpreter prestart_early started that no build took."""
+    while _EARLY:
+        _EARLY.popitem()[1].stop()
 
 
 # (pattern in dnf's output, what happened, how to fix it)
@@ -263,6 +315,7 @@ class Dnf(Backend, name="dnf", family="rpm"):
 
     # -- repositories ------------------------------------------------------------------
     def repo_state(self) -> RepoState:
+        from vzpkg.backends.rpm_repomd import MetaFetcher, repo_meta
         fetch = MetaFetcher(self.ctx.pkg_cache / "dnf" / "meta", offline=self.ctx.offline)
         try:
             metas = [repo_meta(fetch, url=r.url, metalink=r.metalink,
@@ -289,20 +342,15 @@ class Dnf(Backend, name="dnf", family="rpm"):
             yield
 
     def prestart(self, root: Path) -> None:
-        """Start dnf's interpreter for *root* now: it imports dnf while the
-        build checks the repositories (see the module docstring)."""
-        python = dnf_python()
-        if python is None or self._warm is not None:
-            return
-        root.mkdir(parents=True, exist_ok=True)
-        self.home.mkdir(parents=True, exist_ok=True)
-        (self.home / ".rpmmacros").write_text(macros(self.settings))   # read on import
-        self.cache.mkdir(parents=True, exist_ok=True)
-        argv = [*CONTAIN, python, "-I", "-c", _WARM, str(root), str(self.cache), _MOUNTS]
-        env = {"HOME": str(self.home), "LC_ALL": "C.UTF-8"}
-        proc = self.ctx.log.spawn(argv, step="dnf", env=env, cwd=Path("/"),
-                                  stdin=subprocess.PIPE)
-        self._warm = _Warm(root, proc)
+        """Start dnf's interpreter for *root* now, or take the one `vzpkg build`
+        started for it (see prestart_early): it imports dnf while the build
+        checks the repositories (see the module docstring)."""
+        if self._warm is None:
+            self._warm = _EARLY.pop(root, None)
+            if self._warm is not None:
+                self.ctx.log.write("(dnf was started by the command line)")
+            else:
+                self._warm = _spawn(root, self.home, self.cache, self.settings, self.ctx.log)
 
     def close(self) -> None:
         warm, self._warm = self._warm, None
@@ -392,10 +440,12 @@ class Dnf(Backend, name="dnf", family="rpm"):
         for f in root.glob("var/lib/dnf/*"):
             if f.name.startswith(("history.sqlite", "expired_repos.json")):
                 f.unlink()
+        from vzpkg.backends import rpm_db
         rpm_db.checkpoint(root, self.settings.rpmdb_path)
         (root / self.settings.rpmdb_path.lstrip("/") / ".rpm.lock").unlink(missing_ok=True)
 
     def check_dbpath(self, root: Path) -> None:
+        from vzpkg.backends import rpm_db
         want = rpm_db.target_dbpath(root)
         if want is not None and want != self.settings.rpmdb_path:
             raise self.fail("rpmdb", f"the target's rpm keeps its database in {want}, "

@@ -58,8 +58,10 @@ class Reporter:
             sys.stderr.write(("\r\033[K" if self.tty else "") + text + "\n")
 
 
-def _run(args: argparse.Namespace, work: Callable[..., builder.BuildResult]) -> int:
-    from vzpkg import build as builder
+def _run(args: argparse.Namespace, work: Callable[..., builder.BuildResult],
+         early: Callable[[Any, Settings], None] | None = None) -> int:
+    """Make the plans, give each to *early* (before the build machinery is even
+    imported), then to *work*."""
     from vzpkg.metadata.loader import all_plan_names, make_plan
     from vzpkg.metadata.render import parse_assignments
 
@@ -72,6 +74,9 @@ def _run(args: argparse.Namespace, work: Callable[..., builder.BuildResult]) -> 
     overrides = parse_assignments(args.sets)
     plans = [make_plan(n, settings, overrides=overrides, backend=args.backend)
              for n in dict.fromkeys(names)]
+    if early is not None and len(plans) == 1:
+        early(plans[0], settings)
+    from vzpkg import build as builder
     rep = Reporter(quiet=args.json)
     verbose = rep.line if args.verbose else None
 
@@ -114,7 +119,17 @@ def cmd_build(args: argparse.Namespace) -> int:
     def work(plan: Any, settings: Settings, **kw: Any) -> builder.BuildResult:
         from vzpkg import build as builder
         return builder.build(plan, settings, force=args.force, offline=args.offline, **kw)
-    return _run(args, work)
+
+    def early(plan: Any, settings: Settings) -> None:
+        if plan.backend == "dnf":      # its interpreter takes longer to start than vzpkg
+            from vzpkg.backends import dnf
+            dnf.prestart_early(plan, settings, force=args.force)
+    try:
+        return _run(args, work, early)
+    finally:
+        if "vzpkg.backends.dnf" in sys.modules:
+            from vzpkg.backends import dnf
+            dnf.stop_early()
 
 
 def cmd_update(args: argparse.Namespace) -> int:
