@@ -25,7 +25,9 @@ from vzpkg.backends import get_backend
 from vzpkg.backends.dnf import Dnf
 from vzpkg.backends.rpm_db import target_dbpath
 from vzpkg.buildve import BuildVE
+from vzpkg.config import load_settings
 from vzpkg.errors import BuildError
+from vzpkg.metadata.loader import make_plan
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
@@ -288,3 +290,19 @@ def test_an_unused_prestart_leaves_nothing_behind(rpm_dist: ServedDistribution,
     assert started.isdisjoint(prestarted_dnfs())
     assert _mounts_below(root) == []
     assert not (root / "var/lib/rpm").exists()    # it never ran
+
+
+def test_an_early_start_no_build_takes_leaves_nothing_behind(
+        rpm_dist: ServedDistribution, tmp_path: Path) -> None:
+    ws = rpm_dist.workspace(tmp_path / "ws")
+    settings = load_settings(workspace=ws, cache_dir=tmp_path / "caches")
+    plan = make_plan("vztest-1-x86_64-minimal", settings)
+    before = set(prestarted_dnfs())
+    dnf_backend.prestart_early(plan, settings, force=True)
+    started = set(prestarted_dnfs()) - before
+    assert started
+    work = list(settings.work_dir.glob(f"{plan.name}.*"))
+    assert [w.name for w in work] == [f"{plan.name}.{os.getpid()}"]
+    dnf_backend.stop_early()
+    assert started.isdisjoint(prestarted_dnfs())
+    assert not work[0].exists()

@@ -52,7 +52,7 @@ from vzpkg.backends.rpm_config import (
     repo_signed,
     rpm_repos,
 )
-from vzpkg.buildve import SAFE_PATH, BuildLog, BuildVE, open_work
+from vzpkg.buildve import SAFE_PATH, BuildLog, BuildVE, close_work, open_work
 from vzpkg.errors import BuildError
 
 if TYPE_CHECKING:       # imported where used: `vzpkg build` starts dnf before that
@@ -127,8 +127,8 @@ def dnf_python() -> str | None:
 
 
 class _Warm:
-    """One pre-started dnf for *root*: started by :meth:`start`, used once by
-    :meth:`run`, or stopped unused by :meth:`stop`."""
+    """One pre-started dnf for *root*: asked :meth:`ready`, then given its
+    command line by :meth:`send`; or stopped unused by :meth:`stop`."""
 
     def __init__(self, root: Path, proc: subprocess.Popen[bytes]) -> None:
         self.root = root
@@ -198,9 +198,13 @@ def prestart_early(plan: Plan, settings: Settings, *, force: bool) -> None:
 
 
 def stop_early() -> None:
-    """Stop every interpreter prestart_early started that no build took."""
+    """Stop every interpreter prestart_early started that no build took, and
+    remove its work directory if no build did."""
     while _EARLY:
-        _EARLY.popitem()[1].stop()
+        root, warm = _EARLY.popitem()
+        warm.stop()
+        with contextlib.suppress(BuildError):
+            close_work(root.parent)
 
 
 # (pattern in dnf's output, what happened, how to fix it)
