@@ -174,10 +174,11 @@ class _Build:
         finally:
             self.later(kr.close)
 
-    def context(self, keyring: Path, proxy: CachingProxy) -> BuildContext:
+    def context(self, keyring: Path, proxy: CachingProxy,
+                running: Callable[[], None] = lambda: None) -> BuildContext:
         return BuildContext(plan=self.plan, pkg_cache=self.settings.pkg_cache_dir,
                             proxy=proxy, work=self.work, keyring=keyring, log=self.log,
-                            offline=self.offline)
+                            offline=self.offline, running=running)
 
     def pack_and_commit(self, backend: Backend, root: Path, source_date: int,
                         repo_digest: str,
@@ -245,21 +246,26 @@ def build(plan: Plan, settings: Settings, *, force: bool = False, offline: bool 
           progress: Progress = _nothing, verbose: Callable[[str], None] | None = None,
           env: Mapping[str, str] | None = None) -> BuildResult:
     """Build *plan* into the cache store (or report that it is up to date)."""
-    _preload_archive()
     env = os.environ if env is None else env
     t0 = time.monotonic()
     cls = get_backend(plan.backend)
     b = _Build(plan, settings, offline=offline, progress=progress, verbose=verbose)
+    tools: list[_Task[dict[str, str]]] = []
+
+    def beside() -> None:
+        """Once the package manager runs: load the packer, ask the tool versions."""
+        if not tools:
+            _preload_archive()
+            tools.append(b.later(backend.tool_versions))
     try:
         with b.store.lock(plan.name), \
                 CachingProxy(settings.pkg_cache_dir, offline=offline) as proxy:
-            backend = cls(b.context(b.keyring(), proxy))
+            backend = cls(b.context(b.keyring(), proxy, beside))
             b.closers.append(backend.close)
             root = b.work / "root"
             current = b.store.manifest(plan.name)
             if force or current is None or current.plan_digest != plan.digest:
                 backend.prestart(root)      # a build is likely: let it start early
-            tools = b.later(backend.tool_versions)
             b.say("checking repositories")
             state = backend.repo_state()
             if (not force and current is not None and current.plan_digest == plan.digest
@@ -273,6 +279,7 @@ def build(plan: Plan, settings: Settings, *, force: bool = False, offline: bool 
                 run_host_script(script, script_env(plan, root), b.log, b.work)
             b.say(f"bootstrapping with {plan.backend}")
             backend.bootstrap(root)
+            beside()            # if the backend did not say when its work began
             _missing(proxy, b)
             script = plan.script(ScriptStage.POST_INSTALL)
             if script:
@@ -288,7 +295,7 @@ def build(plan: Plan, settings: Settings, *, force: bool = False, offline: bool 
                 run_host_script(script, script_env(plan, root), b.log, b.work)
             installed = b.later(lambda: read_installed(root))   # read while packing
             m = b.pack_and_commit(backend, root, source_date, state.digest,
-                                  installed.result, plan.digest, tools.result)
+                                  installed.result, plan.digest, tools[0].result)
             b.say(f"done: serial {m.serial}, {len(m.packages)} packages")
             return BuildResult.of(Status.BUILT, m, t0, proxy, b.log.path)
     finally:

@@ -75,11 +75,16 @@ class BuildLog:
             f.write(text if text.endswith("\n") else text + "\n")
 
     def run(self, argv: Sequence[str], *, step: str, env: Mapping[str, str] | None = None,
-            cwd: Path | None = None, hint: str | None = None) -> None:
+            cwd: Path | None = None, hint: str | None = None,
+            started: Callable[[], None] | None = None) -> None:
         """Run a command, output appended to the log; BuildError naming *step* if
-        it fails, with the last lines of its output in the message."""
+        it fails, with the last lines of its output in the message.  *started* is
+        called once the command runs."""
         self.write(f"$ {' '.join(argv)}")
-        self.follow(self.spawn(argv, step=step, env=env, cwd=cwd), step=step, hint=hint)
+        proc = self.spawn(argv, step=step, env=env, cwd=cwd)
+        if started is not None:
+            started()
+        self.follow(proc, step=step, hint=hint)
 
     def spawn(self, argv: Sequence[str], *, step: str, env: Mapping[str, str] | None = None,
               cwd: Path | None = None, stdin: int = subprocess.DEVNULL

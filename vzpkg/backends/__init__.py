@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -56,6 +57,9 @@ class BuildContext:
     keyring: Path            # binary keyring with exactly the plan's pinned keys
     log: BuildLog
     offline: bool = False
+    # called when the package manager has begun its real work: what the build
+    # does beside it starts then, not while the package manager is starting up
+    running: Callable[[], None] = lambda: None
 
 
 class Backend(ABC):

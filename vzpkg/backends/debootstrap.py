@@ -21,6 +21,7 @@ class Debootstrap(DebianBackend, name="debootstrap"):
                 first.suite, str(root), self.ctx.proxy.url_for(first.url)]
         self.ctx.log.run(contained(argv), step="debootstrap",
                          hint="see the log; a signature or checksum error means the "
-                              "mirror or the pinned keys are wrong")
+                              "mirror or the pinned keys are wrong",
+                         started=self.ctx.running)
         with BuildVE(root, self.ctx.log) as ve:
             self.complete(ve)

@@ -384,6 +384,7 @@ class Dnf(Backend, name="dnf", family="rpm"):
             if not said:
                 log.write(f"$ {' '.join(argv)}   (pre-started)")
                 warm.send(argv[1:], self.env())
+                self.ctx.running()
                 log.follow(warm.proc, step=step)
                 return
             log.write(said.decode("utf-8", "replace"))
@@ -393,7 +394,7 @@ class Dnf(Backend, name="dnf", family="rpm"):
         elif warm is not None:
             warm.stop()
         log.run([*CONTAIN, "/bin/sh", "-c", _PRELUDE, "vzpkg-dnf", str(root),
-                 str(self.cache), *argv], step=step, env=self.env())
+                 str(self.cache), *argv], step=step, env=self.env(), started=self.ctx.running)
 
     def _log_size(self) -> int:
         try:

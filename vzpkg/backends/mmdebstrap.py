@@ -40,7 +40,8 @@ class Mmdebstrap(DebianBackend, name="mmdebstrap"):
         root.mkdir(parents=True, exist_ok=True)
         self.ctx.log.run(contained(["env", "TMPDIR=/tmp", *argv]), step="mmdebstrap",
                          hint="see the log; a signature or checksum error means the "
-                              "mirror or the pinned keys are wrong")
+                              "mirror or the pinned keys are wrong",
+                         started=self.ctx.running)
 
     def clean(self, root: Path) -> None:
         super().clean(root)
