@@ -29,7 +29,14 @@ from typing import Generic, TypeVar
 
 from vzpkg import __version__
 from vzpkg.backends import Backend, BuildContext, InstalledPackage, get_backend
-from vzpkg.buildve import BuildLog, BuildVE, close_work, open_work, run_host_script
+from vzpkg.buildve import (
+    BuildLog,
+    BuildVE,
+    StartedScript,
+    close_work,
+    open_work,
+    run_host_script,
+)
 from vzpkg.config import Settings
 from vzpkg.errors import BuildError, VzError
 from vzpkg.finalize import finalize
@@ -251,18 +258,26 @@ def build(plan: Plan, settings: Settings, *, force: bool = False, offline: bool 
     cls = get_backend(plan.backend)
     b = _Build(plan, settings, offline=offline, progress=progress, verbose=verbose)
     tools: list[_Task[dict[str, str]]] = []
+    ahead: list[StartedScript] = []
+    root = b.work / "root"
 
     def beside() -> None:
-        """Once the package manager runs: load the packer, ask the tool versions."""
-        if not tools:
-            _preload_archive()
-            tools.append(b.later(backend.tool_versions))
+        """Once the package manager runs: load the packer, ask the tool versions,
+        and (where the backend allows) make the post-install script's VE."""
+        if tools:
+            return
+        _preload_archive()
+        tools.append(b.later(backend.tool_versions))
+        script = plan.script(ScriptStage.POST_INSTALL)
+        if script and backend.ve_ahead:
+            with contextlib.suppress(BuildError):    # then it is made when needed
+                ahead.append(StartedScript(root, b.log, script, script_env(plan, None)))
+                b.closers.append(ahead[0].stop)
     try:
         with b.store.lock(plan.name), \
                 CachingProxy(settings.pkg_cache_dir, offline=offline) as proxy:
             backend = cls(b.context(b.keyring(), proxy, beside))
             b.closers.append(backend.close)
-            root = b.work / "root"
             current = b.store.manifest(plan.name)
             if force or current is None or current.plan_digest != plan.digest:
                 backend.prestart(root)      # a build is likely: let it start early
@@ -285,7 +300,7 @@ def build(plan: Plan, settings: Settings, *, force: bool = False, offline: bool 
             if script:
                 b.say("post-install script")
                 with BuildVE(root, b.log) as ve:
-                    ve.run_script(script, script_env(plan, None))
+                    ve.run_script(script, script_env(plan, None), *ahead)
             b.say("finalizing")
             backend.clean(root)
             finalize(root, plan.options)

@@ -55,6 +55,9 @@ mount -t tmpfs -o mode=755,nosuid,nodev run "$R/run"
 hostname vzpkg-build
 exec chroot "$R" "$@"
 """
+# The same, made ahead of time: waits for a line on stdin before entering (EOF: not
+# needed after all).
+_ENTER_LATER = _ENTER.replace('exec chroot', 'IFS= read -r go || exit 0\nexec chroot')
 
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -167,8 +170,13 @@ class BuildVE:
                                 *argv]),
                      step=step, env=env, hint=hint)
 
-    def run_script(self, script: Script, env: Mapping[str, str]) -> None:
-        """Copy *script* into the VE's /tmp and run it there."""
+    def run_script(self, script: Script, env: Mapping[str, str],
+                   started: StartedScript | None = None) -> None:
+        """Copy *script* into the VE's /tmp and run it there (in *started*, if
+        its namespaces were made ahead for this script)."""
+        if started is not None and started.script is script:
+            started.run()
+            return
         tmp = self.root / "tmp"
         tmp.mkdir(mode=0o1777, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=".vzpkg-script-", dir=tmp)
@@ -182,6 +190,57 @@ class BuildVE:
                      hint=_script_hint(script))
         finally:
             Path(name).unlink(missing_ok=True)
+
+
+class StartedScript:
+    """An in-VE script whose namespaces, mounts and hostname are made ahead of
+    time (while the package manager still works on the root): :meth:`run` then
+    only writes the script and lets it start; :meth:`stop` ends it unused.
+
+    Only for a backend whose package manager does not mind the VE's mount
+    points (/proc, /sys, /dev, /run, /tmp) existing in the root while it runs.
+    """
+
+    def __init__(self, root: Path, log: BuildLog, script: Script,
+                 env: Mapping[str, str]) -> None:
+        self.root = root
+        self.log = log
+        self.script = script
+        (root / "tmp").mkdir(mode=0o1777, parents=True, exist_ok=True)   # as run_script
+        self.name = f".vzpkg-script-{os.urandom(6).hex()}"
+        inside = "/tmp/" + self.name
+        argv = [inside] if script.text.startswith(b"#!") else ["/bin/sh", "-e", inside]
+        cmd = contained(["/bin/sh", "-c", _ENTER_LATER, "vzpkg-enter", str(root), *argv])
+        self.log.write(f"$ {' '.join(cmd)}   (started ahead)")
+        self.proc = log.spawn(cmd, step=script.stage.value,
+                              env=script_env(env, script.stage.value), stdin=subprocess.PIPE)
+
+    def run(self) -> None:
+        path = self.root / "tmp" / self.name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(self.script.text)
+            os.chmod(path, 0o755)
+            assert self.proc.stdin is not None
+            with contextlib.suppress(BrokenPipeError):
+                self.proc.stdin.write(b"go\n")
+                self.proc.stdin.close()
+            self.log.follow(self.proc, step=self.script.stage.value,
+                            hint=_script_hint(self.script))
+        finally:
+            path.unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        if self.proc.returncode is not None:
+            return
+        with contextlib.suppress(OSError):
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        self.proc.kill()        # setpriv/unshare: the namespace goes with it
+        self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 def run_host_script(script: Script, env: Mapping[str, str], log: BuildLog,

@@ -7,7 +7,9 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,8 +26,9 @@ from vzpkg.backends import dnf as dnf_backend
 from vzpkg.backends import get_backend
 from vzpkg.backends.dnf import Dnf
 from vzpkg.backends.rpm_db import target_dbpath
+from vzpkg.build import build
 from vzpkg.buildve import BuildVE
-from vzpkg.config import load_settings
+from vzpkg.config import Settings, load_settings
 from vzpkg.errors import BuildError
 from vzpkg.metadata.loader import make_plan
 
@@ -278,13 +281,24 @@ def test_a_dnf_that_cannot_be_prestarted_runs_the_usual_way(
     assert set(MINIMAL) <= set(_rpm_qa(root))
 
 
+def _new_dnfs(before: set[int]) -> set[int]:
+    """Pre-started dnfs not in *before*; waits a little: while a process execs,
+    its command line can read empty."""
+    for _ in range(100):
+        new = set(prestarted_dnfs()) - before
+        if new:
+            return new
+        time.sleep(0.02)
+    return set()
+
+
 def test_an_unused_prestart_leaves_nothing_behind(rpm_dist: ServedDistribution,
                                                  tmp_path: Path) -> None:
     b = _backend(rpm_dist, tmp_path)
     root = tmp_path / "root"
     before = set(prestarted_dnfs())
     b.prestart(root)
-    started = set(prestarted_dnfs()) - before
+    started = _new_dnfs(before)
     assert started
     b.close()
     assert started.isdisjoint(prestarted_dnfs())
@@ -299,10 +313,74 @@ def test_an_early_start_no_build_takes_leaves_nothing_behind(
     plan = make_plan("vztest-1-x86_64-minimal", settings)
     before = set(prestarted_dnfs())
     dnf_backend.prestart_early(plan, settings, force=True)
-    started = set(prestarted_dnfs()) - before
+    started = _new_dnfs(before)
     assert started
     work = list(settings.work_dir.glob(f"{plan.name}.*"))
     assert [w.name for w in work] == [f"{plan.name}.{os.getpid()}"]
     dnf_backend.stop_early()
     assert started.isdisjoint(prestarted_dnfs())
     assert not work[0].exists()
+
+
+def _entering_ves() -> list[int]:
+    """Pids of in-VE script runs made ahead and waiting (see StartedScript)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and b"read -r go" in (d / "cmdline").read_bytes():
+                out.append(int(d.name))
+        except OSError:
+            continue
+    return out
+
+
+def _pipeline(rpm_dist: ServedDistribution, tmp: Path, script: str,
+              variant: str = "good") -> tuple[Settings, Any]:
+    ws = rpm_dist.workspace(tmp / "ws", variant)
+    tpl = ws / "metadata" / "vztest.yaml"
+    text = tpl.read_text()
+    old = 'echo "post-install ran in the VE" > /etc/vztest-post-install'
+    assert old in text
+    tpl.write_text(text.replace(old, script))
+    settings = load_settings(workspace=ws, cache_dir=tmp / "caches")
+    return settings, make_plan("vztest-1-x86_64-minimal", settings)
+
+
+def test_the_post_install_script_runs_in_a_ve_made_ahead(rpm_dist: ServedDistribution,
+                                                         tmp_path: Path) -> None:
+    settings, plan = _pipeline(rpm_dist, tmp_path, 'echo "$(hostname) $STAGE $VE_ROOT '
+                               '$(ls /proc | grep -c "^[0-9]")" > /etc/where')
+    res = build(plan, settings, force=True)
+    log = Path(str(res.log)).read_text()
+    assert "(started ahead)" in log
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    subprocess.run(["tar", "--zstd", "-xpf", str(settings.cache_dir / f"{plan.name}.tar.zst"),
+                    "-C", str(tree)], check=True)
+    host, stage, ve_root, procs = (tree / "etc/where").read_text().split()
+    assert (host, stage, ve_root) == ("vzpkg-build", "post-install", "/")
+    assert int(procs) < 8          # its own pid namespace: the script, a subshell, ls, grep
+    assert _entering_ves() == []
+
+
+def test_a_failing_script_made_ahead_fails_the_build_and_leaves_nothing(
+        rpm_dist: ServedDistribution, tmp_path: Path) -> None:
+    settings, plan = _pipeline(rpm_dist, tmp_path, 'echo "the script says no" >&2; exit 3')
+    before = set(_entering_ves())
+    with pytest.raises(BuildError) as ei:
+        build(plan, settings, force=True)
+    assert "build step 'post-install' failed" in str(ei.value)
+    assert "the script says no" in str(ei.value)
+    assert not list(settings.cache_dir.glob("*.tar.zst"))
+    assert list(settings.work_dir.glob(f"{plan.name}.{os.getpid()}")) == []
+    assert set(_entering_ves()) <= before
+
+
+def test_a_ve_made_ahead_but_not_needed_is_stopped(rpm_dist: ServedDistribution,
+                                                   tmp_path: Path) -> None:
+    settings, plan = _pipeline(rpm_dist, tmp_path, "true", variant="unresolvable")
+    before = set(_entering_ves())
+    with pytest.raises(BuildError, match="nothing provides vztest-c"):
+        build(plan, settings, force=True)
+    assert set(_entering_ves()) <= before
+    assert list(settings.work_dir.glob(f"{plan.name}.{os.getpid()}")) == []

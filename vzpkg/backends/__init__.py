@@ -69,6 +69,9 @@ class Backend(ABC):
     name: ClassVar[str]
     family: ClassVar[str]                    # "deb" or "rpm"
     tools: ClassVar[tuple[str, ...]] = ()    # host commands it needs
+    # whether the post-install VE's namespaces and mount points may be made while
+    # the package manager still works on the root (mmdebstrap wants it empty)
+    ve_ahead: ClassVar[bool] = False
 
     def __init_subclass__(cls, *, name: str | None = None, family: str | None = None,
                           **kw: object) -> None:

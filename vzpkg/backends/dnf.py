@@ -254,6 +254,7 @@ class Dnf(Backend, name="dnf", family="rpm"):
     """RPM distributions (Fedora, AlmaLinux, Rocky, the tests' vztest)."""
 
     tools = ("dnf", "rpm", "gpgv", "unshare", "setpriv")
+    ve_ahead = True
 
     def __init__(self, ctx: BuildContext) -> None:
         super().__init__(ctx)
