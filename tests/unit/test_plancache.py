@@ -22,7 +22,15 @@ from tests.metadata_helpers import OTHER_KEY_FPR, Workspace, make_workspace
 from vzpkg.config import SHIPPED_METADATA, Settings, load_settings
 from vzpkg.errors import TemplateError, UsageError
 from vzpkg.metadata import loader, plancache
-from vzpkg.metadata.model import Key, Options, Plan, Repository, Script, ScriptStage
+from vzpkg.metadata.model import (
+    Key,
+    Options,
+    Plan,
+    Repository,
+    Script,
+    ScriptStage,
+    plan_digest,
+)
 from vzpkg.metadata.plancache import decode_plan, encode_plan, make_plan_cached
 from vzpkg.metadata.template import load_template
 
@@ -244,6 +252,41 @@ def test_environment_overrides_are_part_of_the_key(ws: Workspace, cache: Counter
     monkeypatch.setenv("VZPKG_MIRROR_MAIN", "http://d.invalid/d")
     p, hit = cache.plan(NAME, ws.settings, env=None)
     assert not hit and p.repositories[0].url == "http://d.invalid/d"
+    # the loader walks the whole environment for VZPKG_*: the rest is not an input
+    monkeypatch.setenv("UNRELATED", "2")
+    monkeypatch.setenv("PWD", "/somewhere/else")
+    p, hit = cache.plan(NAME, ws.settings, env=None)
+    assert hit and p.repositories[0].url == "http://d.invalid/d"
+
+
+def test_other_environment_variables_read_are_inputs(
+        ws: Workspace, cache: Counter, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = loader.make_plan
+
+    def reads_a_variable(*args: Any, **kw: Any) -> Plan:
+        extra = os.environ.get("PLANCACHE_TEST_PACKAGE")
+        p = real(*args, **kw)
+        if extra:
+            p = dataclasses.replace(p, packages=(*p.packages, extra))
+            p = dataclasses.replace(p, digest=plan_digest(p))
+        return p
+
+    monkeypatch.setattr(loader, "make_plan", reads_a_variable)
+    monkeypatch.delenv("PLANCACHE_TEST_PACKAGE", raising=False)
+    cache.plan(NAME, ws.settings)
+    p, hit = cache.plan(NAME, ws.settings)
+    assert hit and p.packages == ("iproute2", "procps")
+    monkeypatch.setenv("PLANCACHE_TEST_PACKAGE", "vim")
+    p, hit = cache.plan(NAME, ws.settings)
+    assert not hit and "vim" in p.packages
+    p, hit = cache.plan(NAME, ws.settings)
+    assert hit and "vim" in p.packages
+    monkeypatch.setenv("PLANCACHE_TEST_PACKAGE", "emacs")
+    p, hit = cache.plan(NAME, ws.settings)
+    assert not hit and "emacs" in p.packages
+    monkeypatch.setenv("UNREAD", "x")       # the rest of the environment is not an input
+    _, hit = cache.plan(NAME, ws.settings)
+    assert hit
 
 
 def test_set_and_backend_are_part_of_the_key(ws: Workspace, cache: Counter) -> None:
@@ -375,6 +418,34 @@ def test_a_change_to_the_code_is_seen(ws: Workspace, cache: Counter, tmp_path: P
     assert not hit
 
 
+def test_package_data_read_through_the_import_system_is_an_input(
+        ws: Workspace, cache: Counter, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    pkg = tmp_path / "lib" / "plandata"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "extra.txt").write_text("procps-ng")
+    monkeypatch.syspath_prepend(str(tmp_path / "lib"))
+    real = loader.make_plan
+
+    def with_package_data(*args: Any, **kw: Any) -> Plan:
+        import pkgutil
+        extra = pkgutil.get_data("plandata", "extra.txt")
+        assert extra is not None
+        p = real(*args, **kw)
+        p = dataclasses.replace(p, packages=(*p.packages, extra.decode()))
+        return dataclasses.replace(p, digest=plan_digest(p))
+
+    monkeypatch.setattr(loader, "make_plan", with_package_data)
+    settle()
+    cache.plan(NAME, ws.settings)
+    p, hit = cache.plan(NAME, ws.settings)
+    assert hit and "procps-ng" in p.packages
+    edit_in_place(pkg / "extra.txt", b"-ng", b"-xx")
+    p, hit = cache.plan(NAME, ws.settings)
+    assert not hit and "procps-xx" in p.packages
+
+
 def test_a_relative_directory_makes_the_working_directory_part_of_the_key(
         ws: Workspace, cache: Counter, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -459,16 +530,16 @@ def test_other_threads_are_not_recorded_and_probes_are_put_back(
         t.join()
         return real(*args, **kw)
 
-    saved = (os.stat, os.lstat, os.access)
+    saved = (os.stat, os.lstat, os.access, type(os.environ).__getitem__)
     monkeypatch.setattr(loader, "make_plan", busy_neighbour)
     cache.plan(NAME, ws.settings)
-    assert (os.stat, os.lstat, os.access) == saved
+    assert (os.stat, os.lstat, os.access, type(os.environ).__getitem__) == saved
     doc = json.loads(next(plans_dir(tmp_path).glob("*.json")).read_text())
     assert str(elsewhere) not in {path for _, path, _, _ in doc["inputs"]}
     assert str(ws.template) in {path for _, path, _, _ in doc["inputs"]}
     with pytest.raises(TemplateError):
         cache.plan("testdist-9", ws.settings)
-    assert (os.stat, os.lstat, os.access) == saved
+    assert (os.stat, os.lstat, os.access, type(os.environ).__getitem__) == saved
 
 
 def test_switched_off_by_the_environment(ws: Workspace, cache: Counter, tmp_path: Path,

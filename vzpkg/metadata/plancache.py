@@ -13,23 +13,26 @@ A stale plan would build the wrong thing, so a kept plan is used only when
 - its key matches: the arguments (name, ``--set``, backend, apt directory), every
   ``VZPKG_*`` environment variable, every field of the settings (workspace,
   configuration values, template and hook directories, ...), vzpkg's version
-  and location, this file's format, the Python version, the machine (a short
-  name means the host's architecture), the user and group ids (which hook
-  scripts are executable) and, when a path is relative, the current directory;
+  and location, this file's format, the interpreter (version, executable,
+  prefix, module path), the machine (a short name means the host's
+  architecture), the user and group ids (which hook scripts are executable)
+  and, when a path is relative, the current directory;
 - and every file system input recorded while the loader ran is as it was.  An
   audit hook records each file opened and each directory listed, and stand-ins
   for ``os.stat``, ``os.lstat`` and ``os.access`` record each path probed,
   found or not (a workspace template that appears later shadows the shipped
-  one; a key file that appears earlier in the search is taken instead).  The
-  source files of the loaded vzpkg modules and of yaml, jinja2, markupsafe and
-  jsonschema count too.  Each is checked again with ``stat``: type and mode,
+  one; a key file that appears earlier in the search is taken instead).  Only
+  the import system's own work is left out; the source files of the loaded
+  vzpkg modules and of yaml, jinja2, markupsafe and jsonschema are inputs
+  instead.  Each is checked again with ``stat``: type and mode,
   inode, device, size, mtime and ctime (ctime moves on every change and cannot
-  be set back, so an edit that keeps size and mtime is still seen).
+  be set back, so an edit that keeps size and mtime is still seen).  Variables
+  read from ``os.environ`` one by one are recorded too.
 
 A plan is not kept when the loader did anything else (ran a program, wrote
 outside the user cache directory, changed directory or the environment, used
 the network), when an input changed while it ran, or when an input changed
-less than a second before it started (a later change within the same
+less than two seconds before it started (a later change within the same
 file-system timestamp tick could not be told apart).  Errors are never kept.
 Cache files are JSON, rebuilt field by field and checked against the plan's
 digest (never pickle: a cache file cannot run code); an unreadable, corrupt or
@@ -68,7 +71,9 @@ from vzpkg.metadata.model import (
 )
 
 FORMAT = 1
-RACY_NS = 1_000_000_000     # inputs changed this recently are not trusted
+# inputs changed this recently are not trusted: a second change within the same
+# timestamp tick would not show (FAT's mtimes are 2 s apart; its ctime is the birth)
+RACY_NS = 2_000_000_000
 KEEP_DAYS = 30
 KEEP_FILES = 256
 DISABLE_ENV = "VZPKG_NO_PLAN_CACHE"
@@ -90,8 +95,10 @@ _FOREIGN = ("subprocess.", "os.exec", "os.fork", "os.posix_spawn", "os.spawn",
             "os.chroot", "socket.", "urllib.", "http.", "ftplib.", "smtplib.", "poplib.",
             "imaplib.", "nntplib.", "telnetlib.", "ctypes.", "sqlite3.", "dbm.", "mmap.",
             "pty.", "webbrowser.")
+_CODE_SUFFIXES = (".py", ".pyc", ".pyw", ".so", ".pth")
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
+_ENVIRON = type(os.environ)
 Sig = list[int]             # st_mode, st_ino, st_dev, st_size, st_mtime_ns, st_ctime_ns
 
 
@@ -150,7 +157,8 @@ def _key(name: str, settings: Settings, overrides: Mapping[str, str],
     parts = {
         "format": FORMAT,
         "vzpkg": [vzpkg.__version__, os.path.dirname(os.path.abspath(vzpkg.__file__))],
-        "python": sys.version,
+        # which interpreter, and where its modules come from (yaml, jinja2, ...)
+        "python": [sys.version, sys.executable, sys.prefix, sys.path[1:]],
         "machine": os.uname().machine,
         "ids": [os.getuid(), os.geteuid(), os.getgid(), os.getegid(),
                 sorted(os.getgroups())],
@@ -189,6 +197,8 @@ def unchanged(inputs: Any) -> bool:
             have: Any = _sig(path, follow=bool(arg))
         elif kind == "access":
             have = os.access(path, arg)
+        elif kind == "env":
+            have = os.environ.get(path)
         else:
             return False
         if have != want:
@@ -224,7 +234,8 @@ class _Recorder:
         self.started_ns = time.time_ns()
         self.inputs: dict[tuple[str, str, int], Any] = {}
         self.spoiled = ""           # why the plan may not be kept
-        self.saved: tuple[Any, Any, Any] = (os.stat, os.lstat, os.access)
+        self.saved: tuple[Any, Any, Any, Any] = (os.stat, os.lstat, os.access,
+                                                 _ENVIRON.__getitem__)
         self.real_stat: Callable[..., os.stat_result] = os.stat
 
     @classmethod
@@ -232,21 +243,27 @@ class _Recorder:
         global _recording, _hooked
         if not _record_lock.acquire(blocking=False):
             return None
-        rec = cls(skip)
-        if not _hooked:
-            sys.addaudithook(_audit)    # for good: an audit hook cannot be removed
-            _hooked = True
-        stat, lstat, access = rec.saved
+        try:
+            rec = cls(skip)
+            if not _hooked:
+                sys.addaudithook(_audit)    # for good: an audit hook cannot be removed
+                _hooked = True
+        except Exception:                   # no current directory, a hook that refuses
+            _record_lock.release()
+            return None
+        stat, lstat, access, getitem = rec.saved
         os.stat = _stat_probe(stat, follow=True)
         os.lstat = _stat_probe(lstat, follow=False)
         os.access = _access_probe(access)
+        setattr(_ENVIRON, "__getitem__", _environ_probe(getitem))  # noqa: B010
         _recording = rec
         return rec
 
     def stop(self) -> None:
         global _recording
         _recording = None
-        os.stat, os.lstat, os.access = self.saved
+        os.stat, os.lstat, os.access, getitem = self.saved
+        setattr(_ENVIRON, "__getitem__", getitem)  # noqa: B010
         _record_lock.release()
 
     def spoil(self, why: str) -> None:
@@ -301,7 +318,10 @@ class _Recorder:
         if self.spoiled:
             return None
         for f in _code_files():
-            self.add("stat", f, 1, _sig(f))
+            sig = _sig(f)
+            if sig[0] == -1:
+                return None             # code from a zip file, say: changes would not show
+            self.add("stat", f, 1, sig)
         return [[kind, path, arg, v] for (kind, path, arg), v in self.inputs.items()]
 
 
@@ -311,14 +331,24 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
     if rec is None or rec.thread != _thread.get_ident():
         return
     try:
-        # the import system's own reads and writes (sources, .pyc files) are code,
-        # which _code_files covers
-        if (event in _READS or event in _WRITES) and \
-                sys._getframe(1).f_code.co_filename.startswith("<frozen importlib"):
+        if (event in _READS or event in _WRITES) and _importing(event, args):
             return
         rec.event(event, args)
     except Exception as exc:        # an audit hook must not fail the operation
         rec.spoil(f"recording {event}: {exc!r}")
+
+
+def _importing(event: str, args: tuple[Any, ...]) -> bool:
+    """Whether the import system itself does this: looks for modules, reads their
+    code (which _code_files covers) or writes .pyc files.  Data files it reads
+    for a module (``loader.get_data``) are inputs like any other."""
+    if not sys._getframe(2).f_code.co_filename.startswith("<frozen importlib"):
+        return False
+    if event != "open":
+        return True
+    flags = args[2] if len(args) > 2 and isinstance(args[2], int) else 0
+    return bool(flags & _WRITE_FLAGS) or (
+        isinstance(args[0], (str, bytes)) and os.fsdecode(args[0]).endswith(_CODE_SUFFIXES))
 
 
 def _stat_probe(real: Callable[..., os.stat_result], *,
@@ -375,6 +405,34 @@ def _access_probe(real: Callable[..., bool]) -> Callable[..., bool]:
     return probe
 
 
+def _environ_probe(real: Callable[[Any, str], str]) -> Callable[[Any, str], str]:
+    """*real* (``os.environ[name]``, and so .get, ``in`` and getenv), recording the
+    variables read one by one.  Walking the whole environment is not recorded:
+    the loader does that for VZPKG_* only, and those are part of the key."""
+    def probe(self: Any, name: str) -> str:
+        try:
+            value = real(self, name)
+        except KeyError:
+            _note_env(self, name, None)
+            raise
+        _note_env(self, name, value)
+        return value
+    return probe
+
+
+def _note_env(environ: Any, name: str, value: str | None) -> None:
+    rec = _recording
+    if rec is None or rec.thread != _thread.get_ident() or environ is not os.environ:
+        return
+    try:
+        caller = sys._getframe(2).f_code
+        if caller.co_name == "__iter__" and "_collections_abc" in caller.co_filename:
+            return
+        rec.add("env", name, 0, value)
+    except Exception as exc:
+        rec.spoil(f"recording the environment: {exc!r}")
+
+
 def _code_files() -> list[str]:
     """The source files of the code that made the plan."""
     out: set[str] = set()
@@ -393,7 +451,7 @@ def _store(file: Path, key: str, inputs: list[list[Any]], plan: Plan,
            started_ns: int) -> None:
     """Keep *plan* if its inputs are settled and it survives the round trip."""
     for kind, _path, _arg, v in inputs:
-        if kind == "stat" and v[0] != -1 and v[5] >= started_ns - RACY_NS:
+        if kind == "stat" and v[0] != -1 and max(v[4], v[5]) >= started_ns - RACY_NS:
             return                      # changed just now: a same-tick change is invisible
     if not unchanged(inputs):
         return                          # changed while the plan was made
