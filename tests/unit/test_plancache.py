@@ -554,7 +554,8 @@ def test_switched_off_by_the_environment(ws: Workspace, cache: Counter, tmp_path
 # -- the cache files -------------------------------------------------------------
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "foreign", "other-format",
-                                    "bad-plan", "tampered", "bad-inputs", "directory"])
+                                    "bad-plan", "tampered", "bad-inputs", "directory",
+                                    "fifo", "link"])
 def test_a_damaged_file_is_a_miss(ws: Workspace, cache: Counter, tmp_path: Path,
                                   damage: str) -> None:
     good, _ = cache.plan(NAME, ws.settings)
@@ -578,6 +579,13 @@ def test_a_damaged_file_is_a_miss(ws: Workspace, cache: Counter, tmp_path: Path,
     elif damage == "bad-inputs":
         doc["inputs"] = [["stat", 7]]
         file.write_text(json.dumps(doc))
+    elif damage == "fifo":
+        file.unlink()
+        os.mkfifo(file)
+    elif damage == "link":
+        real = tmp_path / "real.json"
+        file.rename(real)
+        file.symlink_to(real)
     else:
         file.unlink()
         file.mkdir()
@@ -596,6 +604,35 @@ def test_a_cache_directory_that_cannot_be_written(ws: Workspace, cache: Counter,
     q, hit = cache.plan(NAME, ws.settings)
     assert not hit
     same(p, q)
+
+
+def test_files_of_another_user_are_not_trusted(ws: Workspace, cache: Counter,
+                                               tmp_path: Path) -> None:
+    cache.plan(NAME, ws.settings)
+    file = next(plans_dir(tmp_path).glob("*.json"))
+    os.chmod(file, 0o622)
+    _, hit = cache.plan(NAME, ws.settings)
+    assert not hit
+    file = next(plans_dir(tmp_path).glob("*.json"))
+    assert file.stat().st_mode & 0o777 == 0o600
+    if os.geteuid() == 0:
+        os.chown(file, 4321, 4321)
+        _, hit = cache.plan(NAME, ws.settings)
+        assert not hit
+
+
+def test_a_plans_directory_that_is_a_link_is_left_alone(ws: Workspace, cache: Counter,
+                                                        tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    old = elsewhere / "precious.json"
+    old.write_text("{}")
+    os.utime(old, (0, 0))
+    plans_dir(tmp_path).parent.mkdir(parents=True)
+    plans_dir(tmp_path).symlink_to(elsewhere)
+    cache.plan(NAME, ws.settings)
+    _, hit = cache.plan(NAME, ws.settings)
+    assert not hit and [p.name for p in elsewhere.iterdir()] == ["precious.json"]
 
 
 def test_old_and_surplus_files_are_pruned(ws: Workspace, cache: Counter,
@@ -667,6 +704,40 @@ def test_a_hit_in_a_fresh_interpreter_imports_no_loader(ws: Workspace,
     out, _ = _show(tmp_path, ws, "--json", "--set", "flavour=x", setup=trust)
     hit, modules = _show(tmp_path, ws, "--json", "--set", "flavour=x")
     assert modules == [] and hit == out and json.loads(hit)["variables"]["flavour"] == "x"
+
+
+BUILD_PROBE = """\
+import json, sys
+{setup}
+import vzpkg.build
+from vzpkg.errors import VzError
+
+def stop(plan, settings, **kw):
+    print(json.dumps([plan.digest, sorted(
+        m for m in ("yaml", "jinja2", "jsonschema", "vzpkg.metadata.loader") if m in sys.modules)]))
+    raise VzError("stopped by the test")
+
+vzpkg.build.build = stop
+from vzpkg.cli.vzpkg import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_build_reaches_the_backend_without_the_loader_on_a_hit(ws: Workspace,
+                                                                tmp_path: Path) -> None:
+    def build(setup: str = "") -> tuple[str, list[str]]:
+        r = subprocess.run([sys.executable, "-c", BUILD_PROBE.format(setup=setup),
+                            "--workspace", str(ws.root), "build", NAME], cwd=ROOT,
+                           env=_cli_env(tmp_path), capture_output=True, text=True,
+                           check=False)
+        assert r.returncode == 1 and "stopped by the test" in r.stderr, r.stderr
+        digest, modules = json.loads(r.stdout)
+        return digest, modules
+
+    digest, modules = build("import vzpkg.metadata.plancache as pc; pc.RACY_NS = 30_000_000")
+    assert "vzpkg.metadata.loader" in modules
+    assert build() == (digest, [])
+    assert digest == loader.make_plan(NAME, ws.settings, env={}).digest
 
 
 def test_cli_errors_are_unchanged(ws: Workspace, tmp_path: Path) -> None:

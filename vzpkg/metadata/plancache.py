@@ -35,9 +35,11 @@ the network), when an input changed while it ran, or when an input changed
 less than two seconds before it started (a later change within the same
 file-system timestamp tick could not be told apart).  Errors are never kept.
 Cache files are JSON, rebuilt field by field and checked against the plan's
-digest (never pickle: a cache file cannot run code); an unreadable, corrupt or
-foreign file is a miss, and a cache directory that cannot be written is not
-written.  At most ``KEEP_FILES`` files are kept, none older than ``KEEP_DAYS``.
+digest (never pickle: a cache file cannot run code); only files owned by the
+user and writable by no one else are read.  An unreadable, corrupt or foreign
+file is a miss, and a cache directory that cannot be written (or is a link, or
+someone else's) is not written.  At most ``KEEP_FILES`` files are kept, none
+older than ``KEEP_DAYS``.
 
 ``VZPKG_NO_PLAN_CACHE=1`` (any value but empty or ``0``) turns the cache off:
 no lookup, no store.
@@ -180,7 +182,13 @@ def _key(name: str, settings: Settings, overrides: Mapping[str, str],
 def _lookup(file: Path, key: str) -> Plan | None:
     """The kept plan for *key* if every input is unchanged; None otherwise."""
     try:
-        with open(file, "rb") as f:
+        # no link, no FIFO to hang on, nothing written by someone else (for
+        # root with a user's HOME, say)
+        fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as f:
+            st = os.fstat(fd)
+            if st.st_mode & 0o170022 != 0o100000 or st.st_uid != os.geteuid():
+                return None
             doc = json.loads(f.read())
         if doc["format"] != FORMAT or doc["key"] != key or not unchanged(doc["inputs"]):
             return None
@@ -466,9 +474,13 @@ def _store(file: Path, key: str, inputs: list[list[Any]], plan: Plan,
     text = json.dumps({"format": FORMAT, "key": key, "inputs": inputs, "plan": data},
                       separators=(",", ":"))
     import contextlib
+    import stat
     import tempfile
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
+        st = os.lstat(file.parent)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            return                      # a link or someone else's: neither write nor prune
         fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=file.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
