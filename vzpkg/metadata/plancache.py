@@ -125,7 +125,7 @@ def make_plan_cached(name: str, settings: Settings, *, overrides: Mapping[str, s
         return plan
     from vzpkg.metadata import loader  # noqa: F401  (imported here, not recorded)
     rec = _Recorder.start(str(base))
-    if rec is None:                     # another thread is recording
+    if rec is None:                     # another thread is recording, or no cwd
         return _make(name, settings, overrides, env, backend, apt_dir)
     try:
         plan = _make(name, settings, overrides, env, backend, apt_dir)
@@ -190,7 +190,7 @@ def _lookup(file: Path, key: str) -> Plan | None:
             if st.st_mode & 0o170022 != 0o100000 or st.st_uid != os.geteuid():
                 return None
             doc = json.loads(f.read())
-        if doc["format"] != FORMAT or doc["key"] != key or not unchanged(doc["inputs"]):
+        if doc["format"] != FORMAT or doc["key"] != key or not _unchanged(doc["inputs"]):
             return None
         plan = decode_plan(doc["plan"])
         return plan if plan.digest == plan_digest(plan) else None
@@ -198,7 +198,7 @@ def _lookup(file: Path, key: str) -> Plan | None:
         return None
 
 
-def unchanged(inputs: Any) -> bool:
+def _unchanged(inputs: Any) -> bool:
     """Whether every recorded input still looks as it did."""
     for kind, path, arg, want in inputs:
         if kind == "stat":
@@ -461,7 +461,7 @@ def _store(file: Path, key: str, inputs: list[list[Any]], plan: Plan,
     for kind, _path, _arg, v in inputs:
         if kind == "stat" and v[0] != -1 and max(v[4], v[5]) >= started_ns - RACY_NS:
             return                      # changed just now: a same-tick change is invisible
-    if not unchanged(inputs):
+    if not _unchanged(inputs):
         return                          # changed while the plan was made
     data = encode_plan(plan)
     try:
