@@ -94,6 +94,14 @@ def _memory_work_dir() -> Path | None:
     return None
 
 
+def user_cache_dir() -> Path:
+    """Derived data kept per user between runs (schema checks, build plans):
+    ``$XDG_CACHE_HOME/vzpkg``, else ``~/.cache/vzpkg``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"),
+                                                             ".cache")
+    return Path(base) / "vzpkg"
+
+
 def find_workspace(start: Path) -> Path | None:
     """The nearest directory at or above *start* that looks like a workspace."""
     for d in (start, *start.parents):

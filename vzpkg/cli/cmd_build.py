@@ -60,19 +60,20 @@ class Reporter:
 
 def _run(args: argparse.Namespace, work: Callable[..., builder.BuildResult],
          early: Callable[[Any, Settings], None] | None = None) -> int:
-    """Make the plans, give each to *early* (before the build machinery is even
-    imported), then to *work*."""
-    from vzpkg.metadata.loader import all_plan_names, make_plan
-    from vzpkg.metadata.render import parse_assignments
+    """Make the plans (from the plan cache when their inputs are unchanged), give
+    each to *early* (before the build machinery is even imported), then to *work*."""
+    from vzpkg.metadata.assign import parse_assignments
+    from vzpkg.metadata.plancache import make_plan_cached
 
     settings = settings_from(args)
     names: list[str] = list(args.names)
     if getattr(args, "all", False):
+        from vzpkg.metadata.loader import all_plan_names
         names += all_plan_names(settings)
     if not names:
         raise UsageError("name at least one cache (e.g. debian-12) or use --all")
     overrides = parse_assignments(args.sets)
-    plans = [make_plan(n, settings, overrides=overrides, backend=args.backend)
+    plans = [make_plan_cached(n, settings, overrides=overrides, backend=args.backend)
              for n in dict.fromkeys(names)]
     if early is not None and len(plans) == 1:
         early(plans[0], settings)

@@ -110,10 +110,10 @@ def _print_templates(infos: list[TemplateInfo]) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from vzpkg.metadata.loader import make_plan
-    from vzpkg.metadata.render import parse_assignments
-    plan = make_plan(args.name, settings_from(args), overrides=parse_assignments(args.sets),
-                     backend=args.backend)
+    from vzpkg.metadata.assign import parse_assignments
+    from vzpkg.metadata.plancache import make_plan_cached
+    plan = make_plan_cached(args.name, settings_from(args),
+                            overrides=parse_assignments(args.sets), backend=args.backend)
     if args.json:
         data = plan.to_json()
         data["template_file"] = str(plan.template_file)

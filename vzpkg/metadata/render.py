@@ -21,12 +21,13 @@ Globals: ``host_mirror(name)`` (see :mod:`vzpkg.metadata.hostmirror`).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vzpkg.errors import TemplateError, UsageError
+from vzpkg.errors import TemplateError
+from vzpkg.metadata.assign import parse_assignments
 from vzpkg.metadata.hostmirror import APT_DIR, host_mirror
 from vzpkg.metadata.yamlpos import Lines, PathKey, dotted
 
@@ -145,18 +146,6 @@ class Overrides:
     options: dict[str, str]                 # strict: from --set
     soft_mirrors: dict[str, str]            # from files and env: unknown names ignored
     soft_variables: dict[str, str]          # from env: unknown names ignored
-
-
-def parse_assignments(items: Sequence[str]) -> dict[str, str]:
-    """``["mirrors.debian=URL", "a=b"]`` (from ``--set``) as a mapping."""
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)?", key):
-            raise UsageError(f"--set {item!r}: expected KEY=VALUE",
-                             hint="e.g. --set mirrors.debian=http://mirror.example/debian")
-        out[key] = value
-    return out
 
 
 def split_overrides(sets: Mapping[str, str], env: Mapping[str, str],

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +17,7 @@ if TYPE_CHECKING:   # jsonschema is imported only when a template is not known g
     import jsonschema
     from jsonschema.exceptions import ValidationError
 
+from vzpkg.config import user_cache_dir
 from vzpkg.errors import TemplateError
 from vzpkg.metadata.yamlpos import Lines
 
@@ -56,9 +56,7 @@ def _validator() -> jsonschema.Draft202012Validator:
 
 
 def _known_good_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"),
-                                                             ".cache")
-    return Path(base) / "vzpkg" / "schema-ok"
+    return user_cache_dir() / "schema-ok"
 
 
 def _digest(data: Any) -> str:
