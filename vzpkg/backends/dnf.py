@@ -33,7 +33,6 @@ import fcntl
 import hashlib
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -182,9 +181,8 @@ def prestart_early(plan: Plan, settings: Settings, *, force: bool) -> None:
     One that no build takes is stopped by stop_early, or at exit."""
     if plan.backend != "dnf":
         return
-    from vzpkg.store import CacheStore
-    current = CacheStore(settings.cache_dir).manifest(plan.name)
-    if not force and current is not None and current.plan_digest == plan.digest:
+    if not force and _built_from(settings.cache_dir / f"{plan.name}.manifest.json") \
+            == plan.digest:
         return                                  # most likely up to date
     work = open_work(settings.work_dir, plan.name)
     dnf_settings = DnfSettings.from_plan(plan)
@@ -195,6 +193,16 @@ def prestart_early(plan: Plan, settings: Settings, *, force: bool) -> None:
         if not _EARLY:
             atexit.register(stop_early)
         _EARLY[warm.root] = warm
+
+
+def _built_from(manifest: Path) -> str | None:
+    """The plan digest a stored manifest names (read directly: the store and its
+    manifest model cost more to import than a guess is worth); None if unknown."""
+    try:
+        digest = json.loads(manifest.read_bytes()).get("plan_digest")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return digest if isinstance(digest, str) else None
 
 
 def stop_early() -> None:
@@ -366,7 +374,7 @@ class Dnf(Backend, name="dnf", family="rpm"):
         """Run ``dnf --installroot=root ARGS`` in private namespaces."""
         conf = self.prepare()
         argv = [*dnf_argv(self.settings, conf=conf, root=root, private=self.private,
-                          offline=self.ctx.offline, host_arch=platform.machine()), *args]
+                          offline=self.ctx.offline, host_arch=os.uname().machine), *args]
         with self._cache_lock():
             start = self._log_size()
             try:
