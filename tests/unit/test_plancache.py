@@ -119,6 +119,15 @@ def test_a_hit_is_the_loaders_plan(ws: Workspace, cache: Counter, tmp_path: Path
     assert again.script(ScriptStage.POST_INSTALL) == first.script(ScriptStage.POST_INSTALL)
 
 
+def test_another_cache_directory_finds_the_plan(ws: Workspace, cache: Counter,
+                                                tmp_path: Path) -> None:
+    first, _ = cache.plan(NAME, ws.settings)
+    elsewhere = dataclasses.replace(ws.settings, cache_dir=tmp_path / "other-caches")
+    again, hit = cache.plan(NAME, elsewhere)
+    assert hit                      # where caches go is no input of a plan
+    same(again, first)
+
+
 def test_short_names_and_every_testdist_plan(ws: Workspace, cache: Counter) -> None:
     tpl = load_template(ws.template)
     names = ["testdist-1", "testdist-2-aarch64", "testdist-2-default"]

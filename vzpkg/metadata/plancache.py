@@ -11,8 +11,8 @@ otherwise it calls :func:`vzpkg.metadata.loader.make_plan` and keeps the result.
 A stale plan would build the wrong thing, so a kept plan is used only when
 
 - its key matches: the arguments (name, ``--set``, backend, apt directory), every
-  ``VZPKG_*`` environment variable, every field of the settings (workspace,
-  configuration values, template and hook directories, ...), vzpkg's version
+  ``VZPKG_*`` environment variable, every field of the settings but the cache
+  directory (workspace, configuration values, template and hook directories), vzpkg's version
   and location, this file's format, the interpreter (version, executable,
   prefix, module path), the machine (a short name means the host's
   architecture), the user and group ids (which hook scripts are executable)
@@ -171,8 +171,10 @@ def _key(name: str, settings: Settings, overrides: Mapping[str, str],
         "apt_dir": None if apt_dir is None else str(apt_dir),
         "env": sorted((k, v) for k, v in env.items()
                       if k.startswith("VZPKG_") and k != DISABLE_ENV),
+        # where caches are stored does not go into a plan (a fresh --cache-dir
+        # finds the plan too); everything else in the settings does
         "settings": {k: (dict(v) if isinstance(v, Mapping) else v)
-                     for k, v in fields.items()},
+                     for k, v in fields.items() if k != "cache_dir"},
     }
     return json.dumps(parts, sort_keys=True, separators=(",", ":"), default=repr)
 
