@@ -270,7 +270,7 @@ def build(plan: Plan, settings: Settings, *, force: bool = False, offline: bool 
         tools.append(b.later(backend.tool_versions))
         script = plan.script(ScriptStage.POST_INSTALL)
         if script and backend.ve_ahead:
-            with contextlib.suppress(BuildError):    # then it is made when needed
+            with contextlib.suppress(BuildError, OSError):   # then it is made when needed
                 ahead.append(StartedScript(root, b.log, script, script_env(plan, None)))
                 b.closers.append(ahead[0].stop)
     try:

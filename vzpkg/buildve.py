@@ -177,8 +177,7 @@ class BuildVE:
         if started is not None and started.script is script:
             started.run()
             return
-        tmp = self.root / "tmp"
-        tmp.mkdir(mode=0o1777, exist_ok=True)
+        tmp = ve_tmp(self.root)
         fd, name = tempfile.mkstemp(prefix=".vzpkg-script-", dir=tmp)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -190,6 +189,19 @@ class BuildVE:
                      hint=_script_hint(script))
         finally:
             Path(name).unlink(missing_ok=True)
+
+
+def ve_tmp(root: Path) -> Path:
+    """The VE's /tmp as a host path, made if missing, where scripts are copied.
+    Refused if it is a symbolic link: the host would follow it out of the VE."""
+    tmp = root / "tmp"
+    if tmp.is_symlink() or (tmp.exists() and not tmp.is_dir()):
+        raise BuildError("script", f"{tmp} is not a directory (a link or a file); "
+                                   "not copying a script through it",
+                         hint="a package of the set makes /tmp something else than "
+                              "a directory")
+    tmp.mkdir(mode=0o1777, parents=True, exist_ok=True)
+    return tmp
 
 
 class StartedScript:
@@ -206,7 +218,7 @@ class StartedScript:
         self.root = root
         self.log = log
         self.script = script
-        (root / "tmp").mkdir(mode=0o1777, parents=True, exist_ok=True)   # as run_script
+        ve_tmp(root)
         self.name = f".vzpkg-script-{os.urandom(6).hex()}"
         inside = "/tmp/" + self.name
         argv = [inside] if script.text.startswith(b"#!") else ["/bin/sh", "-e", inside]
@@ -216,7 +228,7 @@ class StartedScript:
                               env=script_env(env, script.stage.value), stdin=subprocess.PIPE)
 
     def run(self) -> None:
-        path = self.root / "tmp" / self.name
+        path = ve_tmp(self.root) / self.name       # again: the packages came since
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755)
         try:
             with os.fdopen(fd, "wb") as f:
