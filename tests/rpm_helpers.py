@@ -172,13 +172,23 @@ def dnf_context(plan: Plan, tmp: Path, *, pkg_cache: Path, offline: bool = False
                         log=build_log(tmp / "build.log"), offline=offline)
 
 
-def prestarted_dnfs() -> list[int]:
-    """Pids of dnf interpreters vzpkg pre-started (see vzpkg.backends.dnf)."""
+def processes_with(marker: bytes) -> list[int]:
+    """Pids of the processes whose command line contains *marker*."""
     out = []
     for d in Path("/proc").iterdir():
         try:
-            if d.name.isdigit() and b"dnf.cli import main" in (d / "cmdline").read_bytes():
+            if d.name.isdigit() and marker in (d / "cmdline").read_bytes():
                 out.append(int(d.name))
         except OSError:
             continue
     return out
+
+
+def prestarted_dnfs() -> list[int]:
+    """Pids of dnf interpreters vzpkg pre-started (see vzpkg.backends.dnf)."""
+    return processes_with(b"dnf.cli import main")
+
+
+def entering_ves() -> list[int]:
+    """Pids of in-VE script runs made ahead and waiting (see StartedScript)."""
+    return processes_with(b"read -r go")

@@ -17,6 +17,7 @@ from tests.rpm_helpers import (
     RepoServer,
     ServedDistribution,
     dnf_context,
+    entering_ves,
     prestarted_dnfs,
     rpm_dist_fixture,  # noqa: F401  (the session fixture rpm_dist)
     vztest_plan,
@@ -322,18 +323,6 @@ def test_an_early_start_no_build_takes_leaves_nothing_behind(
     assert not work[0].exists()
 
 
-def _entering_ves() -> list[int]:
-    """Pids of in-VE script runs made ahead and waiting (see StartedScript)."""
-    out = []
-    for d in Path("/proc").iterdir():
-        try:
-            if d.name.isdigit() and b"read -r go" in (d / "cmdline").read_bytes():
-                out.append(int(d.name))
-        except OSError:
-            continue
-    return out
-
-
 def _pipeline(rpm_dist: ServedDistribution, tmp: Path, script: str,
               variant: str = "good") -> tuple[Settings, Any]:
     ws = rpm_dist.workspace(tmp / "ws", variant)
@@ -360,27 +349,27 @@ def test_the_post_install_script_runs_in_a_ve_made_ahead(rpm_dist: ServedDistrib
     host, stage, ve_root, procs = (tree / "etc/where").read_text().split()
     assert (host, stage, ve_root) == ("vzpkg-build", "post-install", "/")
     assert int(procs) < 8          # its own pid namespace: the script, a subshell, ls, grep
-    assert _entering_ves() == []
+    assert entering_ves() == []
 
 
 def test_a_failing_script_made_ahead_fails_the_build_and_leaves_nothing(
         rpm_dist: ServedDistribution, tmp_path: Path) -> None:
     settings, plan = _pipeline(rpm_dist, tmp_path, 'echo "the script says no" >&2; exit 3')
-    before = set(_entering_ves())
+    before = set(entering_ves())
     with pytest.raises(BuildError) as ei:
         build(plan, settings, force=True)
     assert "build step 'post-install' failed" in str(ei.value)
     assert "the script says no" in str(ei.value)
     assert not list(settings.cache_dir.glob("*.tar.zst"))
     assert list(settings.work_dir.glob(f"{plan.name}.{os.getpid()}")) == []
-    assert set(_entering_ves()) <= before
+    assert set(entering_ves()) <= before
 
 
 def test_a_ve_made_ahead_but_not_needed_is_stopped(rpm_dist: ServedDistribution,
                                                    tmp_path: Path) -> None:
     settings, plan = _pipeline(rpm_dist, tmp_path, "true", variant="unresolvable")
-    before = set(_entering_ves())
+    before = set(entering_ves())
     with pytest.raises(BuildError, match="nothing provides vztest-c"):
         build(plan, settings, force=True)
-    assert set(_entering_ves()) <= before
+    assert set(entering_ves()) <= before
     assert list(settings.work_dir.glob(f"{plan.name}.{os.getpid()}")) == []
