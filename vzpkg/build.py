@@ -44,6 +44,7 @@ from vzpkg.gpg import Keyring
 from vzpkg.manifest import Manifest
 from vzpkg.metadata.model import Plan, ScriptStage
 from vzpkg.packages import read_installed
+from vzpkg.payloads import enabled as payloads_enabled
 from vzpkg.pgpkeys import ParseError, keyring_bytes
 from vzpkg.pkgcache import CachingProxy
 from vzpkg.store import CacheStore
@@ -185,7 +186,8 @@ class _Build:
                 running: Callable[[], None] = lambda: None) -> BuildContext:
         return BuildContext(plan=self.plan, pkg_cache=self.settings.pkg_cache_dir,
                             proxy=proxy, work=self.work, keyring=keyring, log=self.log,
-                            offline=self.offline, running=running)
+                            offline=self.offline, running=running,
+                            payloads=payloads_enabled(os.environ, self.settings.config))
 
     def pack_and_commit(self, backend: Backend, root: Path, source_date: int,
                         repo_digest: str,

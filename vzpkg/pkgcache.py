@@ -36,7 +36,7 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -87,6 +87,8 @@ class CachingProxy:
         self._thread: threading.Thread | None = None
         self._lockfile: Any = None
         self._entered = False
+        # told of every .deb it serves (the payload cache makes their payloads)
+        self.on_package: Callable[[Path], None] | None = None
 
     # -- public -----------------------------------------------------------------
     def url_for(self, upstream: str) -> str:
@@ -179,6 +181,8 @@ class CachingProxy:
         if local is None:
             h.send_error(404)
             return
+        if self.on_package is not None and parts[1].endswith(".deb"):
+            self.on_package(local)
         size = local.stat().st_size
         h.send_response(200)
         h.send_header("Content-Length", str(size))

@@ -60,6 +60,8 @@ class BuildContext:
     # called when the package manager has begun its real work: what the build
     # does beside it starts then, not while the package manager is starting up
     running: Callable[[], None] = lambda: None
+    # whether the backend may use the unpacked-payload cache (vzpkg.payloads)
+    payloads: bool = False
 
 
 class Backend(ABC):

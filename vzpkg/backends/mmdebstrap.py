@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 from vzpkg.backends.deb import APT_PREFER_GZIP, DebianBackend
 from vzpkg.buildve import contained, fs_type
+from vzpkg.payloads import BuildHelper, Filler, Payloads, remove_leftover
 
 EATMYDATA_HOOKS = Path("/usr/share/mmdebstrap/hooks/eatmydata")
 # what mmdebstrap leaves for its --aptopt / --dpkgopt: build-time settings only
 LEFTOVERS = ("etc/apt/apt.conf.d/99mmdebstrap", "etc/dpkg/dpkg.cfg.d/99mmdebstrap")
+# In root mode mmdebstrap bind-mounts the host's /dev/shm into the tree, where the
+# maintainer scripts would see it (build trees live there by default).  Nothing
+# runs inside the tree before the extract hooks: a private tmpfs goes over it then
+# and comes off again when the packages are in, before mmdebstrap's own unmount.
+PRIVATE_SHM = ('--extract-hook=mkdir -p "$1/dev/shm" && '
+               'mount -t tmpfs -o nosuid,nodev,mode=1777 vzpkg-shm "$1/dev/shm"')
+PRIVATE_SHM_END = '--customize-hook=umount "$1/dev/shm"'
 
 
 class Mmdebstrap(DebianBackend, name="mmdebstrap"):
     tools = ("mmdebstrap", "gpgv")
+
+    _filler: Filler | None = None
+    _finished = False
 
     def bootstrap(self, root: Path) -> None:
         suite = self.repos()[0].suite
@@ -25,25 +37,44 @@ class Mmdebstrap(DebianBackend, name="mmdebstrap"):
                 f"--aptopt={APT_PREFER_GZIP}",
                 # the build tree is thrown away if anything fails and the tarball is
                 # fsynced when packed: dpkg's per-file fsyncs buy nothing here
-                "--dpkgopt=force-unsafe-io"]
+                "--dpkgopt=force-unsafe-io", PRIVATE_SHM, PRIVATE_SHM_END]
         # on disk, eatmydata spares the fsyncs of dpkg's own database as well; in
         # memory (the default work directory) fsync costs nothing and the hook's
         # extra apt run and preloaded library cost about 1 s
         if (fs_type(root.parent) != "tmpfs" and EATMYDATA_HOOKS.is_dir()
                 and shutil.which("eatmydata")):
             argv.append(f"--hook-dir={EATMYDATA_HOOKS}")
+        env = ["TMPDIR=/tmp"]
+        if self.ctx.payloads:
+            payloads = Payloads(self.ctx.pkg_cache)
+            payloads.remove_stale_parts()
+            helper = BuildHelper(payloads, self.ctx.work)
+            argv += helper.mmdebstrap_hooks()
+            env.append(f"PATH={helper.path(os.environ.get('PATH', '/usr/bin:/bin'))}")
+            self._filler = Filler(payloads)
+            self.ctx.proxy.on_package = self._filler.add
         if self.plan.packages:
             argv.append("--include=" + ",".join(self.plan.packages))
         argv += [suite, str(root)]
         # --keyring makes apt trust exactly the pinned keys while mmdebstrap runs
         argv += self.sources(local=True, signed_by=False).splitlines()
         root.mkdir(parents=True, exist_ok=True)
-        self.ctx.log.run(contained(["env", "TMPDIR=/tmp", *argv]), step="mmdebstrap",
+        self.ctx.log.run(contained(["env", *env, *argv]), step="mmdebstrap",
                          hint="see the log; a signature or checksum error means the "
                               "mirror or the pinned keys are wrong",
                          started=self.ctx.running)
 
     def clean(self, root: Path) -> None:
+        self._finished = True
+        remove_leftover(root)
         super().clean(root)
         for rel in LEFTOVERS:
             (root / rel).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Payloads still being made are finished after a build that got as far
+        as cleaning its tree (most are made while dpkg works), dropped otherwise."""
+        filler, self._filler = self._filler, None
+        if filler is not None:
+            self.ctx.proxy.on_package = None
+            filler.close(finish=self._finished)
