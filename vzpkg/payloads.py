@@ -9,11 +9,12 @@ the .deb>.tar``, made on the host by the host's own ``dpkg-deb`` from a package
 the build downloaded (in a background process at the lowest CPU priority, while
 dpkg works on one core), written to a temporary name, fsynced and renamed.
 
-During a build a small ``dpkg-deb`` comes first on mmdebstrap's PATH, on the host
-and inside the VE (bind-mounted read-only at ``/.vzpkg-build``, unmounted and
-removed before the tree is cleaned).  For ``--fsys-tarfile FILE`` it hashes FILE
-and, when a payload of that name exists, writes it (``cat``); for anything else,
-or without a payload, it runs the real ``/usr/bin/dpkg-deb``.  apt has verified
+During a build a small ``dpkg-deb`` comes first on mmdebstrap's PATH and on the
+PATH apt gives dpkg (``DPkg::Path``), on the host and inside the VE (bind-mounted
+read-only at ``/.vzpkg-build``, unmounted and removed before the tree is cleaned).
+For ``--fsys-tarfile FILE`` it hashes FILE and, when a payload of that name
+exists, writes it (``cat``); for anything else, or without a payload, it runs the
+real ``/usr/bin/dpkg-deb``.  apt has verified
 every .deb against the signed indexes before dpkg opens it, exactly as without
 this cache, and a payload is only ever used for the very bytes it was made from;
 the tree is byte for byte the same (tested).
@@ -41,6 +42,7 @@ PAYLOAD_DIR = ".payloads"
 VE_DIR = ".vzpkg-build"           # where the helper is mounted inside the build root
 CHUNK = 1 << 20
 DPKG_DEB = "/usr/bin/dpkg-deb"
+DPKG_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"     # apt's default DPkg::Path
 
 # one positional file after --fsys-tarfile is how dpkg and mmdebstrap ask; the
 # real dpkg-deb handles everything else, and every error
@@ -119,18 +121,13 @@ class Payloads:
             if pid.isdigit() and not Path(f"/proc/{pid}").exists():
                 f.unlink(missing_ok=True)
 
-    def keep_only(self, deb_sha256s: Iterable[str], *, dry_run: bool = False
-                  ) -> list[Path]:
-        """Remove the payloads of packages not in *deb_sha256s*; the removed paths."""
+    def unwanted(self, deb_sha256s: Iterable[str]) -> list[Path]:
+        """Every file here but the payloads of the packages in *deb_sha256s*
+        (temporary files too: for a caller that holds the cache exclusively)."""
         keep = {f"{s}.tar" for s in deb_sha256s}
-        gone = []
-        if self.dir.is_dir():
-            for f in sorted(self.dir.iterdir()):
-                if f.name not in keep and f.is_file():
-                    gone.append(f)
-                    if not dry_run:
-                        f.unlink()
-        return gone
+        if not self.dir.is_dir():
+            return []
+        return [f for f in sorted(self.dir.iterdir()) if f.name not in keep and f.is_file()]
 
 
 class Filler:
@@ -193,6 +190,12 @@ class BuildHelper:
         """PATH for mmdebstrap: the host helper, then the VE's (a path that
         exists only inside the build root), then *current*."""
         return f"{self.host_bin}:/{VE_DIR}:{current}"
+
+    def mmdebstrap_options(self) -> list[str]:
+        """Hooks that mount the helper into the tree and take it out again, and
+        the PATH apt gives dpkg (``DPkg::Path``, which replaces the caller's)."""
+        return [*self.mmdebstrap_hooks(),
+                f'--aptopt=DPkg::Path "/{VE_DIR}:{DPKG_PATH}";']
 
     def mmdebstrap_hooks(self) -> list[str]:
         ve = f'"$1/{VE_DIR}"'

@@ -4,7 +4,8 @@ Kept: every package file (``.deb`` of a pool, ``.rpm`` of dnf's cache) whose nam
 version and architecture a current or ``-old`` cache's manifest lists, every index
 that the cached InRelease of its suite still names, and everything else (InRelease
 files, dnf's metadata).  Removed: other package files, by-hash indexes no InRelease
-names any more, and temporary files left by killed downloads.  A build that needs
+names any more, the unpacked payloads of packages not kept, and temporary files
+left by killed downloads.  A build that needs
 something removed downloads it again; ``--offline`` builds of the kept caches still
 work.  Runs only while no build uses the cache (the builds' shared lock).
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from vzpkg.errors import StoreError
 from vzpkg.manifest import Manifest
+from vzpkg.payloads import PAYLOAD_DIR, Payloads, sha256_file
 from vzpkg.pkgcache import exclusive, sha256_entries, suite_dir
 from vzpkg.store import CacheStore
 
@@ -66,7 +68,8 @@ def _manifests(store: CacheStore) -> list[Manifest]:
 def _stale(pkg_cache: Path, wanted: set[str]) -> Iterator[Path]:
     releases: dict[Path, set[str]] = {}
     for f in sorted(pkg_cache.rglob("*")):
-        if not f.is_file() or f.is_symlink() or ".sessions" in f.relative_to(pkg_cache).parts:
+        parts = f.relative_to(pkg_cache).parts
+        if not f.is_file() or f.is_symlink() or ".sessions" in parts or PAYLOAD_DIR in parts:
             continue
         if f.name.startswith(".part-"):
             yield f
@@ -101,6 +104,15 @@ def prune(cache_dir: Path, pkg_cache: Path, *, dry_run: bool = False) -> PruneRe
             removed.append(f)
             freed += size
         gone = set(removed)
-        kept = sum(1 for f in pkg_cache.rglob("*") if f.suffix in (".deb", ".rpm")
-                   and f not in gone)
+        kept_files = [f for f in pkg_cache.rglob("*") if f.suffix in (".deb", ".rpm")
+                      and f not in gone and f.is_file()]
+        # a payload goes with its package (vzpkg.payloads)
+        keep = {sha256_file(f) for f in kept_files if f.suffix == ".deb"}
+        for f in Payloads(pkg_cache).unwanted(keep):
+            size = f.stat().st_size
+            if not dry_run:
+                f.unlink()
+            removed.append(f)
+            freed += size
+        kept = len(kept_files)
     return PruneReport(pkg_cache, tuple(removed), freed, kept, dry_run)

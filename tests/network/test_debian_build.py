@@ -8,11 +8,13 @@ up to date, and failures that leave the previous cache alone.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ import yaml
 
 from tests.conftest import assert_user_error, run_cli
 from vzpkg.config import SHIPPED_METADATA, load_settings
+from vzpkg.payloads import PAYLOAD_DIR, Payloads
 
 NAME = "debian-12-x86_64-minimal"
 pytestmark = pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86_64 host")
@@ -140,6 +143,53 @@ def test_forced_rebuild_is_byte_identical_and_keeps_old(ws: Path,
     old = json.loads((ws / "caches" / f"{NAME}-old.manifest.json").read_text())
     assert old["serial"] == built["manifest"]["serial"]
     assert res["serial"] == old["serial"] + 1
+
+
+def test_every_package_leaves_its_payload(ws: Path, built: dict[str, Any]) -> None:
+    """The cold build kept each .deb's unpacked payload (vzpkg.payloads): exactly
+    what dpkg-deb writes, named by the package's sha256."""
+    pkg = ws / "caches" / ".pkgcache"
+    debs = sorted(pkg.glob("*/pool/**/*.deb"))
+    payloads = Payloads(pkg)
+    assert len(debs) >= built["result"]["packages"]
+    assert {f.name for f in payloads.dir.iterdir()} == {sha256(d) + ".tar" for d in debs}
+    for deb in debs[:3]:
+        assert payloads.path(sha256(deb)).read_bytes() == subprocess.run(
+            ["dpkg-deb", "--fsys-tarfile", deb], capture_output=True, check=True).stdout
+
+
+def test_dpkg_in_the_build_unpacks_from_the_payloads(ws: Path, built: dict[str, Any]) -> None:
+    """A file added to the kept payload of less (installed by apt inside the VE, not
+    by mmdebstrap's extraction) reaches the cache: dpkg read the payload, not the
+    .deb.  The payload is put back afterwards."""
+    pkg = ws / "caches" / ".pkgcache"
+    deb = next(pkg.glob("*/pool/main/l/less/less_*.deb"))
+    kept = Payloads(pkg).path(sha256(deb))
+    original = kept.read_bytes()
+    marker = "./usr/share/doc/less/from-the-payload-cache"
+    try:
+        with tarfile.open(kept, "a", format=tarfile.GNU_FORMAT) as t:
+            info = tarfile.TarInfo(marker)
+            info.size, info.mode, info.mtime = 3, 0o644, 1700000000
+            t.addfile(info, io.BytesIO(b"hi\n"))
+        r = vzpkg(ws, "build", NAME, "--force", "--json")
+        assert r.returncode == 0, r.stderr
+        listing = subprocess.run(["tar", "--zstd", "-tf", built["tarball"]],
+                                 capture_output=True, text=True, check=True).stdout
+        assert marker in listing.splitlines()
+    finally:
+        kept.write_bytes(original)
+
+
+def test_without_the_payload_cache_the_tree_is_the_same(ws: Path,
+                                                        built: dict[str, Any]) -> None:
+    d = ws / "caches" / ".pkgcache" / PAYLOAD_DIR
+    before = snapshot(d)
+    r = run_cli("vzpkg", ["--workspace", ws, "build", NAME, "--force", "--json"],
+                env={"VZPKG_PAYLOAD_CACHE": "0"})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["results"][0]["sha256"] == built["manifest"]["sha256"]
+    assert snapshot(d) == before
 
 
 def test_up_to_date_downloads_and_writes_nothing(ws: Path, built: dict[str, Any]) -> None:

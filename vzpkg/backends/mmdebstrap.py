@@ -49,7 +49,7 @@ class Mmdebstrap(DebianBackend, name="mmdebstrap"):
             payloads = Payloads(self.ctx.pkg_cache)
             payloads.remove_stale_parts()
             helper = BuildHelper(payloads, self.ctx.work)
-            argv += helper.mmdebstrap_hooks()
+            argv += helper.mmdebstrap_options()
             env.append(f"PATH={helper.path(os.environ.get('PATH', '/usr/bin:/bin'))}")
             self._filler = Filler(payloads)
             self.ctx.proxy.on_package = self._filler.add

@@ -1,0 +1,237 @@
+"""The unpacked-payload cache: real .debs made with dpkg-deb, the real helper script,
+and (as root) the real mmdebstrap hook commands in a private mount namespace."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+from tests.mirror_helpers import make_cache
+from vzpkg.backends import InstalledPackage
+from vzpkg.backends.mmdebstrap import PRIVATE_SHM, PRIVATE_SHM_END
+from vzpkg.payloads import VE_DIR, BuildHelper, Filler, Payloads, enabled, sha256_file
+
+needs_dpkg = pytest.mark.skipif(not shutil.which("dpkg-deb"), reason="needs dpkg-deb")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mounts)")
+
+
+def make_deb(tmp: Path, name: str, version: str, payload: bytes) -> Path:
+    """A real binary package with one file, /usr/share/NAME/data."""
+    src = tmp / f"src-{name}-{version}"
+    (src / "DEBIAN").mkdir(parents=True)
+    (src / "DEBIAN/control").write_text(
+        f"Package: {name}\nVersion: {version}\nArchitecture: all\n"
+        "Maintainer: vzpkg tests <tests@invalid>\nDescription: test package\n")
+    (src / f"usr/share/{name}").mkdir(parents=True)
+    (src / f"usr/share/{name}/data").write_bytes(payload)
+    deb = tmp / f"{name}_{version}_all.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zxz", "--build", str(src), str(deb)],
+                   check=True, capture_output=True)
+    return deb
+
+
+def fsys_tarfile(deb: Path) -> bytes:
+    return subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], check=True,
+                          capture_output=True).stdout
+
+
+def helper(payloads: Payloads, work: Path, *args: str | Path
+           ) -> subprocess.CompletedProcess[bytes]:
+    h = BuildHelper(payloads, work)
+    return subprocess.run([str(h.host_bin / "dpkg-deb"), *map(str, args)],
+                          capture_output=True, check=False)
+
+
+@needs_dpkg
+def test_a_payload_is_what_dpkg_deb_writes_named_by_the_packages_bytes(tmp_path: Path
+                                                                        ) -> None:
+    deb = make_deb(tmp_path, "hello", "1.0", b"hello\n" * 1000)
+    payloads = Payloads(tmp_path / "pkgcache")
+    made = payloads.make(deb)
+    assert made == payloads.dir / f"{hashlib.sha256(deb.read_bytes()).hexdigest()}.tar"
+    assert made.read_bytes() == fsys_tarfile(deb)
+    assert payloads.has(deb)
+    assert oct(payloads.dir.stat().st_mode & 0o777) == "0o700"
+    assert not list(payloads.dir.glob(".part-*"))
+
+
+@needs_dpkg
+def test_the_helper_serves_the_payload_of_exactly_these_bytes(tmp_path: Path) -> None:
+    a = make_deb(tmp_path / "a", "hello", "1.0", b"first\n")
+    b = make_deb(tmp_path / "b", "hello", "1.0", b"second\n")   # same name, other bytes
+    payloads = Payloads(tmp_path / "pkgcache")
+    kept = payloads.make(a)
+    assert kept is not None
+    # what the helper writes comes from the payload file: mark it to see that
+    kept.write_bytes(b"from the payload cache")
+    r = helper(payloads, tmp_path / "work", "--fsys-tarfile", a)
+    assert (r.returncode, r.stdout) == (0, b"from the payload cache")
+    # a package with no payload gets the real dpkg-deb
+    r = helper(payloads, tmp_path / "work", "--fsys-tarfile", b)
+    assert (r.returncode, r.stdout) == (0, fsys_tarfile(b))
+    # so does every other request, errors included
+    out = tmp_path / "control"
+    r = helper(payloads, tmp_path / "work", "--control", a, out)
+    assert r.returncode == 0 and "Package: hello" in (out / "control").read_text()
+    r = helper(payloads, tmp_path / "work", "--fsys-tarfile", tmp_path / "missing.deb")
+    assert r.returncode != 0 and b"missing.deb" in r.stderr
+
+
+@needs_dpkg
+def test_a_package_dpkg_deb_cannot_read_gets_no_payload(tmp_path: Path) -> None:
+    deb = make_deb(tmp_path, "hello", "1.0", os.urandom(20000))
+    broken = tmp_path / "broken.deb"
+    broken.write_bytes(deb.read_bytes()[:-5000])
+    payloads = Payloads(tmp_path / "pkgcache")
+    assert payloads.make(broken) is None
+    assert list(payloads.dir.iterdir()) == []
+
+
+@needs_dpkg
+def test_the_filler_makes_payloads_beside_the_build(tmp_path: Path) -> None:
+    debs = [make_deb(tmp_path, f"p{i}", "1.0", os.urandom(5000)) for i in range(3)]
+    payloads = Payloads(tmp_path / "pkgcache")
+    filler = Filler(payloads)
+    for d in [*debs, debs[0]]:          # the proxy may serve a package twice
+        filler.add(d)
+    filler.close(finish=True)
+    assert filler.made == 3
+    assert all(payloads.has(d) for d in debs)
+    # dropped: whatever was not made yet is not made, and nothing half-written stays
+    more = [make_deb(tmp_path, f"q{i}", "1.0", os.urandom(5000)) for i in range(5)]
+    filler = Filler(payloads)
+    for d in more:
+        filler.add(d)
+    filler.close(finish=False)
+    assert not list(payloads.dir.glob(".part-*"))
+    assert filler.made < 5 or all(payloads.has(d) for d in more)
+
+
+def test_temporary_files_of_dead_builds_are_removed(tmp_path: Path) -> None:
+    payloads = Payloads(tmp_path)
+    payloads.dir.mkdir()
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    gone = payloads.dir / f".part-{proc.pid}-abc"
+    mine = payloads.dir / f".part-{os.getpid()}-def"
+    kept = payloads.dir / ("0" * 64 + ".tar")
+    for f in (gone, mine, kept):
+        f.write_bytes(b"x")
+    payloads.remove_stale_parts()
+    assert not gone.exists() and mine.exists() and kept.exists()
+
+
+def test_the_payload_cache_can_be_turned_off() -> None:
+    assert enabled({}, {})
+    assert not enabled({"VZPKG_PAYLOAD_CACHE": "0"}, {})
+    assert not enabled({"VZPKG_PAYLOAD_CACHE": "off"}, {"payload_cache": True})
+    assert enabled({"VZPKG_PAYLOAD_CACHE": "1"}, {"payload_cache": False})
+    assert not enabled({}, {"payload_cache": False})
+
+
+def _in_private_mounts(script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-ec",
+                           script], capture_output=True, text=True, check=False)
+
+
+def _hook(arg: str) -> str:
+    """A mmdebstrap --*-hook=COMMAND as mmdebstrap runs it: sh -c COMMAND exec ROOT."""
+    return f"sh -c {shlex.quote(arg.split('=', 1)[1])} exec \"$ROOT\""
+
+
+@needs_root
+@needs_dpkg
+def test_the_helper_is_mounted_read_only_in_the_tree_and_removed_after(tmp_path: Path
+                                                                       ) -> None:
+    deb = make_deb(tmp_path, "hello", "1.0", b"hello\n")
+    payloads = Payloads(tmp_path / "pkgcache")
+    kept = payloads.make(deb)
+    assert kept is not None
+    h = BuildHelper(payloads, tmp_path / "work")
+    setup, done = h.mmdebstrap_hooks()
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copy(deb, root / "hello.deb")
+    ve = f'"$ROOT/{VE_DIR}"'
+    r = _in_private_mounts(f"""
+        ROOT={shlex.quote(str(root))}
+        {_hook(setup)}
+        test -x {ve}/dpkg-deb
+        test -f {ve}/payloads/{kept.name}
+        if touch {ve}/payloads/new 2>/dev/null; then echo payloads-writable; fi
+        if touch {ve}/new 2>/dev/null; then echo helper-writable; fi
+        PATH={shlex.quote(h.path("/usr/bin:/bin"))} sh -c 'command -v dpkg-deb'
+        {_hook(done)}
+        test ! -e {ve} && echo removed
+        """)
+    assert r.returncode == 0, r.stderr
+    assert "writable" not in r.stdout
+    assert r.stdout.splitlines()[0] == str(h.host_bin / "dpkg-deb")
+    assert r.stdout.splitlines()[-1] == "removed"
+    # the helper inside the tree names the mount point, never a host path
+    ve_helper = (h.ve_src / "dpkg-deb").read_text()
+    assert f"/{VE_DIR}/payloads/" in ve_helper and str(tmp_path) not in ve_helper
+    assert not os.path.ismount(root / VE_DIR)
+
+
+@needs_root
+def test_maintainer_scripts_get_a_private_dev_shm(tmp_path: Path) -> None:
+    """mmdebstrap bind-mounts the host's /dev/shm into the tree; the extract hook
+    hides it behind a tmpfs of the tree's own until the packages are in."""
+    if not Path("/dev/shm").is_dir():
+        pytest.skip("no /dev/shm on this host")
+    marker = Path("/dev/shm") / f"vzpkg-test-{os.getpid()}-{time.monotonic_ns()}"
+    marker.write_text("host")
+    root = tmp_path / "root"
+    (root / "dev/shm").mkdir(parents=True)
+    try:
+        r = _in_private_mounts(f"""
+            ROOT={shlex.quote(str(root))}
+            mount -o bind /dev/shm "$ROOT/dev/shm"        # as mmdebstrap does
+            test -e "$ROOT/dev/shm/{marker.name}" && echo host-visible-before
+            {_hook(PRIVATE_SHM)}
+            test -e "$ROOT/dev/shm/{marker.name}" && echo host-visible-during
+            touch "$ROOT/dev/shm/scratch"
+            {_hook(PRIVATE_SHM_END)}
+            test -e "$ROOT/dev/shm/{marker.name}" && echo host-visible-after
+            umount "$ROOT/dev/shm"                        # as mmdebstrap does
+            """)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == ["host-visible-before", "host-visible-after"]
+        assert not Path("/dev/shm/scratch").exists()
+    finally:
+        marker.unlink()
+
+
+@needs_dpkg
+def test_prune_drops_the_payloads_of_the_packages_it_drops(tmp_path: Path) -> None:
+    cache = tmp_path / "caches"
+    make_cache(cache, "deb-12-x86_64-minimal", 4096,
+               packages=(InstalledPackage("hello", "1.0", "all"),))
+    pool = cache / ".pkgcache/0123456789abcdef/pool/main/h/hello"
+    pool.mkdir(parents=True)
+    keep = make_deb(pool, "hello", "1.0", b"kept\n")
+    drop = make_deb(pool, "hello", "0.9", b"dropped\n")
+    for d in pool.glob("src-*"):
+        shutil.rmtree(d)
+    payloads = Payloads(cache / ".pkgcache")
+    kept, dropped = payloads.make(keep), payloads.make(drop)
+    assert kept and dropped
+    part = payloads.dir / ".part-1-x"
+    part.write_bytes(b"x")
+    r = run_cli("vzpkg", ["--cache-dir", cache, "prune", "--dry-run"])
+    assert r.returncode == 0, r.stderr
+    assert dropped.exists() and str(dropped) in r.stdout
+    r = run_cli("vzpkg", ["--cache-dir", cache, "prune"])
+    assert r.returncode == 0, r.stderr
+    assert kept.exists() and keep.exists()
+    assert not dropped.exists() and not drop.exists() and not part.exists()
+    assert sha256_file(keep) + ".tar" == kept.name
