@@ -36,9 +36,10 @@ import tempfile
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 PAYLOAD_DIR = ".payloads"
+VIEWS = ".views"                  # per-build directories of links, under PAYLOAD_DIR
 VE_DIR = ".vzpkg-build"           # where the helper is mounted inside the build root
 CHUNK = 1 << 20
 DPKG_DEB = "/usr/bin/dpkg-deb"
@@ -66,11 +67,15 @@ def enabled(env: Mapping[str, str], config: Mapping[str, Any]) -> bool:
     return config.get("payload_cache", True) is not False
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(file: Path | BinaryIO) -> str:
+    """sha256 of a file, by path or of an open file from its start."""
+    if isinstance(file, Path):
+        with file.open("rb") as f:
+            return sha256_file(f)
     h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
+    file.seek(0)
+    while chunk := file.read(CHUNK):
+        h.update(chunk)
     return h.hexdigest()
 
 
@@ -90,36 +95,43 @@ class Payloads:
     def has(self, deb: Path) -> bool:
         return self.path(sha256_file(deb)).is_file()
 
-    def make(self, deb: Path, *, nice: int = 19) -> Path | None:
-        """Keep *deb*'s payload (if not kept yet); None when dpkg-deb cannot read
-        it (nothing is kept then: the build's own dpkg-deb reports the error)."""
-        dest = self.path(sha256_file(deb))
-        if dest.is_file():
-            return dest
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".part-{os.getpid()}-")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                r = subprocess.run(["nice", "-n", str(nice), DPKG_DEB, "--fsys-tarfile",
-                                    str(deb)], stdout=out, stderr=subprocess.DEVNULL,
-                                   check=False)
-                if r.returncode != 0:
-                    return None
-                out.flush()
-                os.fdatasync(out.fileno())
-            os.replace(tmp, dest)
-            return dest
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+    def make(self, deb: Path, *, nice: int = 19) -> str | None:
+        """Keep *deb*'s payload unless it is kept already; the package's sha256
+        (the payload's name), or None when dpkg-deb cannot read it (nothing is
+        kept then: the build's own dpkg-deb reports the error).  The hash and the
+        payload come from one open file, whatever happens to the path."""
+        with deb.open("rb") as f:
+            sha = sha256_file(f)
+            dest = self.path(sha)
+            if dest.is_file():
+                return sha
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".part-{os.getpid()}-")
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    r = subprocess.run(["nice", "-n", str(nice), DPKG_DEB, "--fsys-tarfile",
+                                        f"/dev/fd/{f.fileno()}"], stdout=out,
+                                       stderr=subprocess.DEVNULL, pass_fds=(f.fileno(),),
+                                       check=False)
+                    if r.returncode != 0:
+                        return None
+                    out.flush()
+                    os.fdatasync(out.fileno())
+                os.replace(tmp, dest)
+                return sha
+            finally:
+                Path(tmp).unlink(missing_ok=True)
 
-    def remove_stale_parts(self) -> None:
-        """Temporary files of processes that are gone (killed builds)."""
-        if not self.dir.is_dir():
-            return
-        for f in self.dir.glob(".part-*"):
-            pid = f.name.split("-")[1]
+    def remove_stale(self) -> None:
+        """Temporary files and build views of processes that are gone (killed
+        builds)."""
+        for f in (*self.dir.glob(".part-*"), *self.dir.glob(f"{VIEWS}/*")):
+            pid = f.name.removeprefix(".part-").split("-")[0]
             if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-                f.unlink(missing_ok=True)
+                if f.is_dir():
+                    shutil.rmtree(f, ignore_errors=True)
+                else:
+                    f.unlink(missing_ok=True)
 
     def unwanted(self, deb_sha256s: Iterable[str]) -> list[Path]:
         """Every file here but the payloads of the packages in *deb_sha256s*
@@ -130,61 +142,54 @@ class Payloads:
         return [f for f in sorted(self.dir.iterdir()) if f.name not in keep and f.is_file()]
 
 
-class Filler:
-    """Makes payloads in a background thread for the packages handed to
-    :meth:`add` (the proxy hands it every .deb it serves)."""
+class BuildPayloads:
+    """The payload cache as one build uses it.
 
-    def __init__(self, payloads: Payloads) -> None:
+    The build sees a view of its own: a directory of hard links to the payloads
+    of the packages this build's proxy served, and no others (payloads of other
+    templates' repositories stay out of its VE).  The proxy hands every .deb it
+    serves to :meth:`add`: one thread hashes it and links a kept payload into the
+    view at once; another makes the payloads not kept yet, at the lowest CPU
+    priority, and links them when done.  dpkg-deb runs as usual for a package
+    whose payload is not in the view yet.
+    """
+
+    def __init__(self, payloads: Payloads, work: Path) -> None:
         self.payloads = payloads
-        self._queue: queue.Queue[Path | None] = queue.Queue()
+        payloads.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        payloads.remove_stale()
+        (payloads.dir / VIEWS).mkdir(mode=0o700, exist_ok=True)
+        self.view = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-",
+                                          dir=payloads.dir / VIEWS)).resolve()
+        self.base = work / "payload-helper"
+        self.host_bin = self.base / "host"
+        self.ve_src = self.base / "ve"
+        for d, payload_dir in ((self.host_bin, str(self.view)),
+                               (self.ve_src, f"/{VE_DIR}/payloads")):
+            d.mkdir(parents=True, exist_ok=True)
+            helper = d / "dpkg-deb"
+            helper.write_text(helper_text(payload_dir))
+            helper.chmod(0o755)
+        (self.ve_src / "payloads").mkdir()
+        self.ready = 0          # packages whose payload was kept already
+        self.made = 0           # payloads made by this build
         self._seen: set[Path] = set()
         self._lock = threading.Lock()
         self._stop = False
-        self.made = 0
-        self._thread = threading.Thread(target=self._work, name="vzpkg-payloads",
-                                        daemon=True)
-        self._thread.start()
+        self._hash: queue.Queue[Path | None] = queue.Queue()
+        self._make: queue.Queue[Path | None] = queue.Queue()
+        self._threads = [threading.Thread(target=fn, name=f"vzpkg-payloads-{n}", daemon=True)
+                         for n, fn in (("link", self._linker), ("make", self._maker))]
+        for t in self._threads:
+            t.start()
 
+    # -- what the build and the proxy call ---------------------------------------
     def add(self, deb: Path) -> None:
         with self._lock:
             if deb in self._seen or self._stop:
                 return
             self._seen.add(deb)
-        self._queue.put(deb)
-
-    def _work(self) -> None:
-        while (deb := self._queue.get()) is not None:
-            if self._stop:
-                continue
-            with contextlib.suppress(OSError):
-                if self.payloads.make(deb) is not None:
-                    self.made += 1
-
-    def close(self, *, finish: bool) -> None:
-        """Wait for the queued packages (*finish*) or drop them, then end the
-        thread."""
-        with self._lock:
-            self._stop = not finish
-        self._queue.put(None)
-        self._thread.join()
-
-
-class BuildHelper:
-    """The ``dpkg-deb`` helper of one build: files in the work directory, the
-    PATH and the mmdebstrap hooks that put it in front."""
-
-    def __init__(self, payloads: Payloads, work: Path) -> None:
-        self.payloads = payloads
-        self.base = work / "payload-helper"
-        self.host_bin = self.base / "host"
-        self.ve_src = self.base / "ve"
-        for d, payload_dir in ((self.host_bin, str(payloads.dir.resolve())),
-                               (self.ve_src, f"/{VE_DIR}/payloads")):
-            (d / "payloads").mkdir(parents=True, exist_ok=True)
-            helper = d / "dpkg-deb"
-            helper.write_text(helper_text(payload_dir))
-            helper.chmod(0o755)
-        payloads.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._hash.put(deb)
 
     def path(self, current: str) -> str:
         """PATH for mmdebstrap: the host helper, then the VE's (a path that
@@ -192,18 +197,55 @@ class BuildHelper:
         return f"{self.host_bin}:/{VE_DIR}:{current}"
 
     def mmdebstrap_options(self) -> list[str]:
-        """Hooks that mount the helper into the tree and take it out again, and
-        the PATH apt gives dpkg (``DPkg::Path``, which replaces the caller's)."""
-        return [*self.mmdebstrap_hooks(),
-                f'--aptopt=DPkg::Path "/{VE_DIR}:{DPKG_PATH}";']
-
-    def mmdebstrap_hooks(self) -> list[str]:
+        """Hooks that mount the helper and the view into the tree and take them
+        out again, and the PATH apt gives dpkg (``DPkg::Path``, which replaces
+        the caller's)."""
         ve = f'"$1/{VE_DIR}"'
         setup = (f"mkdir {ve} && mount --bind {_q(self.ve_src)} {ve}"
-                 f" && mount --bind -o ro {_q(self.payloads.dir.resolve())} {ve}/payloads"
+                 f" && mount --bind -o ro {_q(self.view)} {ve}/payloads"
                  f" && mount -o remount,bind,ro {ve}")
         done = f"umount {ve}/payloads && umount {ve} && rmdir {ve}"
-        return [f"--setup-hook={setup}", f"--customize-hook={done}"]
+        return [f"--setup-hook={setup}", f"--customize-hook={done}",
+                f'--aptopt=DPkg::Path "/{VE_DIR}:{DPKG_PATH}";']
+
+    def close(self, *, finish: bool) -> None:
+        """Make the payloads still queued (*finish*) or drop them; remove the view."""
+        with self._lock:
+            self._stop = not finish
+        self._hash.put(None)
+        self._threads[0].join()
+        self._make.put(None)
+        self._threads[1].join()
+        shutil.rmtree(self.view, ignore_errors=True)
+
+    # -- the two threads -----------------------------------------------------------
+    def _link(self, sha: str) -> None:
+        with contextlib.suppress(FileExistsError):
+            os.link(self.payloads.path(sha), self.view / f"{sha}.tar")
+
+    def _linker(self) -> None:
+        while (deb := self._hash.get()) is not None:
+            if self._stop:
+                continue
+            try:
+                sha = sha256_file(deb)
+                if self.payloads.path(sha).is_file():
+                    self._link(sha)
+                    self.ready += 1
+                else:
+                    self._make.put(deb)
+            except OSError:
+                continue
+
+    def _maker(self) -> None:
+        while (item := self._make.get()) is not None:
+            if self._stop:
+                continue
+            with contextlib.suppress(OSError):
+                sha = self.payloads.make(item)
+                if sha is not None:
+                    self._link(sha)
+                    self.made += 1
 
 
 def remove_leftover(root: Path) -> None:

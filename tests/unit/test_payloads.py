@@ -17,7 +17,7 @@ from tests.conftest import run_cli
 from tests.mirror_helpers import make_cache
 from vzpkg.backends import InstalledPackage
 from vzpkg.backends.mmdebstrap import PRIVATE_SHM, PRIVATE_SHM_END
-from vzpkg.payloads import VE_DIR, BuildHelper, Filler, Payloads, enabled, sha256_file
+from vzpkg.payloads import VE_DIR, VIEWS, BuildPayloads, Payloads, enabled, sha256_file
 
 needs_dpkg = pytest.mark.skipif(not shutil.which("dpkg-deb"), reason="needs dpkg-deb")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mounts)")
@@ -43,10 +43,9 @@ def fsys_tarfile(deb: Path) -> bytes:
                           capture_output=True).stdout
 
 
-def helper(payloads: Payloads, work: Path, *args: str | Path
-           ) -> subprocess.CompletedProcess[bytes]:
-    h = BuildHelper(payloads, work)
-    return subprocess.run([str(h.host_bin / "dpkg-deb"), *map(str, args)],
+def helper(bp: BuildPayloads, *args: str | Path) -> subprocess.CompletedProcess[bytes]:
+    """The build's dpkg-deb on the host, as mmdebstrap finds it on PATH."""
+    return subprocess.run([str(bp.host_bin / "dpkg-deb"), *map(str, args)],
                           capture_output=True, check=False)
 
 
@@ -55,9 +54,9 @@ def test_a_payload_is_what_dpkg_deb_writes_named_by_the_packages_bytes(tmp_path:
                                                                         ) -> None:
     deb = make_deb(tmp_path, "hello", "1.0", b"hello\n" * 1000)
     payloads = Payloads(tmp_path / "pkgcache")
-    made = payloads.make(deb)
-    assert made == payloads.dir / f"{hashlib.sha256(deb.read_bytes()).hexdigest()}.tar"
-    assert made.read_bytes() == fsys_tarfile(deb)
+    sha = payloads.make(deb)
+    assert sha == hashlib.sha256(deb.read_bytes()).hexdigest()
+    assert payloads.path(sha).read_bytes() == fsys_tarfile(deb)
     assert payloads.has(deb)
     assert oct(payloads.dir.stat().st_mode & 0o777) == "0o700"
     assert not list(payloads.dir.glob(".part-*"))
@@ -68,21 +67,39 @@ def test_the_helper_serves_the_payload_of_exactly_these_bytes(tmp_path: Path) ->
     a = make_deb(tmp_path / "a", "hello", "1.0", b"first\n")
     b = make_deb(tmp_path / "b", "hello", "1.0", b"second\n")   # same name, other bytes
     payloads = Payloads(tmp_path / "pkgcache")
-    kept = payloads.make(a)
-    assert kept is not None
+    sha = payloads.make(a)
+    assert sha is not None
     # what the helper writes comes from the payload file: mark it to see that
-    kept.write_bytes(b"from the payload cache")
-    r = helper(payloads, tmp_path / "work", "--fsys-tarfile", a)
-    assert (r.returncode, r.stdout) == (0, b"from the payload cache")
-    # a package with no payload gets the real dpkg-deb
-    r = helper(payloads, tmp_path / "work", "--fsys-tarfile", b)
-    assert (r.returncode, r.stdout) == (0, fsys_tarfile(b))
-    # so does every other request, errors included
-    out = tmp_path / "control"
-    r = helper(payloads, tmp_path / "work", "--control", a, out)
-    assert r.returncode == 0 and "Package: hello" in (out / "control").read_text()
-    r = helper(payloads, tmp_path / "work", "--fsys-tarfile", tmp_path / "missing.deb")
-    assert r.returncode != 0 and b"missing.deb" in r.stderr
+    payloads.path(sha).write_bytes(b"from the payload cache")
+    bp = BuildPayloads(payloads, tmp_path / "work")
+    try:
+        bp.add(a)
+        bp.add(b)
+        bp.close(finish=True)
+        bp = BuildPayloads(payloads, tmp_path / "work2")    # b's payload is kept now
+        r = helper(bp, "--fsys-tarfile", a)
+        assert r.stdout == fsys_tarfile(a), "a payload outside this build's view was used"
+        bp.add(a)
+        _settle(bp, 1)
+        r = helper(bp, "--fsys-tarfile", a)
+        assert (r.returncode, r.stdout) == (0, b"from the payload cache")
+        r = helper(bp, "--fsys-tarfile", b)      # kept, but not in this build's view
+        assert (r.returncode, r.stdout) == (0, fsys_tarfile(b))
+        # every other request goes to the real dpkg-deb, errors included
+        out = tmp_path / "control"
+        r = helper(bp, "--control", a, out)
+        assert r.returncode == 0 and "Package: hello" in (out / "control").read_text()
+        r = helper(bp, "--fsys-tarfile", tmp_path / "missing.deb")
+        assert r.returncode != 0 and b"missing.deb" in r.stderr
+    finally:
+        bp.close(finish=False)
+    assert not bp.view.exists()
+
+
+def _settle(bp: BuildPayloads, n: int) -> None:
+    deadline = time.monotonic() + 10
+    while len(list(bp.view.iterdir())) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 @needs_dpkg
@@ -93,26 +110,31 @@ def test_a_package_dpkg_deb_cannot_read_gets_no_payload(tmp_path: Path) -> None:
     payloads = Payloads(tmp_path / "pkgcache")
     assert payloads.make(broken) is None
     assert list(payloads.dir.iterdir()) == []
+    assert payloads.make(deb) is not None
 
 
 @needs_dpkg
-def test_the_filler_makes_payloads_beside_the_build(tmp_path: Path) -> None:
+def test_payloads_are_made_beside_the_build_and_linked_into_its_view(tmp_path: Path
+                                                                     ) -> None:
     debs = [make_deb(tmp_path, f"p{i}", "1.0", os.urandom(5000)) for i in range(3)]
     payloads = Payloads(tmp_path / "pkgcache")
-    filler = Filler(payloads)
+    bp = BuildPayloads(payloads, tmp_path / "work")
     for d in [*debs, debs[0]]:          # the proxy may serve a package twice
-        filler.add(d)
-    filler.close(finish=True)
-    assert filler.made == 3
+        bp.add(d)
+    _settle(bp, 3)
+    assert {f.name for f in bp.view.iterdir()} == {f"{sha256_file(d)}.tar" for d in debs}
+    bp.close(finish=True)
+    assert (bp.made, bp.ready) == (3, 0)
     assert all(payloads.has(d) for d in debs)
-    # dropped: whatever was not made yet is not made, and nothing half-written stays
+    assert not bp.view.exists()
+    # the next build finds them kept; one that is dropped leaves nothing half-written
     more = [make_deb(tmp_path, f"q{i}", "1.0", os.urandom(5000)) for i in range(5)]
-    filler = Filler(payloads)
-    for d in more:
-        filler.add(d)
-    filler.close(finish=False)
+    bp = BuildPayloads(payloads, tmp_path / "work2")
+    for d in [*debs, *more]:
+        bp.add(d)
+    bp.close(finish=False)
     assert not list(payloads.dir.glob(".part-*"))
-    assert filler.made < 5 or all(payloads.has(d) for d in more)
+    assert not list((payloads.dir / VIEWS).iterdir())
 
 
 def test_temporary_files_of_dead_builds_are_removed(tmp_path: Path) -> None:
@@ -125,8 +147,14 @@ def test_temporary_files_of_dead_builds_are_removed(tmp_path: Path) -> None:
     kept = payloads.dir / ("0" * 64 + ".tar")
     for f in (gone, mine, kept):
         f.write_bytes(b"x")
-    payloads.remove_stale_parts()
+    gone_view = payloads.dir / VIEWS / f"{proc.pid}-xyz"
+    my_view = payloads.dir / VIEWS / f"{os.getpid()}-xyz"
+    for d in (gone_view, my_view):
+        d.mkdir(parents=True)
+        (d / "a.tar").write_bytes(b"x")
+    payloads.remove_stale()
     assert not gone.exists() and mine.exists() and kept.exists()
+    assert not gone_view.exists() and my_view.exists()
 
 
 def test_the_payload_cache_can_be_turned_off() -> None:
@@ -153,10 +181,16 @@ def test_the_helper_is_mounted_read_only_in_the_tree_and_removed_after(tmp_path:
                                                                        ) -> None:
     deb = make_deb(tmp_path, "hello", "1.0", b"hello\n")
     payloads = Payloads(tmp_path / "pkgcache")
-    kept = payloads.make(deb)
-    assert kept is not None
-    h = BuildHelper(payloads, tmp_path / "work")
-    setup, done = h.mmdebstrap_hooks()
+    sha = payloads.make(deb)
+    assert sha is not None
+    h = BuildPayloads(payloads, tmp_path / "work")
+    h.add(deb)
+    _settle(h, 1)
+    kept = Path(f"{sha}.tar")
+    # kept for another build's package: not this build's to see
+    other = payloads.make(make_deb(tmp_path / "o", "private", "1.0", b"secret\n"))
+    setup, done, dpkg_path = h.mmdebstrap_options()
+    assert dpkg_path == f'--aptopt=DPkg::Path "/{VE_DIR}:/usr/sbin:/usr/bin:/sbin:/bin";'
     root = tmp_path / "root"
     root.mkdir()
     shutil.copy(deb, root / "hello.deb")
@@ -166,6 +200,8 @@ def test_the_helper_is_mounted_read_only_in_the_tree_and_removed_after(tmp_path:
         {_hook(setup)}
         test -x {ve}/dpkg-deb
         test -f {ve}/payloads/{kept.name}
+        if test -e {ve}/payloads/{other}.tar; then echo other-visible; fi
+        if ls "$ROOT/{VE_DIR}/payloads" | grep -qv {kept.name}; then echo more-visible; fi
         if touch {ve}/payloads/new 2>/dev/null; then echo payloads-writable; fi
         if touch {ve}/new 2>/dev/null; then echo helper-writable; fi
         PATH={shlex.quote(h.path("/usr/bin:/bin"))} sh -c 'command -v dpkg-deb'
@@ -173,13 +209,14 @@ def test_the_helper_is_mounted_read_only_in_the_tree_and_removed_after(tmp_path:
         test ! -e {ve} && echo removed
         """)
     assert r.returncode == 0, r.stderr
-    assert "writable" not in r.stdout
+    assert "writable" not in r.stdout and "visible" not in r.stdout
     assert r.stdout.splitlines()[0] == str(h.host_bin / "dpkg-deb")
     assert r.stdout.splitlines()[-1] == "removed"
     # the helper inside the tree names the mount point, never a host path
     ve_helper = (h.ve_src / "dpkg-deb").read_text()
     assert f"/{VE_DIR}/payloads/" in ve_helper and str(tmp_path) not in ve_helper
     assert not os.path.ismount(root / VE_DIR)
+    h.close(finish=True)
 
 
 @needs_root
@@ -223,8 +260,9 @@ def test_prune_drops_the_payloads_of_the_packages_it_drops(tmp_path: Path) -> No
     for d in pool.glob("src-*"):
         shutil.rmtree(d)
     payloads = Payloads(cache / ".pkgcache")
-    kept, dropped = payloads.make(keep), payloads.make(drop)
-    assert kept and dropped
+    kept_sha, dropped_sha = payloads.make(keep), payloads.make(drop)
+    assert kept_sha and dropped_sha
+    kept, dropped = payloads.path(kept_sha), payloads.path(dropped_sha)
     part = payloads.dir / ".part-1-x"
     part.write_bytes(b"x")
     r = run_cli("vzpkg", ["--cache-dir", cache, "prune", "--dry-run"])

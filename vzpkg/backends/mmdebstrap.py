@@ -8,7 +8,7 @@ from pathlib import Path
 
 from vzpkg.backends.deb import APT_PREFER_GZIP, DebianBackend
 from vzpkg.buildve import contained, fs_type
-from vzpkg.payloads import BuildHelper, Filler, Payloads, remove_leftover
+from vzpkg.payloads import BuildPayloads, Payloads, remove_leftover
 
 EATMYDATA_HOOKS = Path("/usr/share/mmdebstrap/hooks/eatmydata")
 # what mmdebstrap leaves for its --aptopt / --dpkgopt: build-time settings only
@@ -25,7 +25,7 @@ PRIVATE_SHM_END = '--customize-hook=umount "$1/dev/shm"'
 class Mmdebstrap(DebianBackend, name="mmdebstrap"):
     tools = ("mmdebstrap", "gpgv")
 
-    _filler: Filler | None = None
+    _payloads: BuildPayloads | None = None
     _finished = False
 
     def bootstrap(self, root: Path) -> None:
@@ -46,13 +46,10 @@ class Mmdebstrap(DebianBackend, name="mmdebstrap"):
             argv.append(f"--hook-dir={EATMYDATA_HOOKS}")
         env = ["TMPDIR=/tmp"]
         if self.ctx.payloads:
-            payloads = Payloads(self.ctx.pkg_cache)
-            payloads.remove_stale_parts()
-            helper = BuildHelper(payloads, self.ctx.work)
-            argv += helper.mmdebstrap_options()
-            env.append(f"PATH={helper.path(os.environ.get('PATH', '/usr/bin:/bin'))}")
-            self._filler = Filler(payloads)
-            self.ctx.proxy.on_package = self._filler.add
+            self._payloads = bp = BuildPayloads(Payloads(self.ctx.pkg_cache), self.ctx.work)
+            argv += bp.mmdebstrap_options()
+            env.append(f"PATH={bp.path(os.environ.get('PATH', '/usr/bin:/bin'))}")
+            self.ctx.proxy.on_package = bp.add
         if self.plan.packages:
             argv.append("--include=" + ",".join(self.plan.packages))
         argv += [suite, str(root)]
@@ -74,7 +71,9 @@ class Mmdebstrap(DebianBackend, name="mmdebstrap"):
     def close(self) -> None:
         """Payloads still being made are finished after a build that got as far
         as cleaning its tree (most are made while dpkg works), dropped otherwise."""
-        filler, self._filler = self._filler, None
-        if filler is not None:
+        bp, self._payloads = self._payloads, None
+        if bp is not None:
             self.ctx.proxy.on_package = None
-            filler.close(finish=self._finished)
+            bp.close(finish=self._finished)
+            self.ctx.log.write(f"payload cache: {bp.ready} packages had their payload kept, "
+                               f"{bp.made} payloads made")
