@@ -5,6 +5,7 @@ In one run, alternating, N rounds (default 3):
   mmdebstrap  --variant=minbase --include=<the minimal set>   to a plain .tar
   vzpkg build, cold  (empty package cache, fresh cache dir)
   vzpkg build, warm  (package cache filled, --force)
+  vzpkg build, warm without the payload cache (VZPKG_PAYLOAD_CACHE=0)
   vzpkg build, no-op (up to date)
 and the cache's size next to xz -9 and zstd -19 of the same tree; then one more
 warm build with --verbose, timed step by step (vzpkg's and mmdebstrap's steps).
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -34,9 +36,13 @@ from vzpkg.config import load_settings
 from vzpkg.metadata.loader import make_plan
 
 
-def sh(*argv: str | Path) -> None:
+def sh(*argv: str | Path, env: dict[str, str] | None = None) -> None:
     subprocess.run([str(a) for a in argv], check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
+                   stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+
+
+def du(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def phases(argv: list[str | Path]) -> dict[str, float]:
@@ -78,7 +84,7 @@ def main() -> int:
     bflag = ["--backend", args.backend] if args.backend else []
     times: dict[str, list[float]] = {k: [] for k in
                                      ("debootstrap", "mmdebstrap_tar", "vzpkg_cold",
-                                      "vzpkg_warm", "vzpkg_noop")}
+                                      "vzpkg_warm", "vzpkg_warm_no_payloads", "vzpkg_noop")}
     warm_dir = base / "warm"
     try:
         # fill the warm cache once, untimed
@@ -100,6 +106,9 @@ def main() -> int:
             shutil.rmtree(cold)
             times["vzpkg_warm"].append(timeit(partial(
                 sh, *vzpkg, "--cache-dir", warm_dir, "build", plan.name, "--force", *bflag)))
+            times["vzpkg_warm_no_payloads"].append(timeit(partial(
+                sh, *vzpkg, "--cache-dir", warm_dir, "build", plan.name, "--force", *bflag,
+                env={"VZPKG_PAYLOAD_CACHE": "0"})))
             times["vzpkg_noop"].append(timeit(partial(
                 sh, *vzpkg, "--cache-dir", warm_dir, "build", plan.name, *bflag)))
             print(f"round {i + 1}: " + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in times.items()),
@@ -119,10 +128,15 @@ def main() -> int:
         sizes = {"vzpkg_tar_zst": tarball.stat().st_size,
                  "xz_9": Path(f"{plain}.xz").stat().st_size,
                  "zstd_19": Path(f"{plain}.zst").stat().st_size,
-                 "plain_tar": plain.stat().st_size}
+                 "plain_tar": plain.stat().st_size,
+                 "package_cache_debs": sum(f.stat().st_size for f in
+                                           (warm_dir / ".pkgcache").rglob("*.deb")),
+                 "payload_cache": du(warm_dir / ".pkgcache" / ".payloads")}
         med = {k: median(v) for k, v in times.items()}
         ratios = {"cold_vs_mmdebstrap_tar": med["vzpkg_cold"] / med["mmdebstrap_tar"],
                   "warm_vs_mmdebstrap_tar": med["vzpkg_warm"] / med["mmdebstrap_tar"],
+                  "warm_no_payloads_vs_mmdebstrap_tar":
+                      med["vzpkg_warm_no_payloads"] / med["mmdebstrap_tar"],
                   "cold_vs_debootstrap": med["vzpkg_cold"] / med["debootstrap"]}
         out = write_results("build", {"cache": plan.name, "backend": plan.backend,
                                       "rounds": args.rounds, "seconds": times,
