@@ -44,6 +44,7 @@ VE_DIR = ".vzpkg-build"           # where the helper is mounted inside the build
 CHUNK = 1 << 20
 DPKG_DEB = "/usr/bin/dpkg-deb"
 DPKG_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"     # apt's default DPkg::Path
+MIN_FREE = 2 << 30               # payloads are not made on a disk with less free
 
 # one positional file after --fsys-tarfile is how dpkg and mmdebstrap ask; the
 # real dpkg-deb handles everything else, and every error
@@ -98,7 +99,8 @@ class Payloads:
     def make(self, deb: Path, *, nice: int = 19) -> str | None:
         """Keep *deb*'s payload unless it is kept already; the package's sha256
         (the payload's name), or None when dpkg-deb cannot read it (nothing is
-        kept then: the build's own dpkg-deb reports the error).  The hash and the
+        kept then: the build's own dpkg-deb reports the error) or the disk is
+        nearly full.  The hash and the
         payload come from one open file, whatever happens to the path."""
         with deb.open("rb") as f:
             sha = sha256_file(f)
@@ -106,6 +108,8 @@ class Payloads:
             if dest.is_file():
                 return sha
             self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not self.room():
+                return None
             fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".part-{os.getpid()}-")
             try:
                 with os.fdopen(fd, "wb") as out:
@@ -121,6 +125,13 @@ class Payloads:
                 return sha
             finally:
                 Path(tmp).unlink(missing_ok=True)
+
+    def room(self) -> bool:
+        """Whether the disk has room for more: a cache must not take the space
+        the build's own tarball needs (MIN_FREE, or 5 % of the file system)."""
+        st = os.statvfs(self.dir)
+        free = st.f_bavail * st.f_frsize
+        return free >= max(MIN_FREE, st.f_blocks * st.f_frsize // 20)
 
     def remove_stale(self) -> None:
         """Temporary files and build views of processes that are gone (killed

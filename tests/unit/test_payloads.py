@@ -273,3 +273,19 @@ def test_prune_drops_the_payloads_of_the_packages_it_drops(tmp_path: Path) -> No
     assert kept.exists() and keep.exists()
     assert not dropped.exists() and not drop.exists() and not part.exists()
     assert sha256_file(keep) + ".tar" == kept.name
+
+
+@needs_root
+@needs_dpkg
+def test_no_payload_is_made_on_a_nearly_full_disk(tmp_path: Path) -> None:
+    deb = make_deb(tmp_path, "hello", "1.0", b"hello\n")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "vzpkg-test", str(small)],
+                   check=True)
+    try:
+        payloads = Payloads(small / "pkgcache")
+        assert payloads.make(deb) is None
+        assert list(payloads.dir.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

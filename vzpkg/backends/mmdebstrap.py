@@ -45,8 +45,14 @@ class Mmdebstrap(DebianBackend, name="mmdebstrap"):
                 and shutil.which("eatmydata")):
             argv.append(f"--hook-dir={EATMYDATA_HOOKS}")
         env = ["TMPDIR=/tmp"]
+        bp = None
         if self.ctx.payloads:
-            self._payloads = bp = BuildPayloads(Payloads(self.ctx.pkg_cache), self.ctx.work)
+            try:
+                bp = BuildPayloads(Payloads(self.ctx.pkg_cache), self.ctx.work)
+            except OSError as exc:      # a full or read-only disk: build without it
+                self.ctx.log.write(f"payload cache not used: {exc}")
+        if bp is not None:
+            self._payloads = bp
             argv += bp.mmdebstrap_options()
             env.append(f"PATH={bp.path(os.environ.get('PATH', '/usr/bin:/bin'))}")
             self.ctx.proxy.on_package = bp.add
