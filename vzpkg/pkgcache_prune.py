@@ -92,27 +92,20 @@ def prune(cache_dir: Path, pkg_cache: Path, *, dry_run: bool = False) -> PruneRe
     """Remove from *pkg_cache* what no cache in *cache_dir*'s store needs."""
     store = CacheStore(cache_dir)
     wanted = package_files(_manifests(store))
-    removed: list[Path] = []
-    freed = 0
     if not pkg_cache.is_dir():
         return PruneReport(pkg_cache, (), 0, 0, dry_run)
     with exclusive(pkg_cache):
-        for f in _stale(pkg_cache, wanted):
-            size = f.stat().st_size
-            if not dry_run:
-                f.unlink()
-            removed.append(f)
-            freed += size
+        removed = list(_stale(pkg_cache, wanted))
         gone = set(removed)
         kept_files = [f for f in pkg_cache.rglob("*") if f.suffix in (".deb", ".rpm")
                       and f not in gone and f.is_file()]
         # a payload goes with its package (vzpkg.payloads)
-        keep = {sha256_file(f) for f in kept_files if f.suffix == ".deb"}
-        for f in Payloads(pkg_cache).unwanted(keep):
-            size = f.stat().st_size
+        removed += Payloads(pkg_cache).unwanted(
+            {sha256_file(f) for f in kept_files if f.suffix == ".deb"})
+        freed = 0
+        for f in removed:
+            freed += f.stat().st_size
             if not dry_run:
                 f.unlink()
-            removed.append(f)
-            freed += size
         kept = len(kept_files)
     return PruneReport(pkg_cache, tuple(removed), freed, kept, dry_run)
