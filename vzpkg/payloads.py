@@ -20,7 +20,7 @@ this cache, and a payload is only ever used for the very bytes it was made from;
 the tree is byte for byte the same (tested).
 
 ``VZPKG_PAYLOAD_CACHE=0`` (or ``payload_cache: false``) turns it off.  The
-payloads take about three times the space of their packages; ``vzpkg prune``
+payloads take about four times the space of their packages; ``vzpkg prune``
 drops those whose package it drops.
 """
 
