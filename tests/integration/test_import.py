@@ -213,9 +213,12 @@ def test_interrupted_import_leaves_previous_cache(sig: signal.Signals, tree: Pat
     assert vzpkg(cache, "import", str(good), "--name", NAME).returncode == 0
     before = {p: p.read_bytes() for p in cache.iterdir() if p.is_file()}
     big = big_source
+    # as a foreground command gets Ctrl-C, even when these tests run as a background
+    # job (whose shell has set SIGINT to be ignored, which children inherit)
     p = subprocess.Popen([sys.executable, "-m", "vzpkg.cli.vzpkg", "--cache-dir", str(cache),
                           "import", str(big), "--name", NAME], cwd=ROOT,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert p.stderr is not None
     for line in p.stderr:
         if "unpacking" in line:
