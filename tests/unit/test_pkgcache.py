@@ -141,3 +141,49 @@ def test_offline_an_index_in_another_cached_compression_is_not_missing(
             gone = requests.get(f"{base}/dists/stable/main/source/Sources.gz", timeout=10)
             assert gone.status_code == 404
             assert proxy.stats.missing == ["dists/stable/main/source/Sources.gz"]
+
+
+def _indexed_upstream(tmp_path: Path, deb: bytes) -> Path:
+    """An upstream whose gzip'd Packages index (served by hash) names the sha256 of
+    *deb*, among other stanzas, with fields in two orders."""
+    import gzip
+    up = tmp_path / "up"
+    pool = up / "pool/main/h/hello"
+    pool.mkdir(parents=True)
+    index = (b"Package: other\nSHA256: " + b"1" * 64 + b"\nFilename: pool/main/o/other.deb\n\n"
+             b"Package: hello\nFilename: pool/main/h/hello/hello_1.0+b1_amd64.deb\n"
+             b"Size: 3\nSHA256: " + hashlib.sha256(deb).hexdigest().encode() + b"\n\n")
+    gz = gzip.compress(index)
+    d = up / "dists/stable/main/binary-amd64/by-hash/SHA256"
+    d.mkdir(parents=True)
+    (d / hashlib.sha256(gz).hexdigest()).write_bytes(gz)
+    return up
+
+
+def test_a_package_that_does_not_match_the_index_is_served_but_never_kept(
+        tmp_path: Path) -> None:
+    good = b"the real package" * 100
+    up = _indexed_upstream(tmp_path, good)
+    # the test server maps request paths to names as they are, quoting and all
+    deb = up / "pool/main/h/hello/hello_1.0%2Bb1_amd64.deb"
+    index = next(up.glob("dists/stable/main/binary-amd64/by-hash/SHA256/*"))
+    cache = tmp_path / "cache"
+    kept = cache.glob("*/pool/main/h/hello/*.deb")
+    with MirrorServer(up) as srv:
+        deb.write_bytes(b"damaged on the way")
+        with CachingProxy(cache) as proxy:
+            base = proxy.url_for(srv.url.rstrip("/"))
+            requests.get(f"{base}/{index.relative_to(up)}", timeout=10).raise_for_status()
+            # apt asks for the name with + quoted; the index names it unquoted
+            r = requests.get(f"{base}/pool/main/h/hello/hello_1.0%2Bb1_amd64.deb", timeout=10)
+            assert r.content == b"damaged on the way"    # apt sees it, and reports it
+            assert proxy.stats.rejected == ["pool/main/h/hello/hello_1.0%2Bb1_amd64.deb"]
+        assert not list(kept), "a package that fails its index's checksum was kept"
+        deb.write_bytes(good)                           # the mirror is mended
+        with CachingProxy(cache) as proxy:
+            base = proxy.url_for(srv.url.rstrip("/"))
+            requests.get(f"{base}/{index.relative_to(up)}", timeout=10).raise_for_status()
+            r = requests.get(f"{base}/pool/main/h/hello/hello_1.0%2Bb1_amd64.deb", timeout=10)
+            assert r.content == good and proxy.stats.rejected == []
+        assert [p.read_bytes() for p in cache.glob("*/pool/main/h/hello/*.deb")] == [good]
+        assert not list(cache.rglob(".part-*")) and not list(cache.rglob("rejected-*"))
