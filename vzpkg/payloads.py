@@ -14,10 +14,10 @@ PATH apt gives dpkg (``DPkg::Path``), on the host and inside the VE (bind-mounte
 read-only at ``/.vzpkg-build``, unmounted and removed before the tree is cleaned).
 For ``--fsys-tarfile FILE`` it hashes FILE and, when a payload of that name
 exists, writes it (``cat``); for anything else, or without a payload, it runs the
-real ``/usr/bin/dpkg-deb``.  apt has verified
-every .deb against the signed indexes before dpkg opens it, exactly as without
-this cache, and a payload is only ever used for the very bytes it was made from;
-the tree is byte for byte the same (tested).
+real ``/usr/bin/dpkg-deb``.  apt has verified every .deb against the signed
+indexes before dpkg opens it, exactly as without this cache, and a payload is
+only ever used for the very bytes it was made from; the tree is byte for byte
+the same (tested).
 
 ``VZPKG_PAYLOAD_CACHE=0`` (or ``payload_cache: false``) turns it off.  The
 payloads take about four times the space of their packages; ``vzpkg prune``
@@ -100,8 +100,8 @@ class Payloads:
         """Keep *deb*'s payload unless it is kept already; the package's sha256
         (the payload's name), or None when dpkg-deb cannot read it (nothing is
         kept then: the build's own dpkg-deb reports the error) or the disk is
-        nearly full.  The hash and the
-        payload come from one open file, whatever happens to the path."""
+        nearly full.  The hash and the payload come from one open file, whatever
+        happens to the path."""
         with deb.open("rb") as f:
             sha = sha256_file(f)
             dest = self.path(sha)

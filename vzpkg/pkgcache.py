@@ -19,9 +19,10 @@ It changes no byte: signatures and checksums are still checked end to end by
 the package manager, against the template's pinned keys.  A pool file it
 downloads is kept only if its sha256 is the one the package indexes served in
 the same session give (or none names it); otherwise it is served once, from the
-session's directory, and the package manager reports the mismatch.  Files are written
-to a temporary name and renamed, so concurrent builds share the cache safely;
-each build holds a shared lock on it, and pruning takes the exclusive lock.
+session's directory, and the package manager reports the mismatch.  Files are
+written to a temporary name and renamed, so concurrent builds share the cache
+safely; each build holds a shared lock on it, and pruning takes the exclusive
+lock.
 
 The HTTP server starts on the first ``url_for`` and ``requests`` is imported on
 the first download: a build whose package manager never asks (dnf keeps its own
@@ -198,7 +199,6 @@ class CachingProxy:
         if INDEX.fullmatch(parts[1]):
             with self._index_lock:
                 self._indexes.setdefault(parts[0], []).append(local)
-
         size = local.stat().st_size
         h.send_response(200)
         h.send_header("Content-Length", str(size))
@@ -312,7 +312,7 @@ class CachingProxy:
                         n += len(chunk)
                 want = self._indexed_sha256(key, path) if path.startswith("pool/") else None
                 if want is not None and want != h.hexdigest():
-                    # not what the index verified this session says: served once (the
+                    # not what this session's package index says: served once (the
                     # package manager reports the mismatch), never kept for later builds
                     with self._lock:
                         self.stats.rejected.append(path)
@@ -334,7 +334,6 @@ class CachingProxy:
             self.stats.downloaded_bytes += n
             self.stats.fetched.append(path)
         return local
-
 
     def _indexed_sha256(self, key: str, path: str) -> str | None:
         """The sha256 that the package indexes served in this session give for pool
