@@ -15,6 +15,11 @@ Package managers (debootstrap, mmdebstrap, apt in the build VE) are pointed at
   build's own copy: the repository state verified at the start (and recorded in
   the manifest) is exactly what the package manager installs from.
 
+It reads and writes only strictly below the mirror's own directory in the
+cache: a path with an empty, ``.`` or ``..`` component, a leading ``/``, a
+backslash or a control character, as sent or percent-decoded, is answered 400
+and never forwarded (it listens on 127.0.0.1 without authentication).
+
 It changes no byte: signatures and checksums are still checked end to end by
 the package manager, against the template's pinned keys.  A pool file it
 downloads is kept only if its sha256 is the one the package indexes served in
@@ -46,6 +51,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vzpkg.errors import StoreError
+
 if TYPE_CHECKING:
     import http.server
 
@@ -58,6 +65,7 @@ BY_HASH = re.compile(r"(?P<dir>.+)/by-hash/SHA256/(?P<hash>[0-9a-f]{64})")
 # a binary package index, by name or by hash
 INDEX = re.compile(r"dists/.+/binary-[^/]+/(Packages(\.gz|\.xz)?|by-hash/SHA256/[0-9a-f]{64})")
 FIELDS = re.compile(rb"^(Filename|SHA256): *(\S+)|^$", re.M)
+_BAD_CHARS = frozenset("\\" + "".join(map(chr, range(32))) + "\x7f")
 
 
 def upstream_key(url: str) -> str:
@@ -67,6 +75,35 @@ def upstream_key(url: str) -> str:
 
 def immutable(path: str) -> bool:
     return path.startswith("pool/") or "/by-hash/" in path
+
+
+class UnsafePath(StoreError):
+    """A requested path that would leave the mirror's directory in the cache."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"the package cache refuses {path!r}: not a plain path below "
+                         "the mirror (empty, '.', '..', absolute, backslash, NUL or "
+                         "percent-encoded forms of them)",
+                         hint="check the repository's suite and paths in the template")
+
+
+def cache_relpath(path: str) -> str | None:
+    """*path* if it names a file strictly below a mirror's directory, else None.
+
+    Checked as sent and after each round of percent-decoding (a mirror decodes
+    what the proxy forwards): no empty, ``.`` or ``..`` component, no leading
+    ``/``, no backslash, NUL or other control character."""
+    seen = path
+    for _ in range(4):
+        if not seen or seen.startswith("/") or any(c in seen for c in _BAD_CHARS):
+            return None
+        if any(part in ("", ".", "..") for part in seen.split("/")):
+            return None
+        decoded = urllib.parse.unquote(seen, errors="surrogateescape")
+        if decoded == seen:
+            return path
+        seen = decoded
+    return None         # encoded over and over: no mirror names a file so
 
 
 @dataclass
@@ -119,6 +156,8 @@ class CachingProxy:
         """Get one file through the cache (also used directly, e.g. InRelease)."""
         key = upstream_key(upstream)
         self.upstreams[key] = upstream.rstrip("/")
+        if cache_relpath(path) is None:
+            raise UnsafePath(path)
         return self._get(key, path)
 
     def __enter__(self) -> CachingProxy:
@@ -176,16 +215,38 @@ class CachingProxy:
             return self._session_obj
 
     def _local(self, key: str, path: str) -> Path:
-        return self.dir / key / path
+        """Where *path* of upstream *key* is kept: always strictly below the key's own
+        directory (:class:`UnsafePath` otherwise, whatever the caller checked)."""
+        top = self.dir / key
+        if cache_relpath(path) is None:
+            raise UnsafePath(path)
+        local = top / path
+        real, real_top = local.resolve(), top.resolve()
+        if real == real_top or not real.is_relative_to(real_top):
+            raise UnsafePath(path)
+        return local
 
     def _serve(self, h: http.server.BaseHTTPRequestHandler, *, body: bool) -> None:
-        parts = h.path.split("?", 1)[0].lstrip("/").split("/", 1)
-        if len(parts) != 2 or parts[0] not in self.upstreams or ".." in parts[1].split("/"):
+        target = h.path.split("?", 1)[0]
+        if not target.startswith("/"):
+            h.send_error(400)
+            return
+        parts = target[1:].split("/", 1)
+        if len(parts) != 2 or parts[0] not in self.upstreams:
             h.send_error(404)
+            return
+        if cache_relpath(parts[1]) is None:
+            with self._lock:
+                self.stats.errors.append(f"{parts[1]!r}: refused (not a path below the "
+                                         "mirror)")
+            h.send_error(400)
             return
         import requests
         try:
             local = self._get(parts[0], parts[1])
+        except UnsafePath:
+            h.send_error(400)
+            return
         except requests.RequestException as exc:
             with self._lock:
                 self.stats.errors.append(f"{parts[1]}: {exc}")
@@ -405,7 +466,6 @@ def sha256_entries(release: str) -> dict[str, str]:
 def exclusive(cache_dir: Path) -> Iterator[None]:
     """Hold the package cache exclusively (pruning); StoreError at once while a
     build holds it."""
-    from vzpkg.errors import StoreError
     cache_dir.mkdir(parents=True, exist_ok=True)
     with open(cache_dir / ".lock", "a") as f:
         try:
