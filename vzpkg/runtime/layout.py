@@ -17,12 +17,12 @@ import contextlib
 import errno
 import fcntl
 import os
-import shutil
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 
 from vzpkg.errors import VeError
+from vzpkg.fstree import remove_tree
 from vzpkg.runtime import libc
 from vzpkg.runtime.caches import CacheRef, unpack
 from vzpkg.runtime.paths import VzPaths
@@ -61,7 +61,7 @@ def create(paths: VzPaths, ctid: int, cache: CacheRef, layout: Layout) -> None:
             (private / "work").mkdir()
             (private / "lower").symlink_to(os.path.relpath(shared, private))
     except BaseException:
-        shutil.rmtree(private, ignore_errors=True)
+        _remove_quietly(private)
         raise
 
 
@@ -77,14 +77,14 @@ def ensure_shared(paths: VzPaths, cache: CacheRef) -> Path:
             return shared
         cache.verify()
         tmp = shared.with_name(f"{sha}.tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(shared, ignore_errors=True)
+        _remove_quietly(tmp)
+        _remove_quietly(shared)
         tmp.mkdir(mode=0o755)
         try:
             unpack(cache.tarball, tmp)
             os.rename(tmp, shared)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _remove_quietly(tmp)
             shared.with_name(sha + ".lock").unlink(missing_ok=True)
             raise
         done.write_text(cache.name + "\n")
@@ -157,16 +157,27 @@ def destroy(paths: VzPaths, ctid: int, lay: Layout) -> None:
     if lay is Layout.OVERLAY:
         with contextlib.suppress(VeError):
             shared = shared_of(paths, ctid)
-    if private.exists():
-        shutil.rmtree(private)
+    if private.exists() or private.is_symlink():
+        try:
+            remove_tree(private)
+        except OSError as exc:
+            raise VeError(f"cannot remove the private area {private}: {exc}",
+                          hint="remove what is left by hand, then run vzctl destroy "
+                               "again") from None
     with contextlib.suppress(OSError):
         paths.ve_root(ctid).rmdir()
     if shared is not None and not _shared_in_use(paths, shared):
         sha = shared.name
         with _flock(shared.with_name(sha + ".lock")):
             shared.with_name(sha + ".ok").unlink(missing_ok=True)
-            shutil.rmtree(shared, ignore_errors=True)
+            _remove_quietly(shared)
         shared.with_name(sha + ".lock").unlink(missing_ok=True)
+
+
+def _remove_quietly(path: Path) -> None:
+    """Remove a tree on the way out of a failure (the first error is kept)."""
+    with contextlib.suppress(OSError):
+        remove_tree(path)
 
 
 def _shared_in_use(paths: VzPaths, shared: Path) -> bool:
