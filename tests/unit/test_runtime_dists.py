@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
+import os
+import threading
 from pathlib import Path
-
-import pytest
 
 from vzpkg.runtime import dists
 from vzpkg.runtime.dists import DistSetup, Family
@@ -77,18 +76,23 @@ def test_symlinked_file_is_replaced_not_followed(tmp_path: Path) -> None:
     assert not (root / "etc/resolv.conf").is_symlink()
 
 
-def test_ssh_host_keys_are_made_on_first_start_only(tmp_path: Path) -> None:
-    keygen = shutil.which("ssh-keygen")
-    if keygen is None:
-        pytest.skip("ssh-keygen is not installed on this host")
-    root = tmp_path
-    (root / "usr/bin").mkdir(parents=True)
-    (root / "etc/ssh").mkdir(parents=True)
-    assert not dists.ssh_host_keys(str(root)), "no ssh-keygen in the VE: nothing to do"
-    (root / "usr/bin/ssh-keygen").symlink_to(keygen)
-    assert dists.ssh_host_keys(str(root))
-    keys = sorted(p.name for p in (root / "etc/ssh").glob("ssh_host_*_key"))
-    assert "ssh_host_ed25519_key" in keys
-    first = (root / "etc/ssh/ssh_host_ed25519_key").read_bytes()
-    assert not dists.ssh_host_keys(str(root)), "keys exist: a restart keeps them"
-    assert (root / "etc/ssh/ssh_host_ed25519_key").read_bytes() == first
+def test_planted_fifos_never_block_and_are_replaced(tmp_path: Path) -> None:
+    """A VE's FIFO at a name the setup reads or writes (or at the temporary name
+    beside it) is ignored or replaced: the setup finishes, nothing hangs."""
+    root = tree(tmp_path, "ID=debian\n", ("etc/network",))
+    fifos = ["etc/hosts", "etc/hostname.vztmp", "etc/resolv.conf.vztmp",
+             "etc/network/interfaces", "etc/os-release.vztmp"]
+    (root / "etc/debian_version").write_text("12.8\n")   # the family, os-release aside
+    for rel in [*fifos, "etc/os-release"]:
+        if (root / rel).exists():
+            os.unlink(root / rel)
+        os.mkfifo(root / rel)
+    done: list[dists.Family] = []
+    t = threading.Thread(target=lambda: done.append(dists.apply(SETUP, str(root))),
+                         daemon=True)
+    t.start()
+    t.join(10)
+    assert done, "dists.apply blocked on a FIFO"
+    for rel in ("etc/hosts", "etc/hostname", "etc/resolv.conf", "etc/network/interfaces"):
+        assert (root / rel).is_file(), rel
+    assert not (root / "etc/hostname.vztmp").exists()

@@ -16,7 +16,7 @@ Dropped, with the reason (:data:`DROPPED`):
 
 from __future__ import annotations
 
-from vzpkg.runtime import libc
+from vzpkg.runtime import libc, seccomp
 
 CAP_NAMES: dict[str, int] = {
     "CHOWN": 0, "DAC_OVERRIDE": 1, "DAC_READ_SEARCH": 2, "FOWNER": 3, "FSETID": 4,
@@ -98,3 +98,18 @@ def drop_to_ve_set() -> None:
                 if exc.errno != 22:  # EINVAL: the kernel does not know this one
                     raise
     libc.capset(keep, keep, 0)
+
+
+def confine(*, no_new_privs: bool) -> None:
+    """Everything a process does before it runs anything from a VE, in order:
+    the seccomp filter (while CAP_SYS_ADMIN still allows it), the capability
+    drop, and, for commands vzctl runs on the host's behalf, no_new_privs.
+
+    The bounding set alone already keeps every process in the VE, setuid or not,
+    within :data:`VE_CAPS`; no_new_privs is left off for init and ``enter`` so
+    that setuid programs (sudo, passwd) work for the VE's own users.
+    """
+    seccomp.install()
+    drop_to_ve_set()
+    if no_new_privs:
+        libc.set_no_new_privs()

@@ -13,14 +13,20 @@ the family expects:
   NetworkManager keyfile when NetworkManager is installed;
 - anything else: hostname, hosts and resolv.conf only.
 
-Passwords are set by running the VE's own ``chpasswd`` (see ve.py).
+Every file is opened without blocking and used only when it is a regular file:
+a FIFO or a device the VE planted under one of these names is replaced (written
+files) or ignored (read files), and can never hang the caller.
+
+Passwords are set by running the VE's own ``chpasswd`` (see vset.py); ssh host
+keys are made by the VE's init on its first start (see ns.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
-import subprocess
+import stat
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -44,10 +50,8 @@ class DistSetup:
 def os_release(root: str = "/") -> dict[str, str]:
     out: dict[str, str] = {}
     for p in ("etc/os-release", "usr/lib/os-release"):
-        try:
-            with open(os.path.join(root, p), encoding="utf-8") as f:
-                text = f.read()
-        except OSError:
+        text = _read(root, p)
+        if not text:
             continue
         for line in text.splitlines():
             k, sep, v = line.partition("=")
@@ -71,23 +75,39 @@ def family(root: str = "/") -> Family:
     return Family.OTHER
 
 
+_MAX_READ = 1 << 20
+
+
 def _write(root: str, rel: str, text: str, mode: int = 0o644) -> None:
     path = os.path.join(root, rel)
     d = os.path.dirname(path)
     os.makedirs(d, exist_ok=True)
     tmp = f"{path}.vztmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)              # whatever was there: a file, a link, a FIFO
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                 | os.O_NONBLOCK | os.O_CLOEXEC, mode)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(tmp, path)
 
 
 def _read(root: str, rel: str) -> str:
+    """A regular file's text; "" when it is missing or anything else (a FIFO, a
+    device, a directory)."""
     try:
-        with open(os.path.join(root, rel), encoding="utf-8") as f:
-            return f.read()
+        fd = os.open(os.path.join(root, rel),
+                     os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError:
         return ""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ""
+        return os.read(fd, _MAX_READ).decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
 
 
 def _hosts(old: str, hostname: str) -> str:
@@ -198,19 +218,3 @@ def apply(setup: DistSetup, root: str = "/") -> Family:
             _write(root, "etc/NetworkManager/system-connections/eth0.nmconnection",
                    nm_keyfile(setup.addrs), 0o600)
     return fam
-
-
-def ssh_host_keys(root: str = "/") -> bool:
-    """Caches ship without ssh host keys (each VE needs its own): make the missing
-    ones with the VE's own ``ssh-keygen -A`` on its first start.  Runs inside the VE
-    (*root* is "/"); returns whether keys were made."""
-    keygen = os.path.join(root, "usr/bin/ssh-keygen")
-    sshd = os.path.join(root, "etc/ssh")
-    if not os.path.exists(keygen) or not os.path.isdir(sshd):
-        return False
-    if any(n.startswith("ssh_host_") and n.endswith("_key") for n in os.listdir(sshd)):
-        return False
-    # -f: the tree to write into (the keys land in <root>/etc/ssh, never elsewhere)
-    r = subprocess.run([keygen, "-A", "-f", root], capture_output=True, check=False,
-                       env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
-    return r.returncode == 0

@@ -1,32 +1,41 @@
-"""Running commands in a VE: join a running one, or confine one to a stopped VE's root.
+"""Running commands in a running VE: join its namespaces and cgroup, confine, exec.
 
-:func:`spawn`/:func:`join` setns into the namespaces of the VE's init (ipc, uts,
-net, pid, mnt — the mount namespace last, which also puts the process at the VE's
-root), enter its cgroup, fork once more so the command is inside the VE's pid
-namespace, drop capabilities to the VE set and exec.  :func:`open_ve_pty` makes
-a pty in the VE's own devpts for ``vzctl enter``.
+:func:`spawn` puts a child into the VE's cgroup, then setns into every namespace
+of the VE's init (ipc, uts, net, cgroup, pid, mnt — the mount namespace last,
+which also puts the process at the VE's root), forks once more so the command
+is inside the VE's pid namespace, starts a new session, confines itself
+(:func:`vzpkg.runtime.caps.confine`: seccomp filter, VE capabilities, and
+no_new_privs unless the spec is an interactive shell) and only then runs
+anything: the VE's binary, or a function of ours that reads the VE's files.
+
+The host's terminal never reaches the VE: with ``pty`` the command gets a pty
+it opens itself in the VE's own devpts (the master comes back to us over a
+socket pair and is checked to be a pty master); otherwise only the descriptors
+in ``stdio`` (pipes, files) are passed, in a new session without a controlling
+terminal.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import signal
+import socket
+import stat
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from vzpkg.errors import VeError
 from vzpkg.runtime import caps, libc
 from vzpkg.runtime.ns import close_fds_except, ve_env
 
-_NSES = ("ipc", "uts", "net", "pid", "mnt")
+_NSES = ("ipc", "uts", "net", "cgroup", "pid", "mnt")
 TIOCSCTTY = 0x540E
-TIOCGPTN = 0x80045430
 TIOCSPTLCK = 0x40045431
+TIOCGPTPEER = 0x5441
+PTMX = os.makedev(5, 2)
 
 
 @dataclass(frozen=True)
@@ -35,9 +44,17 @@ class JoinSpec:
     argv: Sequence[str]
     attach: Callable[[int], None]   # put a host pid into the VE's cgroup
     stdio: tuple[int, int, int] | None = None
-    ctty: bool = False              # make stdio[0] the controlling terminal
+    pty: tuple[int, ...] = ()       # these of 0, 1, 2 become a pty of the VE's own
     env: dict[str, str] | None = None
-    func: Callable[[], int] | None = None   # run this (full caps) instead of argv
+    func: Callable[[], int] | None = None   # run this (confined) instead of argv
+    hostname: str | None = None     # set the VE's hostname first (before confining)
+    interactive: bool = False       # a login shell: keep setuid working (no NNP)
+
+
+@dataclass(frozen=True)
+class Joined:
+    pid: int                        # host pid to :func:`wait` for
+    master: int | None              # the pty master, when spec.pty
 
 
 def _status_code(status: int) -> int:
@@ -46,8 +63,8 @@ def _status_code(status: int) -> int:
     return os.WEXITSTATUS(status)
 
 
-def spawn(spec: JoinSpec) -> int:
-    """Start *spec.argv* in the VE; return the host pid to :func:`wait` for."""
+def spawn(spec: JoinSpec) -> Joined:
+    """Start *spec.argv* in the VE; the host pid to :func:`wait` for."""
     fds: list[int] = []
     try:
         for name in _NSES:
@@ -57,23 +74,53 @@ def spawn(spec: JoinSpec) -> int:
             os.close(fd)
         raise VeError(f"cannot join the VE's namespaces (init pid {spec.pid}): "
                       f"{exc.strerror}", hint="is the VE running? vzctl status CTID") from None
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     child = os.fork()
     if child == 0:
         code = 126
         try:
+            ours.close()
             spec.attach(os.getpid())
             for fd in fds:
                 libc.setns(fd)
                 os.close(fd)
             os.chdir("/")
-            code = _join_exec(spec)
+            code = _join_exec(spec, theirs)
         except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.write(2, f"vzctl: cannot enter the VE: {exc}\n".encode())
         os._exit(code)
     for fd in fds:
         os.close(fd)
-    return child
+    theirs.close()
+    try:
+        master = _receive_master(ours, child) if spec.pty else None
+    finally:
+        ours.close()
+    return Joined(child, master)
+
+
+def _receive_master(sock: socket.socket, child: int) -> int:
+    """The pty master the command opened in the VE; checked to be one."""
+    try:
+        _, fds, _, _ = socket.recv_fds(sock, 16, 1)
+    except OSError:
+        fds = []
+    if not fds:
+        wait(child)
+        raise VeError("could not open a terminal in the VE (its /dev/pts/ptmx)",
+                      hint="is the VE's /dev intact? vzctl restart CTID")
+    master = fds[0]
+    st = os.fstat(master)
+    if not stat.S_ISCHR(st.st_mode) or st.st_rdev != PTMX:
+        os.close(master)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+        wait(child)
+        raise VeError("the VE handed back something that is not a pty master",
+                      hint="its /dev/pts/ptmx was replaced; restart the VE")
+    os.set_inheritable(master, False)
+    return master
 
 
 def wait(child: int) -> int:
@@ -87,10 +134,25 @@ def wait(child: int) -> int:
 
 def join(spec: JoinSpec) -> int:
     """Run *spec.argv* in the VE; return its exit status (128+N for signal N)."""
-    return wait(spawn(spec))
+    joined = spawn(spec)
+    if joined.master is not None:
+        os.close(joined.master)
+    return wait(joined.pid)
 
 
-def _join_exec(spec: JoinSpec) -> int:
+def _open_pty(sock: socket.socket) -> int:
+    """In the VE, confined: a pty of the VE's devpts; the master goes to the host,
+    the slave (returned) becomes our controlling terminal."""
+    master = os.open("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_NOFOLLOW)
+    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+    slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
+    socket.send_fds(sock, [b"m"], [master])
+    os.close(master)
+    fcntl.ioctl(slave, TIOCSCTTY, 0)
+    return slave
+
+
+def _join_exec(spec: JoinSpec, sock: socket.socket) -> int:
     """In the joined namespaces: fork the command (now in the VE's pid ns)."""
     gc = os.fork()
     if gc == 0:
@@ -98,13 +160,18 @@ def _join_exec(spec: JoinSpec) -> int:
             if spec.stdio is not None:
                 for i, fd in enumerate(spec.stdio):
                     os.dup2(fd, i)
-            if spec.ctty:
-                os.setsid()
-                fcntl.ioctl(0, TIOCSCTTY, 0)
+            os.setsid()              # never the caller's terminal's session
+            if spec.hostname:
+                libc.sethostname(spec.hostname)
+            caps.confine(no_new_privs=not spec.interactive)
+            if spec.pty:
+                slave = _open_pty(sock)
+                for i in spec.pty:
+                    os.dup2(slave, i)
+            sock.close()
             if spec.func is not None:
                 os._exit(spec.func())
             close_fds_except(2)
-            caps.drop_to_ve_set()
             env = spec.env if spec.env is not None else ve_env()
             os.execvpe(spec.argv[0], list(spec.argv), env)
         except FileNotFoundError:
@@ -114,6 +181,7 @@ def _join_exec(spec: JoinSpec) -> int:
             with contextlib.suppress(OSError):
                 os.write(2, f"vzctl: cannot run {spec.argv[0]}: {exc}\n".encode())
             os._exit(126)
+    sock.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
         try:
@@ -121,54 +189,3 @@ def _join_exec(spec: JoinSpec) -> int:
             return _status_code(status)
         except InterruptedError:
             continue
-
-
-def open_ve_pty(pid: int) -> tuple[int, int]:
-    """A pty pair from the VE's own devpts (so ``tty`` inside names it)."""
-    base = f"/proc/{pid}/root/dev/pts"
-    try:
-        master = os.open(f"{base}/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-    except OSError as exc:
-        if exc.errno not in (errno.ENOENT, errno.EACCES):
-            raise
-        return os.openpty()
-    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
-    n = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0\0\0\0"))[0]
-    slave = os.open(f"{base}/{n}", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-    return master, slave
-
-
-def run_in_root(root: Path, argv: Sequence[str], stdin: bytes) -> tuple[int, bytes]:
-    """Run *argv* confined to a stopped VE's mounted *root* (own mount namespace,
-    pivot_root, VE capabilities); feed *stdin*; return (status, stderr)."""
-    r_in, w_in = os.pipe()
-    r_out, w_out = os.pipe()
-    child = os.fork()
-    if child == 0:
-        try:
-            os.dup2(r_in, 0)
-            os.dup2(w_out, 1)
-            os.dup2(w_out, 2)
-            libc.unshare(libc.CLONE_NEWNS)
-            libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
-            libc.mount(str(root), str(root), None, libc.MS_BIND)
-            os.chdir(str(root))
-            libc.pivot_root(".", ".")
-            libc.umount2(".", libc.MNT_DETACH)
-            os.chdir("/")
-            close_fds_except(2)
-            caps.drop_to_ve_set()
-            os.execve(argv[0], list(argv), ve_env())
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                os.write(2, f"{argv[0]}: {exc}\n".encode())
-        os._exit(127)
-    os.close(r_in)
-    os.close(w_out)
-    with contextlib.suppress(BrokenPipeError):
-        os.write(w_in, stdin)
-    os.close(w_in)
-    out = b"".join(iter(lambda: os.read(r_out, 65536), b""))
-    os.close(r_out)
-    _, status = os.waitpid(child, 0)
-    return _status_code(status), out

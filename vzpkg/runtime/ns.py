@@ -1,13 +1,21 @@
-"""Starting a VE's init in new namespaces, and joining a running VE.
+"""Starting a VE's init in new namespaces, and running a command in a stopped VE.
 
 :func:`start_init` forks twice: the first child unshares the mount, uts, ipc,
 net and pid namespaces and forks the VE's pid 1, then exits, so no Python
 process of the VE stays around.  Pid 1 waits until the host side has put it
-into its cgroup and network (``ready`` callback), then mounts /proc, /sys
-(read-only), a minimal /dev, /dev/pts, /dev/shm and /run, pivots into the VE
-root, sets the hostname, runs the per-distribution setup, drops capabilities
-to :data:`vzpkg.runtime.caps.VE_CAPS` and execs init.  A close-on-exec pipe
-tells the host whether exec succeeded, with the error text when it did not.
+into its cgroup and network (``ready`` callback), then enters a cgroup
+namespace rooted at that cgroup, pivots into the VE root and mounts /proc,
+/sys (read-only), a minimal /dev, /dev/pts, /dev/shm and /run there, sets the
+hostname and confines itself (:func:`vzpkg.runtime.caps.confine`: seccomp
+filter, capabilities cut to the VE set).  Only then does it touch the VE's
+files (the per-distribution setup, which refuses FIFOs and devices) and exec
+init: nothing from the VE ever runs, or is read, with host privileges.  A
+close-on-exec pipe tells the host whether exec succeeded, with the error text
+when it did not; a setup that hangs is killed after :data:`SETUP_TIMEOUT`.
+
+:func:`run_command` does the same for one command in a stopped VE (``vzctl set
+--userpasswd``): it is pid 1 of its own namespaces, so nothing it starts can
+outlive it.
 
 Joining a running VE (exec, enter) is :mod:`vzpkg.runtime.join`.
 """
@@ -16,11 +24,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import stat
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +60,12 @@ down() {
 }
 trap down TERM INT
 services() {
+  # ssh host keys for a VE's first start (caches ship none): made here, by the
+  # VE's own tools, confined like everything else the VE runs
+  if [ -x /usr/bin/ssh-keygen ] && [ -d /etc/ssh ]; then
+    set -- /etc/ssh/ssh_host_*_key
+    [ -e "$1" ] || /usr/bin/ssh-keygen -A
+  fi
   if [ -x /etc/rc.vz ]; then exec /etc/rc.vz start; fi
   for s in /etc/rc2.d/S* /etc/rc.d/rc3.d/S*; do
     [ -x "$s" ] && "$s" start
@@ -69,12 +84,18 @@ _RO_PROC = ("sys", "sysrq-trigger", "irq", "bus", "fs")
 _MASK_PROC = ("kcore", "keys", "timer_list", "kmsg")
 
 
+SETUP_TIMEOUT = 30.0   # seconds pid 1 may take from its namespaces to exec
+
+
 @dataclass(frozen=True)
 class StartSpec:
     ctid: int
     root: Path                     # the VE root, mounted on the host
     hostname: str | None
-    prepare: Callable[[], None] | None = None   # runs inside the VE before init
+    prepare: Callable[[], object] | None = None   # runs inside the VE before init
+    run_size: str = "size=64m"     # the VE's /run tmpfs
+    argv: Sequence[str] | None = None   # run this instead of init (run_command)
+    stdio: tuple[int, int, int] | None = None   # its stdin, stdout, stderr
 
 
 def _mountpoint(path: str) -> str:
@@ -113,7 +134,7 @@ def _mount_ro_bind(path: str) -> None:
                | libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC)
 
 
-def _setup_mounts(root: Path) -> None:
+def _setup_mounts(root: Path, run_size: str) -> None:
     """Pivot into the VE root first, so that every path below resolves inside the
     VE (a symlink the VE planted can never aim a mount or a write at the host)."""
     libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
@@ -131,9 +152,8 @@ def _setup_mounts(root: Path) -> None:
         if os.path.exists(f"/proc/{name}"):
             libc.mount("/dev/null", f"/proc/{name}", None, libc.MS_BIND)
     libc.mount("sysfs", _mountpoint("/sys"), "sysfs", nosuid | libc.MS_RDONLY)
-    if os.path.isdir("/run") and not os.path.islink("/run"):
-        libc.mount("tmpfs", "/run", "tmpfs", libc.MS_NOSUID | libc.MS_NODEV,
-                   "mode=755,size=10%")
+    libc.mount("tmpfs", _mountpoint("/run"), "tmpfs", libc.MS_NOSUID | libc.MS_NODEV,
+               f"mode=755,{run_size}")
 
 
 def ve_env() -> dict[str, str]:
@@ -147,25 +167,36 @@ def close_fds_except(keep: int) -> None:
 
 
 def _init_child(spec: StartSpec, r_go: int, w_err: int) -> None:
-    """Pid 1 of the VE, until it execs init.  Never returns."""
+    """Pid 1 of the VE, until it execs init (or spec.argv).  Never returns."""
     try:
         os.setsid()
         if os.read(r_go, 1) != b"1":
             os._exit(1)
         os.close(r_go)
-        _setup_mounts(spec.root)
+        # the host has put us into the VE's cgroup: it becomes our cgroup root
+        libc.unshare(libc.CLONE_NEWCGROUP)
+        _setup_mounts(spec.root, spec.run_size)
         if spec.hostname:
             libc.sethostname(spec.hostname)
+        command = spec.argv is not None
+        caps.confine(no_new_privs=command)
+        # from here on: VE capabilities only; the VE's files may be read
         if spec.prepare is not None:
             spec.prepare()
-        os.makedirs("/run/vzctl", exist_ok=True)
-        with open(INIT_PATH, "w", encoding="utf-8") as f:
-            f.write(MINIMAL_INIT)
-        fd = os.open("/dev/null", os.O_RDWR)
-        for i in range(3):
-            os.dup2(fd, i)
+        if spec.stdio is not None:
+            for i, fd in enumerate(spec.stdio):
+                os.dup2(fd, i)
+        else:
+            fd = os.open("/dev/null", os.O_RDWR)
+            for i in range(3):
+                os.dup2(fd, i)
         close_fds_except(w_err)
-        caps.drop_to_ve_set()
+        if spec.argv is not None:
+            os.execve(spec.argv[0], list(spec.argv), ve_env())
+        os.mkdir(os.path.dirname(INIT_PATH), 0o755)
+        with open(INIT_PATH + ".new", "x", encoding="utf-8") as f:
+            f.write(MINIMAL_INIT)   # /run is our own fresh tmpfs
+        os.rename(INIT_PATH + ".new", INIT_PATH)
         os.execve("/bin/sh", ["/bin/sh", INIT_PATH], ve_env())
     except BaseException as exc:  # report anything to the host, then die
         msg = (str(exc) if isinstance(exc, OSError | VzError)
@@ -193,11 +224,30 @@ def wait_init_ready(pid: int, timeout: float = 2.0) -> None:
         time.sleep(0.002)
 
 
-def start_init(spec: StartSpec, ready: Callable[[int], None]) -> int:
-    """Start the VE's init; *ready(pid)* joins cgroup and network before it runs.
+def _read_until_exec(r_err: int, pid: int, ctid: int) -> bytes:
+    """What pid 1 reported before its exec (b"" when exec succeeded); kills it and
+    raises when it takes longer than :data:`SETUP_TIMEOUT`."""
+    deadline = time.monotonic() + SETUP_TIMEOUT
+    chunks: list[bytes] = []
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([r_err], [], [], left)[0]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            raise VeError(f"VE {ctid}: start timed out after {SETUP_TIMEOUT:.0f} s while "
+                          "setting up the VE", hint="a file in the VE's /etc may be "
+                          "something odd (a FIFO?); the VE was stopped again")
+        chunk = os.read(r_err, 4000)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
 
-    Returns init's host pid once init has been exec'd.
-    """
+
+def _spawn(spec: StartSpec, ready: Callable[[int], None], *, wait: bool) -> tuple[int, int]:
+    """Fork the namespaces' parent and pid 1; (pid 1's host pid, the parent's pid).
+
+    With *wait* the parent stays and exits with pid 1's status (run_command);
+    otherwise it exits at once and pid 1 is reparented (a VE's init)."""
     r_pid, w_pid = os.pipe()
     r_go, w_go = os.pipe()
     r_err, w_err = os.pipe2(os.O_CLOEXEC)
@@ -214,7 +264,13 @@ def start_init(spec: StartSpec, ready: Callable[[int], None]) -> int:
                 os.close(w_pid)
                 _init_child(spec, r_go, w_err)
             os.write(w_pid, str(pid1).encode())
-            os._exit(0)
+            if not wait:
+                os._exit(0)
+            for fd in (w_pid, r_go, w_err):
+                os.close(fd)
+            _, status = os.waitpid(pid1, 0)
+            os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status)
+                     else 128 + os.WTERMSIG(status))
         except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.write(w_err, f"cannot create namespaces: {exc}".encode())
@@ -224,9 +280,12 @@ def start_init(spec: StartSpec, ready: Callable[[int], None]) -> int:
     os.close(w_err)
     try:
         raw = os.read(r_pid, 32)
-        os.waitpid(mid, 0)
+        if not wait:
+            os.waitpid(mid, 0)
         if not raw:
             why = os.read(r_err, 4000).decode(errors="replace")
+            if wait:
+                os.waitpid(mid, 0)
             raise VeError(f"VE {spec.ctid}: start failed: {why or 'unknown error'}")
         pid = int(raw)
         try:
@@ -234,19 +293,46 @@ def start_init(spec: StartSpec, ready: Callable[[int], None]) -> int:
             os.write(w_go, b"1")
             os.close(w_go)
             w_go = -1
-            err = b"".join(iter(lambda: os.read(r_err, 4000), b""))
+            err = _read_until_exec(r_err, pid, spec.ctid)
         except BaseException:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+            if wait:
+                os.waitpid(mid, 0)
             raise
         if err:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+            if wait:
+                os.waitpid(mid, 0)
             raise VeError(f"VE {spec.ctid}: start failed: {err.decode(errors='replace')}",
                           hint="the VE was stopped again; nothing is left running")
-        return pid
+        return pid, mid
     finally:
         for fd in (r_pid, r_err, w_go):
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+
+
+def start_init(spec: StartSpec, ready: Callable[[int], None]) -> int:
+    """Start the VE's init; *ready(pid)* joins cgroup and network before it runs.
+
+    Returns init's host pid once init has been exec'd.
+    """
+    return _spawn(spec, ready, wait=False)[0]
+
+
+def run_command(spec: StartSpec, ready: Callable[[int], None]) -> int:
+    """Run *spec.argv* as pid 1 of fresh namespaces on a VE's root (a stopped VE):
+    confined as a VE's init is, with no network but loopback, and no_new_privs.
+    When it exits, the kernel ends whatever it started.  Returns its exit status
+    (128+N for signal N)."""
+    assert spec.argv is not None
+    _, mid = _spawn(spec, ready, wait=True)
+    while True:
+        try:
+            _, status = os.waitpid(mid, 0)
+            return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128
+        except InterruptedError:
+            continue

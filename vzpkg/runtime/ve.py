@@ -17,7 +17,7 @@ from pathlib import Path
 
 from vzpkg.config import Settings
 from vzpkg.errors import ConfigError, UsageError, VeError
-from vzpkg.runtime import dists, join, layout, net, ns, state
+from vzpkg.runtime import dists, join, layout, net, ns, params, state
 from vzpkg.runtime.caches import CacheRef, find_cache
 from vzpkg.runtime.cgroups import Cgroups, detect
 from vzpkg.runtime.config import VeConfig, install_defaults, load_global, load_sample
@@ -219,7 +219,8 @@ class Runtime:
             net.setup(self.paths.host_ifname(ctid), pid, addrs)
 
         spec = ns.StartSpec(ctid=ctid, root=root, hostname=cfg.get("HOSTNAME") or None,
-                            prepare=lambda: _prepare(setup))
+                            prepare=lambda: dists.apply(setup),
+                            run_size=run_size(cfg.layered_on(self.global_conf())))
         pid = ns.start_init(spec, ready)
         state.write_pidfile(self.paths.pidfile(ctid), pid)
         ns.wait_init_ready(pid)
@@ -291,9 +292,14 @@ class Runtime:
         if not argv:
             raise UsageError("no command given", hint="vzctl exec CTID COMMAND [ARG...]")
         pid = self._require_running(ctid)
+        if stdio is None:
+            ttys = tuple(fd for fd in (0, 1, 2) if os.isatty(fd))
+            if ttys:    # the caller's terminal stays here: the VE gets a pty
+                from vzpkg.runtime import console
+                return console.run(self, ctid, list(argv), pty=ttys)
         cg = self.cgroups
         return join.join(join.JoinSpec(pid=pid, argv=list(argv), stdio=stdio,
-                                   attach=lambda p: cg.attach(str(ctid), p)))
+                                       attach=lambda p: cg.attach(str(ctid), p)))
 
     def run_shell(self, ctid: int, command: str,
                   stdio: tuple[int, int, int] | None = None) -> int:
@@ -339,8 +345,17 @@ def by_name(paths: VzPaths, name: str) -> int | None:
     return None
 
 
-def _prepare(setup: dists.DistSetup) -> None:
-    dists.apply(setup)
-    dists.ssh_host_keys()
+def run_size(cfg: VeConfig) -> str:
+    """The size of a VE's /run: a fifth of its RAM limit, at least 8 MiB, at most
+    10% of the host's memory (the tmpfs is charged to the VE's memory anyway)."""
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    size = host // 10
+    try:
+        _, limit = params.parse_barrier_limit(cfg.get("PHYSPAGES") or "", pages=True)
+    except (params.ParamError, ValueError):
+        limit = params.UNLIMITED
+    if 0 < limit < params.UNLIMITED:
+        size = min(size, limit * params.PAGE_SIZE // 5)
+    return f"size={max(size, 8 << 20)}"
 
 

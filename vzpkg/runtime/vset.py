@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from vzpkg.errors import UsageError, VeError
-from vzpkg.runtime import dists, join, layout, libc, net, state
+from vzpkg.runtime import dists, join, layout, net, ns, state
 
 if TYPE_CHECKING:
     from vzpkg.runtime.ve import Runtime
@@ -34,6 +34,42 @@ def capture(rt: Runtime, ctid: int, spec_argv: Sequence[str], stdin: bytes) -> t
     return code, text
 
 
+def run_stopped(rt: Runtime, ctid: int, argv: Sequence[str], stdin: bytes
+                ) -> tuple[int, str]:
+    """Run *argv* on a stopped VE's files, as the VE would: pid 1 of its own
+    namespaces (no network but loopback), in the VE's cgroup with its limits,
+    confined (ns.run_command); (status, combined output).  Nothing it starts
+    outlives it."""
+    from vzpkg.runtime.ve import layout_of
+    cfg = rt.config(ctid)
+    was = layout.is_mounted(rt.paths.ve_root(ctid))
+    root = layout.mount(rt.paths, ctid, layout_of(cfg))
+    cg = rt.cgroups
+    r_in, w_in = os.pipe()
+    out = os.memfd_create("vzctl-out")
+    try:
+        os.write(w_in, stdin)
+        os.close(w_in)
+        w_in = -1
+        cg.create(str(ctid))
+        cg.apply(str(ctid), cfg.layered_on(rt.global_conf()))
+        spec = ns.StartSpec(ctid=ctid, root=root, hostname=cfg.get("HOSTNAME") or None,
+                            argv=list(argv), stdio=(r_in, out, out))
+        code = ns.run_command(spec, lambda pid: cg.attach(str(ctid), pid))
+        os.lseek(out, 0, os.SEEK_SET)
+        text = os.read(out, 1 << 20).decode(errors="replace")
+    finally:
+        for fd in (r_in, w_in, out):
+            if fd >= 0:
+                os.close(fd)
+        if cg.procs(str(ctid)):
+            cg.kill_all(str(ctid))
+        cg.remove(str(ctid))
+        if not was:
+            layout.umount(rt.paths, ctid)
+    return code, text
+
+
 def set_passwords(rt: Runtime, ctid: int, pairs: Sequence[str]) -> None:
     for p in pairs:
         user, sep, _ = p.partition(":")
@@ -43,15 +79,7 @@ def set_passwords(rt: Runtime, ctid: int, pairs: Sequence[str]) -> None:
     if state.running_pid(rt.paths.pidfile(ctid)) is not None:
         code, text = capture(rt, ctid, ["chpasswd"], data)
     else:
-        was = layout.is_mounted(rt.paths.ve_root(ctid))
-        from vzpkg.runtime.ve import layout_of
-        root = layout.mount(rt.paths, ctid, layout_of(rt.config(ctid)))
-        try:
-            code, raw = join.run_in_root(root, ["/bin/sh", "-c", "exec chpasswd"], data)
-            text = raw.decode(errors="replace")
-        finally:
-            if not was:
-                layout.umount(rt.paths, ctid)
+        code, text = run_stopped(rt, ctid, ["/bin/sh", "-c", "exec chpasswd"], data)
     if code != 0:
         raise VeError(f"chpasswd in VE {ctid} failed ({code}): {text.strip()}",
                       hint="the VE needs chpasswd (from passwd or busybox) and the user "
@@ -98,12 +126,11 @@ def apply(rt: Runtime, ctid: int, values: dict[str, str], *,
 def _live_dist(rt: Runtime, ctid: int, pid: int, setup: dists.DistSetup,
                hostname: str | None) -> None:
     def inside() -> int:
-        if hostname:
-            libc.sethostname(hostname)
         dists.apply(setup)
         return 0
     cg = rt.cgroups
-    code = join.join(join.JoinSpec(pid=pid, argv=[], func=inside,
-                               attach=lambda p: cg.attach(str(ctid), p)))
+    code = join.join(join.JoinSpec(pid=pid, argv=["vzctl-set"], func=inside,
+                                   hostname=hostname,
+                                   attach=lambda p: cg.attach(str(ctid), p)))
     if code != 0:
         raise VeError(f"could not apply the settings inside VE {ctid} (status {code})")
