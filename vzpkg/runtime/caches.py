@@ -8,10 +8,13 @@ The short form ``debian-12`` means ``debian-12-<host arch>-minimal``.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from vzpkg.errors import VeError
+from vzpkg.errors import VeError, VzError
+
+CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -26,19 +29,51 @@ class CacheRef:
 
     def verify(self) -> str:
         """Hash the tarball and compare with the manifest; return the digest."""
-        actual = file_sha256(self.tarball)
+        return self._check(file_sha256(self.tarball))
+
+    def unpack_into(self, dest: Path) -> str:
+        """Hash the tarball, check it against the manifest, then unpack into the
+        existing empty directory *dest*; return the digest.
+
+        The file unpacked is the one hashed (read again through the same open
+        descriptor): a tarball replaced after the check is not what is unpacked.
+        On a mismatch nothing is unpacked."""
+        fd = os.open(self.tarball, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            digest = self._check(fd_sha256(fd))
+            unpack(Path(f"/proc/self/fd/{fd}"), dest, shown=self.tarball)
+        finally:
+            os.close(fd)
+        return digest
+
+    def _check(self, actual: str) -> str:
         if self.sha256 and actual != self.sha256:
-            raise VeError(f"cache {self.tarball} does not match its manifest "
-                          f"(sha256 {actual}, manifest says {self.sha256})",
-                          hint=f"rebuild or pull the cache again: vzpkg build {self.name}")
+            raise VeError(f"cache {self.name} ({self.tarball}) does not match its manifest "
+                          f"(sha256 {actual}, the manifest says {self.sha256}); "
+                          "nothing was unpacked",
+                          hint=f"rebuild or pull the cache again: vzpkg build {self.name} "
+                               f"or vzpkg pull {self.name}")
         return actual
 
 
 def file_sha256(path: Path) -> str:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return fd_sha256(fd)
+    finally:
+        os.close(fd)
+
+
+def fd_sha256(fd: int) -> str:
+    """The sha256 of the whole file open as *fd* (read from its start, 1 MiB at
+    a time, without moving the descriptor's offset)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    pos = 0
+    while n := os.preadv(fd, [buf], pos):
+        h.update(view[:n])
+        pos += n
     return h.hexdigest()
 
 
@@ -58,8 +93,15 @@ def find_cache(name: str, dirs: list[Path]) -> CacheRef | None:
     return None
 
 
-def unpack(tarball: Path, dest: Path) -> None:
+def unpack(tarball: Path, dest: Path, *, shown: Path | None = None) -> None:
     """Unpack *tarball* into the existing empty directory *dest* (securely: see
-    :func:`vzpkg.archive.unpack`; on refusal nothing is left in *dest*)."""
+    :func:`vzpkg.archive.unpack`; on refusal nothing is left in *dest*).  Errors
+    name *shown* instead of *tarball* (a ``/proc/self/fd`` path) when given."""
     from vzpkg import archive  # libarchive: only 'vzctl create' unpacks
-    archive.unpack(tarball, dest)
+    try:
+        archive.unpack(tarball, dest)
+    except VzError as exc:
+        if shown is not None:
+            exc.message = exc.message.replace(str(tarball), str(shown))
+            exc.args = (exc.message,)
+        raise

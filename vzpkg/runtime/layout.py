@@ -4,11 +4,13 @@ plain
     The cache is unpacked into ``VZ_ROOT/private/CTID``; it is bind-mounted on
     ``VZ_ROOT/root/CTID`` while the VE runs.
 overlay
-    The cache is unpacked once into ``VZ_ROOT/shared/SHA256`` (its tarball hashed
-    and checked against the manifest first), shared read-only by every VE made
-    from it.  ``private/CTID`` holds ``upper/``, ``work/`` and ``lower``, a
+    The cache is unpacked once into ``VZ_ROOT/shared/SHA256``, shared read-only
+    by every VE made from it.  ``private/CTID`` holds ``upper/``, ``work/`` and ``lower``, a
     symlink to the shared copy; the overlay is mounted on ``root/CTID``.  The
     shared copy is removed when the last VE using it is destroyed.
+
+Either way the tarball is hashed and checked against its manifest before a byte
+of it is unpacked, and what is unpacked is the file that was hashed.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 from vzpkg.errors import VeError
 from vzpkg.fstree import remove_tree
 from vzpkg.runtime import libc
-from vzpkg.runtime.caches import CacheRef, unpack
+from vzpkg.runtime.caches import CacheRef
 from vzpkg.runtime.paths import VzPaths
 
 
@@ -54,7 +56,7 @@ def create(paths: VzPaths, ctid: int, cache: CacheRef, layout: Layout) -> None:
     try:
         if layout is Layout.PLAIN:
             private.chmod(0o755)
-            unpack(cache.tarball, private)
+            cache.unpack_into(private)      # checked against the manifest first
         else:
             shared = ensure_shared(paths, cache)
             (private / "upper").mkdir()
@@ -75,13 +77,12 @@ def ensure_shared(paths: VzPaths, cache: CacheRef) -> Path:
     with _flock(shared.with_name(sha + ".lock")):
         if done.exists():
             return shared
-        cache.verify()
         tmp = shared.with_name(f"{sha}.tmp{os.getpid()}")
         _remove_quietly(tmp)
         _remove_quietly(shared)
         tmp.mkdir(mode=0o755)
         try:
-            unpack(cache.tarball, tmp)
+            cache.unpack_into(tmp)          # checked against the manifest first
             os.rename(tmp, shared)
         except BaseException:
             _remove_quietly(tmp)
