@@ -19,6 +19,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
@@ -71,6 +72,11 @@ def ensure_shared(paths: VzPaths, cache: CacheRef) -> Path:
     """The verified, unpacked shared copy of *cache*, made if missing."""
     sha = cache.digest()
     shared = paths.shared(sha)
+    # the shared copies hold the cache's setuid programs: no host user may reach them
+    top = shared.parent
+    top.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if stat.S_IMODE(top.stat().st_mode) != 0o700:
+        top.chmod(0o700)
     done = shared.with_name(sha + ".ok")
     if done.exists():
         return shared

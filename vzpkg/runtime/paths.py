@@ -26,12 +26,15 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from vzpkg.errors import UsageError
 
 DEFAULT_ROOT = Path("/vz")
+# the directories under VZ_ROOT whose mode is set by VzPaths.ensure
+MODES = {"private": 0o700, "root": 0o700, "shared": 0o700, "lock": 0o700, "run": 0o755}
 _CTID = re.compile(r"^[0-9]{1,9}$")
 
 
@@ -115,13 +118,20 @@ class VzPaths:
         return self.root / "lock" / f"{ctid}.lck"
 
     def ensure(self) -> None:
-        """Create the directories (mode 0700 for private and root) if missing."""
-        for d in (self.conf_dir, self.template_cache, self.run_dir, self.root / "lock",
-                  self.root / "shared"):
+        """Create the directories if missing, and set the modes of those that hold
+        VE data or host state (also on a root an older version made).
+
+        private, root and shared are 0700: a VE's files and the shared copies hold
+        the caches' setuid programs, which no host user may reach.  lock is 0700
+        and run 0755 (vzlist and vzctl status read the pid files as any user);
+        neither may be writable by others."""
+        for d in (self.conf_dir, self.template_cache):
             d.mkdir(parents=True, exist_ok=True)
-        for d in (self.root / "private", self.root / "root"):
-            d.mkdir(parents=True, exist_ok=True)
-            d.chmod(0o700)
+        for name, mode in MODES.items():
+            path = self.root / name
+            path.mkdir(parents=True, exist_ok=True)
+            if stat.S_IMODE(path.stat().st_mode) != mode:
+                path.chmod(mode)
 
     def ctids(self) -> list[int]:
         """Every VE that has a configuration file, in order."""
