@@ -25,6 +25,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 
 from vzpkg.errors import UsageError
 
@@ -34,6 +35,9 @@ _SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": P
 _SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:I?B)?$", re.IGNORECASE)
 _HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_CPU_RANGE = re.compile(r"(\d+)(?:-(\d+))?")
+POSSIBLE_CPUS = Path("/sys/devices/system/cpu/possible")
+MAX_CPUS = 8192     # CPU numbers a mask may name at most (the kernel's NR_CPUS is lower)
 
 
 class ParamError(ValueError):
@@ -166,19 +170,49 @@ def format_count(n: int) -> str:
     return "unlimited" if n >= UNLIMITED else str(n)
 
 
-def parse_cpumask(text: str) -> tuple[int, ...] | None:
-    """CPU numbers in ``0-3,6``; None for ``all``."""
+def possible_cpus() -> int:
+    """How many CPU numbers this kernel can have: the highest number in
+    ``/sys/devices/system/cpu/possible`` plus one, never more than :data:`MAX_CPUS`."""
+    try:
+        last = re.split(r"[,-]", POSSIBLE_CPUS.read_text().strip())[-1]
+        return min(int(last) + 1, MAX_CPUS) if last.isdigit() and len(last) < 6 \
+            else MAX_CPUS
+    except OSError:
+        return MAX_CPUS
+
+
+def parse_cpumask(text: str, *, host: bool = False) -> tuple[int, ...] | None:
+    """CPU numbers in ``0-3,6``; None for ``all``.
+
+    Every number must be below :data:`MAX_CPUS`, or with *host* below
+    :func:`possible_cpus`; checked before a range is expanded: ``0-30000000`` is an
+    error, not 30 million CPUs."""
     t = text.strip()
     if t.lower() == "all":
         return None
-    cpus: set[int] = set()
+    bound = possible_cpus() if host else MAX_CPUS
+    limits = (f"the host's CPUs are 0-{bound - 1} ({POSSIBLE_CPUS})" if host
+              else f"CPU numbers end at {MAX_CPUS - 1}")
+    shown = repr(t if len(t) <= 40 else t[:37] + "...")
+    ranges: list[tuple[int, int]] = []
     for part in t.split(","):
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part.strip())
-        if not m or (m.group(2) and int(m.group(2)) < int(m.group(1))):
-            raise ParamError(f"{text!r} is not a CPU list (e.g. 0, 0-3, 0,2-3 or all)")
-        lo = int(m.group(1))
-        cpus.update(range(lo, int(m.group(2) or lo) + 1))
-    return tuple(sorted(cpus))
+        m = _CPU_RANGE.fullmatch(part.strip())
+        if not m:
+            raise ParamError(f"{shown} is not a CPU list (e.g. 0, 0-3, 0,2-3 or all)")
+        nums: list[int] = []
+        for d in (g.lstrip("0") or "0" for g in m.groups() if g is not None):
+            if len(d) > len(str(bound)) or int(d) >= bound:   # no int() of 5,000 digits
+                d = d if len(d) <= 12 else d[:9] + "..."
+                raise ParamError(f"{shown} names CPU {d}, but {limits}")
+            nums.append(int(d))
+        if nums[-1] < nums[0]:
+            raise ParamError(f"{shown}: the range {part.strip()} runs backwards")
+        ranges.append((nums[0], nums[-1]))
+    cpus: list[int] = []
+    for lo, hi in sorted(ranges):           # merged, so each CPU is listed once
+        start = max(lo, cpus[-1] + 1) if cpus else lo
+        cpus.extend(range(start, hi + 1))
+    return tuple(cpus)
 
 
 def format_cpumask(cpus: Iterable[int]) -> str:
@@ -198,8 +232,10 @@ def split_list(text: str) -> list[str]:
     return [x for x in re.split(r"[\s,]+", text.strip()) if x]
 
 
-def normalize(p: Param, text: str) -> str:
-    """The CTID.conf form of *text* for *p*; :class:`ParamError` if it does not fit."""
+def normalize(p: Param, text: str, *, host: bool = False) -> str:
+    """The CTID.conf form of *text* for *p*; :class:`ParamError` if it does not fit.
+    With *host*, also what must fit this host (a new ``vzctl set`` value: the CPUs
+    of CPUMASK); a stored CTID.conf is checked against the host at start."""
     k = p.kind
     if k in (ParamKind.INT, ParamKind.PERCENT):
         t = text.strip().removesuffix("%") if k is ParamKind.PERCENT else text.strip()
@@ -235,7 +271,7 @@ def normalize(p: Param, text: str) -> str:
             raise ParamError(f"{text!r} is {size} bytes; did you mean {text.strip()}M?")
         return f"0:{format_count(size if size == UNLIMITED else size // PAGE_SIZE)}"
     if k is ParamKind.CPUMASK:
-        cpus = parse_cpumask(text)
+        cpus = parse_cpumask(text, host=host)
         return "all" if cpus is None else format_cpumask(cpus)
     if "\n" in text:
         raise ParamError(f"{text!r}: a value cannot span lines")
@@ -367,7 +403,7 @@ def options_to_values(args: argparse.Namespace,
         try:
             if p.op is ListOp.SET:
                 text = " ".join(raw) if isinstance(raw, list) else str(raw)
-                out[p.key] = normalize(p, text)
+                out[p.key] = normalize(p, text, host=True)
                 continue
             base = out.get(p.key)
             if base is None:
