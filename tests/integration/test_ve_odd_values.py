@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +59,47 @@ def test_set_a_huge_cpumask_is_refused_quickly_in_little_memory(rt: Runtime) -> 
     r = _vzctl(rt, "set", str(CTID), "--cpumask", f"0-{n - 1}", "--save")
     assert r.returncode == 0, r.stderr
     assert rt.config(CTID).get("CPUMASK") in (f"0-{n - 1}", "0")
+
+
+def _mount_points() -> set[str]:
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+        return {line.split(" ")[4].replace("\\040", " ") for line in f}
+
+
+def test_mount_does_not_follow_a_planted_mount_point_link(rt: Runtime,
+                                                          tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "file").write_text("host data\n")
+    point = rt.paths.ve_root(CTID)
+    if point.is_dir() and not point.is_symlink():
+        point.rmdir()
+    point.symlink_to(elsewhere)
+    r = _vzctl(rt, "mount", str(CTID))
+    assert r.returncode == 0, r.stderr
+    try:
+        assert "Traceback" not in r.stderr
+        assert str(elsewhere) not in _mount_points(), "mounted through the link"
+        assert point.is_dir() and not point.is_symlink()
+        assert str(point) in _mount_points()
+        assert (point / "bin/busybox").exists()
+        assert [p.name for p in elsewhere.iterdir()] == ["file"]
+    finally:
+        r = _vzctl(rt, "umount", str(CTID))
+    assert r.returncode == 0, r.stderr
+    assert str(point) not in _mount_points() and str(elsewhere) not in _mount_points()
+
+
+def test_mount_refuses_a_private_area_that_is_a_link(rt: Runtime, tmp_path: Path) -> None:
+    private = rt.paths.private(CTID)
+    moved = tmp_path / "moved-private"
+    private.rename(moved)
+    private.symlink_to(moved)
+    try:
+        before = _mount_points()
+        r = _vzctl(rt, "mount", str(CTID))
+        assert_user_error(r, str(private), "symbolic link", "hint:")
+        assert _mount_points() == before
+    finally:
+        private.unlink()
+        moved.rename(private)

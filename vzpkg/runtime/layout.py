@@ -30,6 +30,13 @@ from vzpkg.runtime import libc
 from vzpkg.runtime.caches import CacheRef
 from vzpkg.runtime.paths import VzPaths
 
+_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
+UMOUNT_NOFOLLOW = 8
+# statvfs f_flag bits of a mount, and the mount(2) flags that keep them on a remount
+_KEPT_FLAGS = ((os.ST_RDONLY, libc.MS_RDONLY), (os.ST_NOSUID, libc.MS_NOSUID),
+               (os.ST_NOEXEC, libc.MS_NOEXEC), (os.ST_NOATIME, 1024),      # MS_NOATIME
+               (os.ST_NODIRATIME, 2048), (os.ST_RELATIME, 1 << 21))       # MS_RELATIME
+
 
 class Layout(StrEnum):
     PLAIN = "plain"
@@ -119,41 +126,127 @@ def is_mounted(path: Path) -> bool:
 
 
 def mount(paths: VzPaths, ctid: int, lay: Layout) -> Path:
-    """Mount the VE's root on ``root/CTID`` (a no-op if it already is).
+    """Mount the VE's root on ``root/CTID`` (a no-op if it already is), ``nodev``:
+    a device node planted in the VE's files opens nothing (the VE's /dev is a
+    tmpfs of its own).  Setuid programs keep working.
 
     *lay* comes from the VE's configuration, never from its files: a plain VE owns
-    its private area and could plant anything there."""
+    its private area and could plant anything there.  Neither ``root/CTID`` nor
+    ``private/CTID`` is followed through a symlink: the mount is made through
+    ``O_PATH | O_NOFOLLOW`` descriptors of the very directories checked."""
     target = paths.ve_root(ctid)
     private = paths.private(ctid)
-    if not private.is_dir():
+    if not private.is_dir() and not private.is_symlink():
         raise VeError(f"VE {ctid} has no private area {private}",
                       hint=f"create it: vzctl create {ctid} --ostemplate NAME")
-    target.mkdir(parents=True, exist_ok=True)
-    if is_mounted(target):
-        return target
+    src = _open_real_dir(private, f"the private area of VE {ctid}")
+    try:
+        dst = _mount_point(target)
+        try:
+            if is_mounted(target):
+                return target
+            _mount_on(dst, src, paths, ctid, lay)
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+    return target
+
+
+def _mount_on(dst: int, src: int, paths: VzPaths, ctid: int, lay: Layout) -> None:
+    """Mount the root of VE *ctid* on the directory open as *dst* (O_PATH)."""
+    target = paths.ve_root(ctid)
+    on = f"/proc/self/fd/{dst}"
     try:
         if lay is Layout.PLAIN:
-            libc.mount(str(private), str(target), None, libc.MS_BIND)
+            libc.mount(f"/proc/self/fd/{src}", on, None, libc.MS_BIND)
+            _remount_nodev(target, src)
         else:
+            private = paths.private(ctid)
             lower = shared_of(paths, ctid)
             opts = (f"lowerdir={lower},upperdir={private / 'upper'},"
                     f"workdir={private / 'work'}")
-            libc.mount("overlay", str(target), "overlay", 0, opts)
+            libc.mount("overlay", on, "overlay", libc.MS_NODEV, opts)
     except OSError as exc:
+        with contextlib.suppress(OSError):
+            if is_mounted(target):
+                libc.umount2(str(target), libc.MNT_DETACH | UMOUNT_NOFOLLOW)
         raise VeError(f"cannot mount the root of VE {ctid} on {target}: {exc.strerror}",
                       hint="the overlay layout needs overlayfs (modprobe overlay)") from None
-    return target
+
+
+def _remount_nodev(target: Path, src: int) -> None:
+    """Add nodev to the bind mount just made on *target*, keeping the per-mount
+    flags it took from the file system it came from (rw or ro, nosuid, noexec,
+    atime)."""
+    parent = os.open(target.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:        # a lookup by name crosses into the mount: its root, the private area
+        top = os.open(target.name, _PATH_FLAGS, dir_fd=parent)
+    finally:
+        os.close(parent)
+    try:
+        if _ident(top) != _ident(src):
+            raise OSError(errno.EBUSY, f"{target} is not the mount just made")
+        have = os.fstatvfs(top).f_flag
+        flags = libc.MS_BIND | libc.MS_REMOUNT | libc.MS_NODEV
+        for st_flag, ms_flag in _KEPT_FLAGS:
+            if have & st_flag:
+                flags |= ms_flag
+        libc.mount(None, f"/proc/self/fd/{top}", None, flags)
+    finally:
+        os.close(top)
+
+
+def _open_real_dir(path: Path, what: str) -> int:
+    """An O_PATH descriptor of directory *path*, which must not be a symlink."""
+    try:
+        return os.open(path, _PATH_FLAGS)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise VeError(f"cannot open {what} {path}: {exc.strerror}") from None
+    raise VeError(f"{what} {path} is a symbolic link or not a directory",
+                  hint="it must be the directory vzctl create made; move it back, or "
+                       "destroy and re-create the VE")
+
+
+def _mount_point(target: Path) -> int:
+    """An O_PATH descriptor of the directory ``root/CTID``, made if missing; a
+    symlink or file there (nothing vzctl made) is replaced by a directory."""
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    parent = os.open(target.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    name = target.name
+    try:
+        for _ in range(3):
+            try:
+                return os.open(name, _PATH_FLAGS, dir_fd=parent)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                os.unlink(name, dir_fd=parent)      # a link or a file: never followed
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o755, dir_fd=parent)
+        raise VeError(f"the mount point {target} keeps changing",
+                      hint="something else is working on that path; try again")
+    finally:
+        os.close(parent)
+
+
+def _ident(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
 
 
 def umount(paths: VzPaths, ctid: int) -> None:
     target = paths.ve_root(ctid)
     while is_mounted(target):
         try:
-            libc.umount2(str(target))
+            libc.umount2(str(target), UMOUNT_NOFOLLOW)
         except OSError as exc:
             if exc.errno != errno.EBUSY:
                 raise VeError(f"cannot unmount {target}: {exc.strerror}") from None
-            libc.umount2(str(target), libc.MNT_DETACH)
+            libc.umount2(str(target), libc.MNT_DETACH | UMOUNT_NOFOLLOW)
 
 
 def destroy(paths: VzPaths, ctid: int, lay: Layout) -> None:
@@ -172,7 +265,11 @@ def destroy(paths: VzPaths, ctid: int, lay: Layout) -> None:
                           hint="remove what is left by hand, then run vzctl destroy "
                                "again") from None
     with contextlib.suppress(OSError):
-        paths.ve_root(ctid).rmdir()
+        mount_point = paths.ve_root(ctid)
+        if mount_point.is_symlink():
+            mount_point.unlink()
+        else:
+            mount_point.rmdir()
     if shared is not None and not _shared_in_use(paths, shared):
         sha = shared.name
         with _flock(shared.with_name(sha + ".lock")):
