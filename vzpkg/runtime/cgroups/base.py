@@ -19,6 +19,10 @@ from vzpkg.runtime.params import UNLIMITED, parse_cpumask
 from vzpkg.runtime.ubc import Beancounter
 
 DEFAULT_PREFIX = "vzpkg"
+# A VE's processes live in <group>/LEAF; its limits sit on <group>.  On cgroup v2 a
+# group that enables controllers for its children may hold no processes itself, so
+# the leaf is what lets the VE's subtree be delegated; v1 does the same for symmetry.
+LEAF = "ve"
 _CTID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _NEAR_MAX = 1 << 62  # v1 reports "no limit" as LONG_MAX rounded down to a page
 
@@ -134,13 +138,50 @@ def signal_all(pids: Iterable[int], sig: int) -> None:
             os.kill(pid, sig)
 
 
+def make_dirs(dirs: Iterable[Path], made: list[Path]) -> None:
+    """mkdir each of *dirs* that is missing, in order; record the new ones in *made*."""
+    for d in dirs:
+        if not d.is_dir():
+            d.mkdir()
+            made.append(d)
+
+
+def undo_dirs(made: list[Path]) -> None:
+    for d in reversed(made):
+        with contextlib.suppress(OSError):
+            d.rmdir()
+
+
 class Cgroups(ABC):
-    """The VEs' cgroups: one group per VE, ``<controller root>/<prefix>/<ctid>``."""
+    """The VEs' cgroups: one group per VE, ``<controller root>/<prefix>/<ctid>``, its
+    processes in the group's ``ve`` leaf.
+
+    *extra* are hierarchies that hold no limits but must still place the VE's
+    processes in a group of their own (a v1 host's ``name=systemd`` hierarchy and its
+    controller-less cgroup2 mount): a cgroup namespace the VE's init makes after
+    :meth:`attach` is then rooted at the VE's group in every hierarchy, and
+    /proc/PID/cgroup of a VE never shows the host's tree."""
 
     version: int
 
-    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(self, prefix: str = DEFAULT_PREFIX, extra: Iterable[Path] = ()) -> None:
         self.prefix = prefix
+        self.extra = list(dict.fromkeys(Path(e) for e in extra))
+
+    def extra_groups(self, ctid: str) -> list[Path]:
+        return [e / self.prefix / check_ctid(ctid) for e in self.extra]
+
+    def _create_extra(self, ctid: str, made: list[Path]) -> None:
+        for g in self.extra_groups(ctid):
+            make_dirs((g.parent, g, g / LEAF), made)
+
+    def _attach_extra(self, ctid: str, pid: int) -> None:
+        for g in self.extra_groups(ctid):
+            write_file(g / LEAF / "cgroup.procs", str(pid), f"VE {ctid}: attach pid {pid}")
+
+    def _remove_extra(self, ctid: str) -> None:
+        for g in self.extra_groups(ctid):
+            rmdir_tree(g)
 
     @abstractmethod
     def create(self, ctid: str) -> None:

@@ -8,19 +8,21 @@ is frozen, every task gets SIGKILL, then it is thawed.
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from vzpkg.errors import VeError
+from vzpkg.runtime.cgroups import devices
 from vzpkg.runtime.cgroups.base import (
     DEFAULT_PREFIX,
+    LEAF,
     Cgroups,
     barrier_from,
     check_ctid,
     host_cpus,
+    make_dirs,
     pages,
     parse_pids,
     read_int,
@@ -29,12 +31,13 @@ from vzpkg.runtime.cgroups.base import (
     read_text,
     rmdir_tree,
     signal_all,
+    undo_dirs,
     walk_groups,
     write_file,
 )
 from vzpkg.runtime.cgroups.mapping import Write, host_has_swap, v1_writes
 from vzpkg.runtime.config import VeConfig
-from vzpkg.runtime.params import UNLIMITED
+from vzpkg.runtime.params import UNLIMITED, format_cpumask, parse_cpumask
 from vzpkg.runtime.ubc import Beancounter
 
 CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids", "freezer", "blkio", "devices")
@@ -44,8 +47,9 @@ _PROCS_FROM = ("pids", "freezer", "memory", "cpu")
 class CgroupsV1(Cgroups):
     version = 1
 
-    def __init__(self, mounts: Mapping[str, Path], prefix: str = DEFAULT_PREFIX) -> None:
-        super().__init__(prefix)
+    def __init__(self, mounts: Mapping[str, Path], prefix: str = DEFAULT_PREFIX,
+                 extra: Iterable[Path] = ()) -> None:
+        super().__init__(prefix, extra)
         self.mounts = {c: Path(p) for c, p in mounts.items() if c in CONTROLLERS}
         if not self.mounts:
             raise VeError("no cgroup v1 controller hierarchies found",
@@ -79,25 +83,62 @@ class CgroupsV1(Cgroups):
         return self._main(ctid).is_dir()
 
     def create(self, ctid: str) -> None:
+        """The group in every controller hierarchy (and every extra one), the device
+        policy on it while it has no children, then the ``ve`` leaf below it."""
+        check_ctid(ctid)
         made: list[Path] = []
+        groups = self._dirs(ctid)
         try:
-            for mount in self.mounts.values():
-                for d in (mount / self.prefix, mount / self.prefix / check_ctid(ctid)):
-                    if not d.is_dir():
-                        d.mkdir()
-                        made.append(d)
+            for g in groups:
+                make_dirs((g.parent, g), made)
             if "cpuset" in self.mounts:  # also repairs a group left empty by a crash
                 base = self.mounts["cpuset"] / self.prefix
                 _inherit_cpuset(base)
                 _inherit_cpuset(base / ctid)
+            dev = self.group("devices", ctid)
+            if dev is not None:
+                self._devices(dev, ctid)
+            make_dirs((g / LEAF for g in groups), made)
+            if "cpuset" in self.mounts:
+                _inherit_cpuset(self.mounts["cpuset"] / self.prefix / ctid / LEAF)
+            self._create_extra(ctid, made)
+            # a real v1 host without the devices controller needs the BPF layer
+            self._extra_devices(ctid, required=dev is None
+                                and devices.is_cgroup1(self._main(ctid)))
         except (OSError, VeError) as exc:
-            for d in reversed(made):
-                with contextlib.suppress(OSError):
-                    d.rmdir()
+            undo_dirs(made)
             if isinstance(exc, VeError):
                 raise
             raise VeError(f"VE {ctid}: cannot create its cgroup: {exc}",
                           hint="cgroups can only be created by root") from None
+
+    def _devices(self, g: Path, ctid: str) -> None:
+        """Deny by default (devices.py).  The kernel refuses that on a group with
+        children, so an empty leaf a crash left behind goes first."""
+        if (g / LEAF).is_dir() and not devices.v1_in_place(g):
+            if parse_pids(read_text(g / LEAF / "cgroup.procs")):
+                raise VeError(f"VE {ctid}: processes are still in {g / LEAF}",
+                              hint="stop the VE first")
+            (g / LEAF).rmdir()
+        if (g / "devices.deny").exists():
+            devices.v1_apply(g, ctid)
+
+    def _extra_devices(self, ctid: str, *, required: bool) -> None:
+        """The same policy as a BPF program on a cgroup2 hierarchy beside the v1 ones:
+        a second layer, or the only one when the devices controller is not mounted."""
+        for g in self.extra_groups(ctid):
+            if devices.is_cgroup2(g):
+                try:
+                    devices.v2_attach(g, ctid)
+                    required = False
+                except VeError:
+                    if required:
+                        raise
+        if required:
+            raise VeError(f"VE {ctid}: no device policy can be enforced: the cgroup v1 "
+                          "devices controller is not mounted and there is no cgroup2 "
+                          "hierarchy", hint="mount the devices controller "
+                          "(mount -t cgroup -o devices none /sys/fs/cgroup/devices)")
 
     def writes(self, cfg: VeConfig) -> list[Write]:
         cpuset = self.mounts.get("cpuset")
@@ -120,11 +161,16 @@ class CgroupsV1(Cgroups):
                 continue
             todo.append((g / w.file, w))
         for f, w in todo:
-            write_file(f, w.value, f"VE {ctid}: {w.param}")
+            if f.name == "cpuset.cpus" and (f.parent / LEAF / f.name).exists():
+                _set_cpus(f.parent, w.value, f"VE {ctid}: {w.param}")
+            else:
+                write_file(f, w.value, f"VE {ctid}: {w.param}")
 
     def attach(self, ctid: str, pid: int) -> None:
         for d in self._dirs(ctid):
-            write_file(d / "cgroup.procs", str(pid), f"VE {ctid}: attach pid {pid}")
+            leaf = d / LEAF if (d / LEAF).is_dir() else d   # a group made before leaves
+            write_file(leaf / "cgroup.procs", str(pid), f"VE {ctid}: attach pid {pid}")
+        self._attach_extra(ctid, pid)
 
     def procs(self, ctid: str) -> list[int]:
         pids: set[int] = set()
@@ -158,6 +204,7 @@ class CgroupsV1(Cgroups):
                           "are still in it", hint="stop the VE first")
         for d in self._dirs(ctid):
             rmdir_tree(d)
+        self._remove_extra(ctid)
 
     def list_ctids(self) -> list[str]:
         base = self._main("0").parent
@@ -179,7 +226,8 @@ class CgroupsV1(Cgroups):
             out.append(Beancounter(
                 "numproc", held, read_int(pids / "pids.peak") or held,
                 barrier_from(cfg, "NUMPROC", limit), limit,
-                read_keyed(pids / "pids.events").get("max", 0)))
+                # v1 counts a refused fork where it happened: in the leaf
+                sum(read_keyed(d / "pids.events").get("max", 0) for d in walk_groups(pids))))
         return out
 
 
@@ -191,7 +239,8 @@ def _memory_counters(g: Path, cfg: VeConfig | None) -> list[Beancounter]:
     out = [Beancounter("kmemsize", read_int(g / "memory.kmem.usage_in_bytes") or 0,
                        read_int(g / "memory.kmem.max_usage_in_bytes") or 0,
                        UNLIMITED, UNLIMITED, read_int(g / "memory.kmem.failcnt") or 0)]
-    oom = read_keyed(g / "memory.oom_control").get("oom_kill", 0)
+    # v1 counts an OOM kill in the group of the victim: the VE's leaf
+    oom = sum(read_keyed(d / "memory.oom_control").get("oom_kill", 0) for d in walk_groups(g))
     # With memsw equal to the RAM limit (no swap) the kernel refuses charges at memsw,
     # whose failcnt it may not count; an OOM kill then is the evidence of the hit.
     fails = read_int(g / "memory.failcnt") or 0
@@ -212,6 +261,25 @@ def _memory_counters(g: Path, cfg: VeConfig | None) -> list[Beancounter]:
     return out
 
 
+def _cpus(text: str | None) -> set[int]:
+    return set(parse_cpumask((text or "").strip()) or ()) if (text or "").strip() else set()
+
+
+def _set_cpus(g: Path, value: str, what: str) -> None:
+    """Move group *g* to CPUs *value* while its leaf has tasks: v1 wants the leaf's
+    CPUs within the group's, and never empty, at every step."""
+    leaf = g / LEAF / "cpuset.cpus"
+    new = _cpus(value)
+    both = new & _cpus(read_text(leaf))
+    if both:
+        steps = [(leaf, both), (g / "cpuset.cpus", new), (leaf, new)]
+    else:
+        grp = _cpus(read_text(g / "cpuset.cpus"))
+        steps = [(g / "cpuset.cpus", grp | new), (leaf, new), (g / "cpuset.cpus", new)]
+    for f, cpus in steps:
+        write_file(f, format_cpumask(sorted(cpus)), what)
+
+
 def _inherit_cpuset(d: Path) -> None:
     """A new v1 cpuset group starts with no CPUs and no memory nodes: copy the parent's."""
     for f in ("cpuset.cpus", "cpuset.mems"):
@@ -219,22 +287,43 @@ def _inherit_cpuset(d: Path) -> None:
             write_file(d / f, (read_text(d.parent / f) or "").strip(), f"cgroup {d}")
 
 
-def find_mounts(root: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> dict[str, Path]:
-    """controller -> mount point of the v1 hierarchies at or below *root*."""
-    out: dict[str, Path] = {}
+def _cgroup_mounts(root: Path, mountinfo: Path) -> list[tuple[str, Path, list[str]]]:
+    """(fs type, mount point, super options) of the cgroup mounts at or below *root*."""
     try:
         lines = mountinfo.read_text().splitlines()
     except OSError:
         lines = []
+    out = []
     for line in lines:
         left, _, right = line.partition(" - ")
         fields, rfields = left.split(), right.split()
-        if len(fields) < 5 or len(rfields) < 3 or rfields[0] != "cgroup":
+        if len(fields) < 5 or len(rfields) < 3 or rfields[0] not in ("cgroup", "cgroup2"):
             continue
         point = Path(fields[4].replace("\\040", " "))
-        if point != root and root not in point.parents:
+        if point == root or root in point.parents:
+            out.append((rfields[0], point, rfields[2].split(",")))
+    return out
+
+
+def find_extra(root: Path, mountinfo: Path = Path("/proc/self/mountinfo"),
+               skip: Path | None = None) -> list[Path]:
+    """Hierarchies at or below *root* without resource controllers that processes are
+    still placed in: named v1 ones (``name=systemd``) and cgroup2 mounts (but *skip*)."""
+    out: list[Path] = []
+    for fstype, point, opts in _cgroup_mounts(root, mountinfo):
+        if point == skip or point in out:
             continue
-        for opt in rfields[2].split(","):
+        named = any(o.startswith("name=") for o in opts)
+        if fstype == "cgroup2" or (named and not any(o in CONTROLLERS for o in opts)):
+            out.append(point)
+    return out
+
+
+def find_mounts(root: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> dict[str, Path]:
+    """controller -> mount point of the v1 hierarchies at or below *root*."""
+    out: dict[str, Path] = {}
+    for fstype, point, opts in _cgroup_mounts(root, mountinfo):
+        for opt in opts if fstype == "cgroup" else ():
             if opt in CONTROLLERS:
                 out.setdefault(opt, point)
     if not out:  # a plain directory tree (tests), or mountinfo unreadable

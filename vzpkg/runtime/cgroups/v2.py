@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from vzpkg.errors import VeError
+from vzpkg.runtime.cgroups import devices
 from vzpkg.runtime.cgroups.base import (
     DEFAULT_PREFIX,
+    LEAF,
     Cgroups,
     barrier_from,
     check_ctid,
     host_cpus,
+    make_dirs,
     pages,
     parse_pids,
     read_int,
@@ -28,6 +32,7 @@ from vzpkg.runtime.cgroups.base import (
     read_text,
     rmdir_tree,
     signal_all,
+    undo_dirs,
     walk_groups,
     write_file,
 )
@@ -44,8 +49,8 @@ class CgroupsV2(Cgroups):
     wanted: tuple[str, ...] = WANTED  # controllers create() enables where offered
 
     def __init__(self, root: Path = Path("/sys/fs/cgroup"),
-                 prefix: str = DEFAULT_PREFIX) -> None:
-        super().__init__(prefix)
+                 prefix: str = DEFAULT_PREFIX, extra: Iterable[Path] = ()) -> None:
+        super().__init__(prefix, extra)
         self.root = Path(root)
 
     def __repr__(self) -> str:
@@ -62,26 +67,28 @@ class CgroupsV2(Cgroups):
         return self.group(ctid).is_dir()
 
     def create(self, ctid: str) -> None:
+        """The group with the controllers enabled for its ``ve`` leaf (where the
+        processes go: a group with controllers for its children may hold none),
+        and the device policy (a BPF program, devices.py) on it."""
         base = self.root / self.prefix
+        g = self.group(ctid)
         made: list[Path] = []
         try:
             self._enable(self.root)
-            if not base.is_dir():
-                base.mkdir()
-                made.append(base)
+            make_dirs((base,), made)
             self._enable(base)
-            g = self.group(ctid)
-            if not g.is_dir():
-                g.mkdir()
-                made.append(g)
+            make_dirs((g,), made)
+            self._enable(g)
+            make_dirs((g / LEAF,), made)
+            if devices.is_cgroup2(g):   # (not in the unit tests' directory trees)
+                devices.v2_attach(g, ctid)
+            self._create_extra(ctid, made)
         except OSError as exc:
-            for d in reversed(made):
-                d.rmdir()
+            undo_dirs(made)
             raise VeError(f"VE {ctid}: cannot create its cgroup under {base}: {exc}",
                           hint="cgroups can only be created by root") from None
         except VeError:
-            for d in reversed(made):
-                d.rmdir()
+            undo_dirs(made)
             raise
 
     def _enable(self, where: Path) -> None:
@@ -120,7 +127,10 @@ class CgroupsV2(Cgroups):
             write_file(g / w.file, w.value, f"VE {ctid}: {w.param}")
 
     def attach(self, ctid: str, pid: int) -> None:
-        write_file(self.group(ctid) / "cgroup.procs", str(pid), f"VE {ctid}: attach pid {pid}")
+        g = self.group(ctid)
+        leaf = g / LEAF if (g / LEAF).is_dir() else g   # a group made before leaves
+        write_file(leaf / "cgroup.procs", str(pid), f"VE {ctid}: attach pid {pid}")
+        self._attach_extra(ctid, pid)
 
     def procs(self, ctid: str) -> list[int]:
         pids: set[int] = set()
@@ -151,12 +161,14 @@ class CgroupsV2(Cgroups):
     def remove(self, ctid: str) -> None:
         g = self.group(ctid)
         if not g.is_dir():
+            self._remove_extra(ctid)
             return
         left = self.procs(ctid)
         if left:
             raise VeError(f"VE {ctid}: cannot remove its cgroup, processes {left[:10]} "
                           "are still in it", hint="stop the VE first")
         rmdir_tree(g)
+        self._remove_extra(ctid)
 
     def list_ctids(self) -> list[str]:
         try:
