@@ -135,3 +135,28 @@ def test_v2_device_program_denies_a_block_device() -> None:
             time.sleep(0.01)
         v2.remove(ctid)
         (UNIFIED / "vzpkg-devtest").rmdir()
+
+
+def test_cpumask_moves_live_while_the_leaf_has_tasks() -> None:
+    """v1 wants a child's CPUs within its parent's at every step: moving a running VE
+    from CPU 0 to CPU 1 and back to all CPUs works with its processes in the leaf."""
+    from vzpkg.runtime.cgroups import detect
+    from vzpkg.runtime.config import VeConfig
+    cg = detect(prefix="vzpkg-cputest")
+    if os.cpu_count() is None or (os.cpu_count() or 1) < 2:
+        pytest.skip("needs two CPUs")
+    ctid = f"c{os.getpid()}"
+    cg.create(ctid)
+    p = subprocess.Popen(["sleep", "60"], preexec_fn=lambda: cg.attach(ctid, os.getpid()))
+    try:
+        for mask, want in (("0", {0}), ("1", {1}), ("0-1", {0, 1})):
+            cg.apply(ctid, VeConfig.parse(f'CPUMASK="{mask}"\n'))
+            assert os.sched_getaffinity(p.pid) == want, mask
+    finally:
+        cg.kill_all(ctid)
+        p.wait(5)
+        cg.remove(ctid)
+        for top in {*getattr(cg, "mounts", {}).values(), *cg.extra,
+                    *([cg.root] if isinstance(cg, CgroupsV2) else [])}:
+            if (top / "vzpkg-cputest").is_dir():
+                (top / "vzpkg-cputest").rmdir()
