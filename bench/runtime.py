@@ -1,6 +1,7 @@
 """The runtime's speed and density, against bare baselines in the same run.
 
     python bench/runtime.py [--cache-dir DIR] [--name CACHE] [--runs N] [--density N]
+                            [--against REF [--rounds N]]
 
 Uses the Debian cache from the builder when one is found (--cache-dir,
 $VZPKG_CACHE_DIR, caches/ of the repository), else a busybox cache made with
@@ -16,6 +17,11 @@ $VZPKG_CACHE_DIR, caches/ of the repository), else a busybox cache made with
 
 Targets (issue 5): plain create <= 1.2x tar, overlay create < 50 ms, start < 150 ms,
 overhead per idle VE < 2 MB.  Needs root.  Writes bench/results/runtime.json.
+
+``--against REF`` compares this checkout's create (plain, overlay), start, exec and
+stop with the code at git revision REF (checked out in a temporary worktree) in
+the same run: --rounds alternating rounds, each in a fresh process per side, and
+reports each side's median and the ratio this/REF (bench/results/runtime_vs_REF.json).
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# VZBENCH_CODE: run against another checkout's vzpkg (see --against)
+sys.path.insert(0, os.environ.get("VZBENCH_CODE") or str(Path(__file__).resolve().parents[1]))
 
 from bench.common import median, write_results
 from tests.runtime_helpers import BUSYBOX_NAME, find_debian_cache, make_busybox_cache
@@ -145,6 +152,79 @@ def bench_start_stop(rt: Runtime, name: str, work: Path, runs: int) -> dict[str,
     }
 
 
+def bench_ops(rt: Runtime, name: str, runs: int) -> dict[str, list[float]]:
+    """One side of --against: seconds per create (plain, overlay), start, exec
+    (/bin/true in a running VE) and stop, *runs* of each."""
+    devnull = os.open("/dev/null", os.O_RDWR)
+    out: dict[str, list[float]] = {k: [] for k in ("create_plain", "create_overlay",
+                                                   "start", "exec", "stop")}
+    keep = BASE + 98
+    rt.create(keep, name, layout_name="overlay")        # holds the shared copy
+    try:
+        t0 = time.perf_counter()
+        rt.create(BASE, name, layout_name="plain")
+        out["create_plain"].append(time.perf_counter() - t0)
+        rt.destroy(BASE)
+        for i in range(runs):
+            ctid = BASE + 1 + i
+            t0 = time.perf_counter()
+            rt.create(ctid, name, layout_name="overlay", ipadd=[f"198.18.81.{i + 1}"])
+            out["create_overlay"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            rt.start(ctid)
+            out["start"].append(time.perf_counter() - t0)
+            for _ in range(3):
+                t0 = time.perf_counter()
+                assert rt.exec(ctid, ["/bin/true"], (devnull, devnull, devnull)) == 0
+                out["exec"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            rt.stop(ctid)
+            out["stop"].append(time.perf_counter() - t0)
+            rt.destroy(ctid)
+    finally:
+        os.close(devnull)
+        rt.destroy(keep)
+    return out
+
+
+def against(ref: str, cache_dir: Path, name: str, rounds: int, runs: int, work: Path
+            ) -> dict[str, Any]:
+    """This checkout against *ref*, alternating rounds in fresh processes."""
+    import json
+    repo = Path(__file__).resolve().parents[1]
+    tree = work / "ref"
+    subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", "-f", str(tree),
+                    ref], check=True, capture_output=True)
+    sides = {"this": repo, "ref": tree}
+    got: dict[str, dict[str, list[float]]] = {s: {} for s in sides}
+    try:
+        for rnd in range(rounds):
+            for side in (("this", "ref") if rnd % 2 == 0 else ("ref", "this")):
+                env = {**os.environ, "VZBENCH_CODE": str(sides[side])}
+                r = subprocess.run([sys.executable, str(Path(__file__).resolve()),
+                                    "--ops-json", "--cache-dir", str(cache_dir), "--name",
+                                    name, "--runs", str(runs), "--workdir", str(work)],
+                                   env=env, capture_output=True, text=True, check=False)
+                if r.returncode != 0:
+                    raise SystemExit(f"{side} round {rnd} failed:\n{r.stderr[-3000:]}")
+                for k, v in json.loads(r.stdout.splitlines()[-1]).items():
+                    got[side].setdefault(k, []).extend(v)
+            print(f"round {rnd + 1}/{rounds} done", flush=True)
+    finally:
+        subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tree)],
+                       check=False, capture_output=True)
+    rev = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", ref],
+                         capture_output=True, text=True, check=False).stdout.strip()
+    res: dict[str, Any] = {"against": ref, "against_rev": rev, "cache": name,
+                           "rounds": rounds, "runs_per_round": runs}
+    for k in got["this"]:
+        a, b = median(got["this"][k]), median(got["ref"][k])
+        res[f"{k}_ms"] = _ms(a)
+        res[f"{k}_ref_ms"] = _ms(b)
+        res[f"{k}_vs_ref"] = round(a / b, 3)
+    return res
+
+
 def bench_density(rt: Runtime, name: str, n: int) -> dict[str, Any]:
     ids = [BASE + 100 + i for i in range(n)]
     for c in ids:
@@ -189,6 +269,10 @@ def main() -> int:
     ap.add_argument("--density", type=int, default=100)
     ap.add_argument("--workdir", type=Path, default=None,
                     help="scratch directory (default: a temporary one under /var/tmp)")
+    ap.add_argument("--against", metavar="REF",
+                    help="compare create/start/exec/stop with the code at git REF")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds (--against)")
+    ap.add_argument("--ops-json", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench/runtime.py needs root (namespaces, mounts, cgroups)", file=sys.stderr)
@@ -203,6 +287,16 @@ def main() -> int:
             cache_dir, name = work / "caches", BUSYBOX_NAME
             make_busybox_cache(cache_dir)
         rt = Runtime(VzPaths(work / "vz"), [cache_dir])
+        if args.ops_json:
+            import json
+            print(json.dumps(bench_ops(rt, name, args.runs)))
+            return 0
+        if args.against:
+            cmp = against(args.against, cache_dir, name, args.rounds, args.runs, work)
+            print(cmp, flush=True)
+            safe = "".join(c if c.isalnum() else "_" for c in args.against)
+            print(f"wrote {write_results(f'runtime_vs_{safe}', cmp)}")
+            return 0
         tarball = rt.find_cache(name).tarball
         print(f"cache {name} ({tarball.stat().st_size >> 20} MiB), {args.runs} runs",
               flush=True)

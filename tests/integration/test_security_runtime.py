@@ -381,3 +381,24 @@ def test_planted_fifos_hang_neither_set_nor_start(rt: Runtime) -> None:
         assert "after" in out, out
     finally:
         rt.destroy(ctid)
+
+
+def test_dev_is_nodev_and_run_is_sized_per_ve(rt: Runtime) -> None:
+    """Hardening: a device node that turns up in the VE's /dev (here made by the
+    host through /proc/PID/root; a VE cannot mknod) cannot be opened, even one the
+    devices cgroup allows, while the standard nodes work; /run is a fifth of the
+    VE's RAM limit."""
+    ctid = 9508
+    rt.create(ctid, "busybox-1")
+    assert vzctl(rt, "set", str(ctid), "--ram", "100M", "--save").returncode == 0
+    pid = rt.start(ctid)
+    try:
+        os.mknod(f"/proc/{pid}/root/dev/extra-null", 0o666 | 0o020000, os.makedev(1, 3))
+        code, out = sh(rt, ctid, "echo x > /dev/extra-null")
+        assert code != 0 and "denied" in out, out
+        code, out = sh(rt, ctid, "echo x > /dev/null && head -c 4 /dev/zero | wc -c && "
+                                 "grep ' /run ' /proc/mounts")
+        assert code == 0, out
+        assert "size=20480k" in out, out
+    finally:
+        rt.destroy(ctid)

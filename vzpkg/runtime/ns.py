@@ -108,11 +108,25 @@ def _mountpoint(path: str) -> str:
 
 
 def _mount_dev() -> None:
+    """The VE's /dev: a nodev tmpfs in which each standard node is a bind mount of
+    a node we made on a tmpfs of our own, now covered (never the host's nodes).
+    A device node that appears in /dev by any other way cannot be opened."""
     dev = _mountpoint("/dev")
-    libc.mount("tmpfs", dev, "tmpfs", libc.MS_NOSUID | libc.MS_NOEXEC, "mode=755,size=64k")
-    for name, major, minor in _DEVICES:
-        os.mknod(f"{dev}/{name}", 0o666 | stat.S_IFCHR, os.makedev(major, minor))
-        os.chmod(f"{dev}/{name}", 0o666)
+    libc.mount("tmpfs", dev, "tmpfs", libc.MS_NOSUID | libc.MS_NOEXEC, "mode=755,size=16k")
+    nodes: list[tuple[str, int]] = []
+    try:
+        for name, major, minor in _DEVICES:
+            os.mknod(f"{dev}/{name}", 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+            os.chmod(f"{dev}/{name}", 0o666)
+            nodes.append((name, os.open(f"{dev}/{name}", os.O_PATH | os.O_NOFOLLOW)))
+        libc.mount("tmpfs", dev, "tmpfs", libc.MS_NOSUID | libc.MS_NOEXEC | libc.MS_NODEV,
+                   "mode=755,size=64k")
+        for name, fd in nodes:
+            open(f"{dev}/{name}", "w").close()
+            libc.mount(f"/proc/self/fd/{fd}", f"{dev}/{name}", None, libc.MS_BIND)
+    finally:
+        for _, fd in nodes:
+            os.close(fd)
     # The console leads nowhere: init's output is discarded.
     open(f"{dev}/console", "w").close()
     libc.mount(f"{dev}/null", f"{dev}/console", None, libc.MS_BIND)
@@ -143,8 +157,8 @@ def _setup_mounts(root: Path, run_size: str) -> None:
     libc.umount2(".", libc.MNT_DETACH)
     os.chdir("/")
     nosuid = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
+    libc.mount("proc", _mountpoint("/proc"), "proc", nosuid)   # first: _mount_dev uses it
     _mount_dev()
-    libc.mount("proc", _mountpoint("/proc"), "proc", nosuid)
     for name in _RO_PROC:
         if os.path.exists(f"/proc/{name}"):
             _mount_ro_bind(f"/proc/{name}")
