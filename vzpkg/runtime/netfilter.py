@@ -183,10 +183,3 @@ def _delete(table: str, elems: list[tuple[str, str, str | None]]) -> None:
              for s, i, a in elems]
     _nft(["-f", "-"], "\n".join(lines) + "\n")
 
-
-def rules_of(hif: str) -> list[str]:
-    """What the filter holds for *hif*: "ves", "src4 ADDR", ... (for vzlist and tests)."""
-    if shutil.which("nft") is None:
-        return []
-    return sorted(s if a is None else f"{s} {a}" for table in tables()
-                  for s, i, a in _listed(table) if i == hif)
