@@ -47,6 +47,7 @@ from vzpkg.packages import read_installed
 from vzpkg.payloads import enabled as payloads_enabled
 from vzpkg.pgpkeys import ParseError, keyring_bytes
 from vzpkg.pkgcache import CachingProxy
+from vzpkg.sandbox import Sandbox
 from vzpkg.store import CacheStore
 
 Progress = Callable[[str, str], None]   # (cache name, message)
@@ -145,6 +146,7 @@ class _Build:
         self.log.path.write_text(f"vzpkg {__version__}: {plan.name} digest {plan.digest}\n")
         self.tasks: list[_Task[object]] = []
         self.closers: list[Callable[[], None]] = []
+        self.sandbox = Sandbox()      # the build's network namespace, made when needed
 
     def later(self, fn: Callable[[], T]) -> _Task[T]:
         """Run *fn* beside the build; joined by close() at the latest."""
@@ -187,7 +189,8 @@ class _Build:
         return BuildContext(plan=self.plan, pkg_cache=self.settings.pkg_cache_dir,
                             proxy=proxy, work=self.work, keyring=keyring, log=self.log,
                             offline=self.offline, running=running,
-                            payloads=payloads_enabled(os.environ, self.settings.config))
+                            payloads=payloads_enabled(os.environ, self.settings.config),
+                            sandbox=self.sandbox)
 
     def pack_and_commit(self, backend: Backend, root: Path, source_date: int,
                         repo_digest: str,
@@ -227,6 +230,7 @@ class _Build:
                 with contextlib.suppress(Exception):   # the build's own error wins
                     task.result()
         finally:
+            self.sandbox.close()
             close_work(self.work)
 
 
@@ -273,7 +277,8 @@ def build(plan: Plan, settings: Settings, *, force: bool = False, offline: bool 
         script = plan.script(ScriptStage.POST_INSTALL)
         if script and backend.ve_ahead:
             with contextlib.suppress(BuildError, OSError):   # then it is made when needed
-                ahead.append(StartedScript(root, b.log, script, script_env(plan, None)))
+                ahead.append(StartedScript(root, b.log, script, script_env(plan, None),
+                                           b.sandbox))
                 b.closers.append(ahead[0].stop)
     try:
         with b.store.lock(plan.name), \
@@ -301,7 +306,7 @@ def build(plan: Plan, settings: Settings, *, force: bool = False, offline: bool 
             script = plan.script(ScriptStage.POST_INSTALL)
             if script:
                 b.say("post-install script")
-                with BuildVE(root, b.log) as ve:
+                with BuildVE(root, b.log, b.sandbox) as ve:
                     ve.run_script(script, script_env(plan, None), *ahead)
             b.say("finalizing")
             backend.clean(root)
@@ -352,7 +357,7 @@ def update(plan: Plan, settings: Settings, *, offline: bool = False,
             b.say("unpacking the cache")
             from vzpkg import archive
             archive.unpack(tarball, root)
-            with BuildVE(root, b.log) as ve:
+            with BuildVE(root, b.log, b.sandbox) as ve:
                 env = script_env(plan, None)
                 for stage in (ScriptStage.PRE_UPDATE, None, ScriptStage.POST_UPDATE):
                     if stage is None:

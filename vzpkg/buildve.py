@@ -1,15 +1,21 @@
 """The temporary VE used while building.
 
-Every command that touches a build root runs inside fresh pid, mount, uts and ipc
-namespaces (util-linux ``unshare``) with private mount propagation, under
-``setpriv --pdeathsig KILL`` and ``unshare --kill-child``.  Consequences:
+Every command that touches a build root runs in the build's sandbox
+(vzpkg.sandbox): fresh pid, mount, uts and ipc namespaces that die with the
+build (``setpriv --pdeathsig KILL``, ``unshare --kill-child``), the tree made
+the root by pivot_root with the host's root detached, the build's own network
+namespace (loopback and the package proxy only), and the capabilities bounded
+to what dpkg, rpm and maintainer scripts need.  Consequences:
 
 * /proc, /sys and /dev are mounted for in-VE scripts *inside* that mount
   namespace only, so they vanish when the command ends: the host never sees
   them, and a build killed with SIGKILL leaves no mount behind;
 * when vzpkg dies, ``unshare`` gets SIGKILL, its child (PID 1 of the new pid
   namespace) gets SIGKILL, and the kernel kills every process left in that
-  namespace: daemons started by maintainer scripts cannot outlive the build.
+  namespace: daemons started by maintainer scripts cannot outlive the build;
+* a script that chroots and climbs ``..``, or follows /proc/1/root, ends at
+  the tree's own root; it cannot mount, make device nodes or reach the host's
+  network.
 
 In-VE scripts additionally get ``/usr/sbin/policy-rc.d`` (exit 101) so
 Debian's invoke-rc.d starts no daemons.
@@ -30,34 +36,7 @@ from types import TracebackType
 
 from vzpkg.errors import BuildError, VzError
 from vzpkg.metadata.model import Script
-
-CONTAIN = ("setpriv", "--pdeathsig", "KILL", "--",
-           "unshare", "--pid", "--mount", "--uts", "--ipc", "--fork", "--kill-child",
-           "--propagation", "private", "--")
-
-# Runs in the new namespaces, before chroot: $1 is the root, the rest the command.
-_ENTER = r"""
-set -eu
-R=$1; shift
-mkdir -p "$R/proc" "$R/sys" "$R/dev" "$R/run" "$R/tmp"
-mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
-mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$R/sys"
-mount -t tmpfs -o mode=755,nosuid,size=64k dev "$R/dev"
-for n in null zero full random urandom tty; do
-    : > "$R/dev/$n"; mount --bind "/dev/$n" "$R/dev/$n"
-done
-mkdir -p "$R/dev/pts" "$R/dev/shm"
-mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts "$R/dev/pts"
-ln -s pts/ptmx "$R/dev/ptmx"
-ln -s /proc/self/fd "$R/dev/fd"
-mount -t tmpfs -o mode=1777,nosuid,nodev shm "$R/dev/shm"
-mount -t tmpfs -o mode=755,nosuid,nodev run "$R/run"
-hostname vzpkg-build
-exec chroot "$R" "$@"
-"""
-# The same, made ahead of time: waits for a line on stdin before entering (EOF: not
-# needed after all).
-_ENTER_LATER = _ENTER.replace('exec chroot', 'IFS= read -r go || exit 0\nexec chroot')
+from vzpkg.sandbox import Command, Sandbox, stop
 
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -77,30 +56,31 @@ class BuildLog:
         with self.path.open("a", encoding="utf-8") as f:
             f.write(text if text.endswith("\n") else text + "\n")
 
-    def run(self, argv: Sequence[str], *, step: str, env: Mapping[str, str] | None = None,
-            cwd: Path | None = None, hint: str | None = None,
-            started: Callable[[], None] | None = None) -> None:
+    def run(self, argv: Sequence[str] | Command, *, step: str,
+            env: Mapping[str, str] | None = None, cwd: Path | None = None,
+            hint: str | None = None, started: Callable[[], None] | None = None) -> None:
         """Run a command, output appended to the log; BuildError naming *step* if
         it fails, with the last lines of its output in the message.  *started* is
         called once the command runs."""
-        self.write(f"$ {' '.join(argv)}")
+        self.write(f"$ {' '.join(_argv(argv))}")
         proc = self.spawn(argv, step=step, env=env, cwd=cwd)
         if started is not None:
             started()
         self.follow(proc, step=step, hint=hint)
 
-    def spawn(self, argv: Sequence[str], *, step: str, env: Mapping[str, str] | None = None,
-              cwd: Path | None = None, stdin: int = subprocess.DEVNULL
-              ) -> subprocess.Popen[bytes]:
+    def spawn(self, argv: Sequence[str] | Command, *, step: str,
+              env: Mapping[str, str] | None = None, cwd: Path | None = None,
+              stdin: int = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
         """Start a command whose output (stdout and stderr) :meth:`follow` reads."""
         full_env = {"PATH": SAFE_PATH, "LC_ALL": "C.UTF-8", "HOME": "/root",
                     **(env or {})}
+        fds = argv.pass_fds if isinstance(argv, Command) else ()
         try:
-            return subprocess.Popen(list(argv), stdout=subprocess.PIPE,
+            return subprocess.Popen(_argv(argv), stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, stdin=stdin,
-                                    env=full_env, cwd=cwd)
+                                    env=full_env, cwd=cwd, pass_fds=fds)
         except FileNotFoundError:
-            raise BuildError(step, f"command not found: {argv[0]}",
+            raise BuildError(step, f"command not found: {_argv(argv)[0]}",
                              hint="run 'make setup' (tools/install-system-deps) to "
                                   "install the host tools") from None
 
@@ -125,10 +105,8 @@ class BuildLog:
                                    f"    {out}", log=str(self.path), hint=hint)
 
 
-def contained(argv: Sequence[str]) -> list[str]:
-    """*argv* wrapped to run in private pid/mount/uts/ipc namespaces that die
-    with us (see the module docstring)."""
-    return [*CONTAIN, *argv]
+def _argv(argv: Sequence[str] | Command) -> list[str]:
+    return list(argv.argv if isinstance(argv, Command) else argv)
 
 
 def script_env(base: Mapping[str, str], stage: str) -> dict[str, str]:
@@ -140,14 +118,17 @@ class BuildVE:
 
     Entering installs policy-rc.d; leaving removes it.  Each :meth:`run` gets its
     own namespaces and mounts (see the module docstring), so nothing needs to be
-    unmounted here.
+    unmounted here.  *sandbox* is the build's (its network namespace); without
+    one the VE makes its own and closes it on leaving.
     """
 
     POLICY = "usr/sbin/policy-rc.d"
 
-    def __init__(self, root: Path, log: BuildLog) -> None:
+    def __init__(self, root: Path, log: BuildLog, sandbox: Sandbox | None = None) -> None:
         self.root = root
         self.log = log
+        self.sandbox = sandbox if sandbox is not None else Sandbox()
+        self._own_sandbox = sandbox is None
         self._policy_added = False
 
     def __enter__(self) -> BuildVE:
@@ -162,13 +143,13 @@ class BuildVE:
                  tb: TracebackType | None) -> None:
         if self._policy_added:
             (self.root / self.POLICY).unlink(missing_ok=True)
+        if self._own_sandbox:
+            self.sandbox.close()
 
     def run(self, argv: Sequence[str], *, step: str,
             env: Mapping[str, str] | None = None, hint: str | None = None) -> None:
         """Run *argv* inside the VE; BuildError naming *step* on failure."""
-        self.log.run(contained(["/bin/sh", "-c", _ENTER, "vzpkg-enter", str(self.root),
-                                *argv]),
-                     step=step, env=env, hint=hint)
+        self.log.run(self.sandbox.ve(self.root, argv), step=step, env=env, hint=hint)
 
     def run_script(self, script: Script, env: Mapping[str, str],
                    started: StartedScript | None = None) -> None:
@@ -214,7 +195,7 @@ class StartedScript:
     """
 
     def __init__(self, root: Path, log: BuildLog, script: Script,
-                 env: Mapping[str, str]) -> None:
+                 env: Mapping[str, str], sandbox: Sandbox) -> None:
         self.root = root
         self.log = log
         self.script = script
@@ -222,8 +203,8 @@ class StartedScript:
         self.name = f".vzpkg-script-{os.urandom(6).hex()}"
         inside = "/tmp/" + self.name
         argv = [inside] if script.text.startswith(b"#!") else ["/bin/sh", "-e", inside]
-        cmd = contained(["/bin/sh", "-c", _ENTER_LATER, "vzpkg-enter", str(root), *argv])
-        self.log.write(f"$ {' '.join(cmd)}   (started ahead)")
+        cmd = sandbox.ve(root, argv, wait=True)
+        self.log.write(f"$ {' '.join(cmd.argv)}   (started ahead)")
         self.proc = log.spawn(cmd, step=script.stage.value,
                               env=script_env(env, script.stage.value), stdin=subprocess.PIPE)
 
@@ -249,8 +230,7 @@ class StartedScript:
         with contextlib.suppress(OSError):
             if self.proc.stdin is not None:
                 self.proc.stdin.close()
-        self.proc.kill()        # setpriv/unshare: the namespace goes with it
-        self.proc.wait()
+        stop(self.proc)         # setpriv/unshare: the namespaces go with it
         if self.proc.stdout is not None:
             self.proc.stdout.close()
 

@@ -11,7 +11,8 @@ dpkg works on one core), written to a temporary name, fsynced and renamed.
 
 During a build a small ``dpkg-deb`` comes first on mmdebstrap's PATH and on the
 PATH apt gives dpkg (``DPkg::Path``), on the host and inside the VE (bind-mounted
-read-only at ``/.vzpkg-build``, unmounted and removed before the tree is cleaned).
+read-only at ``/.vzpkg-build`` by the build's sandbox, with the tree's other
+mounts, and unmounted and removed before the tree is cleaned).
 For ``--fsys-tarfile FILE`` it hashes FILE and, when a payload of that name
 exists, writes it (``cat``); for anything else, or without a payload, it runs the
 real ``/usr/bin/dpkg-deb``.  apt has verified every .deb against the signed
@@ -208,16 +209,13 @@ class BuildPayloads:
         return f"{self.host_bin}:/{VE_DIR}:{current}"
 
     def mmdebstrap_options(self) -> list[str]:
-        """Hooks that mount the helper and the view into the tree and take them
-        out again, and the PATH apt gives dpkg (``DPkg::Path``, which replaces
-        the caller's)."""
-        ve = f'"$1/{VE_DIR}"'
-        setup = (f"mkdir {ve} && mount --bind {_q(self.ve_src)} {ve}"
-                 f" && mount --bind -o ro {_q(self.view)} {ve}/payloads"
-                 f" && mount -o remount,bind,ro {ve}")
-        done = f"umount {ve}/payloads && umount {ve} && rmdir {ve}"
-        return [f"--setup-hook={setup}", f"--customize-hook={done}",
-                f'--aptopt=DPkg::Path "/{VE_DIR}:{DPKG_PATH}";']
+        """The PATH apt gives dpkg (``DPkg::Path``, which replaces the caller's)."""
+        return [f'--aptopt=DPkg::Path "/{VE_DIR}:{DPKG_PATH}";']
+
+    def ve_binds(self) -> list[tuple[str, str, bool]]:
+        """The helper and the view as the sandbox mounts them in the tree:
+        (host path, path in the tree, read-only)."""
+        return [(str(self.ve_src), VE_DIR, True), (str(self.view), f"{VE_DIR}/payloads", True)]
 
     def close(self, *, finish: bool) -> None:
         """Make the payloads still queued (*finish*) or drop them; remove the view."""
@@ -265,8 +263,3 @@ def remove_leftover(root: Path) -> None:
     d = root / VE_DIR
     if d.is_dir() and not d.is_symlink() and not os.path.ismount(d):
         shutil.rmtree(d)
-
-
-def _q(path: Path) -> str:
-    import shlex
-    return shlex.quote(str(path))

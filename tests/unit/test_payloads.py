@@ -1,5 +1,5 @@
 """The unpacked-payload cache: real .debs made with dpkg-deb, the real helper script,
-and (as root) the real mmdebstrap hook commands in a private mount namespace."""
+and (as root) the real mmdebstrap hook commands in the real build sandbox."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ import pytest
 from tests.conftest import run_cli
 from tests.mirror_helpers import make_cache
 from vzpkg.backends import InstalledPackage
-from vzpkg.backends.mmdebstrap import PRIVATE_SHM, PRIVATE_SHM_END
+from vzpkg.backends.mmdebstrap import MOUNT_HOOK, TREE_MOUNTS, UMOUNT_HOOK
 from vzpkg.payloads import VE_DIR, VIEWS, BuildPayloads, Payloads, enabled, sha256_file
+from vzpkg.sandbox import KEEP, TreeMounts, tool_command
 
 needs_dpkg = pytest.mark.skipif(not shutil.which("dpkg-deb"), reason="needs dpkg-deb")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mounts)")
@@ -165,9 +166,14 @@ def test_the_payload_cache_can_be_turned_off() -> None:
     assert not enabled({}, {"payload_cache": False})
 
 
-def _in_private_mounts(script: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-ec",
-                           script], capture_output=True, text=True, check=False)
+def _as_mmdebstrap(script: str, work: Path, root: Path, mounts: TreeMounts = TREE_MOUNTS,
+                   ro: tuple[Path, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """*script* run as mmdebstrap is: a host tool in the build sandbox, its tree
+    mounted when a hook asks."""
+    cmd = tool_command(["sh", "-ec", script], work=work, tree=root, tree_mounts=mounts,
+                       ro=ro, caps=KEEP, serve=True)
+    return subprocess.run(cmd.argv, capture_output=True, text=True, check=False,
+                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
 
 
 def _hook(arg: str) -> str:
@@ -183,31 +189,35 @@ def test_the_helper_is_mounted_read_only_in_the_tree_and_removed_after(tmp_path:
     payloads = Payloads(tmp_path / "pkgcache")
     sha = payloads.make(deb)
     assert sha is not None
-    h = BuildPayloads(payloads, tmp_path / "work")
+    work = tmp_path / "work"
+    h = BuildPayloads(payloads, work)
     h.add(deb)
     _settle(h, 1)
     kept = Path(f"{sha}.tar")
     # kept for another build's package: not this build's to see
     other = payloads.make(make_deb(tmp_path / "o", "private", "1.0", b"secret\n"))
-    setup, done, dpkg_path = h.mmdebstrap_options()
+    [dpkg_path] = h.mmdebstrap_options()
     assert dpkg_path == f'--aptopt=DPkg::Path "/{VE_DIR}:/usr/sbin:/usr/bin:/sbin:/bin";'
-    root = tmp_path / "root"
+    root = work / "root"
     root.mkdir()
     shutil.copy(deb, root / "hello.deb")
     ve = f'"$ROOT/{VE_DIR}"'
-    r = _in_private_mounts(f"""
+    mounts = TreeMounts(mounts=TREE_MOUNTS.mounts, dev_extra=TREE_MOUNTS.dev_extra,
+                        dev_links=(), binds=tuple(h.ve_binds()))
+    r = _as_mmdebstrap(f"""
         ROOT={shlex.quote(str(root))}
-        {_hook(setup)}
+        {_hook(MOUNT_HOOK)}
         test -x {ve}/dpkg-deb
         test -f {ve}/payloads/{kept.name}
         if test -e {ve}/payloads/{other}.tar; then echo other-visible; fi
         if ls "$ROOT/{VE_DIR}/payloads" | grep -qv {kept.name}; then echo more-visible; fi
         if touch {ve}/payloads/new 2>/dev/null; then echo payloads-writable; fi
         if touch {ve}/new 2>/dev/null; then echo helper-writable; fi
+        if test -e {shlex.quote(str(payloads.dir))}/{other}.tar; then echo cache-visible; fi
         PATH={shlex.quote(h.path("/usr/bin:/bin"))} sh -c 'command -v dpkg-deb'
-        {_hook(done)}
+        {_hook(UMOUNT_HOOK)}
         test ! -e {ve} && echo removed
-        """)
+        """, work, root, mounts, ro=(h.view,))
     assert r.returncode == 0, r.stderr
     assert "writable" not in r.stdout and "visible" not in r.stdout
     assert r.stdout.splitlines()[0] == str(h.host_bin / "dpkg-deb")
@@ -221,28 +231,28 @@ def test_the_helper_is_mounted_read_only_in_the_tree_and_removed_after(tmp_path:
 
 @needs_root
 def test_maintainer_scripts_get_a_private_dev_shm(tmp_path: Path) -> None:
-    """mmdebstrap bind-mounts the host's /dev/shm into the tree; the extract hook
-    hides it behind a tmpfs of the tree's own until the packages are in."""
+    """mmdebstrap runs without the host's /dev/shm: the tree's /dev, mounted by
+    the sandbox once its hook asks, has a tmpfs of its own."""
     if not Path("/dev/shm").is_dir():
         pytest.skip("no /dev/shm on this host")
     marker = Path("/dev/shm") / f"vzpkg-test-{os.getpid()}-{time.monotonic_ns()}"
     marker.write_text("host")
-    root = tmp_path / "root"
-    (root / "dev/shm").mkdir(parents=True)
+    work = tmp_path / "work"
+    root = work / "root"
+    root.mkdir(parents=True)
     try:
-        r = _in_private_mounts(f"""
+        r = _as_mmdebstrap(f"""
             ROOT={shlex.quote(str(root))}
-            mount -o bind /dev/shm "$ROOT/dev/shm"        # as mmdebstrap does
-            test -e "$ROOT/dev/shm/{marker.name}" && echo host-visible-before
-            {_hook(PRIVATE_SHM)}
+            test -e /dev/shm/{marker.name} && echo host-visible-to-the-tool
+            {_hook(MOUNT_HOOK)}
             test -e "$ROOT/dev/shm/{marker.name}" && echo host-visible-during
             touch "$ROOT/dev/shm/scratch"
-            {_hook(PRIVATE_SHM_END)}
-            test -e "$ROOT/dev/shm/{marker.name}" && echo host-visible-after
-            umount "$ROOT/dev/shm"                        # as mmdebstrap does
-            """)
+            {_hook(UMOUNT_HOOK)}
+            test -e "$ROOT/dev/shm/scratch" && echo kept-after
+            echo done
+            """, work, root)
         assert r.returncode == 0, r.stderr
-        assert r.stdout.split() == ["host-visible-before", "host-visible-after"]
+        assert r.stdout.split() == ["done"]
         assert not Path("/dev/shm/scratch").exists()
     finally:
         marker.unlink()

@@ -14,12 +14,13 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from vzpkg.errors import BuildError, VzError
 from vzpkg.metadata.model import Plan
+from vzpkg.sandbox import Sandbox
 
 if TYPE_CHECKING:
     from vzpkg.buildve import BuildLog, BuildVE
@@ -62,6 +63,8 @@ class BuildContext:
     running: Callable[[], None] = lambda: None
     # whether the backend may use the unpacked-payload cache (vzpkg.payloads)
     payloads: bool = False
+    # where package code runs: the build's network namespace and sandboxes
+    sandbox: Sandbox = field(default_factory=Sandbox)
 
 
 class Backend(ABC):

@@ -6,6 +6,7 @@ import email.utils
 import hashlib
 import os
 import subprocess
+import urllib.parse
 from pathlib import Path
 
 from vzpkg.backends import Backend, RepoState
@@ -80,13 +81,22 @@ class DebianBackend(Backend, family="deb"):
         return plain
 
     # -- apt inside the build VE ------------------------------------------------------
+    def proxy_url(self, upstream: str) -> str:
+        """The package proxy's URL for *upstream*, its port forwarded into the
+        build's network namespace (where apt and the bootstrappers run)."""
+        url = self.ctx.proxy.url_for(upstream)
+        port = urllib.parse.urlsplit(url).port
+        assert port is not None
+        self.ctx.sandbox.forward(port)
+        return url
+
     def sources(self, *, local: bool, signed_by: bool = True) -> str:
         """sources.list text: through the local proxy (build time, pinned keyring)
         or with the real mirror URLs (what the cache ships)."""
         lines = []
         for repo in self.repos():
             assert repo.url and repo.suite
-            url = self.ctx.proxy.url_for(repo.url) if local else repo.url
+            url = self.proxy_url(repo.url) if local else repo.url
             opts = f"[signed-by=/{BUILD_KEYRING}] " if local and signed_by else ""
             lines.append(f"deb {opts}{url} {repo.suite} {' '.join(repo.components)}")
         return "\n".join(lines) + "\n"

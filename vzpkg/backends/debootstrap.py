@@ -1,11 +1,21 @@
-"""debootstrap: the classic Debian bootstrapper."""
+"""debootstrap: the classic Debian bootstrapper.
+
+debootstrap runs in a host-tool sandbox (vzpkg.sandbox) in the build's network
+namespace.  It runs every command in the tree (dpkg and with it the maintainer
+scripts) through ``chroot``, which in its root is vzpkg's: each such command
+gets the VE's own sandbox (pivot_root into the tree, bounded capabilities).
+debootstrap itself keeps what it needs to make device nodes in the tree and
+those sandboxes; the tree's nodes are of no use inside a VE, whose /dev is
+always a tmpfs of its own.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from vzpkg.backends.deb import DebianBackend
-from vzpkg.buildve import BuildVE, contained
+from vzpkg.buildve import BuildVE
+from vzpkg.sandbox import CHROOT_TOOL
 
 
 class Debootstrap(DebianBackend, name="debootstrap"):
@@ -18,10 +28,13 @@ class Debootstrap(DebianBackend, name="debootstrap"):
                 f"--arch={self.plan.target_arch}", f"--keyring={self.ctx.keyring}",
                 "--force-check-gpg", "--merged-usr",
                 f"--components={','.join(first.components) or 'main'}",
-                first.suite, str(root), self.ctx.proxy.url_for(first.url)]
-        self.ctx.log.run(contained(argv), step="debootstrap",
+                first.suite, str(root), self.proxy_url(first.url)]
+        # check_sane_mount makes a node in the tree and writes to it: not nodev
+        cmd = self.ctx.sandbox.tool(argv, work=self.ctx.work, caps=CHROOT_TOOL, nodev=False,
+                                    chroot=True)
+        self.ctx.log.run(cmd, step="debootstrap",
                          hint="see the log; a signature or checksum error means the "
                               "mirror or the pinned keys are wrong",
                          started=self.ctx.running)
-        with BuildVE(root, self.ctx.log) as ve:
+        with BuildVE(root, self.ctx.log, self.ctx.sandbox) as ve:
             self.complete(ve)

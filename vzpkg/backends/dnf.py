@@ -14,11 +14,19 @@ the keys; it then gets dnf's command line on stdin and runs it exactly as
 /usr/bin/dnf would (``dnf.cli.main.user_main``).  A host whose dnf is not a
 Python script, or whose interpreter cannot import it, runs dnf the usual way.
 
-Each dnf run happens in private mount and pid namespaces that die with it:
-the shared package cache (``<pkg cache>/dnf/<distribution>-<hash>``) is bind
-mounted on the root's /var/cache/dnf with keepcache=1, so a warm build
-downloads only repomd.xml; /proc and a minimal /dev are mounted for the
-packages' scriptlets.  Nothing stays mounted afterwards.
+Each dnf run happens in a host-tool sandbox (vzpkg.sandbox) that dies with
+it: a root of its own where the host's system is read-only and only the
+build's work directory and the shared package cache are writable, so a
+scriptlet that leaves rpm's chroot finds no host file to change.  The cache
+(``<pkg cache>/dnf/<distribution>-<hash>``) is bind mounted on the root's
+/var/cache/dnf with keepcache=1, so a warm build downloads only repomd.xml;
+/proc and a minimal /dev are mounted for the packages' scriptlets.  dnf
+downloads in the host's network; just before the RPM transaction (after the
+downloads) it leaves it for a new, empty network namespace and keeps only the
+capabilities rpm needs (vzpkg.sandbox_init.restrict), so no scriptlet reaches
+the network, mounts or makes device nodes.  A dnf that is not pre-started runs
+twice instead: ``--downloadonly`` in the host's network, then ``--cacheonly``
+in the restricted sandbox.
 
 The rpm database goes where the target's own rpm looks for it (template
 variable ``rpmdb_path``), set through ``%_dbpath`` in the private HOME's
@@ -53,55 +61,51 @@ from vzpkg.backends.rpm_config import (
 )
 from vzpkg.buildve import SAFE_PATH, BuildLog, BuildVE, close_work, open_work
 from vzpkg.errors import BuildError
+from vzpkg.sandbox import (
+    KEEP,
+    LAUNCHER,
+    Command,
+    TreeMounts,
+    sandbox_dir,
+    stop,
+    tool_command,
+)
 
 if TYPE_CHECKING:       # imported where used: `vzpkg build` starts dnf before that
     from vzpkg.backends.rpm_repomd import RepoMeta
     from vzpkg.config import Settings
     from vzpkg.metadata.model import Plan
 
-CONTAIN = ("setpriv", "--pdeathsig", "KILL", "--",
-           "unshare", "--mount", "--pid", "--fork", "--kill-child",
-           "--propagation", "private", "--")
+# what rpm's scriptlets get in the tree: the package cache, /proc, a small /dev
+TREE_MOUNTS = TreeMounts(mounts=("proc", "dev"), dev_extra=(), dev_links=("fd",))
 
-# In the private namespaces: $1 root, $2 package cache.
-_MOUNTS = r"""
-set -eu
-R=$1; C=$2; shift 2
-mkdir -p "$R/var/cache/dnf" "$R/proc" "$R/dev"
-mount --bind "$C" "$R/var/cache/dnf"
-mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
-mount -t tmpfs -o mode=755,nosuid,size=64k dev "$R/dev"
-for n in null zero full random urandom tty; do
-    : > "$R/dev/$n"; mount --bind "/dev/$n" "$R/dev/$n"
-done
-ln -s /proc/self/fd "$R/dev/fd"
-"""
-# ... then the rest of the arguments is the command
-_PRELUDE = _MOUNTS + 'exec "$@"\n'
-
-# A pre-started dnf (PID 1 of its namespaces; argv: root, package cache, the
-# mount script): mounts while it imports dnf, says it is ready, then runs the
-# command line it reads from stdin ({"argv": [...], "env": {...}}); EOF instead
-# means: not needed.
+# A pre-started dnf (PID 1's child in its sandbox; argv: the sandbox launcher's
+# copy): imports dnf, says it is ready, then runs the command line it reads
+# from stdin ({"argv": [...], "env": {...}, "keep": [...]}) with a
+# Base.do_transaction that first leaves the network and drops capabilities
+# (restrict); EOF instead means: not needed.
 _WARM = r"""
-import json, os, subprocess, sys
-root, cache, script = sys.argv[1:4]
-mounts = subprocess.Popen(["/bin/sh", "-c", script, "vzpkg-dnf", root, cache])
+import importlib.util, json, os, sys
 try:
     from dnf.cli import main
+    import dnf.base
 except Exception as exc:
-    mounts.wait()
     print("vzpkg: cannot import dnf's modules:", exc, flush=True)
     sys.exit(97)
-if mounts.wait() != 0:
-    print("vzpkg: cannot mount /proc, /dev and the package cache for dnf", flush=True)
-    sys.exit(97)
+spec = importlib.util.spec_from_file_location("vzpkg_sandbox_init", sys.argv[1])
+sandbox = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(sandbox)
 print("vzpkg: dnf ready", flush=True)
 line = sys.stdin.readline()
 if not line:
     sys.exit(0)
 req = json.loads(line)
 os.environ.update(req["env"])
+transaction = dnf.base.Base.do_transaction
+def do_transaction(self, *args, **kwargs):
+    sandbox.restrict(req["keep"], network=True)
+    return transaction(self, *args, **kwargs)
+dnf.base.Base.do_transaction = do_transaction
 sys.argv = ["dnf", *req["argv"]]
 main.user_main(req["argv"], exit_code=True)
 """
@@ -142,21 +146,45 @@ class _Warm:
 
     def send(self, argv: list[str], env: dict[str, str]) -> None:
         assert self.proc.stdin is not None
+        req = {"argv": argv, "env": env, "keep": list(KEEP)}
         with contextlib.suppress(BrokenPipeError):
-            self.proc.stdin.write(json.dumps({"argv": argv, "env": env}).encode() + b"\n")
+            self.proc.stdin.write(json.dumps(req).encode() + b"\n")
             self.proc.stdin.close()
 
     def stop(self) -> None:
         with contextlib.suppress(OSError):
             if self.proc.stdin is not None:
                 self.proc.stdin.close()
-        self.proc.kill()      # unshare: --kill-child takes the interpreter along
-        self.proc.wait()
+        stop(self.proc)       # unshare: --kill-child takes the sandbox along
         if self.proc.stdout is not None:
             self.proc.stdout.close()
 
 
 _EARLY: dict[Path, _Warm] = {}     # root -> started by prestart_early, not yet taken
+
+
+def _outside_usr(python: str) -> list[Path]:
+    """What the tool's root must show (read-only) for *python* to run there when
+    it is not the host's own: its directory and its installation's."""
+    real = Path(os.path.realpath(python))
+    dirs = {Path(python).parent, real.parent.parent}
+    return sorted(d for d in dirs if not d.is_relative_to("/usr"))
+
+
+def _sandboxed(argv: list[str], root: Path, cache: Path, private: Path, *,
+               restricted: bool = False, ro: list[Path] | None = None) -> Command:
+    """*argv* in dnf's sandbox (its work directory: the root's parent): host
+    network and every capability (the pre-started dnf restricts itself before
+    the transaction), or with *restricted* an empty network and the bounded
+    capabilities."""
+    work = root.parent
+    mounts = TreeMounts(mounts=TREE_MOUNTS.mounts, dev_extra=TREE_MOUNTS.dev_extra,
+                        dev_links=TREE_MOUNTS.dev_links,
+                        binds=((str(cache), "var/cache/dnf", False),))
+    rw = [cache, *(p for p in (private,) if not p.is_relative_to(work))]
+    return tool_command(argv, work=work, net="new" if restricted else "host",
+                        caps=KEEP if restricted else None, tree=root, tree_mounts=mounts,
+                        rw=rw, ro=ro or [])
 
 
 def _spawn(root: Path, home: Path, cache: Path, settings: DnfSettings,
@@ -168,10 +196,11 @@ def _spawn(root: Path, home: Path, cache: Path, settings: DnfSettings,
     home.mkdir(parents=True, exist_ok=True)
     (home / ".rpmmacros").write_text(macros(settings))      # rpm reads it on import
     cache.mkdir(parents=True, exist_ok=True)
-    argv = [*CONTAIN, python, "-I", "-c", _WARM, str(root), str(cache), _MOUNTS]
+    launcher = sandbox_dir(root.parent) / LAUNCHER.name
+    cmd = _sandboxed([python, "-I", "-c", _WARM, str(launcher)], root, cache, home.parent,
+                     ro=_outside_usr(python))
     env = {"HOME": str(home), "LC_ALL": "C.UTF-8"}
-    return _Warm(root, log.spawn(argv, step="dnf", env=env, cwd=Path("/"),
-                                 stdin=subprocess.PIPE))
+    return _Warm(root, log.spawn(cmd, step="dnf", env=env, stdin=subprocess.PIPE))
 
 
 def prestart_early(plan: Plan, settings: Settings, *, force: bool) -> None:
@@ -402,8 +431,13 @@ class Dnf(Backend, name="dnf", family="rpm"):
             log.write("(dnf could not be pre-started: running it the usual way)")
         elif warm is not None:
             warm.stop()
-        log.run([*CONTAIN, "/bin/sh", "-c", _PRELUDE, "vzpkg-dnf", str(root),
-                 str(self.cache), *argv], step=step, env=self.env(), started=self.ctx.running)
+        if "--cacheonly" not in argv:       # downloads in the host's network first
+            log.run(_sandboxed([*argv, "--downloadonly"], root, self.cache, self.private),
+                    step=step,
+                    env=self.env(), started=self.ctx.running)
+            argv = [*argv[:1], "--cacheonly", *argv[1:]]
+        log.run(_sandboxed(argv, root, self.cache, self.private, restricted=True), step=step,
+                env=self.env(), started=self.ctx.running)
 
     def _log_size(self) -> int:
         try:

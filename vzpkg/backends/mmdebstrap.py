@@ -1,4 +1,15 @@
-"""mmdebstrap: apt-based, multi-repository bootstrapper."""
+"""mmdebstrap: apt-based, multi-repository bootstrapper.
+
+mmdebstrap runs in root mode inside a host-tool sandbox (vzpkg.sandbox): its
+own root with the host's system read-only, the build's network namespace (the
+package proxy is all it reaches), and no CAP_SYS_ADMIN or CAP_MKNOD, so the
+maintainer scripts it runs in its chroot can neither mount, make device nodes,
+nor reach the host's files or network.  mmdebstrap notices that it cannot
+mount and leaves /proc, /sys and /dev to us: its extract hook asks the
+sandbox's first process (which kept its capabilities) to mount them in the
+tree once base-files is unpacked, as mmdebstrap itself would, with a private
+/dev/shm and the payload helper; its customize hook has them taken out again.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +18,19 @@ import shutil
 from pathlib import Path
 
 from vzpkg.backends.deb import APT_PREFER_GZIP, DebianBackend
-from vzpkg.buildve import contained, fs_type
+from vzpkg.buildve import fs_type
 from vzpkg.payloads import BuildPayloads, Payloads, remove_leftover
+from vzpkg.sandbox import KEEP, TreeMounts, request
 
 EATMYDATA_HOOKS = Path("/usr/share/mmdebstrap/hooks/eatmydata")
 # what mmdebstrap leaves for its --aptopt / --dpkgopt: build-time settings only
 LEFTOVERS = ("etc/apt/apt.conf.d/99mmdebstrap", "etc/dpkg/dpkg.cfg.d/99mmdebstrap")
-# In root mode mmdebstrap bind-mounts the host's /dev/shm into the tree, where the
-# maintainer scripts would see it (build trees live there by default).  Nothing
-# runs inside the tree before the extract hooks: a private tmpfs goes over it then
-# and comes off again when the packages are in, before mmdebstrap's own unmount.
-PRIVATE_SHM = ('--extract-hook=mkdir -p "$1/dev/shm" && '
-               'mount -t tmpfs -o nosuid,nodev,mode=1777 vzpkg-shm "$1/dev/shm"')
-PRIVATE_SHM_END = '--customize-hook=umount "$1/dev/shm"'
+# the tree's /proc, /sys and /dev while mmdebstrap installs (it makes /dev/fd and
+# the other links itself, and removes them again)
+TREE_MOUNTS = TreeMounts(mounts=("proc", "sys", "dev"), dev_extra=("pts", "shm"),
+                         dev_links=())
+MOUNT_HOOK = "--extract-hook=" + request("mount")
+UMOUNT_HOOK = "--customize-hook=" + request("umount")
 
 
 class Mmdebstrap(DebianBackend, name="mmdebstrap"):
@@ -37,7 +48,7 @@ class Mmdebstrap(DebianBackend, name="mmdebstrap"):
                 f"--aptopt={APT_PREFER_GZIP}",
                 # the build tree is thrown away if anything fails and the tarball is
                 # fsynced when packed: dpkg's per-file fsyncs buy nothing here
-                "--dpkgopt=force-unsafe-io", PRIVATE_SHM, PRIVATE_SHM_END]
+                "--dpkgopt=force-unsafe-io", MOUNT_HOOK, UMOUNT_HOOK]
         # on disk, eatmydata spares the fsyncs of dpkg's own database as well; in
         # memory (the default work directory) fsync costs nothing and the hook's
         # extra apt run and preloaded library cost about 1 s
@@ -51,18 +62,24 @@ class Mmdebstrap(DebianBackend, name="mmdebstrap"):
                 bp = BuildPayloads(Payloads(self.ctx.pkg_cache), self.ctx.work)
             except OSError as exc:      # a full or read-only disk: build without it
                 self.ctx.log.write(f"payload cache not used: {exc}")
+        mounts, ro = TREE_MOUNTS, []
         if bp is not None:
             self._payloads = bp
             argv += bp.mmdebstrap_options()
             env.append(f"PATH={bp.path(os.environ.get('PATH', '/usr/bin:/bin'))}")
             self.ctx.proxy.on_package = bp.add
+            mounts = TreeMounts(mounts=TREE_MOUNTS.mounts, dev_extra=TREE_MOUNTS.dev_extra,
+                                dev_links=(), binds=tuple(bp.ve_binds()))
+            ro.append(bp.view)
         if self.plan.packages:
             argv.append("--include=" + ",".join(self.plan.packages))
         argv += [suite, str(root)]
         # --keyring makes apt trust exactly the pinned keys while mmdebstrap runs
         argv += self.sources(local=True, signed_by=False).splitlines()
         root.mkdir(parents=True, exist_ok=True)
-        self.ctx.log.run(contained(["env", *env, *argv]), step="mmdebstrap",
+        cmd = self.ctx.sandbox.tool(["env", *env, *argv], work=self.ctx.work, tree=root,
+                                    tree_mounts=mounts, ro=ro, caps=KEEP, serve=True)
+        self.ctx.log.run(cmd, step="mmdebstrap",
                          hint="see the log; a signature or checksum error means the "
                               "mirror or the pinned keys are wrong",
                          started=self.ctx.running)
