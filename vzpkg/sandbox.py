@@ -247,11 +247,10 @@ def _launch(spec: dict[str, Any], root: str, argv: Sequence[str],
                     json.dumps(spec, separators=(",", ":")), root, *argv], pass_fds)
 
 
-def ve_spec(*, net: int | str, binds: Sequence[tuple[str, str, bool]] = (),
+def ve_spec(*, net: int | str, mounts: TreeMounts = VE_MOUNTS,
             wait: bool = False) -> dict[str, Any]:
     spec: dict[str, Any] = {"kind": "ve", "net": net, "caps": list(KEEP),
-                            "hostname": HOSTNAME,
-                            "tree": TreeMounts(binds=tuple(binds)).spec()}
+                            "hostname": HOSTNAME, "tree": mounts.spec()}
     if wait:
         spec["wait"] = WAIT_MARK
     return spec
@@ -298,7 +297,8 @@ def tool_command(argv: Sequence[str], *, work: Path, net: Net | int = "host",
 
 
 def _chroot_wrapper(launcher: Path) -> str:
-    spec = ve_spec(net="host")
+    # the tree's own /run (debootstrap's maintainer scripts make /run/lock there)
+    spec = ve_spec(net="host", mounts=TreeMounts(mounts=("proc", "sys", "dev")))
     return (
         "#!/bin/sh\n"
         "# vzpkg: `chroot DIR [COMMAND...]` runs COMMAND in the build VE's sandbox\n"
@@ -375,13 +375,11 @@ class Sandbox:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def ve(self, root: Path, argv: Sequence[str], *, wait: bool = False,
-           binds: Sequence[tuple[str, str, bool]] = ()) -> Command:
+    def ve(self, root: Path, argv: Sequence[str], *, wait: bool = False) -> Command:
         """*argv* run inside the VE whose tree is *root*; with *wait*, only once
         a line arrives on its stdin (EOF: not at all)."""
         fd = self.net.fd
-        return _launch(ve_spec(net=fd, binds=binds, wait=wait), os.path.abspath(root),
-                       argv, (fd,))
+        return _launch(ve_spec(net=fd, wait=wait), os.path.abspath(root), argv, (fd,))
 
     def tool(self, argv: Sequence[str], *, work: Path, net: Net = "build",
              **kw: Any) -> Command:

@@ -259,15 +259,22 @@ def protect_proc(proc: str) -> None:
             bind(null, p, readonly=True)
 
 
-def make_dev(dev: str, host_dev: str, *, extra: Sequence[str], links: Sequence[str]) -> None:
-    """A /dev of its own at *dev*: a small tmpfs with the standard nodes bound
-    from *host_dev*; *extra* among pts (private devpts, /dev/ptmx) and shm;
-    *links* among fd, stdin, stdout, stderr."""
+def host_nodes(host_dev: str = "/dev") -> dict[str, int]:
+    """The standard device nodes of *host_dev* as detached mounts."""
+    return {n: clone_tree(f"{host_dev}/{n}") for n in DEV_NODES}
+
+
+def make_dev(dev: str, nodes: dict[str, int], *, extra: Sequence[str],
+             links: Sequence[str]) -> None:
+    """A /dev of its own at *dev*: a small tmpfs with the standard *nodes*
+    (detached mounts of the host's, see :func:`host_nodes`) attached; *extra*
+    among pts (private devpts, /dev/ptmx) and shm; *links* among fd, stdin,
+    stdout, stderr."""
     makedirs(dev)
     mount("dev", dev, "tmpfs", MS_NOSUID, "mode=755,size=64k")
     for n in DEV_NODES:
         touch(f"{dev}/{n}")
-        bind(f"{host_dev}/{n}", f"{dev}/{n}")
+        attach(nodes.pop(n), f"{dev}/{n}")
     if "pts" in extra:
         makedirs(f"{dev}/pts")
         mount("devpts", f"{dev}/pts", "devpts", MS_NOSUID | MS_NOEXEC,
@@ -300,13 +307,17 @@ class TreeMounts:
         still reachable)."""
         return [(clone_tree(src, readonly=ro, recursive=True), rel) for src, rel, ro in self.binds]
 
-    def apply(self, tree: str, host_dev: str, clones: list[tuple[int, str]] | None = None) -> None:
+    def apply(self, tree: str, nodes: dict[str, int] | None = None,
+              clones: list[tuple[int, str]] | None = None) -> None:
+        """Make the mounts in *tree*; the device nodes and bind sources are taken
+        from the host's paths now unless given as detached mounts."""
         t = tree.rstrip("/")
         for name in ("proc", "sys", "dev", "run"):
             if name in self.mounts:
                 makedirs(f"{t}/{name}")
         if "dev" in self.mounts:
-            make_dev(f"{t}/dev", host_dev, extra=self.dev_extra, links=self.dev_links)
+            make_dev(f"{t}/dev", host_nodes() if nodes is None else nodes,
+                     extra=self.dev_extra, links=self.dev_links)
             self.done.append(f"{t}/dev")
         if "proc" in self.mounts:
             mount("proc", f"{t}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -341,7 +352,7 @@ def ve(spec: dict[str, Any], root: str) -> None:
     """Make *root* the root of this mount namespace with the VE's mounts."""
     tree = TreeMounts(spec.get("tree") or {})
     clones = tree.clone_binds()
-    devs = {n: clone_tree(f"/dev/{n}") for n in DEV_NODES}
+    nodes = host_nodes()
     mount(root, root, None, MS_BIND | MS_REC)
     mount(None, root, None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV)
     os.chdir(root)
@@ -349,21 +360,7 @@ def ve(spec: dict[str, Any], root: str) -> None:
     umount(".")                 # ... and detached from it
     os.chdir("/")
     makedirs("/tmp", 0o1777)
-    # the host's nodes, attached in a directory of the VE's /run (a tmpfs of its
-    # own) for make_dev to bind from, then dropped
-    makedirs("/run")
-    mount("run", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")
-    staging = "/run/.vzpkg-dev"
-    makedirs(staging, 0o700)
-    for n, fd in devs.items():
-        touch(f"{staging}/{n}")
-        attach(fd, f"{staging}/{n}")
-    tree.mounts = [m for m in tree.mounts if m != "run"]
-    tree.apply("/", staging, clones)
-    for n in DEV_NODES:
-        umount(f"{staging}/{n}")
-        os.unlink(f"{staging}/{n}")
-    os.rmdir(staging)
+    tree.apply("/", nodes, clones)
 
 
 def tool(spec: dict[str, Any], tree: str) -> TreeMounts | None:
@@ -389,7 +386,7 @@ def tool(spec: dict[str, Any], tree: str) -> TreeMounts | None:
         makedirs(f"{stage}/{name}")
         mount(name, f"{stage}/{name}", "tmpfs", MS_NOSUID | MS_NODEV, f"mode={mode}")
     makedirs(f"{stage}/root", 0o700)
-    make_dev(f"{stage}/dev", "/dev", extra=("pts", "shm"),
+    make_dev(f"{stage}/dev", host_nodes(), extra=("pts", "shm"),
              links=("fd", "stdin", "stdout", "stderr"))
     for name in ETC_MASKS:
         p = f"/etc/{name}"
@@ -429,7 +426,7 @@ def tool(spec: dict[str, Any], tree: str) -> TreeMounts | None:
         return None
     mounts = TreeMounts(spec.get("tree") or {})
     if not spec.get("serve"):
-        mounts.apply(tree, "/dev")
+        mounts.apply(tree)
     return mounts
 
 
@@ -476,7 +473,7 @@ def _answer(what: str, answered: set[str], tree: str, mounts: TreeMounts) -> str
     answered.add(what)
     try:
         if what == "mount":
-            mounts.apply(tree, "/dev")
+            mounts.apply(tree)
         else:
             mounts.remove()
     except OSError as exc:
