@@ -4,7 +4,8 @@
 maintainer script or template script does while a cache is built: the classic
 chroot escape (chroot into a subdirectory, climb out with "..", chroot there)
 and /proc/1/root, each writing a host file; a mount, a block device node, and
-TCP connections to the host's loopback.  :class:`Listener` is such a host
+TCP connections to the host's loopback.  The hostile package's %post also
+writes into dnf's package cache, which later builds share.  :class:`Listener` is such a host
 service, counting who reaches it.
 """
 
@@ -54,6 +55,7 @@ install -D -m 0755 %{vz_probe} %{buildroot}@PROBE@
 %post
 cd /tmp && @PROBE@ @HOSTFILE@ @PORT@ > /etc/buildescape-rpm-post 2>&1
 cat /etc/buildescape-rpm-post
+echo poisoned > /var/cache/dnf/vzpkg-poison
 exit 0
 
 %files

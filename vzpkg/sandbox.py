@@ -270,12 +270,14 @@ def sandbox_dir(work: Path) -> Path:
 def tool_command(argv: Sequence[str], *, work: Path, net: Net | int = "host",
                  caps: Sequence[str] | None = KEEP, tree: Path | None = None,
                  tree_mounts: TreeMounts | None = None, rw: Sequence[Path] = (),
-                 ro: Sequence[Path] = (), serve: bool = False, nodev: bool = True,
-                 chroot: bool = False, cwd: str = "/") -> Command:
+                 ro: Sequence[Path] = (), scratch: Sequence[Path] = (),
+                 serve: bool = False, nodev: bool = True, chroot: bool = False,
+                 cwd: str = "/") -> Command:
     """*argv* as a host tool in its own root (see the module docstring); *net*
     "host", "new" or the descriptor of a namespace to enter.  With *tree*, the
     tree gets *tree_mounts* before the tool starts or, with *serve*, when the
-    tool asks (``$VZPKG_SANDBOX_FD``, see :func:`request`)."""
+    tool asks (``$VZPKG_SANDBOX_FD``, see :func:`request`).  Writes below the
+    *scratch* paths (once the tree is mounted) go to a throwaway layer."""
     sdir = sandbox_dir(work)
     spec: dict[str, Any] = {
         "kind": "tool", "net": net, "caps": None if caps is None else list(caps),
@@ -283,6 +285,7 @@ def tool_command(argv: Sequence[str], *, work: Path, net: Net | int = "host",
         "rw": [os.path.abspath(p) for p in (work, *rw)],
         "ro": [os.path.abspath(p) for p in ro],
         "tree": (tree_mounts or VE_MOUNTS).spec(),
+        "scratch": [os.path.abspath(p) for p in scratch],
     }
     if chroot:
         wrapper = sdir / "chroot"

@@ -209,11 +209,26 @@ def drop_caps(keep: Iterable[str]) -> None:
     _check(_libc.capset(ctypes.byref(hdr), data), "capset")
 
 
-def restrict(keep: Iterable[str] | None, *, network: bool = False) -> None:
+def scratch(paths: Iterable[str], upper: str = "/run/vzpkg-scratch") -> None:
+    """Cover each of *paths* with an overlay whose writes go to a tmpfs
+    directory below *upper* and are thrown away: what is there stays readable,
+    and nothing there can be changed (a shared cache, say)."""
+    for i, path in enumerate(paths):
+        top = f"{upper}/{i}"
+        makedirs(f"{top}/upper", 0o755)
+        makedirs(f"{top}/work", 0o700)
+        mount("vzpkg-scratch", path, "overlay", MS_NOSUID | MS_NODEV,
+              f"lowerdir={path},upperdir={top}/upper,workdir={top}/work")
+
+
+def restrict(keep: Iterable[str] | None, *, network: bool = False,
+             scratch_paths: Iterable[str] = ()) -> None:
     """Cut this process off the network (a new, empty namespace) when
-    *network*, then keep only the capabilities *keep* (all if None)."""
+    *network*, :func:`scratch` *scratch_paths*, then keep only the
+    capabilities *keep* (all if None)."""
     if network:
         new_net()
+    scratch(scratch_paths)
     if keep is not None:
         drop_caps(keep)
 
@@ -427,6 +442,7 @@ def tool(spec: dict[str, Any], tree: str) -> TreeMounts | None:
     mounts = TreeMounts(spec.get("tree") or {})
     if not spec.get("serve"):
         mounts.apply(tree)
+    scratch(spec.get("scratch", ()))
     return mounts
 
 

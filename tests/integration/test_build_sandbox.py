@@ -25,6 +25,7 @@ from tests.rpm_helpers import (
     rpm_dist_fixture,  # noqa: F401  (the session fixture rpm_dist)
 )
 from tests.sandbox_helpers import PROBE, Listener, hostile_repo, report
+from vzpkg.backends import dnf as dnf_backend
 from vzpkg.build import build
 from vzpkg.config import Settings, load_settings
 from vzpkg.metadata.loader import make_plan
@@ -63,8 +64,8 @@ class Setup:
     def plan(self, set_name: str) -> Plan:
         return make_plan(f"vztest-1-x86_64-{set_name}", self.settings)
 
-    def tree(self, plan: Plan) -> Path:
-        d = self.base / f"tree-{plan.set_name}"
+    def tree(self, plan: Plan, tag: str = "") -> Path:
+        d = self.base / f"tree-{plan.set_name}{tag}"
         d.mkdir()
         subprocess.run(["tar", "--zstd", "-xpf",
                         str(self.settings.cache_dir / f"{plan.name}.tar.zst"), "-C", str(d)],
@@ -97,14 +98,20 @@ def test_a_post_install_script_cannot_leave_the_ve(setup: Setup) -> None:
     assert setup.listener.connections == 0
 
 
-def test_a_packages_post_scriptlet_cannot_leave_the_sandbox(setup: Setup) -> None:
+@pytest.mark.parametrize("prestarted", [True, False], ids=["prestarted", "two-runs"])
+def test_a_packages_post_scriptlet_cannot_leave_the_sandbox(
+        setup: Setup, prestarted: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not prestarted:      # dnf downloads, then installs from the cache, restricted
+        monkeypatch.setattr(dnf_backend, "dnf_python", lambda: None)
     plan = setup.plan("hostile")
-    build(plan, setup.settings, force=True)
-    tree = setup.tree(plan)
+    res = build(plan, setup.settings, force=True)
+    assert ("(pre-started)" in Path(str(res.log)).read_text()) == prestarted
+    tree = setup.tree(plan, f"{prestarted}")
     probe = report((tree / "etc/buildescape-rpm-post").read_text())
     _contained(probe, setup.listener.port)
     assert not setup.rpm_post_file.exists()
     assert not setup.script_file.exists()
     assert setup.listener.connections == 0
+    assert not list(setup.settings.pkg_cache_dir.rglob("vzpkg-poison"))
     # the scriptlet ran, as root, in the tree
     assert (tree / PROBE.lstrip("/")).is_file()

@@ -81,9 +81,10 @@ TREE_MOUNTS = TreeMounts(mounts=("proc", "dev"), dev_extra=(), dev_links=("fd",)
 
 # A pre-started dnf (PID 1's child in its sandbox; argv: the sandbox launcher's
 # copy): imports dnf, says it is ready, then runs the command line it reads
-# from stdin ({"argv": [...], "env": {...}, "keep": [...]}) with a
-# Base.do_transaction that first leaves the network and drops capabilities
-# (restrict); EOF instead means: not needed.
+# from stdin ({"argv": [...], "env": {...}, "keep": [...], "scratch": [...]})
+# with a Base.do_transaction that first leaves the network, puts a throwaway
+# layer over the shared package cache and drops capabilities (restrict); EOF
+# instead means: not needed.
 _WARM = r"""
 import importlib.util, json, os, sys
 try:
@@ -103,7 +104,7 @@ req = json.loads(line)
 os.environ.update(req["env"])
 transaction = dnf.base.Base.do_transaction
 def do_transaction(self, *args, **kwargs):
-    sandbox.restrict(req["keep"], network=True)
+    sandbox.restrict(req["keep"], network=True, scratch_paths=req["scratch"])
     return transaction(self, *args, **kwargs)
 dnf.base.Base.do_transaction = do_transaction
 sys.argv = ["dnf", *req["argv"]]
@@ -144,9 +145,13 @@ class _Warm:
         first = self.proc.stdout.readline()
         return b"" if first == _READY else first or b"(no output)\n"
 
-    def send(self, argv: list[str], env: dict[str, str]) -> None:
+    def send(self, argv: list[str], env: dict[str, str], cache: Path) -> None:
+        """Run dnf with *argv*; from the transaction on, what is written to the
+        package *cache* (bound at its own path and on the root's /var/cache/dnf)
+        is thrown away: no scriptlet changes what later builds install from."""
         assert self.proc.stdin is not None
-        req = {"argv": argv, "env": env, "keep": list(KEEP)}
+        req = {"argv": argv, "env": env, "keep": list(KEEP),
+               "scratch": [str(cache), str(self.root / "var/cache/dnf")]}
         with contextlib.suppress(BrokenPipeError):
             self.proc.stdin.write(json.dumps(req).encode() + b"\n")
             self.proc.stdin.close()
@@ -175,8 +180,8 @@ def _sandboxed(argv: list[str], root: Path, cache: Path, private: Path, *,
                restricted: bool = False, ro: list[Path] | None = None) -> Command:
     """*argv* in dnf's sandbox (its work directory: the root's parent): host
     network and every capability (the pre-started dnf restricts itself before
-    the transaction), or with *restricted* an empty network and the bounded
-    capabilities."""
+    the transaction), or with *restricted* an empty network, a throwaway layer
+    over the package cache and the bounded capabilities."""
     work = root.parent
     mounts = TreeMounts(mounts=TREE_MOUNTS.mounts, dev_extra=TREE_MOUNTS.dev_extra,
                         dev_links=TREE_MOUNTS.dev_links,
@@ -184,7 +189,8 @@ def _sandboxed(argv: list[str], root: Path, cache: Path, private: Path, *,
     rw = [cache, *(p for p in (private,) if not p.is_relative_to(work))]
     return tool_command(argv, work=work, net="new" if restricted else "host",
                         caps=KEEP if restricted else None, tree=root, tree_mounts=mounts,
-                        rw=rw, ro=ro or [])
+                        rw=rw, ro=ro or [],
+                        scratch=[cache, root / "var/cache/dnf"] if restricted else [])
 
 
 def _spawn(root: Path, home: Path, cache: Path, settings: DnfSettings,
@@ -421,7 +427,7 @@ class Dnf(Backend, name="dnf", family="rpm"):
             said = warm.ready()
             if not said:
                 log.write(f"$ {' '.join(argv)}   (pre-started)")
-                warm.send(argv[1:], self.env())
+                warm.send(argv[1:], self.env(), self.cache)
                 self.ctx.running()
                 log.follow(warm.proc, step=step)
                 return
