@@ -402,3 +402,22 @@ def test_dev_is_nodev_and_run_is_sized_per_ve(rt: Runtime) -> None:
         assert "size=20480k" in out, out
     finally:
         rt.destroy(ctid)
+
+
+def test_an_address_is_never_given_to_two_ves(rt: Runtime) -> None:
+    """Item 13 (and the design's rule): create and set refuse an address another VE
+    of the root has, running or not; nothing is made or changed."""
+    rt.create(9509, "busybox-1", ipadd=["198.18.95.1"])
+    try:
+        r = vzctl(rt, "create", "9510", "--ostemplate", "busybox-1", "--ipadd", "198.18.95.1")
+        assert r.returncode != 0 and "198.18.95.1" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+        assert not rt.paths.conf(9510).exists() and not rt.paths.private(9510).exists()
+        rt.create(9510, "busybox-1")
+        r = vzctl(rt, "set", "9510", "--ipadd", "198.18.95.1", "--save")
+        assert r.returncode != 0 and "198.18.95.1" in r.stderr, r.stderr
+        assert "198.18.95.1" not in rt.paths.conf(9510).read_text()
+    finally:
+        rt.destroy(9509)
+        with contextlib.suppress(Exception):
+            rt.destroy(9510)

@@ -205,12 +205,14 @@ def setup(hif: str, pid: int, addrs: Iterable[Addr]) -> None:
     _claimed(addrs, hif)
     netfilter.allow(hif, addrs)
     try:
-        _ip([], [f"link add {hif} type veth peer name {VE_IF} netns {pid}"])
-        _host_end_sysctls(hif)
-        _ip([], [f"addr add {GW4}/32 dev {hif}",
+        # one batch; the host end's sysctls follow before the VE runs at all (its
+        # init waits until this returns), so nothing can pass the pair before them
+        _ip([], [f"link add {hif} type veth peer name {VE_IF} netns {pid}",
+                 f"addr add {GW4}/32 dev {hif}",
                  f"addr add {GW6}/64 dev {hif} nodad",
                  f"link set {hif} up",
                  *(_host_route(a, hif, "replace") for a in addrs)])
+        _host_end_sysctls(hif)
         _ip([], ["link set lo up", f"link set {VE_IF} up",
                  *(_ve_addr(a, "add") for a in addrs),
                  f"route add {GW4} dev {VE_IF} scope link",

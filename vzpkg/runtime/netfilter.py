@@ -132,26 +132,25 @@ def forbid(hif: str, addrs: Iterable[Addr]) -> None:
     """Take *addrs* away from *hif*'s VE (those it has)."""
     want = {(hif, str(a.ip)) for a in addrs}
     table = table_for(hif)
-    have = [e for e in _listed(table) if (e[1], e[2]) in want]
+    have = [e for e in _listed(table) or [] if (e[1], e[2]) in want]
     _delete(table, have)
 
 
 def forget(hif: str) -> None:
-    """Remove every element of *hif* from every vzpkg table (VE stopped).  Does
-    nothing when nft is not installed or cannot list tables at all (then no rule
-    can be in place either)."""
+    """Remove every element of *hif* from its root's table (VE stopped), and the
+    table with the root's last VE.  Does nothing when nft is not installed or
+    there is no such table (then no rule can be in place either)."""
     if shutil.which("nft") is None:
         return
+    table = table_for(hif)
     with _locked():
-        try:
-            names = tables()
-        except VeError:
+        listed = _listed(table)
+        if listed is None:
             return
-        for table in names:
-            listed = _listed(table)
+        if not any(i != hif for s, i, _ in listed if s == "ves"):
+            _nft(["delete", "table", "inet", table])   # the root's last VE
+        else:
             _delete(table, [e for e in listed if e[1] == hif])
-            if not any(i != hif for s, i, _ in listed if s == "ves"):
-                _nft(["delete", "table", "inet", table])   # the root's last VE
 
 
 def tables() -> list[str]:
@@ -160,19 +159,25 @@ def tables() -> list[str]:
             if "table" in o and re.match(r"^vzpkg(_[0-9a-f]{5})?$", o["table"]["name"])]
 
 
-def _listed(table: str) -> list[tuple[str, str, str | None]]:
-    """(set, interface, address or None) of the table's elements; [] without it."""
-    if table not in tables():
-        return []
+def _listed(table: str) -> list[tuple[str, str, str | None]] | None:
+    """(set, interface, address or None) of the table's elements, in one listing;
+    None without the table."""
+    exe = shutil.which("nft")
+    assert exe is not None
+    r = subprocess.run([exe, "-j", "list", "table", "inet", table], capture_output=True,
+                       text=True, check=False)
+    if r.returncode != 0:
+        return None
     out: list[tuple[str, str, str | None]] = []
-    for name in ("ves", "src4", "src6"):
-        data = json.loads(_nft(["-j", "list", "set", "inet", table, name]))
-        for o in data.get("nftables", []):
-            for e in o.get("set", {}).get("elem", []):
-                if isinstance(e, dict) and "concat" in e:
-                    out.append((name, str(e["concat"][0]), str(e["concat"][1])))
-                elif isinstance(e, str):
-                    out.append((name, e, None))
+    for o in json.loads(r.stdout or '{"nftables": []}').get("nftables", []):
+        st = o.get("set", {})
+        if st.get("name") not in ("ves", "src4", "src6"):
+            continue
+        for e in st.get("elem", []):
+            if isinstance(e, dict) and "concat" in e:
+                out.append((st["name"], str(e["concat"][0]), str(e["concat"][1])))
+            elif isinstance(e, str):
+                out.append((st["name"], e, None))
     return out
 
 

@@ -162,6 +162,7 @@ class Runtime:
                layout_name: str | None = None) -> None:
         addrs = [net.parse_ip(a) for a in ipadd]
         with self.locked(ctid):
+            net.check_free(self.paths, ctid, addrs)
             conf_path = self.paths.conf(ctid)
             if conf_path.exists():
                 raise VeError(f"VE {ctid} already exists ({conf_path})",

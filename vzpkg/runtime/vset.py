@@ -101,6 +101,7 @@ def apply(rt: Runtime, ctid: int, values: dict[str, str], *,
             want = [net.parse_ip(a) for a in new_vals["IP_ADDRESS"].split()]
             removed = [a for a in cur if all(a.ip != w.ip for w in want)]
             added = [w for w in want if all(a.ip != w.ip for a in cur)]
+            net.check_free(rt.paths, ctid, added)
         if pid is None and not save and new_vals:
             raise UsageError(f"VE {ctid} is not running, so nothing would change",
                              hint="add --save to store the settings for its next start")

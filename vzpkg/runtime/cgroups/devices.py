@@ -20,7 +20,6 @@ mknod ("m") is allowed only for the nodes the VE's init creates in its fresh /de
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import struct
@@ -136,11 +135,17 @@ def bpf_program(rules: tuple[Rule, ...] = RULES) -> bytes:
     return b"".join(head + body + tail)
 
 
+def _libc() -> ctypes.CDLL:
+    """The C library this process already has loaded (find_library would run
+    ldconfig, milliseconds per call)."""
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def _bpf(cmd: int, attr: bytes) -> int:
     nr = _SYS_BPF.get(os.uname().machine)
     if nr is None:
         raise OSError(errno.ENOSYS, f"bpf(): unknown syscall number on {os.uname().machine}")
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc = _libc()
     buf = ctypes.create_string_buffer(attr, len(attr))
     ret = int(libc.syscall(ctypes.c_long(nr), ctypes.c_int(cmd), buf,
                            ctypes.c_uint(len(attr))))
@@ -154,7 +159,7 @@ def fs_type(path: Path) -> int:
     """statfs(2)'s f_type of *path*; 0 when it cannot be read."""
     class Statfs(ctypes.Structure):
         _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_byte * 112)]
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc = _libc()
     st = Statfs()
     if libc.statfs(os.fsencode(str(path)), ctypes.byref(st)) != 0:
         return 0

@@ -102,9 +102,11 @@ class CgroupsV1(Cgroups):
             if "cpuset" in self.mounts:
                 _inherit_cpuset(self.mounts["cpuset"] / self.prefix / ctid / LEAF)
             self._create_extra(ctid, made)
-            # a real v1 host without the devices controller needs the BPF layer
-            self._extra_devices(ctid, required=dev is None
-                                and devices.is_cgroup1(self._main(ctid)))
+            # a v1 host without the devices controller needs the BPF program on its
+            # cgroup2 mount instead (with the controller, that would be a second copy
+            # of the same policy, costing a program load per start)
+            if dev is None:
+                self._extra_devices(ctid, required=devices.is_cgroup1(self._main(ctid)))
         except (OSError, VeError) as exc:
             undo_dirs(made)
             if isinstance(exc, VeError):
