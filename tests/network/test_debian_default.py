@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,6 +46,15 @@ def running(ws: Path) -> Iterator[dict[int, str]]:
             assert r.returncode == 0, r.stderr
             r = vzctl(ws, "start", str(ctid))
             assert r.returncode == 0, r.stderr
+        for ip in VES.values():   # as a server boots: host keys first, then sshd
+            deadline = time.monotonic() + 90
+            while True:
+                try:
+                    socket.create_connection((ip, 22), timeout=2).close()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, f"sshd on {ip} never came up"
+                    time.sleep(0.2)
         yield VES
     finally:
         for ctid in VES:
