@@ -36,7 +36,6 @@ empty namespace) before the RPM transaction runs any scriptlet.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import json
 import os
@@ -52,7 +51,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 LAUNCHER = Path(__file__).with_name("sandbox_init.py")
 # what dpkg, rpm, apt and maintainer scripts need: files and owners, users, chroot
@@ -73,7 +72,16 @@ T = TypeVar("T")
 
 CLONE_NEWNET = 0x40000000
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
-_libc = ctypes.CDLL(None, use_errno=True)
+if TYPE_CHECKING:
+    import ctypes
+
+
+def _libc() -> ctypes.CDLL:
+    """The loaded C library, opened when first needed: not at import, because
+    `vzpkg show` imports this module and its plan cache keeps no plan made after
+    a dlopen (importing ctypes is one)."""
+    import ctypes
+    return ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass(frozen=True)
@@ -103,6 +111,7 @@ VE_MOUNTS = TreeMounts()
 
 # -- the build's network namespace --------------------------------------------------------
 def _oserror(what: str) -> OSError:
+    import ctypes
     err = ctypes.get_errno()
     return OSError(err, f"{what}: {os.strerror(err)}")
 
@@ -127,14 +136,14 @@ def _in_thread(fn: Callable[[], T]) -> T:
 
 
 def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
+    if _libc().setns(fd, CLONE_NEWNET) != 0:
         raise _oserror("setns (network)")
 
 
 def _make_netns() -> int:
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        if _libc.unshare(CLONE_NEWNET) != 0:
+        if _libc().unshare(CLONE_NEWNET) != 0:
             raise _oserror("unshare (network)")
         try:
             fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)

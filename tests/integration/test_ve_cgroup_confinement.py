@@ -77,9 +77,11 @@ def test_devices_list_shows_only_the_standard_nodes(rt: Runtime) -> None:
     assert listed == ALLOWED
 
 
-def test_a_node_outside_the_list_cannot_be_opened(rt: Runtime) -> None:
-    """A block device and /dev/kvm, planted in the VE's /dev tmpfs (which is not nodev:
-    it must hold null, zero, tty ...), open nothing; the standard nodes still work."""
+def test_a_node_outside_the_list_cannot_be_opened(rt: Runtime, tmp_path: Path) -> None:
+    """A block device and /dev/kvm, planted in the VE's /dev, open nothing (that
+    /dev is nodev, so the mount refuses first: EACCES); the devices cgroup refuses
+    them too (EPERM), shown by a process in the VE's cgroup opening the same nodes
+    on a host file system that allows devices; the standard nodes still work."""
     pid = rt.init_pid(CTID)
     dev = Path(f"/proc/{pid}/root/dev")
     for name, (kind, major, minor) in PLANTED.items():
@@ -90,7 +92,21 @@ def test_a_node_outside_the_list_cannot_be_opened(rt: Runtime) -> None:
         for name in PLANTED:
             code, out = sh(rt, CTID, f"exec 3</dev/{name} && echo opened")
             assert code != 0 and "opened" not in out, (name, out)
-            assert "Operation not permitted" in out, (name, out)
+            assert "Permission denied" in out or "not permitted" in out, (name, out)
+        # the cgroup layer alone: the VE's cgroup, host mounts
+        for name, (kind, major, minor) in PLANTED.items():
+            os.mknod(tmp_path / name, 0o600 | kind, os.makedev(major, minor))
+        probe = ("import os,sys\n"
+                 "for p in sys.argv[1:]:\n"
+                 "    try:\n"
+                 "        os.close(os.open(p, os.O_RDONLY)); print(p, 'ok')\n"
+                 "    except OSError as e: print(p, e.strerror)\n")
+        nodes = [str(tmp_path / n) for n in PLANTED]
+        r = subprocess.run(["python3", "-c", probe, *nodes, "/dev/null"],
+                           preexec_fn=lambda: rt.cgroups.attach(str(CTID), os.getpid()),
+                           capture_output=True, text=True, timeout=30)
+        assert r.stdout.splitlines() == [*(f"{n} Operation not permitted" for n in nodes),
+                                         "/dev/null ok"], r
         code, out = sh(rt, CTID, "echo x > /dev/null && head -c 4 /dev/urandom | wc -c")
         assert (code, out.strip()) == (0, "4"), out
         # /dev/tty is allowed: without a controlling terminal it is ENXIO, not EPERM

@@ -74,12 +74,14 @@ def spawn(spec: JoinSpec) -> Joined:
             os.close(fd)
         raise VeError(f"cannot join the VE's namespaces (init pid {spec.pid}): "
                       f"{exc.strerror}", hint="is the VE running? vzctl status CTID") from None
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours, theirs = (socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) if spec.pty
+                    else (None, None))
     child = os.fork()
     if child == 0:
         code = 126
         try:
-            ours.close()
+            if ours is not None:
+                ours.close()
             spec.attach(os.getpid())
             for fd in fds:
                 libc.setns(fd)
@@ -92,9 +94,11 @@ def spawn(spec: JoinSpec) -> Joined:
         os._exit(code)
     for fd in fds:
         os.close(fd)
+    if ours is None or theirs is None:
+        return Joined(child, None)
     theirs.close()
     try:
-        master = _receive_master(ours, child) if spec.pty else None
+        master = _receive_master(ours, child)
     finally:
         ours.close()
     return Joined(child, master)
@@ -152,7 +156,7 @@ def _open_pty(sock: socket.socket) -> int:
     return slave
 
 
-def _join_exec(spec: JoinSpec, sock: socket.socket) -> int:
+def _join_exec(spec: JoinSpec, sock: socket.socket | None) -> int:
     """In the joined namespaces: fork the command (now in the VE's pid ns)."""
     gc = os.fork()
     if gc == 0:
@@ -164,11 +168,11 @@ def _join_exec(spec: JoinSpec, sock: socket.socket) -> int:
             if spec.hostname:
                 libc.sethostname(spec.hostname)
             caps.confine(no_new_privs=not spec.interactive)
-            if spec.pty:
+            if sock is not None:
                 slave = _open_pty(sock)
                 for i in spec.pty:
                     os.dup2(slave, i)
-            sock.close()
+                sock.close()
             if spec.func is not None:
                 os._exit(spec.func())
             close_fds_except(2)
@@ -181,7 +185,8 @@ def _join_exec(spec: JoinSpec, sock: socket.socket) -> int:
             with contextlib.suppress(OSError):
                 os.write(2, f"vzctl: cannot run {spec.argv[0]}: {exc}\n".encode())
             os._exit(126)
-    sock.close()
+    if sock is not None:
+        sock.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
         try:
