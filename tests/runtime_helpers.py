@@ -124,3 +124,44 @@ def sh(rt: Runtime, ctid: int, command: str, stdin: bytes = b"") -> tuple[int, s
     """Run *command* with /bin/sh -c in the VE: (exit status, stdout+stderr)."""
     from vzpkg.runtime.vset import capture
     return capture(rt, ctid, ["/bin/sh", "-c", command], stdin)
+
+
+def enter_session(rt: Runtime, ctid: int, typed: bytes, timeout: float = 20
+                  ) -> tuple[int | None, str]:
+    """Run ``vzctl enter CTID`` on a pty, type *typed*, read until it ends:
+    (wait status, or None if it did not exit within 10 s after the output, and
+    everything it printed).  A vzctl that does not exit is killed."""
+    import select
+    import sys
+    import time
+    vzctl = str(Path(sys.executable).parent / "vzctl")
+    env = {**os.environ, "VZ_ROOT": str(rt.paths.root), "TERM": "dumb"}
+    pid, fd = os.forkpty()
+    if pid == 0:
+        try:
+            os.execve(vzctl, [vzctl, "enter", str(ctid)], env)
+        finally:
+            os._exit(127)
+    out = b""
+    try:
+        os.write(fd, typed)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.5)[0]:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                out += chunk
+        deadline = time.monotonic() + 10
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        status: int | None = done[1] if done[0] else None
+        if status is None:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+    return status, out.decode(errors="replace")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.runtime_helpers import destroy_all, runtime_for, sh
+from tests.runtime_helpers import destroy_all, enter_session, runtime_for, sh
 from vzpkg.runtime import caps
 from vzpkg.runtime.ve import Runtime
 
@@ -282,28 +282,7 @@ def test_enter_follows_no_link_of_the_ve(rt: Runtime, tmp_path: Path) -> None:
     rt.start(ctid)
     ino = _inotify_opens(target)
     try:
-        env = {**os.environ, "VZ_ROOT": str(rt.paths.root), "TERM": "dumb"}
-        pid, fd = os.forkpty()
-        if pid == 0:
-            try:
-                os.execve(str(BIN / "vzctl"), [str(BIN / "vzctl"), "enter", str(ctid)], env)
-            finally:
-                os._exit(127)
-        os.write(fd, b"echo marker-$((6*7)); exit\n")
-        out = b""
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if select.select([fd], [], [], 0.5)[0]:
-                try:
-                    chunk = os.read(fd, 4096)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                out += chunk
-        os.waitpid(pid, 0)
-        os.close(fd)
-        text = out.decode(errors="replace")
+        _, text = enter_session(rt, ctid, b"echo marker-$((6*7)); exit\n")
         assert "Traceback" not in text, text
         assert "marker-42" in text, text
         with contextlib.suppress(BlockingIOError):

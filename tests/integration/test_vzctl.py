@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import select
 import socket
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.runtime_helpers import destroy_all, find_debian_cache, runtime_for, sh
+from tests.runtime_helpers import destroy_all, enter_session, find_debian_cache, runtime_for, sh
 from vzpkg.errors import VeError
 from vzpkg.runtime import layout, net
 from vzpkg.runtime.ve import Runtime
@@ -251,36 +250,10 @@ def test_enter_through_a_pty(rt: Runtime) -> None:
     ctid = 9208
     rt.create(ctid, "busybox-1", hostname="entered")
     rt.start(ctid)
-    env = {**os.environ, "VZ_ROOT": str(rt.paths.root), "TERM": "dumb"}
-    pid, fd = os.forkpty()
-    if pid == 0:
-        try:
-            os.execve(str(BIN / "vzctl"), [str(BIN / "vzctl"), "enter", str(ctid)], env)
-        finally:
-            os._exit(127)
     try:
-        os.write(fd, b"echo marker-$((6*7)); hostname; tty; exit 5\n")
-        out = b""
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 1)
-            if ready:
-                try:
-                    chunk = os.read(fd, 4096)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                out += chunk
-        deadline = time.monotonic() + 10
-        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if done[0] == 0:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            pytest.fail(f"vzctl enter did not exit; it printed {out!r}")
-        status = done[1]
-        text = out.decode(errors="replace")
+        status, text = enter_session(rt, ctid, b"echo marker-$((6*7)); hostname; tty; exit 5\n")
+        if status is None:
+            pytest.fail(f"vzctl enter did not exit; it printed {text!r}")
         assert "marker-42" in text and "entered" in text
         assert "/dev/pts/" in text, text
         assert os.WEXITSTATUS(status) == 5

@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import stat
-from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 
 from vzpkg.errors import VeError
 from vzpkg.fstree import remove_tree
-from vzpkg.runtime import libc
+from vzpkg.runtime import libc, state
 from vzpkg.runtime.caches import CacheRef
 from vzpkg.runtime.paths import VzPaths
 
@@ -41,16 +39,6 @@ _KEPT_FLAGS = ((os.ST_RDONLY, libc.MS_RDONLY), (os.ST_NOSUID, libc.MS_NOSUID),
 class Layout(StrEnum):
     PLAIN = "plain"
     OVERLAY = "overlay"
-
-
-@contextlib.contextmanager
-def _flock(path: Path) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def create(paths: VzPaths, ctid: int, cache: CacheRef, layout: Layout) -> None:
@@ -87,7 +75,7 @@ def ensure_shared(paths: VzPaths, cache: CacheRef) -> Path:
     done = shared.with_name(sha + ".ok")
     if done.exists():
         return shared
-    with _flock(shared.with_name(sha + ".lock")):
+    with state.flocked(shared.with_name(sha + ".lock")):
         if done.exists():
             return shared
         tmp = shared.with_name(f"{sha}.tmp{os.getpid()}")
@@ -272,7 +260,7 @@ def destroy(paths: VzPaths, ctid: int, lay: Layout) -> None:
             mount_point.rmdir()
     if shared is not None and not _shared_in_use(paths, shared):
         sha = shared.name
-        with _flock(shared.with_name(sha + ".lock")):
+        with state.flocked(shared.with_name(sha + ".lock")):
             shared.with_name(sha + ".ok").unlink(missing_ok=True)
             _remove_quietly(shared)
         shared.with_name(sha + ".lock").unlink(missing_ok=True)

@@ -26,16 +26,15 @@ there is no VE networking: :func:`allow` raises and nothing is created.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import ipaddress
 import json
-import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 
 from vzpkg.errors import VeError
+from vzpkg.runtime import state
 
 _TAGGED_IF = re.compile(r"^v([0-9a-f]{5})[0-9]+$")
 _ND = "nd-neighbor-solicit, nd-neighbor-advert"
@@ -106,16 +105,10 @@ def _elements(table: str, addrs: Iterable[Addr], hif: str) -> list[str]:
     return out
 
 
-@contextlib.contextmanager
-def _locked() -> Iterator[None]:
+def _locked() -> contextlib.AbstractContextManager[None]:
     """Host-wide: a root's table is removed with its last VE, never while another
     VE of the root is being added to it."""
-    fd = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    return state.flocked(LOCK)
 
 
 def allow(hif: str, addrs: Iterable[Addr]) -> None:

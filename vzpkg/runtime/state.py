@@ -9,9 +9,11 @@ makes a stopped VE look alive.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import select
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -66,3 +68,14 @@ def wait_exit(pid: int, timeout: float) -> bool:
     finally:
         with contextlib.suppress(OSError):
             os.close(fd)
+
+
+@contextlib.contextmanager
+def flocked(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive flock on *path* (made 0600 if missing) for the block."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
