@@ -23,7 +23,7 @@ import pytest
 
 from tests.runtime_helpers import destroy_all, runtime_for, sh
 from vzpkg.errors import VeError
-from vzpkg.runtime import net
+from vzpkg.runtime import net, netfilter
 from vzpkg.runtime.ve import Runtime
 
 pytestmark = [pytest.mark.root,
@@ -286,19 +286,14 @@ def test_ipadd_ipdel_and_stop_update_the_filter(rt: Runtime) -> None:
 
 def test_start_fails_closed_without_nftables(rt: Runtime, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """No nft: the VE does not start, and no veth, route, cgroup or rule is left."""
+    """No nftables: the VE does not start, and no veth, route, cgroup or rule is left."""
     ctid = 9375
     hif = rt.paths.host_ifname(ctid)
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    for tool in ("ip", "nsenter"):
-        found = shutil.which(tool)
-        assert found
-        (bindir / tool).symlink_to(found)
     rt.create(ctid, "busybox-1", ipadd=["198.18.97.6"])
     try:
-        with monkeypatch.context() as m:
-            m.setenv("PATH", str(bindir))
+        with monkeypatch.context() as m:     # as on a host without libnftables
+            m.setattr(netfilter, "LIBRARY", str(tmp_path / "libnftables.so.1"))
+            m.setattr(netfilter, "_lib", None)
             with pytest.raises(VeError, match="nftables") as ei:
                 rt.start(ctid)
         assert "nft" in str(ei.value) and ei.value.hint

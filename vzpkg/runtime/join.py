@@ -1,9 +1,10 @@
 """Running commands in a running VE: join its namespaces and cgroup, confine, exec.
 
-:func:`spawn` puts a child into the VE's cgroup, then setns into every namespace
-of the VE's init (ipc, uts, net, cgroup, pid, mnt — the mount namespace last,
-which also puts the process at the VE's root), forks once more so the command
-is inside the VE's pid namespace, starts a new session, confines itself
+:func:`spawn` forks once, straight into the VE's pid namespace (this process
+enters it for its children only, for the length of the fork); the child puts
+itself into the VE's cgroup, then setns into every other namespace of the VE's
+init (ipc, uts, net, cgroup, mnt — the mount namespace last, which also puts it
+at the VE's root), starts a new session, confines itself
 (:func:`vzpkg.runtime.caps.confine`: seccomp filter, VE capabilities, and
 no_new_privs unless the spec is an interactive shell) and only then runs
 anything: the VE's binary, or a function of ours that reads the VE's files.
@@ -31,7 +32,7 @@ from vzpkg.errors import VeError
 from vzpkg.runtime import caps, libc
 from vzpkg.runtime.ns import close_fds_except, ve_env
 
-_NSES = ("ipc", "uts", "net", "cgroup", "pid", "mnt")
+_NSES = ("ipc", "uts", "net", "cgroup", "mnt")   # the pid namespace: see spawn
 TIOCSCTTY = 0x540E
 TIOCSPTLCK = 0x40045431
 TIOCGPTPEER = 0x5441
@@ -63,10 +64,26 @@ def _status_code(status: int) -> int:
     return os.WEXITSTATUS(status)
 
 
+def _fork_into(pidns: int) -> int:
+    """fork() with the child in pid namespace *pidns*: this process enters it for
+    its children only, and is back in its own as soon as the fork returns."""
+    own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        libc.setns(pidns, libc.CLONE_NEWPID)
+        child = os.fork()
+        if child != 0:
+            libc.setns(own, libc.CLONE_NEWPID)
+        return child
+    finally:
+        os.close(own)
+
+
 def spawn(spec: JoinSpec) -> Joined:
     """Start *spec.argv* in the VE; the host pid to :func:`wait` for."""
     fds: list[int] = []
     try:
+        pidns = os.open(f"/proc/{spec.pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        fds.append(pidns)
         for name in _NSES:
             fds.append(os.open(f"/proc/{spec.pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC))
     except OSError as exc:
@@ -76,18 +93,27 @@ def spawn(spec: JoinSpec) -> Joined:
                       f"{exc.strerror}", hint="is the VE running? vzctl status CTID") from None
     ours, theirs = (socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) if spec.pty
                     else (None, None))
-    child = os.fork()
+    try:
+        child = _fork_into(pidns)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        for s in (ours, theirs):
+            if s is not None:
+                s.close()
+        raise
     if child == 0:
         code = 126
         try:
             if ours is not None:
                 ours.close()
             spec.attach(os.getpid())
-            for fd in fds:
+            os.close(pidns)
+            for fd in fds[1:]:
                 libc.setns(fd)
                 os.close(fd)
             os.chdir("/")
-            code = _join_exec(spec, theirs)
+            code = _run_joined(spec, theirs)
         except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.write(2, f"vzctl: cannot enter the VE: {exc}\n".encode())
@@ -156,41 +182,31 @@ def _open_pty(sock: socket.socket) -> int:
     return slave
 
 
-def _join_exec(spec: JoinSpec, sock: socket.socket | None) -> int:
-    """In the joined namespaces: fork the command (now in the VE's pid ns)."""
-    gc = os.fork()
-    if gc == 0:
-        try:
-            if spec.stdio is not None:
-                for i, fd in enumerate(spec.stdio):
-                    os.dup2(fd, i)
-            os.setsid()              # never the caller's terminal's session
-            if spec.hostname:
-                libc.sethostname(spec.hostname)
-            caps.confine(no_new_privs=not spec.interactive)
-            if sock is not None:
-                slave = _open_pty(sock)
-                for i in spec.pty:
-                    os.dup2(slave, i)
-                sock.close()
-            if spec.func is not None:
-                os._exit(spec.func())
-            close_fds_except(2)
-            env = spec.env if spec.env is not None else ve_env()
-            os.execvpe(spec.argv[0], list(spec.argv), env)
-        except FileNotFoundError:
-            os.write(2, f"vzctl: {spec.argv[0]}: command not found in the VE\n".encode())
-            os._exit(127)
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                os.write(2, f"vzctl: cannot run {spec.argv[0]}: {exc}\n".encode())
-            os._exit(126)
-    if sock is not None:
-        sock.close()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    while True:
-        try:
-            _, status = os.waitpid(gc, 0)
-            return _status_code(status)
-        except InterruptedError:
-            continue
+def _run_joined(spec: JoinSpec, sock: socket.socket | None) -> int:
+    """In the joined namespaces (and the VE's pid namespace): become the command."""
+    try:
+        if spec.stdio is not None:
+            for i, fd in enumerate(spec.stdio):
+                os.dup2(fd, i)
+        os.setsid()              # never the caller's terminal's session
+        if spec.hostname:
+            libc.sethostname(spec.hostname)
+        caps.confine(no_new_privs=not spec.interactive)
+        if sock is not None:
+            slave = _open_pty(sock)
+            for i in spec.pty:
+                os.dup2(slave, i)
+            sock.close()
+        if spec.func is not None:
+            return spec.func()
+        close_fds_except(2)
+        env = spec.env if spec.env is not None else ve_env()
+        os.execvpe(spec.argv[0], list(spec.argv), env)
+    except FileNotFoundError:
+        os.write(2, f"vzctl: {spec.argv[0]}: command not found in the VE\n".encode())
+        return 127
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.write(2, f"vzctl: cannot run {spec.argv[0]}: {exc}\n".encode())
+        return 126
+    return 126     # not reached: execvpe returns only by raising

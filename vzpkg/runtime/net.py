@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import json
 import os
-import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vzpkg.errors import ConfigError, UsageError, VeError
-from vzpkg.runtime import netfilter
+from vzpkg.runtime import netfilter, rtnl
 
 if TYPE_CHECKING:
     from vzpkg.runtime.paths import VzPaths
@@ -122,53 +120,69 @@ def check_free(paths: VzPaths, ctid: int, addrs: Iterable[Addr]) -> None:
                                           "--save")
 
 
+_RTF_REJECT = 0x0200
+_RTF_LOCAL = 0x80000000
+
+
+def _host_routes() -> tuple[set[str], dict[str, str]]:
+    """The host's local addresses, and its host routes (/32, /128) with their
+    interface, read from /proc (the routing tables of the caller's network
+    namespace; no ``ip`` process per address)."""
+    local: set[str] = set()
+    routed: dict[str, str] = {}
+    with contextlib.suppress(OSError), open("/proc/net/fib_trie", encoding="ascii") as f:
+        leaf = ""
+        for line in f:
+            text = line.strip()
+            if text.startswith("|-- "):
+                leaf = text[4:]
+            elif text == "/32 host LOCAL" and leaf:
+                local.add(leaf)
+    with contextlib.suppress(OSError), open("/proc/net/route", encoding="ascii") as f:
+        for line in list(f)[1:]:
+            col = line.split()
+            if len(col) >= 8 and col[7] == "FFFFFFFF" and not int(col[3], 16) & _RTF_REJECT:
+                ip = ipaddress.IPv4Address(int(col[1], 16).to_bytes(4, "little"))
+                routed[str(ip)] = col[0]
+    with contextlib.suppress(OSError), open("/proc/net/ipv6_route", encoding="ascii") as f:
+        for line in f:
+            col = line.split()
+            if len(col) < 10 or col[1] != "80":
+                continue
+            ip6 = str(ipaddress.IPv6Address(bytes.fromhex(col[0])))
+            flags = int(col[8], 16)
+            if flags & _RTF_LOCAL:
+                local.add(ip6)
+            elif not flags & _RTF_REJECT:
+                routed.setdefault(ip6, col[9])
+    return local, routed
+
+
 def _claimed(addrs: Iterable[Addr], hif: str) -> None:
     """Refuse, before any route is replaced, an address the host has on one of its
     own interfaces or routes to an interface other than *hif* (another VE's veth,
     perhaps of another VZ_ROOT): the VE would take the traffic of either."""
+    local, routed = _host_routes()
     for a in addrs:
-        host = f"{a.ip}/{a.max_prefixlen}"
-        r = subprocess.run(["ip", "-j", f"-{a.version}", "route", "show", "table", "all",
-                            "exact", host], capture_output=True, text=True, check=False)
-        try:
-            routes = json.loads(r.stdout or "[]")
-        except ValueError:
-            routes = []
-        for rt in routes:
-            if rt.get("type") == "local":
-                raise VeError(f"IP address {a.ip} is an address of this host "
-                              f"({rt.get('dev', '?')}); a VE cannot have it",
-                              hint="remove it from the VE: vzctl set CTID --ipdel "
-                                   f"{a.ip} --save")
-            dev = rt.get("dev")
-            if dev and dev != hif and rt.get("type", "unicast") == "unicast":
-                raise VeError(f"IP address {a.ip} is already routed to {dev} (another VE?)",
-                              hint=f"an address is never given to two VEs; stop the VE "
-                                   f"behind {dev} or take the address from it")
+        ip = str(a.ip)
+        if ip in local:
+            raise VeError(f"IP address {a.ip} is an address of this host; a VE cannot "
+                          "have it", hint="remove it from the VE: vzctl set CTID --ipdel "
+                                          f"{a.ip} --save")
+        dev = routed.get(ip)
+        if dev and dev != hif:
+            raise VeError(f"IP address {a.ip} is already routed to {dev} (another VE?)",
+                          hint=f"an address is never given to two VEs; stop the VE "
+                               f"behind {dev} or take the address from it")
 
 
-def _ip(args: list[str], batch: list[str], netns_pid: int | None = None) -> None:
-    cmd = ["ip", *args, "-batch", "-"]
-    if netns_pid is not None:
-        cmd = ["nsenter", f"--net=/proc/{netns_pid}/ns/net", *cmd]
-    r = subprocess.run(cmd, input="\n".join(batch) + "\n", capture_output=True, text=True,
-                       check=False)
-    if r.returncode != 0:
-        raise VeError(f"network setup failed: {' '.join(cmd)}: {r.stderr.strip()}")
+def _failed(exc: OSError) -> VeError:
+    return VeError(f"network setup failed: {exc.strerror}")
 
 
 def link_exists(name: str) -> bool:
     """Whether the host has interface *name* (in the caller's network namespace)."""
     return os.path.exists(f"/sys/class/net/{name}")
-
-
-def _host_route(addr: Addr, hif: str, verb: str) -> str:
-    return f"route {verb} {addr.ip}/{addr.max_prefixlen} dev {hif}"
-
-
-def _ve_addr(addr: Addr, verb: str) -> str:
-    extra = " nodad" if addr.version == 6 and verb == "add" else ""
-    return f"addr {verb} {addr.with_prefixlen} dev {VE_IF}{extra}"
 
 
 def _host_end_sysctls(hif: str) -> None:
@@ -190,6 +204,10 @@ def _host_end_sysctls(hif: str) -> None:
                           f"{exc.strerror}") from None
 
 
+GW4_IP = ipaddress.IPv4Address(GW4)
+GW6_IP = ipaddress.IPv6Address(GW6)
+
+
 def setup(hif: str, pid: int, addrs: Iterable[Addr]) -> None:
     """Bring up lo, and the veth pair when the VE has addresses.
 
@@ -197,30 +215,39 @@ def setup(hif: str, pid: int, addrs: Iterable[Addr]) -> None:
     network and this raises with nothing created.  Any later failure removes the
     pair and the filter again."""
     addrs = list(addrs)
-    if not addrs:
-        _ip([], ["link set lo up"], pid)
-        return
-    if link_exists(hif):  # left over from a VE whose namespace is still going away
-        _ip([], [f"link del {hif}"])
-    _claimed(addrs, hif)
-    netfilter.allow(hif, addrs)
     try:
-        # one batch; the host end's sysctls follow before the VE runs at all (its
-        # init waits until this returns), so nothing can pass the pair before them
-        _ip([], [f"link add {hif} type veth peer name {VE_IF} netns {pid}",
-                 f"addr add {GW4}/32 dev {hif}",
-                 f"addr add {GW6}/64 dev {hif} nodad",
-                 f"link set {hif} up",
-                 *(_host_route(a, hif, "replace") for a in addrs)])
-        _host_end_sysctls(hif)
-        _ip([], ["link set lo up", f"link set {VE_IF} up",
-                 *(_ve_addr(a, "add") for a in addrs),
-                 f"route add {GW4} dev {VE_IF} scope link",
-                 f"route add default via {GW4} dev {VE_IF}",
-                 f"route add ::/0 via {GW6} dev {VE_IF}"], pid)
-    except BaseException:
-        teardown(hif)
-        raise
+        with rtnl.Link(pid) as ve:
+            ve.up(1)        # lo is interface 1 of every new network namespace
+            if not addrs:
+                return
+            if link_exists(hif):  # left over from a VE whose namespace is going away
+                teardown(hif)
+            _claimed(addrs, hif)
+            netfilter.allow(hif, addrs)
+            try:
+                with rtnl.Link() as host:
+                    host.add_veth(hif, VE_IF, pid)
+                    hidx = host.index(hif)
+                    host.add_addr(hidx, ipaddress.ip_interface(f"{GW4}/32"))
+                    host.add_addr(hidx, ipaddress.ip_interface(f"{GW6}/64"), nodad=True)
+                    host.up(hidx)
+                    for a in addrs:
+                        host.replace_host_route(a.ip, hidx)
+                # the host end's sysctls are set before the VE runs at all (its init
+                # waits until this returns), so nothing can pass the pair before them
+                _host_end_sysctls(hif)
+                vidx = ve.index(VE_IF)
+                ve.up(vidx)
+                for a in addrs:
+                    ve.add_addr(vidx, a, nodad=a.version == 6)
+                ve.add_route(GW4_IP, 32, vidx)
+                ve.add_route(ipaddress.IPv4Address(0), 0, vidx, GW4_IP)
+                ve.add_route(ipaddress.IPv6Address(0), 0, vidx, GW6_IP)
+            except BaseException:
+                teardown(hif)
+                raise
+    except OSError as exc:
+        raise _failed(exc) from None
 
 
 def add(hif: str, pid: int, addrs: Iterable[Addr], current: Iterable[Addr]) -> None:
@@ -237,8 +264,17 @@ def add(hif: str, pid: int, addrs: Iterable[Addr], current: Iterable[Addr]) -> N
         return
     _claimed(new, hif)
     netfilter.allow(hif, new)
-    _ip([], [_host_route(a, hif, "replace") for a in new])
-    _ip([], [_ve_addr(a, "add") for a in new], pid)
+    try:
+        with rtnl.Link() as host:
+            hidx = host.index(hif)
+            for a in new:
+                host.replace_host_route(a.ip, hidx)
+        with rtnl.Link(pid) as ve:
+            vidx = ve.index(VE_IF)
+            for a in new:
+                ve.add_addr(vidx, a, nodad=a.version == 6)
+    except OSError as exc:
+        raise _failed(exc) from None
 
 
 def delete(hif: str, pid: int, addrs: Iterable[Addr]) -> None:
@@ -246,13 +282,22 @@ def delete(hif: str, pid: int, addrs: Iterable[Addr]) -> None:
     if not addrs or not link_exists(hif):
         return
     netfilter.forbid(hif, addrs)   # the VE stops sending from them at once
-    _ip(["-force"], [_host_route(a, hif, "del") for a in addrs])
-    _ip(["-force"], [_ve_addr(a, "del") for a in addrs], pid)
+    with rtnl.Link() as host:
+        hidx = host.index(hif)
+        for a in addrs:
+            with contextlib.suppress(OSError):      # already gone
+                host.delete_host_route(a.ip, hidx)
+    with rtnl.Link(pid) as ve:
+        vidx = ve.index(VE_IF)
+        for a in addrs:
+            with contextlib.suppress(OSError):
+                ve.delete_addr(vidx, a)
 
 
 def teardown(hif: str) -> None:
     """Remove the host end (which removes the pair) and the VE's filter entries;
     fine if they are gone."""
     if link_exists(hif):
-        subprocess.run(["ip", "link", "del", hif], capture_output=True, check=False)
+        with rtnl.Link() as host, contextlib.suppress(OSError):
+            host.delete_link(hif)
     netfilter.forget(hif)

@@ -17,10 +17,15 @@ a VE's veth pair therefore goes through this table:
 
 The table is ``inet vzpkg`` for ``/vz`` and ``inet vzpkg_TAG`` for another root
 (:func:`table_for`); a root's VEs are the ``ves`` set of interface names.  The
-chains are rewritten in one atomic transaction each time a VE gets addresses, so a
-table someone flushed is repaired by the next start; the table goes with the root's
-last running VE.  Without a working nft
-there is no VE networking: :func:`allow` raises and nothing is created.
+table is made with a root's first started VE and stays (with empty sets, matching
+nothing) until the root's last VE is destroyed; a start only adds set elements to
+it, and rewrites the chains only when they are not as written here (someone
+flushed them), so a start costs no kernel grace period.  A stopped VE's elements go
+at its stop.
+
+nft's own library, libnftables (package libnftables1, which nft itself uses), runs
+the commands in this process: a start pays no nft process and cache set-up.  Without
+it there is no VE networking: :func:`allow` raises and nothing is created.
 """
 
 from __future__ import annotations
@@ -29,9 +34,8 @@ import contextlib
 import ipaddress
 import json
 import re
-import shutil
-import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
+from typing import Any
 
 from vzpkg.errors import VeError
 from vzpkg.runtime import state
@@ -82,20 +86,63 @@ add rule {t} to_host counter drop
 """
 
 
-def _nft(args: Sequence[str], script: str | None = None) -> str:
-    exe = shutil.which("nft")
-    if exe is None:
-        raise VeError("VE networking needs nftables to filter the VE's traffic, and "
-                      "nft was not found", hint="install the nftables package "
-                      "(apt-get install nftables); the VE was not started")
-    r = subprocess.run([exe, *args], input=script, capture_output=True, text=True,
-                       check=False)
-    if r.returncode != 0:
-        what = "nft " + " ".join(args)
-        raise VeError(f"VE traffic filter: {what} failed: {r.stderr.strip()}",
+LIBRARY = "libnftables.so.1"
+_JSON = 1 << 4          # NFT_CTX_OUTPUT_JSON
+_lib: Any = None
+
+
+def _library() -> Any:
+    global _lib
+    if _lib is None:
+        import ctypes
+        try:
+            lib = ctypes.CDLL(LIBRARY)
+        except OSError:
+            raise VeError("VE networking needs nftables to filter the VE's traffic, and "
+                          f"its library {LIBRARY} was not found",
+                          hint="install the nftables package (apt-get install nftables); "
+                               "the VE was not started") from None
+        lib.nft_ctx_new.restype = ctypes.c_void_p
+        lib.nft_ctx_new.argtypes = [ctypes.c_uint]
+        for f in ("nft_ctx_free", "nft_ctx_buffer_output", "nft_ctx_buffer_error"):
+            getattr(lib, f).argtypes = [ctypes.c_void_p]
+        for f in ("nft_ctx_get_output_buffer", "nft_ctx_get_error_buffer"):
+            getattr(lib, f).argtypes = [ctypes.c_void_p]
+            getattr(lib, f).restype = ctypes.c_char_p
+        lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
+        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        _lib = lib
+    return _lib
+
+
+def _run(script: str, *, json_out: bool = False) -> tuple[int, str, str]:
+    """Run nft commands (the syntax of ``nft -f``) in one transaction: (status,
+    output, error text)."""
+    lib = _library()
+    ctx = lib.nft_ctx_new(0)
+    if not ctx:
+        raise VeError("VE traffic filter: libnftables could not make a context")
+    try:
+        lib.nft_ctx_buffer_output(ctx)
+        lib.nft_ctx_buffer_error(ctx)
+        if json_out:
+            lib.nft_ctx_output_set_flags(ctx, _JSON)
+        rc = lib.nft_run_cmd_from_buffer(ctx, script.encode())
+        out = (lib.nft_ctx_get_output_buffer(ctx) or b"").decode(errors="replace")
+        err = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode(errors="replace")
+        return int(rc), out, err
+    finally:
+        lib.nft_ctx_free(ctx)
+
+
+def _nft(script: str) -> str:
+    rc, out, err = _run(script)
+    if rc != 0:
+        first = script.strip().splitlines()[0] if script.strip() else ""
+        raise VeError(f"VE traffic filter: nft '{first}'... failed: {err.strip()}",
                       hint="the kernel needs nf_tables (CONFIG_NF_TABLES, "
                            "CONFIG_NF_TABLES_INET, conntrack)")
-    return r.stdout
+    return out
 
 
 def _elements(table: str, addrs: Iterable[Addr], hif: str) -> list[str]:
@@ -115,54 +162,85 @@ def allow(hif: str, addrs: Iterable[Addr]) -> None:
     """Let *hif*'s VE send from *addrs* (and make *hif* a VE interface of its root).
     Raises VeError, changing nothing, when nftables cannot do it."""
     table = table_for(hif)
-    lines = [_ruleset(table), f'add element inet {table} ves {{ "{hif}" }}',
-             *_elements(table, addrs, hif)]
+    lines = [f'add element inet {table} ves {{ "{hif}" }}', *_elements(table, addrs, hif)]
     with _locked():
-        _nft(["-f", "-"], "\n".join(lines) + "\n")
+        listed = _listing(table)
+        if listed is None or not _intact(listed):
+            lines.insert(0, _ruleset(table))
+        _nft("\n".join(lines) + "\n")
 
 
 def forbid(hif: str, addrs: Iterable[Addr]) -> None:
     """Take *addrs* away from *hif*'s VE (those it has)."""
     want = {(hif, str(a.ip)) for a in addrs}
     table = table_for(hif)
-    have = [e for e in _listed(table) or [] if (e[1], e[2]) in want]
-    _delete(table, have)
+    with _locked():
+        have = [e for e in _elements_of(_listing(table)) if (e[1], e[2]) in want]
+        _delete(table, have)
 
 
 def forget(hif: str) -> None:
-    """Remove every element of *hif* from its root's table (VE stopped), and the
-    table with the root's last VE.  Does nothing when nft is not installed or
-    there is no such table (then no rule can be in place either)."""
-    if shutil.which("nft") is None:
+    """Remove every element of *hif* from its root's table (VE stopped).  Does
+    nothing when nftables is not installed or there is no such table (then no rule
+    can be in place either)."""
+    try:
+        _library()
+    except VeError:
         return
     table = table_for(hif)
     with _locked():
-        listed = _listed(table)
-        if listed is None:
-            return
-        if not any(i != hif for s, i, _ in listed if s == "ves"):
-            _nft(["delete", "table", "inet", table])   # the root's last VE
-        else:
-            _delete(table, [e for e in listed if e[1] == hif])
+        _delete(table, [e for e in _elements_of(_listing(table)) if e[1] == hif])
+
+
+def drop_unused(tag: str) -> None:
+    """Remove the table of the root tagged *tag* when no VE interface is in it (the
+    root's last VE was destroyed)."""
+    try:
+        _library()
+    except VeError:
+        return
+    table = table_name(tag)
+    with _locked():
+        listed = _listing(table)
+        if listed is not None and not any(s == "ves" for s, _, _ in _elements_of(listed)):
+            _nft(f"delete table inet {table}\n")
 
 
 def tables() -> list[str]:
-    data = json.loads(_nft(["-j", "list", "tables", "inet"]) or '{"nftables": []}')
+    rc, out, _ = _run("list tables inet", json_out=True)
+    data = json.loads(out or '{"nftables": []}') if rc == 0 else {}
     return [o["table"]["name"] for o in data.get("nftables", [])
             if "table" in o and re.match(r"^vzpkg(_[0-9a-f]{5})?$", o["table"]["name"])]
 
 
-def _listed(table: str) -> list[tuple[str, str, str | None]] | None:
-    """(set, interface, address or None) of the table's elements, in one listing;
-    None without the table."""
-    exe = shutil.which("nft")
-    assert exe is not None
-    r = subprocess.run([exe, "-j", "list", "table", "inet", table], capture_output=True,
-                       text=True, check=False)
-    if r.returncode != 0:
+# rules per chain of _ruleset: a table whose chains hold other counts was changed
+_RULES = {"prerouting": 1, "from_ve": 4, "input": 1, "to_host": 3}
+Listing = list[dict[str, Any]]
+
+
+def _listing(table: str) -> Listing | None:
+    """The table's objects (nft's JSON), in one listing; None without the table."""
+    rc, out, _ = _run(f"list table inet {table}", json_out=True)
+    if rc != 0:
         return None
+    objs: Listing = json.loads(out or '{"nftables": []}').get("nftables", [])
+    return objs
+
+
+def _intact(listed: Listing) -> bool:
+    chains = {o["chain"]["name"] for o in listed if "chain" in o}
+    rules: dict[str, int] = {}
+    for o in listed:
+        if "rule" in o:
+            rules[o["rule"]["chain"]] = rules.get(o["rule"]["chain"], 0) + 1
+    sets = {o["set"]["name"] for o in listed if "set" in o}
+    return chains == set(_RULES) and rules == _RULES and {"ves", "src4", "src6"} <= sets
+
+
+def _elements_of(listed: Listing | None) -> list[tuple[str, str, str | None]]:
+    """(set, interface, address or None) of the listed table's elements."""
     out: list[tuple[str, str, str | None]] = []
-    for o in json.loads(r.stdout or '{"nftables": []}').get("nftables", []):
+    for o in listed or []:
         st = o.get("set", {})
         if st.get("name") not in ("ves", "src4", "src6"):
             continue
@@ -179,5 +257,4 @@ def _delete(table: str, elems: list[tuple[str, str, str | None]]) -> None:
         return
     lines = [f'delete element inet {table} {s} {{ "{i}"{"" if a is None else f" . {a}"} }}'
              for s, i, a in elems]
-    _nft(["-f", "-"], "\n".join(lines) + "\n")
-
+    _nft("\n".join(lines) + "\n")

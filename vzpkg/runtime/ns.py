@@ -235,7 +235,7 @@ def wait_init_ready(pid: int, timeout: float = 2.0) -> None:
                         break
         except OSError:
             return
-        time.sleep(0.002)
+        time.sleep(0.0005)
 
 
 def _read_until_exec(r_err: int, pid: int, ctid: int) -> bytes:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from vzpkg.config import Settings
 from vzpkg.errors import ConfigError, UsageError, VeError
-from vzpkg.runtime import dists, join, layout, net, ns, params, state
+from vzpkg.runtime import dists, join, layout, net, netfilter, ns, params, state
 from vzpkg.runtime.caches import CacheRef, find_cache
 from vzpkg.runtime.cgroups import Cgroups, detect
 from vzpkg.runtime.config import VeConfig, install_defaults, load_global, load_sample
@@ -330,6 +330,8 @@ class Runtime:
             layout.destroy(self.paths, ctid, lay)
             conf.unlink(missing_ok=True)
         self.paths.lockfile(ctid).unlink(missing_ok=True)
+        if not self.paths.ctids():      # the root's last VE: its traffic filter goes
+            netfilter.drop_unused(self.paths.tag)
 
     def ctids(self) -> list[int]:
         return self.paths.ctids()

@@ -102,8 +102,9 @@ def parse_pids(text: str | None) -> list[int]:
 
 def walk_groups(top: Path) -> Iterator[Path]:
     """*top* and every group below it, children before parents."""
-    try:
-        subs = sorted(p for p in top.iterdir() if p.is_dir())
+    try:   # the file type from the directory listing: no stat per control file
+        with os.scandir(top) as it:
+            subs = sorted(top / e.name for e in it if e.is_dir(follow_symlinks=False))
     except FileNotFoundError:
         return
     for s in subs:
