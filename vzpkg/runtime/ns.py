@@ -96,6 +96,10 @@ class StartSpec:
     run_size: str = "size=64m"     # the VE's /run tmpfs
     argv: Sequence[str] | None = None   # run this instead of init (run_command)
     stdio: tuple[int, int, int] | None = None   # its stdin, stdout, stderr
+    # puts the calling process into the VE's cgroup; pid 1 runs it first thing,
+    # before anything else, while the host sets up the VE's network beside it (a
+    # cgroup migration waits out an RCU grace period: milliseconds of sleep)
+    enter_cgroup: Callable[[], None] | None = None
 
 
 def _mountpoint(path: str) -> str:
@@ -184,6 +188,8 @@ def _init_child(spec: StartSpec, r_go: int, w_err: int) -> None:
     """Pid 1 of the VE, until it execs init (or spec.argv).  Never returns."""
     try:
         os.setsid()
+        if spec.enter_cgroup is not None:
+            spec.enter_cgroup()
         if os.read(r_go, 1) != b"1":
             os._exit(1)
         os.close(r_go)
@@ -304,7 +310,8 @@ def _spawn(spec: StartSpec, ready: Callable[[int], None], *, wait: bool) -> tupl
         pid = int(raw)
         try:
             ready(pid)
-            os.write(w_go, b"1")
+            with contextlib.suppress(BrokenPipeError):   # pid 1 failed: it says why
+                os.write(w_go, b"1")
             os.close(w_go)
             w_go = -1
             err = _read_until_exec(r_err, pid, spec.ctid)

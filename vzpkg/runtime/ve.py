@@ -215,13 +215,13 @@ class Runtime:
         addrs = addrs_of(cfg)
         setup = dist_setup(cfg)
 
-        def ready(pid: int) -> None:
-            cg.attach(str(ctid), pid)
+        def ready(pid: int) -> None:    # pid 1 is entering its cgroup meanwhile
             net.setup(self.paths.host_ifname(ctid), pid, addrs)
 
         spec = ns.StartSpec(ctid=ctid, root=root, hostname=cfg.get("HOSTNAME") or None,
                             prepare=lambda: dists.apply(setup),
-                            run_size=run_size(cfg.layered_on(self.global_conf())))
+                            run_size=run_size(cfg.layered_on(self.global_conf())),
+                            enter_cgroup=lambda: cg.attach(str(ctid), 0))
         pid = ns.start_init(spec, ready)
         state.write_pidfile(self.paths.pidfile(ctid), pid)
         ns.wait_init_ready(pid)

@@ -54,8 +54,9 @@ def run_stopped(rt: Runtime, ctid: int, argv: Sequence[str], stdin: bytes
         cg.create(str(ctid))
         cg.apply(str(ctid), cfg.layered_on(rt.global_conf()))
         spec = ns.StartSpec(ctid=ctid, root=root, hostname=cfg.get("HOSTNAME") or None,
-                            argv=list(argv), stdio=(r_in, out, out))
-        code = ns.run_command(spec, lambda pid: cg.attach(str(ctid), pid))
+                            argv=list(argv), stdio=(r_in, out, out),
+                            enter_cgroup=lambda: cg.attach(str(ctid), 0))
+        code = ns.run_command(spec, lambda pid: None)
         os.lseek(out, 0, os.SEEK_SET)
         text = os.read(out, 1 << 20).decode(errors="replace")
     finally:

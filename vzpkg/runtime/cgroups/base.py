@@ -201,7 +201,7 @@ class Cgroups(ABC):
 
     @abstractmethod
     def attach(self, ctid: str, pid: int) -> None:
-        """Move process *pid* into the VE's group."""
+        """Move process *pid* into the VE's group (0: the calling process)."""
 
     @abstractmethod
     def procs(self, ctid: str) -> list[int]:
