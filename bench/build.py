@@ -32,8 +32,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import median, timeit, write_results
-from vzpkg.config import load_settings
-from vzpkg.metadata.loader import make_plan
+from vzpkg.core.settings import load_settings
+from vzpkg.template.loader import make_plan
 
 
 def sh(*argv: str | Path, env: dict[str, str] | None = None) -> None:

@@ -12,7 +12,7 @@ Per round, in this order (interleaved, so load drifts hit every variant alike):
   since an earlier run, so its plan comes from the plan cache, as for a user
   building a template again;
 * cli warm: the same with the package cache of an earlier build;
-* api cold / api warm: ``vzpkg.build.build(plan, settings, force=True)`` in this
+* api cold / api warm: ``vzpkg.build.pipeline.build(plan, settings, force=True)`` in this
   process (no interpreter start-up or imports), same two cache states.
 
 Every vzpkg variant is the whole pipeline: repository check, keyring,
@@ -46,9 +46,9 @@ from tests.rpmrepo.builder import (  # noqa: E402
     build_distribution,
     write_workspace,
 )
-from vzpkg.build import build  # noqa: E402
-from vzpkg.config import load_settings  # noqa: E402
-from vzpkg.metadata.loader import make_plan  # noqa: E402
+from vzpkg.build.pipeline import build  # noqa: E402
+from vzpkg.core.settings import load_settings  # noqa: E402
+from vzpkg.template.loader import make_plan  # noqa: E402
 
 PLAN = "vztest-1-x86_64-minimal"
 VARIANTS = ("bare_dnf", "cli_cold", "cli_warm", "api_cold", "api_warm")
@@ -97,7 +97,7 @@ def vzpkg_cli(workspace: Path, cache_dir: Path) -> Callable[[], None]:
 
 
 class ApiRun:
-    """vzpkg.build.build in this process; records the time of each step."""
+    """vzpkg.build.pipeline.build in this process; records the time of each step."""
 
     def __init__(self, workspace: Path, cache_dir: Path) -> None:
         self.workspace = workspace
@@ -145,7 +145,7 @@ def main() -> int:
             packages = plan.packages
             warm = tmp / "warm-caches"
             # fill the package cache (and write .pyc); a plan is kept only once its
-            # template is two seconds old (see vzpkg.metadata.plancache)
+            # template is two seconds old (see vzpkg.template.plancache)
             time.sleep(2.1)
             vzpkg_cli(ws, warm)()
             api_warm = ApiRun(ws, warm)

@@ -46,7 +46,7 @@ from tests.mirror_helpers import (
 )
 from vzpkg.mirror import Puller
 from vzpkg.mirror.verify import sqv_available
-from vzpkg.store import CacheStore
+from vzpkg.store.cachestore import CacheStore
 
 NAME = "bench-1-x86_64-minimal"
 

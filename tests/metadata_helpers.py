@@ -10,7 +10,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from vzpkg.config import SHIPPED_METADATA, Settings
+from vzpkg.core.settings import SHIPPED_METADATA, Settings
 
 KEY_FILE = "debian-bookworm-automatic.asc"
 KEY_FPR = "B8B80B5B623EAB6AD8775C45B7C5D7D6350947F8"

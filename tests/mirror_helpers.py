@@ -24,12 +24,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from vzpkg.backends import InstalledPackage
-from vzpkg.gpg import Keyring
-from vzpkg.manifest import Manifest
-from vzpkg.metadata.model import Compression
+from vzpkg.core.gpg import Keyring
+from vzpkg.core.types import Compression, InstalledPackage
 from vzpkg.mirror import MirrorConfig, PublishReport, TrustedKey, publish
-from vzpkg.store import CacheStore
+from vzpkg.store.cachestore import CacheStore
+from vzpkg.store.manifest import Manifest
 
 RANGE_RE = re.compile(r"^bytes=(\d+)-(\d*)$")
 

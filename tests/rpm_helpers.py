@@ -26,12 +26,12 @@ from typing import Any
 import pytest
 
 from tests.rpmrepo.builder import Distribution, build_distribution, write_workspace
-from vzpkg.backends import BuildContext
-from vzpkg.buildve import BuildLog
-from vzpkg.config import load_settings
-from vzpkg.gpg import Keyring
-from vzpkg.metadata.loader import make_plan
-from vzpkg.metadata.model import Plan
+from vzpkg.build.backends import BuildContext
+from vzpkg.build.buildve import BuildLog
+from vzpkg.core.gpg import Keyring
+from vzpkg.core.settings import load_settings
+from vzpkg.template.loader import make_plan
+from vzpkg.template.model import Plan
 
 TOOLS = ("rpmbuild", "rpmsign", "rpm", "gpg", "dnf")
 
@@ -136,7 +136,7 @@ def make_context(plan: Plan, *, work: Path, pkg_cache: Path, keyring: Path, log:
     kwargs: dict[str, Any] = {"plan": plan, "pkg_cache": pkg_cache, "work": work,
                               "keyring": keyring, "log": log, "offline": offline}
     if "proxy" in {f.name for f in dataclasses.fields(BuildContext)}:
-        pkgcache = importlib.import_module("vzpkg.pkgcache")
+        pkgcache = importlib.import_module("vzpkg.build.pkgcache")
         kwargs["proxy"] = pkgcache.CachingProxy(pkg_cache, offline=offline)
     return BuildContext(**kwargs)
 
@@ -185,7 +185,7 @@ def processes_with(marker: bytes) -> list[int]:
 
 
 def prestarted_dnfs() -> list[int]:
-    """Pids of dnf interpreters vzpkg pre-started (see vzpkg.backends.dnf)."""
+    """Pids of dnf interpreters vzpkg pre-started (see vzpkg.build.backends.dnf)."""
     return processes_with(b"dnf.cli import main")
 
 

@@ -58,8 +58,8 @@ def make_busybox_tree(root: Path) -> Path:
 
 def make_busybox_cache(cache_dir: Path, name: str = BUSYBOX_NAME) -> Path:
     """Pack the busybox tree and ``vzpkg import`` it as cache *name* (needs root)."""
-    from vzpkg.store import CacheStore
-    from vzpkg.store_import import import_tarball
+    from vzpkg.store.cachestore import CacheStore
+    from vzpkg.store.importer import import_tarball
     store = CacheStore(cache_dir)
     found = store.tarball(name)
     if found is not None:
@@ -82,8 +82,8 @@ def make_busybox_cache(cache_dir: Path, name: str = BUSYBOX_NAME) -> Path:
 
 def debian_cache(cache_dir: Path) -> str | None:
     """The name of a real Debian cache in *cache_dir*, if the builder made one."""
-    from vzpkg.manifest import expand_name
-    from vzpkg.store import CacheStore
+    from vzpkg.store.cachestore import CacheStore
+    from vzpkg.store.manifest import expand_name
     for short in ("debian-12", "debian-13", "debian-11"):
         name = expand_name(short)
         if CacheStore(cache_dir).tarball(name) is not None:

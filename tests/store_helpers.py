@@ -6,10 +6,9 @@ import hashlib
 from dataclasses import replace
 from pathlib import Path
 
-from vzpkg.backends import InstalledPackage
-from vzpkg.manifest import Manifest, parse_name
-from vzpkg.metadata.model import Compression
-from vzpkg.store import CacheStore
+from vzpkg.core.types import Compression, InstalledPackage
+from vzpkg.store.cachestore import CacheStore
+from vzpkg.store.manifest import Manifest, parse_name
 
 NAME = "testos-1.0-x86_64-minimal"
 

@@ -15,7 +15,7 @@ import pytest
 
 from tests.archive_helpers import SOURCE_DATE, craft, make_tree, tree_state
 from vzpkg.archive import STANDARD_DEVICES, pack, scan, unpack
-from vzpkg.errors import UnsafeArchiveError
+from vzpkg.core.errors import UnsafeArchiveError
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]

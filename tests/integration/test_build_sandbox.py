@@ -25,11 +25,11 @@ from tests.rpm_helpers import (
     rpm_dist_fixture,  # noqa: F401  (the session fixture rpm_dist)
 )
 from tests.sandbox_helpers import PROBE, Listener, hostile_repo, report
-from vzpkg.backends import dnf as dnf_backend
-from vzpkg.build import build
-from vzpkg.config import Settings, load_settings
-from vzpkg.metadata.loader import make_plan
-from vzpkg.metadata.model import Plan
+from vzpkg.build.backends import dnf as dnf_backend
+from vzpkg.build.pipeline import build
+from vzpkg.core.settings import Settings, load_settings
+from vzpkg.template.loader import make_plan
+from vzpkg.template.model import Plan
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from vzpkg.cli import vzubc
-from vzpkg.errors import VeError
+from vzpkg.core.errors import VeError
 from vzpkg.runtime.cgroups import Cgroups, CgroupsV2, detect
 from vzpkg.runtime.config import VeConfig, ve_conf_path
 from vzpkg.runtime.params import UNLIMITED

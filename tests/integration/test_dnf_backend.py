@@ -23,15 +23,15 @@ from tests.rpm_helpers import (
     vztest_plan,
 )
 from tests.rpmrepo.builder import MINIMAL
-from vzpkg.backends import dnf as dnf_backend
-from vzpkg.backends import get_backend
-from vzpkg.backends.dnf import Dnf
-from vzpkg.backends.rpm_db import target_dbpath
-from vzpkg.build import build
-from vzpkg.buildve import BuildVE
-from vzpkg.config import Settings, load_settings
-from vzpkg.errors import BuildError
-from vzpkg.metadata.loader import make_plan
+from vzpkg.build.backends import dnf as dnf_backend
+from vzpkg.build.backends import get_backend
+from vzpkg.build.backends.dnf import Dnf
+from vzpkg.build.backends.rpm_db import target_dbpath
+from vzpkg.build.buildve import BuildVE
+from vzpkg.build.pipeline import build
+from vzpkg.core.errors import BuildError
+from vzpkg.core.settings import Settings, load_settings
+from vzpkg.template.loader import make_plan
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]

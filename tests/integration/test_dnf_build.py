@@ -27,7 +27,6 @@ from tests.rpm_helpers import (
 )
 from tests.rpmrepo.builder import MINIMAL
 
-pytest.importorskip("vzpkg.build", reason="the build pipeline (vzpkg.build) is not here yet")
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import libarchive
 import pytest
 
-from vzpkg.backends import InstalledPackage
-from vzpkg.store import CacheStore
+from vzpkg.core.types import InstalledPackage
+from vzpkg.store.cachestore import CacheStore
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(os.geteuid() != 0, reason="import needs root")]

@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import run_cli
 from tests.runtime_helpers import destroy_all, runtime_for, sh
-from vzpkg.fstree import remove_tree
+from vzpkg.core.fstree import remove_tree
 from vzpkg.runtime import layout
 from vzpkg.runtime.ve import Runtime
 

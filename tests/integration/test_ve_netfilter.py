@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.runtime_helpers import destroy_all, runtime_for, sh
-from vzpkg.errors import VeError
+from vzpkg.core.errors import VeError
 from vzpkg.runtime import net, netfilter
 from vzpkg.runtime.ve import Runtime
 

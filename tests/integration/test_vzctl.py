@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.runtime_helpers import destroy_all, enter_session, find_debian_cache, runtime_for, sh
-from vzpkg.errors import VeError
+from vzpkg.core.errors import VeError
 from vzpkg.runtime import layout, net
 from vzpkg.runtime.ve import Runtime
 

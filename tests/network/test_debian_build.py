@@ -23,8 +23,8 @@ import pytest
 import yaml
 
 from tests.conftest import assert_user_error, run_cli
-from vzpkg.config import SHIPPED_METADATA, load_settings
-from vzpkg.payloads import PAYLOAD_DIR, Payloads
+from vzpkg.build.payloads import PAYLOAD_DIR, Payloads
+from vzpkg.core.settings import SHIPPED_METADATA, load_settings
 
 NAME = "debian-12-x86_64-minimal"
 pytestmark = pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86_64 host")
@@ -146,7 +146,7 @@ def test_forced_rebuild_is_byte_identical_and_keeps_old(ws: Path,
 
 
 def test_every_package_leaves_its_payload(ws: Path, built: dict[str, Any]) -> None:
-    """The cold build kept each .deb's unpacked payload (vzpkg.payloads): exactly
+    """The cold build kept each .deb's unpacked payload (vzpkg.build.payloads): exactly
     what dpkg-deb writes, named by the package's sha256."""
     pkg = ws / "caches" / ".pkgcache"
     debs = sorted(pkg.glob("*/pool/**/*.deb"))

@@ -21,7 +21,7 @@ import yaml
 
 from tests.conftest import run_cli
 from tests.sandbox_helpers import Listener, report
-from vzpkg.config import SHIPPED_METADATA
+from vzpkg.core.settings import SHIPPED_METADATA
 
 NAME = "debian-12-x86_64-minimal"
 pytestmark = [pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86_64 host"),

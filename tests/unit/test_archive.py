@@ -22,8 +22,8 @@ from tests.archive_helpers import (
     user_xattrs_supported,
 )
 from vzpkg.archive import pack, scan, tool_versions, unpack
-from vzpkg.errors import ArchiveError
-from vzpkg.metadata.model import Compression
+from vzpkg.core.errors import ArchiveError
+from vzpkg.core.types import Compression
 
 
 @pytest.fixture()

@@ -10,7 +10,7 @@ import pytest
 
 from tests.archive_helpers import Member, craft, user_xattrs_supported
 from vzpkg.archive import scan, unpack
-from vzpkg.errors import ArchiveError, UnsafeArchiveError
+from vzpkg.core.errors import ArchiveError, UnsafeArchiveError
 
 # A few harmless entries first, so that refusing means cleaning up real files.
 PRELUDE: list[Member] = [

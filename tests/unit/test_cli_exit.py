@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 
 from vzpkg import __version__
-from vzpkg.metadata.schema import SCHEMA_FILE
+from vzpkg.template.schema import SCHEMA_FILE
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {k: v for k, v in os.environ.items()

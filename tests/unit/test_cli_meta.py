@@ -9,7 +9,7 @@ import pytest
 
 from tests.metadata_helpers import KEY_FPR, MIRROR, Workspace, make_workspace
 from vzpkg.cli.vzpkg import main
-from vzpkg.metadata.schema import SCHEMA_FILE
+from vzpkg.template.schema import SCHEMA_FILE
 
 
 @pytest.fixture

@@ -12,14 +12,14 @@ import pytest
 import yaml
 
 from tests.rpm_helpers import make_context
-from vzpkg.backends import get_backend
-from vzpkg.backends.dnf import Dnf, diagnose
-from vzpkg.backends.rpm_config import DnfSettings, default_rpmdb, dnf_argv, repo_signed
-from vzpkg.buildve import BuildLog
-from vzpkg.config import SHIPPED_METADATA, load_settings
-from vzpkg.errors import TemplateError
-from vzpkg.metadata.loader import make_plan
-from vzpkg.metadata.model import Plan
+from vzpkg.build.backends import get_backend
+from vzpkg.build.backends.dnf import Dnf, diagnose
+from vzpkg.build.backends.rpm_config import DnfSettings, default_rpmdb, dnf_argv, repo_signed
+from vzpkg.build.buildve import BuildLog
+from vzpkg.core.errors import TemplateError
+from vzpkg.core.settings import SHIPPED_METADATA, load_settings
+from vzpkg.template.loader import make_plan
+from vzpkg.template.model import Plan
 
 
 def _plan(name: str, tmp: Path) -> Plan:

@@ -10,11 +10,11 @@ import threading
 import urllib.request
 from pathlib import Path
 
-from vzpkg.pkgcache import CachingProxy, upstream_key
+from vzpkg.build.pkgcache import CachingProxy, upstream_key
 
 
 def test_the_build_path_of_a_dnf_build_does_not_import_requests() -> None:
-    code = ("import sys, vzpkg.build, vzpkg.backends.dnf, vzpkg.cli.vzpkg, "
+    code = ("import sys, vzpkg.build.pipeline, vzpkg.build.backends.dnf, vzpkg.cli.vzpkg, "
             "vzpkg.cli.cmd_build; print(sorted(m for m in ('requests', 'urllib3', "
             "'http.server') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -21,10 +21,10 @@ from tests.rpm_helpers import (
     vztest_plan,
 )
 from tests.rpmrepo.builder import MINIMAL
-from vzpkg.backends import get_backend
-from vzpkg.backends.rpm_repomd import parse_repomd
-from vzpkg.errors import BuildError
-from vzpkg.metadata.model import Repository
+from vzpkg.build.backends import get_backend
+from vzpkg.build.backends.rpm_repomd import parse_repomd
+from vzpkg.core.errors import BuildError
+from vzpkg.template.model import Repository
 
 
 def _rpm_k(served: ServedDistribution, tmp: Path, rpm: Path) -> subprocess.CompletedProcess[str]:

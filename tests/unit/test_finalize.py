@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vzpkg.finalize import finalize
-from vzpkg.metadata.model import Options
+from vzpkg.build.finalize import finalize
+from vzpkg.template.model import Options
 
 
 def _tree(root: Path) -> Path:

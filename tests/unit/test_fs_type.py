@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vzpkg.buildve import fs_type
+from vzpkg.build.buildve import fs_type
 
 
 def test_the_deepest_mount_holding_the_path_decides() -> None:

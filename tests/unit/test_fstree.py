@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vzpkg.fstree import remove_tree
+from vzpkg.core.fstree import remove_tree
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,7 +54,7 @@ def test_a_deep_tree_with_few_open_files(tmp_path: Path) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (16, 16))
 
     r = subprocess.run([sys.executable, "-c",
-                        "import sys; from vzpkg.fstree import remove_tree; "
+                        "import sys; from vzpkg.core.fstree import remove_tree; "
                         "remove_tree(sys.argv[1])", str(top)],
                        cwd=REPO, preexec_fn=few_files, capture_output=True, text=True,
                        timeout=120, check=False)

@@ -16,8 +16,8 @@ from typing import NamedTuple
 import pytest
 
 from tests.metadata_helpers import OTHER_KEY_FPR, Workspace, line_of, make_workspace
-from vzpkg.errors import TemplateError, UsageError
-from vzpkg.metadata.loader import make_plan, validate_file
+from vzpkg.core.errors import TemplateError, UsageError
+from vzpkg.template.loader import make_plan, validate_file
 
 
 class Case(NamedTuple):

@@ -15,15 +15,16 @@ from tests.metadata_helpers import (
     Workspace,
     make_workspace,
 )
-from vzpkg.config import Settings
-from vzpkg.metadata.loader import (
+from vzpkg.core.settings import Settings
+from vzpkg.core.types import Compression
+from vzpkg.template.loader import (
     all_plan_names,
     host_arch,
     list_templates,
     make_plan,
     parse_cache_name,
 )
-from vzpkg.metadata.model import Compression, Plan, ScriptStage
+from vzpkg.template.model import Plan, ScriptStage
 
 
 @pytest.fixture

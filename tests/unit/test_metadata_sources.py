@@ -8,14 +8,14 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from vzpkg.config import SHIPPED_HOOKS, SHIPPED_METADATA, Settings
-from vzpkg.errors import TemplateError
-from vzpkg.gpg import Keyring
-from vzpkg.metadata.hostmirror import apt_sources, find_mirror, host_mirror
-from vzpkg.metadata.loader import make_plan, validate_file
-from vzpkg.metadata.model import ScriptStage
-from vzpkg.metadata.schema import SCHEMA_FILE
-from vzpkg.metadata.yamlpos import load_yaml
+from vzpkg.core.errors import TemplateError
+from vzpkg.core.gpg import Keyring
+from vzpkg.core.settings import SHIPPED_HOOKS, SHIPPED_METADATA, Settings
+from vzpkg.template.hostmirror import apt_sources, find_mirror, host_mirror
+from vzpkg.template.loader import make_plan, validate_file
+from vzpkg.template.model import ScriptStage
+from vzpkg.template.schema import SCHEMA_FILE
+from vzpkg.template.yamlpos import load_yaml
 
 ONE_LINE = (
     "# comment line\n"

@@ -32,7 +32,7 @@ from tests.mirror_helpers import (
 from vzpkg.cli.vzpkg import main
 from vzpkg.mirror import MirrorConfig, Puller, PullReport
 from vzpkg.mirror.verify import sqv_available
-from vzpkg.store import CacheStore
+from vzpkg.store.cachestore import CacheStore
 
 NAME = "test-1-x86_64-minimal"
 TAR = f"caches/{NAME}/2/{NAME}.tar.zst"
@@ -246,7 +246,7 @@ def test_stalled_server_fails_over(world: World) -> None:
 
 def test_untrusted_configuration_refused_before_any_request(world: World,
                                                             tmp_path: Path) -> None:
-    from vzpkg.errors import ConfigError, GpgError
+    from vzpkg.core.errors import ConfigError, GpgError
     with pytest.raises(ConfigError, match="no trusted keys configured"):
         world.pull(MirrorConfig(mirrors=(world.srv.url,)))
     bad_pin = MirrorConfig(mirrors=(world.srv.url,), trusted_keys=(

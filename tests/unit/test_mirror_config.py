@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from vzpkg.config import Settings
-from vzpkg.errors import ConfigError, GpgError, MirrorError
+from vzpkg.core.errors import ConfigError, GpgError, MirrorError
+from vzpkg.core.settings import Settings
 from vzpkg.mirror import Index, mirror_config
 from vzpkg.mirror.index import safe_relpath
 

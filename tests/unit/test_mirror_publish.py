@@ -11,9 +11,9 @@ import pytest
 
 from tests.mirror_helpers import Keys, make_cache, make_keys, publish_tree
 from vzpkg.cli.vzpkg import main
-from vzpkg.errors import GpgError, MirrorError
-from vzpkg.gpg import Keyring
-from vzpkg.store import CacheStore
+from vzpkg.core.errors import GpgError, MirrorError
+from vzpkg.core.gpg import Keyring
+from vzpkg.store.cachestore import CacheStore
 
 NAME = "test-1-x86_64-minimal"
 OTHER = "test-2-x86_64-default"

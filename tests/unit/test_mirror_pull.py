@@ -20,10 +20,10 @@ from tests.mirror_helpers import (
     snapshot,
 )
 from vzpkg.cli.vzpkg import main
-from vzpkg.config import Settings
-from vzpkg.manifest import expand_name
+from vzpkg.core.settings import Settings
 from vzpkg.mirror import Puller, PullReport, pull_cache
-from vzpkg.store import CacheStore
+from vzpkg.store.cachestore import CacheStore
+from vzpkg.store.manifest import expand_name
 
 NAME = "test-1-x86_64-minimal"
 OTHER = "test-2-x86_64-default"
@@ -268,7 +268,7 @@ def test_imported_cache_round_trip_verifies(tmp_path: Path, keys: Keys,
     """vzpkg import -> publish -> pull elsewhere -> the store's own verify passes."""
     import subprocess
 
-    from vzpkg.metadata.model import Key
+    from vzpkg.template.model import Key
     root = tmp_path / "rootfs"
     (root / "etc").mkdir(parents=True)
     (root / "etc" / "os-release").write_text("ID=rt\nVERSION_ID=3\n")

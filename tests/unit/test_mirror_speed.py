@@ -23,13 +23,13 @@ from tests.mirror_helpers import (
     publish_tree,
     sign_file,
 )
-from vzpkg.errors import GpgError, MirrorError
-from vzpkg.gpg import Keyring
+from vzpkg.core.errors import GpgError, MirrorError
+from vzpkg.core.gpg import Keyring
+from vzpkg.core.pgpkeys import ParseError, certificates, dearmor, pinned_certificate
 from vzpkg.mirror import Puller
 from vzpkg.mirror.flush import Flusher
 from vzpkg.mirror.verify import Verifier, sqv_available
-from vzpkg.pgpkeys import ParseError, certificates, dearmor, pinned_certificate
-from vzpkg.store import CacheStore
+from vzpkg.store.cachestore import CacheStore
 
 NAME = "test-1-x86_64-minimal"
 TAR = f"caches/{NAME}/1/{NAME}.tar.zst"

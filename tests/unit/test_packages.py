@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from vzpkg.backends import InstalledPackage
-from vzpkg.errors import StoreError
-from vzpkg.packages import parse_dpkg_status, read_installed
+from vzpkg.core.errors import StoreError
+from vzpkg.core.types import InstalledPackage
+from vzpkg.store.packages import parse_dpkg_status, read_installed
 
 STATUS = """\
 Package: zlib1g

@@ -15,10 +15,11 @@ import pytest
 
 from tests.conftest import run_cli
 from tests.mirror_helpers import make_cache
-from vzpkg.backends import InstalledPackage
-from vzpkg.backends.mmdebstrap import MOUNT_HOOK, TREE_MOUNTS, UMOUNT_HOOK
-from vzpkg.payloads import VE_DIR, VIEWS, BuildPayloads, Payloads, enabled, sha256_file
-from vzpkg.sandbox import KEEP, TreeMounts, tool_command
+from vzpkg.build.backends.mmdebstrap import MOUNT_HOOK, TREE_MOUNTS, UMOUNT_HOOK
+from vzpkg.build.payloads import VE_DIR, VIEWS, BuildPayloads, Payloads, enabled
+from vzpkg.build.sandbox import KEEP, TreeMounts, tool_command
+from vzpkg.core.files import sha256_file
+from vzpkg.core.types import InstalledPackage
 
 needs_dpkg = pytest.mark.skipif(not shutil.which("dpkg-deb"), reason="needs dpkg-deb")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mounts)")

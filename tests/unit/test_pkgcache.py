@@ -8,7 +8,7 @@ from pathlib import Path
 import requests
 
 from tests.mirror_helpers import MirrorServer
-from vzpkg.pkgcache import CachingProxy
+from vzpkg.build.pkgcache import CachingProxy
 
 
 def _upstream(tmp_path: Path) -> Path:

@@ -17,8 +17,8 @@ from typing import ClassVar
 
 import pytest
 
-from vzpkg.errors import StoreError
-from vzpkg.pkgcache import CachingProxy, cache_relpath
+from vzpkg.build.pkgcache import CachingProxy, cache_relpath
+from vzpkg.core.errors import StoreError
 
 UPSTREAM = "http://127.0.0.1:9/mirror"      # never contacted offline
 

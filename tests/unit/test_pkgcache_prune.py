@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tests.conftest import assert_user_error, run_cli
 from tests.mirror_helpers import make_cache
-from vzpkg.backends import InstalledPackage
+from vzpkg.core.types import InstalledPackage
 
 DEB = "deb-12-x86_64-minimal"
 RPM = "rpmdist-1-x86_64-minimal"

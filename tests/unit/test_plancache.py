@@ -19,10 +19,11 @@ from typing import Any
 import pytest
 
 from tests.metadata_helpers import OTHER_KEY_FPR, Workspace, make_workspace
-from vzpkg.config import SHIPPED_METADATA, Settings, load_settings
-from vzpkg.errors import TemplateError, UsageError
-from vzpkg.metadata import loader, plancache
-from vzpkg.metadata.model import (
+from vzpkg.core.errors import TemplateError, UsageError
+from vzpkg.core.settings import SHIPPED_METADATA, Settings, load_settings
+from vzpkg.template import loader, plancache
+from vzpkg.template.document import load_template
+from vzpkg.template.model import (
     Key,
     Options,
     Plan,
@@ -31,8 +32,7 @@ from vzpkg.metadata.model import (
     ScriptStage,
     plan_digest,
 )
-from vzpkg.metadata.plancache import decode_plan, encode_plan, make_plan_cached
-from vzpkg.metadata.template import load_template
+from vzpkg.template.plancache import decode_plan, encode_plan, make_plan_cached
 
 ROOT = Path(__file__).resolve().parents[2]
 NAME = "testdist-1-x86_64-minimal"
@@ -67,7 +67,7 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Counter:
     monkeypatch.delenv(plancache.DISABLE_ENV, raising=False)
     # files written by a test are trusted after 30 ms, not a second (see settle)
     monkeypatch.setattr(plancache, "RACY_NS", 30_000_000)
-    monkeypatch.setattr("vzpkg.config.SYSTEM_MIRRORS", tmp_path / "etc" / "mirrors.yaml")
+    monkeypatch.setattr("vzpkg.core.settings.SYSTEM_MIRRORS", tmp_path / "etc" / "mirrors.yaml")
     return Counter(monkeypatch)
 
 
@@ -410,7 +410,7 @@ def test_a_change_to_the_code_is_seen(ws: Workspace, cache: Counter, tmp_path: P
     cache.plan(NAME, ws.settings)
     doc = json.loads(next(plans_dir(tmp_path).glob("*.json")).read_text())
     files = {path for _, path, _, _ in doc["inputs"]}
-    for mod in ("loader", "render", "template", "assets", "hostmirror", "model"):
+    for mod in ("loader", "render", "document", "assets", "hostmirror", "model"):
         assert str(Path(plancache.__file__).parent / f"{mod}.py") in files
     fake = tmp_path / "module.py"
     fake.write_text("x = 1\n")
@@ -680,7 +680,7 @@ from vzpkg.cli.vzpkg import main
 rc = main(sys.argv[1:])
 sys.stdout.flush()
 print(json.dumps(sorted(m for m in ("yaml", "jinja2", "jsonschema",
-                                    "vzpkg.metadata.loader", "vzpkg.metadata.render")
+                                    "vzpkg.template.loader", "vzpkg.template.render")
                         if m in sys.modules)))
 sys.exit(rc)
 """
@@ -701,14 +701,14 @@ def _show(tmp_path: Path, ws: Workspace, *args: str, setup: str = "",
 def test_a_hit_in_a_fresh_interpreter_imports_no_loader(ws: Workspace,
                                                         tmp_path: Path) -> None:
     # the first run trusts files written 30 ms before it, like the tests above
-    trust = "import vzpkg.metadata.plancache as pc; pc.RACY_NS = 30_000_000"
+    trust = "import vzpkg.template.plancache as pc; pc.RACY_NS = 30_000_000"
     out, modules = _show(tmp_path, ws, setup=trust)
-    assert "vzpkg.metadata.loader" in modules and "yaml" in modules     # a miss
+    assert "vzpkg.template.loader" in modules and "yaml" in modules     # a miss
     hit, modules = _show(tmp_path, ws)
     assert modules == []
     assert hit == out
     fresh, modules = _show(tmp_path, ws, VZPKG_NO_PLAN_CACHE="1")
-    assert fresh == out and "vzpkg.metadata.loader" in modules
+    assert fresh == out and "vzpkg.template.loader" in modules
     # --set and --json go through the cache too
     out, _ = _show(tmp_path, ws, "--json", "--set", "flavour=x", setup=trust)
     hit, modules = _show(tmp_path, ws, "--json", "--set", "flavour=x")
@@ -718,15 +718,15 @@ def test_a_hit_in_a_fresh_interpreter_imports_no_loader(ws: Workspace,
 BUILD_PROBE = """\
 import json, sys
 {setup}
-import vzpkg.build
-from vzpkg.errors import VzError
+import vzpkg.build.pipeline
+from vzpkg.core.errors import VzError
 
 def stop(plan, settings, **kw):
     print(json.dumps([plan.digest, sorted(
-        m for m in ("yaml", "jinja2", "jsonschema", "vzpkg.metadata.loader") if m in sys.modules)]))
+        m for m in ("yaml", "jinja2", "jsonschema", "vzpkg.template.loader") if m in sys.modules)]))
     raise VzError("stopped by the test")
 
-vzpkg.build.build = stop
+vzpkg.build.pipeline.build = stop
 from vzpkg.cli.vzpkg import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -743,8 +743,8 @@ def test_build_reaches_the_backend_without_the_loader_on_a_hit(ws: Workspace,
         digest, modules = json.loads(r.stdout)
         return digest, modules
 
-    digest, modules = build("import vzpkg.metadata.plancache as pc; pc.RACY_NS = 30_000_000")
-    assert "vzpkg.metadata.loader" in modules
+    digest, modules = build("import vzpkg.template.plancache as pc; pc.RACY_NS = 30_000_000")
+    assert "vzpkg.template.loader" in modules
     assert build() == (digest, [])
     assert digest == loader.make_plan(NAME, ws.settings, env={}).digest
 

@@ -13,9 +13,9 @@ from typing import Any
 import jinja2
 import pytest
 
-from vzpkg.errors import TemplateError
-from vzpkg.metadata.render import Renderer
-from vzpkg.metadata.yamlpos import Lines
+from vzpkg.core.errors import TemplateError
+from vzpkg.template.render import Renderer
+from vzpkg.template.yamlpos import Lines
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,8 +82,8 @@ def test_undefined_names_fail_as_before(text: str) -> None:
 
 def test_a_plan_of_plain_substitutions_is_made_without_importing_jinja2() -> None:
     code = ("import sys\n"
-            "from vzpkg.metadata.render import Renderer\n"
-            "from vzpkg.metadata.yamlpos import Lines\n"
+            "from vzpkg.template.render import Renderer\n"
+            "from vzpkg.template.yamlpos import Lines\n"
             "r = Renderer(Lines('t'), context={'a': {'b': 'c'}})\n"
             "assert r.render_str('{{ a.b }}/x', ()) == 'c/x'\n"
             "print('jinja2' in sys.modules)\n")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.cgroups_helpers import read, v1_tree, v2_tree
-from vzpkg.errors import VeError
+from vzpkg.core.errors import VeError
 from vzpkg.runtime.cgroups import CgroupsV1, CgroupsV2, check_ctid, detect
 from vzpkg.runtime.cgroups import v1 as v1mod
 from vzpkg.runtime.cgroups import v2 as v2mod

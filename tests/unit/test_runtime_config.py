@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vzpkg.errors import ConfigError
+from vzpkg.core.errors import ConfigError
 from vzpkg.runtime.config import (
     SAMPLES,
     VeConfig,

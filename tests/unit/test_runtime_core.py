@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vzpkg.errors import UsageError, VeError
+from vzpkg.core.errors import UsageError, VeError
 from vzpkg.runtime import caps, layout, net, state
 from vzpkg.runtime.caches import CacheRef, file_sha256, find_cache
 from vzpkg.runtime.paths import VzPaths, check_ctid

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vzpkg.errors import UsageError
+from vzpkg.core.errors import UsageError
 from vzpkg.runtime import net, netfilter
 from vzpkg.runtime.paths import VzPaths
 

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from vzpkg.errors import UsageError
+from vzpkg.core.errors import UsageError
 from vzpkg.runtime import params as P
 from vzpkg.runtime.params import (
     PARAMS,

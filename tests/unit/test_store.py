@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from tests.store_helpers import NAME, commit_bytes, make_manifest, stage_bytes
-from vzpkg.errors import StoreError
-from vzpkg.metadata.model import Compression
-from vzpkg.store import CacheStore
+from vzpkg.core.errors import StoreError
+from vzpkg.core.types import Compression
+from vzpkg.store.cachestore import CacheStore
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -144,7 +144,7 @@ def _hold_lock_in_child(store: CacheStore, name: str) -> subprocess.Popen[str]:
     code = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from vzpkg.store import CacheStore
+        from vzpkg.store.cachestore import CacheStore
         with CacheStore(Path({str(store.dir)!r})).lock({name!r}):
             print("locked", flush=True)
             time.sleep(60)
@@ -177,7 +177,7 @@ WRITER = """
 import sys, time
 from pathlib import Path
 from tests.store_helpers import stage_bytes
-from vzpkg.store import CacheStore
+from vzpkg.store.cachestore import CacheStore
 store = CacheStore(Path(sys.argv[1]))
 log = Path(sys.argv[2])
 for i in range(int(sys.argv[4])):

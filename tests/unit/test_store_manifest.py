@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from tests.store_helpers import NAME, make_manifest
-from vzpkg.errors import StoreError
-from vzpkg.manifest import Manifest, expand_name, host_arch, parse_name
+from vzpkg.core.errors import StoreError
+from vzpkg.core.types import host_arch
+from vzpkg.store.manifest import Manifest, expand_name, parse_name
 
 
 def test_round_trip_is_identical() -> None:

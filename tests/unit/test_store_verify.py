@@ -17,10 +17,11 @@ import pytest
 
 from tests.store_helpers import NAME, make_manifest
 from vzpkg import archive
-from vzpkg.gpg import Keyring
-from vzpkg.metadata.model import Compression, Key
-from vzpkg.store import CacheStore
-from vzpkg.store_lock import sha256_file
+from vzpkg.core.files import sha256_file
+from vzpkg.core.gpg import Keyring
+from vzpkg.core.types import Compression
+from vzpkg.store.cachestore import CacheStore
+from vzpkg.template.model import Key
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from vzpkg.buildve import ve_tmp
-from vzpkg.errors import BuildError
+from vzpkg.build.buildve import ve_tmp
+from vzpkg.core.errors import BuildError
 
 
 def test_a_missing_tmp_is_made_sticky(tmp_path: Path) -> None:

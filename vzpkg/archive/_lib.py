@@ -22,7 +22,7 @@ from typing import Any
 
 import libarchive.ffi as _cffi
 
-from vzpkg.errors import ArchiveError
+from vzpkg.core.errors import ArchiveError
 
 # return codes
 EOF = 1

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vzpkg.archive import _lib as L
-from vzpkg.errors import ArchiveError
-from vzpkg.metadata.model import Compression
+from vzpkg.core.errors import ArchiveError
+from vzpkg.core.types import Compression
 
 # zstd's own default; fast enough to pack a Debian tree in about a second.  Caches
 # that are published once and pulled many times may warrant level=19.

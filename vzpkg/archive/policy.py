@@ -33,7 +33,7 @@ from vzpkg.archive._lib import (
     AE_IFLNK,
     AE_IFREG,
 )
-from vzpkg.errors import UnsafeArchiveError
+from vzpkg.core.errors import UnsafeArchiveError
 
 # (major, minor) -> name, for character devices only
 STANDARD_DEVICES: dict[tuple[int, int], str] = {

@@ -20,7 +20,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from vzpkg.archive import _lib as L
-from vzpkg.errors import ArchiveError
+from vzpkg.core.errors import ArchiveError
 
 BLOCK = 1 << 20
 _DEPTH = 64                  # up to 64 MiB decompressed ahead: smooths bursts

@@ -35,7 +35,7 @@ from pathlib import Path
 from vzpkg.archive import _lib as L
 from vzpkg.archive.policy import Policy, check_xattrs, display
 from vzpkg.archive.source import damaged, open_archive
-from vzpkg.errors import ArchiveError, UnsafeArchiveError
+from vzpkg.core.errors import ArchiveError, UnsafeArchiveError
 
 _PROGRESS_EVERY = 256
 THREADED = True         # decompress on a second thread while unpacking

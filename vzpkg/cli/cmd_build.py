@@ -1,4 +1,4 @@
-"""vzpkg build / update: parsing and output only (the work is in vzpkg.build)."""
+"""vzpkg build / update: parsing and output only (the work is in vzpkg.build.pipeline)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from vzpkg.cli.cmd_meta import add_plan_args, settings_from
-from vzpkg.cli.common import add_json_flag, emit_json, human_size
-from vzpkg.errors import UsageError, VzError
+from vzpkg.cli.common import add_json_flag, emit_json
+from vzpkg.core.errors import UsageError, VzError
+from vzpkg.core.units import human_size
 
 if TYPE_CHECKING:   # the build machinery is imported only when a build runs
-    from vzpkg import build as builder
-    from vzpkg.config import Settings
+    from vzpkg.build import pipeline as builder
+    from vzpkg.core.settings import Settings
 
 BUILD_EPILOG = """\
 examples:
@@ -62,13 +63,13 @@ def _run(args: argparse.Namespace, work: Callable[..., builder.BuildResult],
          early: Callable[[Any, Settings], None] | None = None) -> int:
     """Make the plans (from the plan cache when their inputs are unchanged), give
     each to *early* (before the build machinery is even imported), then to *work*."""
-    from vzpkg.metadata.assign import parse_assignments
-    from vzpkg.metadata.plancache import make_plan_cached
+    from vzpkg.template.assign import parse_assignments
+    from vzpkg.template.plancache import make_plan_cached
 
     settings = settings_from(args)
     names: list[str] = list(args.names)
     if getattr(args, "all", False):
-        from vzpkg.metadata.loader import all_plan_names
+        from vzpkg.template.loader import all_plan_names
         names += all_plan_names(settings)
     if not names:
         raise UsageError("name at least one cache (e.g. debian-12) or use --all")
@@ -77,7 +78,7 @@ def _run(args: argparse.Namespace, work: Callable[..., builder.BuildResult],
              for n in dict.fromkeys(names)]
     if early is not None and len(plans) == 1:
         early(plans[0], settings)
-    from vzpkg import build as builder
+    from vzpkg.build import pipeline as builder
     rep = Reporter(quiet=args.json)
     verbose = rep.line if args.verbose else None
 
@@ -118,24 +119,24 @@ def _run(args: argparse.Namespace, work: Callable[..., builder.BuildResult],
 
 def cmd_build(args: argparse.Namespace) -> int:
     def work(plan: Any, settings: Settings, **kw: Any) -> builder.BuildResult:
-        from vzpkg import build as builder
+        from vzpkg.build import pipeline as builder
         return builder.build(plan, settings, force=args.force, offline=args.offline, **kw)
 
     def early(plan: Any, settings: Settings) -> None:
-        if plan.backend == "dnf":      # its interpreter takes longer to start than vzpkg
-            from vzpkg.backends import dnf
-            dnf.prestart_early(plan, settings, force=args.force)
+        from vzpkg.build.backends import get_backend
+        get_backend(plan.backend).start_early(plan, settings, force=args.force)
     try:
         return _run(args, work, early)
     finally:
-        if "vzpkg.backends.dnf" in sys.modules:
-            from vzpkg.backends import dnf
-            dnf.stop_early()
+        if "vzpkg.build.backends" in sys.modules:
+            from vzpkg.build.backends import Backend
+            for backend in Backend.registry.values():
+                backend.stop_early()
 
 
 def cmd_update(args: argparse.Namespace) -> int:
     def work(plan: Any, settings: Settings, **kw: Any) -> builder.BuildResult:
-        from vzpkg import build as builder
+        from vzpkg.build import pipeline as builder
         return builder.update(plan, settings, offline=args.offline, **kw)
     return _run(args, work)
 

@@ -9,14 +9,16 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vzpkg.cli.common import add_json_flag, emit_json, human_size
-from vzpkg.errors import GpgError, UsageError
-from vzpkg.metadata.model import Compression, Key
+from vzpkg.cli.common import add_json_flag, emit_json
+from vzpkg.core.errors import GpgError, UsageError
+from vzpkg.core.types import Compression
+from vzpkg.core.units import human_size
+from vzpkg.template.model import Key
 
 # The store (and through it libarchive), gpg and the configuration (yaml) are
 # imported by the commands: registering them must stay cheap.
 if TYPE_CHECKING:
-    from vzpkg.store import CacheStore
+    from vzpkg.store.cachestore import CacheStore
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -71,8 +73,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def _store(args: argparse.Namespace) -> CacheStore:
-    from vzpkg.config import load_settings
-    from vzpkg.store import CacheStore
+    from vzpkg.core.settings import load_settings
+    from vzpkg.store.cachestore import CacheStore
     settings = load_settings(workspace=args.workspace, cache_dir=args.cache_dir)
     return CacheStore(settings.cache_dir)
 
@@ -86,8 +88,8 @@ def _say(line: str) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from vzpkg.manifest import expand_name
-    from vzpkg.store_import import import_tarball
+    from vzpkg.store.importer import import_tarball
+    from vzpkg.store.manifest import expand_name
 
     store = _store(args)
     signal.signal(signal.SIGTERM, _interrupt)    # clean up as for Ctrl-C
@@ -110,7 +112,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def _trusted_keys(specs: list[str]) -> list[Key]:
-    from vzpkg.gpg import normalize_fingerprint
+    from vzpkg.core.gpg import normalize_fingerprint
     keys: list[Key] = []
     for spec in specs:
         file, sep, fpr = spec.rpartition(":")
@@ -129,7 +131,7 @@ def _trusted_keys(specs: list[str]) -> list[Key]:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from vzpkg.manifest import expand_name
+    from vzpkg.store.manifest import expand_name
     store = _store(args)
     keys = _trusted_keys(args.trusted_key)
     names = [expand_name(n) for n in args.names] or store.names()
@@ -155,7 +157,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    from vzpkg.manifest import expand_name
+    from vzpkg.store.manifest import expand_name
     store = _store(args)
     name = expand_name(args.name)
     store.remove(name)
@@ -167,8 +169,8 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from vzpkg.config import load_settings
-    from vzpkg.pkgcache_prune import prune
+    from vzpkg.build.pkgcache_prune import prune
+    from vzpkg.core.settings import load_settings
     settings = load_settings(workspace=args.workspace, cache_dir=args.cache_dir)
     report = prune(settings.cache_dir, settings.pkg_cache_dir, dry_run=args.dry_run)
     if args.json:

@@ -1,6 +1,6 @@
 """``vzpkg list | show | validate | schema``: templates and build plans.
 
-Parsing and printing only; the work is done in :mod:`vzpkg.metadata`.
+Parsing and printing only; the work is done in :mod:`vzpkg.template`.
 """
 
 from __future__ import annotations
@@ -10,15 +10,16 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vzpkg.cli.common import add_json_flag, emit_json, human_size
-from vzpkg.errors import TemplateError
+from vzpkg.cli.common import add_json_flag, emit_json
+from vzpkg.core.errors import TemplateError
+from vzpkg.core.units import human_size
 
 # Only parsing is done at import time: configuration (yaml), the loader
 # (jinja2, jsonschema) and the store are imported by the commands that use them.
 if TYPE_CHECKING:
-    from vzpkg.config import Settings
-    from vzpkg.metadata.model import Plan
-    from vzpkg.metadata.template import TemplateInfo
+    from vzpkg.core.settings import Settings
+    from vzpkg.template.document import TemplateInfo
+    from vzpkg.template.model import Plan
 
 SET_HELP = ("override a variable or mirror: NAME=VALUE, mirrors.NAME=URL, "
             "options.NAME=VALUE (repeatable); the environment may also set "
@@ -26,7 +27,7 @@ SET_HELP = ("override a variable or mirror: NAME=VALUE, mirrors.NAME=URL, "
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    from vzpkg.config import load_settings
+    from vzpkg.core.settings import load_settings
     return load_settings(workspace=getattr(args, "workspace", None),
                          cache_dir=getattr(args, "cache_dir", None))
 
@@ -70,8 +71,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 def cmd_list(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    from vzpkg.metadata.loader import list_templates
-    from vzpkg.store import CacheStore
+    from vzpkg.store.cachestore import CacheStore
+    from vzpkg.template.loader import list_templates
     infos = list_templates(settings)
     caches = CacheStore(settings.cache_dir).list()
     if args.json:
@@ -110,8 +111,8 @@ def _print_templates(infos: list[TemplateInfo]) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from vzpkg.metadata.assign import parse_assignments
-    from vzpkg.metadata.plancache import make_plan_cached
+    from vzpkg.template.assign import parse_assignments
+    from vzpkg.template.plancache import make_plan_cached
     plan = make_plan_cached(args.name, settings_from(args),
                             overrides=parse_assignments(args.sets), backend=args.backend)
     if args.json:
@@ -171,8 +172,8 @@ def _wrap(words: tuple[str, ...], width: int = 78) -> list[str]:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    from vzpkg.metadata.loader import validate_file
-    from vzpkg.metadata.template import template_files
+    from vzpkg.template.document import template_files
+    from vzpkg.template.loader import validate_file
     files: list[Path] = list(args.files) or list(template_files(settings).values())
     results: list[dict[str, Any]] = []
     failed = 0
@@ -197,6 +198,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from vzpkg.metadata.schema import schema_text
+    from vzpkg.template.schema import schema_text
     sys.stdout.write(schema_text())
     return 0

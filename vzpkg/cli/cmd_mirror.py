@@ -8,13 +8,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vzpkg.cli.common import add_json_flag, emit_json, human_size
-from vzpkg.errors import UsageError
+from vzpkg.cli.common import add_json_flag, emit_json
+from vzpkg.core.errors import UsageError
+from vzpkg.core.units import human_size
 
 # vzpkg.mirror (requests, gnupg) and the configuration (yaml) are imported in the
 # commands: every other vzpkg command would pay for them at start-up otherwise
 if TYPE_CHECKING:
-    from vzpkg.config import Settings
+    from vzpkg.core.settings import Settings
 
 PUBLISH_EPILOG = """\
 The tree holds index.json (+ .asc) and caches/<name>/<serial>/ with the
@@ -32,14 +33,14 @@ An interrupted download is resumed by the next pull.
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    from vzpkg.config import load_settings
+    from vzpkg.core.settings import load_settings
     return load_settings(workspace=args.workspace, cache_dir=args.cache_dir)
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from vzpkg.gpg import Keyring
+    from vzpkg.core.gpg import Keyring
     from vzpkg.mirror import mirror_config, publish
-    from vzpkg.store import CacheStore
+    from vzpkg.store.cachestore import CacheStore
 
     settings = _settings(args)
     cfg = mirror_config(settings)
@@ -74,7 +75,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     if not args.names and not args.all:
         raise UsageError("name the caches to pull, or pass --all")
     from vzpkg.mirror import NoProgress, Progress, Puller, TextProgress, mirror_config
-    from vzpkg.store import CacheStore
+    from vzpkg.store.cachestore import CacheStore
 
     settings = _settings(args)
     cfg = mirror_config(settings)

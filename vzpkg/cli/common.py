@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from vzpkg.errors import VzError
+from vzpkg.core.errors import VzError
 
 
 class Parser(argparse.ArgumentParser):
@@ -30,14 +30,6 @@ def add_json_flag(p: argparse.ArgumentParser) -> None:
 def emit_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
     sys.stdout.write("\n")
-
-
-def human_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def run_main(prog: str, build: Callable[[], argparse.ArgumentParser],

@@ -10,8 +10,8 @@ from typing import NoReturn
 
 from vzpkg import __version__
 from vzpkg.cli.common import Parser, run_console, run_main
-from vzpkg.config import load_settings
-from vzpkg.errors import UsageError, VeError
+from vzpkg.core.errors import UsageError, VeError
+from vzpkg.core.settings import load_settings
 from vzpkg.runtime import console, params
 from vzpkg.runtime.paths import VzPaths, check_ctid
 from vzpkg.runtime.ve import Runtime, by_name

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from vzpkg.cli.common import Parser, emit_json, run_console, run_main
-from vzpkg.errors import UsageError
+from vzpkg.core.errors import UsageError
 from vzpkg.runtime.paths import VzPaths, check_ctid
 from vzpkg.runtime.ve import Runtime, VeState
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from vzpkg.cli.common import Parser, emit_json, run_console, run_main
-from vzpkg.errors import VeError, VzError
+from vzpkg.core.errors import VeError, VzError
 from vzpkg.runtime.cgroups import Cgroups, check_ctid, detect
 from vzpkg.runtime.config import VeConfig, ve_conf_path
 from vzpkg.runtime.paths import VzPaths

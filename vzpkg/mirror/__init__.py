@@ -26,16 +26,16 @@ Other modules call:
 
 from __future__ import annotations
 
-from vzpkg.config import Settings
-from vzpkg.errors import MirrorError
-from vzpkg.manifest import expand_name
+from vzpkg.core.errors import MirrorError
+from vzpkg.core.settings import Settings
 from vzpkg.mirror.config import MirrorConfig, TrustedKey, mirror_config
 from vzpkg.mirror.fetch import NoProgress, Progress
 from vzpkg.mirror.index import Index, IndexEntry
 from vzpkg.mirror.progress import TextProgress
 from vzpkg.mirror.publish import PublishReport, publish
 from vzpkg.mirror.pull import Pulled, Puller, PullReport
-from vzpkg.store import CacheEntry, CacheStore
+from vzpkg.store.cachestore import CacheEntry, CacheStore
+from vzpkg.store.manifest import expand_name
 
 __all__ = ["Index", "IndexEntry", "MirrorConfig", "NoProgress", "Progress", "PublishReport",
            "PullReport", "Pulled", "Puller", "TextProgress", "TrustedKey", "mirror_config",

@@ -24,7 +24,7 @@ Two sources, merged (mirrors in order, duplicates dropped; keys united):
       TEMPLATE_KEYS="/etc/vz/keys/mirror.asc:0123...40 hex"
 
   Relative key files are relative to ``VZ_ROOT/etc/vz``.  The file is read
-  with the runtime's own reader (:func:`vzpkg.runtime.config.load_global`).
+  with the shared reader of such files (:mod:`vzpkg.core.shellconf`).
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from vzpkg.config import Settings
-from vzpkg.errors import ConfigError
-from vzpkg.gpg import normalize_fingerprint
-from vzpkg.runtime.config import load_global
+from vzpkg.core.errors import ConfigError
+from vzpkg.core.gpg import normalize_fingerprint
+from vzpkg.core.settings import Settings
+from vzpkg.core.shellconf import read_assignments
 
 DEFAULT_VZ_ROOT = Path("/vz")
 VZ_CONF = Path("etc/vz/vz.conf")
@@ -145,7 +145,7 @@ def _from_settings(settings: Settings) -> dict[str, Any]:
 
 def _from_vz_conf(root: Path) -> dict[str, Any]:
     path = root / VZ_CONF
-    conf = load_global(root)
+    conf = read_assignments(path)
     mirrors = [check_mirror_url(u, where=f"{path}: TEMPLATE_MIRRORS")
                for u in (conf.get("TEMPLATE_MIRRORS") or "").split()]
     keys = []

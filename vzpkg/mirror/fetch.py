@@ -21,9 +21,9 @@ import requests
 import urllib3
 
 from vzpkg import __version__
-from vzpkg.errors import MirrorError
+from vzpkg.core.errors import MirrorError
+from vzpkg.core.neterrors import describe
 from vzpkg.mirror.flush import Flusher
-from vzpkg.neterrors import describe
 
 CHUNK = 1 << 20
 SMALL_LIMIT = 16 << 20

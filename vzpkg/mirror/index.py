@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from vzpkg.errors import MirrorError
+from vzpkg.core.errors import MirrorError
 
 INDEX_FORMAT = 1
 INDEX_NAME = "index.json"

@@ -6,7 +6,7 @@ import sys
 import time
 from typing import TextIO
 
-from vzpkg.cli.common import human_size
+from vzpkg.core.units import human_size
 
 
 class TextProgress:

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from vzpkg.errors import GpgError, MirrorError
-from vzpkg.gpg import Keyring
-from vzpkg.manifest import Manifest
+from vzpkg.core.errors import GpgError, MirrorError
+from vzpkg.core.gpg import Keyring
 from vzpkg.mirror.index import INDEX_NAME, INDEX_SIG_NAME, Index, IndexEntry
-from vzpkg.store import CacheStore
+from vzpkg.store.cachestore import CacheStore
+from vzpkg.store.manifest import Manifest
 
 CHUNK = 1 << 20
 

@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from vzpkg.errors import ConfigError, MirrorError, StoreError
-from vzpkg.manifest import Manifest, expand_name
-from vzpkg.metadata.model import Compression
+from vzpkg.core.errors import ConfigError, MirrorError, StoreError
+from vzpkg.core.types import Compression
 from vzpkg.mirror.config import MirrorConfig
 from vzpkg.mirror.fetch import Fetcher, FetchError, NoProgress, Progress
 from vzpkg.mirror.index import INDEX_NAME, INDEX_SIG_NAME, Index, IndexEntry
 from vzpkg.mirror.verify import Check, Verifier
-from vzpkg.store import CacheStore
+from vzpkg.store.cachestore import CacheStore
+from vzpkg.store.manifest import Manifest, expand_name
 
 PARTIAL_DIR = ".partial"
 

@@ -2,7 +2,7 @@
 
 Signatures are checked by ``sqv`` (Sequoia's stand-alone verifier, the one apt
 uses) when it is installed, against a keyring file holding exactly the pinned
-certificates (:mod:`vzpkg.pgpkeys` picks them out of the key files and
+certificates (:mod:`vzpkg.core.pgpkeys` picks them out of the key files and
 checks the pins without starting gpg).  A tarball's check is a
 :class:`Check` fed *while the download runs*: sqv reads the bytes from a pipe
 (spliced from the ``.part`` file's page cache, no copy) and hashes them on the
@@ -28,9 +28,9 @@ from typing import IO, TYPE_CHECKING
 if TYPE_CHECKING:   # python-gnupg is imported only when gpg is really used
     import gnupg
 
-from vzpkg.errors import MirrorError
-from vzpkg.gpg import Keyring, normalize_fingerprint
-from vzpkg.pgpkeys import ParseError, keyring_bytes
+from vzpkg.core.errors import MirrorError
+from vzpkg.core.gpg import Keyring, normalize_fingerprint
+from vzpkg.core.pgpkeys import ParseError, keyring_bytes
 
 TRUST_HINT = ("add the key to pull.trusted_keys (or TEMPLATE_KEYS in vz.conf) only if you "
               "have checked its fingerprint; otherwise the mirror was tampered with")

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from vzpkg.errors import VeError, VzError
+from vzpkg.core.errors import VeError, VzError
 
 CHUNK = 1 << 20
 
@@ -81,8 +81,8 @@ def find_cache(name: str, dirs: list[Path]) -> CacheRef | None:
     """The cache *name* (short forms allowed) in the first of *dirs* that has it."""
     # here, not at the top: only 'vzctl create' looks for a cache; start, exec and
     # the rest (and vzlist) need neither manifests nor the store
-    from vzpkg.manifest import expand_name
-    from vzpkg.store import CacheStore
+    from vzpkg.store.cachestore import CacheStore
+    from vzpkg.store.manifest import expand_name
     full = expand_name(name)
     for d in dirs:
         store = CacheStore(d)

@@ -19,7 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from vzpkg.errors import ConfigError
+from vzpkg.core.errors import ConfigError
+from vzpkg.core.shellconf import KEY_RE, ConfLine, parse_line, quote
 from vzpkg.runtime.params import (
     PAGE_SIZE,
     UNLIMITED,
@@ -32,64 +33,7 @@ from vzpkg.runtime.params import (
 )
 from vzpkg.runtime.params import ParamKind as K
 
-_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_FIX = 'write it as KEY="value", or start the line with # to make it a comment'
 _VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
-
-
-@dataclass(frozen=True)
-class ConfLine:
-    text: str               # the line as read (rewritten when its value changes)
-    key: str | None = None  # None for comments and blank lines
-    value: str | None = None
-
-
-def _parse_line(line: str, where: str) -> ConfLine:
-    s = line.strip()
-    if not s or s.startswith("#"):
-        return ConfLine(line)
-    body = s.removeprefix("export ").lstrip()
-    m = _KEY.match(body)
-    if not m or body[m.end():m.end() + 1] != "=":
-        raise ConfigError(f"{where}: expected KEY=\"value\", got {s[:60]!r}", hint=_FIX)
-    key, rest = m.group(0), body[m.end() + 1:]
-    value, tail = _parse_value(rest, where, key)
-    tail = tail.strip()
-    if tail and not tail.startswith("#"):
-        raise ConfigError(f"{where}: {key}: unexpected text after the value: {tail[:40]!r}",
-                          hint='quote values that contain spaces: KEY="a b"')
-    return ConfLine(line, key, value)
-
-
-def _parse_value(rest: str, where: str, key: str) -> tuple[str, str]:
-    if rest.startswith('"'):
-        out: list[str] = []
-        i = 1
-        while i < len(rest):
-            c = rest[i]
-            if c == "\\" and i + 1 < len(rest) and rest[i + 1] in '"\\$`':
-                out.append(rest[i + 1])
-                i += 2
-                continue
-            if c == '"':
-                return "".join(out), rest[i + 1:]
-            out.append(c)
-            i += 1
-        raise ConfigError(f"{where}: {key}: the value has no closing quote",
-                          hint=f'end it with a quote: {key}="..."')
-    if rest.startswith("'"):
-        end = rest.find("'", 1)
-        if end < 0:
-            raise ConfigError(f"{where}: {key}: the value has no closing quote",
-                              hint=f"end it with a quote: {key}='...'")
-        return rest[1:end], rest[end + 1:]
-    m = re.match(r"[^\s#\"']*", rest)
-    assert m is not None
-    return m.group(0), rest[m.end():]
-
-
-def quote(value: str) -> str:
-    return '"' + re.sub(r'(["\\$`])', r"\\\1", value) + '"'
 
 
 def _check(key: str, value: str, where: str) -> str:
@@ -102,6 +46,8 @@ def _check(key: str, value: str, where: str) -> str:
         raise ConfigError(f"{where}: {key}: {exc}",
                           hint=f'{key}="{p.metavar}": {p.help}') from None
     return value
+
+_VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 
 
 @dataclass(frozen=True)
@@ -117,7 +63,7 @@ class VeConfig:
         name = str(path) if path else "<config>"
         lines: list[ConfLine] = []
         for n, raw in enumerate(text.splitlines(), 1):
-            cl = _parse_line(raw, f"{name}:{n}")
+            cl = parse_line(raw, f"{name}:{n}")
             if cl.key is not None and cl.value is not None:
                 _check(cl.key, cl.value, f"{name}:{n}")
             lines.append(cl)
@@ -231,7 +177,7 @@ class VeConfig:
         existing key is rewritten in place; new keys are appended in order."""
         lines = list(self.lines)
         for key, value in values.items():
-            if not _KEY.fullmatch(key):
+            if not KEY_RE.fullmatch(key):
                 raise ConfigError(f"{key!r} is not a valid configuration key",
                                   hint="keys are letters, digits and _")
             if value is None:

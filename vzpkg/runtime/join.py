@@ -28,7 +28,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from vzpkg.errors import VeError
+from vzpkg.core.errors import VeError
 from vzpkg.runtime import caps, libc
 from vzpkg.runtime.ns import close_fds_except, ve_env
 

@@ -22,8 +22,8 @@ import stat
 from enum import StrEnum
 from pathlib import Path
 
-from vzpkg.errors import VeError
-from vzpkg.fstree import remove_tree
+from vzpkg.core.errors import VeError
+from vzpkg.core.fstree import remove_tree
 from vzpkg.runtime import libc, state
 from vzpkg.runtime.caches import CacheRef
 from vzpkg.runtime.paths import VzPaths

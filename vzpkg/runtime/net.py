@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vzpkg.errors import ConfigError, UsageError, VeError
+from vzpkg.core.errors import ConfigError, UsageError, VeError
 from vzpkg.runtime import netfilter, rtnl
 
 if TYPE_CHECKING:

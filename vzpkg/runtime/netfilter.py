@@ -37,7 +37,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from vzpkg.errors import VeError
+from vzpkg.core.errors import VeError
 from vzpkg.runtime import state
 
 _TAGGED_IF = re.compile(r"^v([0-9a-f]{5})[0-9]+$")

@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vzpkg.errors import VeError, VzError
+from vzpkg.core.errors import VeError, VzError
 from vzpkg.runtime import caps, libc
 
 VE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from vzpkg.errors import UsageError
+from vzpkg.core.errors import UsageError
 
 PAGE_SIZE = 4096
 UNLIMITED = 9223372036854775807  # LONG_MAX: what OpenVZ writes for "unlimited"

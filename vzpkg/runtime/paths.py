@@ -30,7 +30,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from vzpkg.errors import UsageError
+from vzpkg.core.errors import UsageError
 
 DEFAULT_ROOT = Path("/vz")
 # the directories under VZ_ROOT whose mode is set by VzPaths.ensure

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from vzpkg.config import Settings
-from vzpkg.errors import ConfigError, UsageError, VeError
+from vzpkg.core.errors import ConfigError, UsageError, VeError
+from vzpkg.core.settings import Settings
 from vzpkg.runtime import dists, join, layout, net, netfilter, ns, params, state
 from vzpkg.runtime.caches import CacheRef, find_cache
 from vzpkg.runtime.cgroups import Cgroups, detect
 from vzpkg.runtime.config import VeConfig, install_defaults, load_global, load_sample
+from vzpkg.runtime.derived import addrs_of, dist_setup, layout_of
 from vzpkg.runtime.layout import Layout
 from vzpkg.runtime.paths import VzPaths
 
@@ -55,27 +56,6 @@ class VeState:
         return (f"VEID {self.ctid} {'exist' if self.exists else 'deleted'} "
                 f"{'mounted' if self.mounted else 'unmounted'} "
                 f"{'running' if self.running else 'down'}")
-
-
-def layout_of(cfg: VeConfig) -> Layout:
-    """The VE's layout, from its configuration (never from its files)."""
-    try:
-        return Layout(cfg.get("VE_LAYOUT") or "plain")
-    except ValueError:
-        raise VeError(f"{cfg.path}: VE_LAYOUT={cfg.get('VE_LAYOUT')!r} is not plain or "
-                      "overlay") from None
-
-
-def addrs_of(cfg: VeConfig) -> list[net.Addr]:
-    return [net.parse_ip(a) for a in (cfg.get("IP_ADDRESS") or "").split()]
-
-
-def dist_setup(cfg: VeConfig) -> dists.DistSetup:
-    return dists.DistSetup(
-        hostname=cfg.get("HOSTNAME") or None,
-        addrs=tuple(a.with_prefixlen for a in addrs_of(cfg)),
-        nameservers=tuple((cfg.get("NAMESERVER") or "").split()),
-        searchdomain=cfg.get("SEARCHDOMAIN") or None)
 
 
 class Runtime:

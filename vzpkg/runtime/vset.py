@@ -6,8 +6,9 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from vzpkg.errors import UsageError, VeError
+from vzpkg.core.errors import UsageError, VeError
 from vzpkg.runtime import dists, join, layout, net, ns, state
+from vzpkg.runtime.derived import addrs_of, dist_setup, layout_of
 
 if TYPE_CHECKING:
     from vzpkg.runtime.ve import Runtime
@@ -40,7 +41,6 @@ def run_stopped(rt: Runtime, ctid: int, argv: Sequence[str], stdin: bytes
     namespaces (no network but loopback), in the VE's cgroup with its limits,
     confined (ns.run_command); (status, combined output).  Nothing it starts
     outlives it."""
-    from vzpkg.runtime.ve import layout_of
     cfg = rt.config(ctid)
     was = layout.is_mounted(rt.paths.ve_root(ctid))
     root = layout.mount(rt.paths, ctid, layout_of(cfg))
@@ -89,7 +89,6 @@ def set_passwords(rt: Runtime, ctid: int, pairs: Sequence[str]) -> None:
 
 def apply(rt: Runtime, ctid: int, values: dict[str, str], *,
           userpasswd: Sequence[str] = (), save: bool = False) -> list[str]:
-    from vzpkg.runtime.ve import addrs_of, dist_setup
     notes: list[str] = []
     with rt.locked(ctid):
         cfg = rt.config(ctid)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vzpkg.errors import VeError
+from vzpkg.core.errors import VeError
 from vzpkg.runtime.cgroups.base import DEFAULT_PREFIX, Cgroups, check_ctid
 from vzpkg.runtime.cgroups.mapping import Write, v1_writes, v2_writes
 from vzpkg.runtime.cgroups.v1 import CgroupsV1, find_extra, find_mounts

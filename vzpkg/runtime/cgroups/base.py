@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from vzpkg.errors import VeError
+from vzpkg.core.errors import VeError
 from vzpkg.runtime.cgroups.mapping import Write
 from vzpkg.runtime.config import VeConfig
 from vzpkg.runtime.params import UNLIMITED, parse_cpumask

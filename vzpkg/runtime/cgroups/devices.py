@@ -26,7 +26,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from vzpkg.errors import VeError
+from vzpkg.core.errors import VeError
 from vzpkg.runtime.cgroups.base import read_text, write_file
 
 ANY = -1

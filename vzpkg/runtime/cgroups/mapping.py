@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from vzpkg.errors import VeError
+from vzpkg.core.errors import VeError
 from vzpkg.runtime.config import VeConfig
 from vzpkg.runtime.params import UNLIMITED, format_cpumask
 

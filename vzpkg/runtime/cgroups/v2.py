@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from vzpkg.errors import VeError
+from vzpkg.core.errors import VeError
 from vzpkg.runtime.cgroups import devices
 from vzpkg.runtime.cgroups.base import (
     DEFAULT_PREFIX,

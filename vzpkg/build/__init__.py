@@ -1,0 +1,1 @@
+"""Building a cache: pipeline, build VE, backends, package cache, finalize."""

@@ -1,0 +1,1 @@
+"""Shared basics: errors, settings, types, file and hash helpers, OpenPGP."""

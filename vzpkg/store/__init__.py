@@ -1,0 +1,1 @@
+"""The cache directory: names, manifests, locking, verification, import."""
