@@ -132,3 +132,17 @@ def test_the_checks_see_lazy_imports_and_cycles() -> None:
     assert ("vzpkg.build.pipeline", 1) not in graph["vzpkg.cli.cmd_build"]
     assert any(t == "vzpkg.build.pipeline" for t, _ in graph["vzpkg.cli.cmd_build"])
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_the_readme_layout_lists_the_tree_in_layer_order() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```", 2)[1]
+    listed = [line.split()[0] for line in block.splitlines() if line.strip()]
+    packages = [f"vzpkg/{p.name}/" for p in sorted(PACKAGE.iterdir())
+                if (p / "__init__.py").is_file()]
+    in_readme = [d for d in listed if d.startswith("vzpkg/")]
+    assert sorted(in_readme) == sorted(packages)
+    assert in_readme == [f"vzpkg/{layer}/" for layer in LAYERS]
+    for entry in listed:
+        assert (ROOT / entry).exists(), f"README's layout names {entry}, which is not here"

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import BinaryIO
 
 CHUNK = 1 << 20
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (the latter makes renames in it durable)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def sha256_file(file: Path | BinaryIO) -> str:

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from vzpkg.core.errors import GpgError, MirrorError
+from vzpkg.core.files import fsync_path
 from vzpkg.core.gpg import Keyring
 from vzpkg.mirror.index import INDEX_NAME, INDEX_SIG_NAME, Index, IndexEntry
 from vzpkg.store.cachestore import CacheStore
@@ -64,12 +65,6 @@ def _atomic(dest: Path) -> Iterator[Path]:
         path.unlink(missing_ok=True)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _copy_hashed(src: Path, dst: Path) -> tuple[str, int]:
@@ -139,7 +134,7 @@ def _publish_one(store: CacheStore, m: Manifest, dest: Path, keyring: Keyring,
     manifest_bytes = m.dumps().encode()
     with _atomic(d / f"{m.name}.manifest.json") as tmp:
         tmp.write_bytes(manifest_bytes)
-    _fsync_dir(d)
+    fsync_path(d)
     return IndexEntry(
         name=m.name, distribution=m.distribution, release=m.release, arch=m.arch,
         set_name=m.set_name, serial=m.serial, size=m.size, sha256=m.sha256,
@@ -221,6 +216,6 @@ def publish(store: CacheStore, dest: Path, names: Sequence[str], *, keyring: Key
             idx.write_bytes(data)
             with _atomic(dest / INDEX_SIG_NAME) as sig:
                 _sign(keyring, keyid, idx, sig)
-        _fsync_dir(dest)
+        fsync_path(dest)
     pruned = _prune(dest, index, keep) if keep is not None else []
     return PublishReport(dest, tuple(done), written, tuple(pruned))

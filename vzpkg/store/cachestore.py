@@ -34,10 +34,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from vzpkg.core.errors import StoreError
+from vzpkg.core.files import fsync_path
 from vzpkg.core.types import Compression
 from vzpkg.store.lock import (
-    fsync_dir,
-    fsync_file,
     held_here,
     hold,
     stderr_line,
@@ -308,13 +307,13 @@ class CacheStore:
                     serial=manifest.serial if keep_serial else self.next_serial(name),
                     signature=asc.name if signature is not None else None)
                 Manifest.loads(final.dumps(), source=f"new manifest of {name}")  # validate
-                fsync_file(staged)
+                fsync_path(staged)
                 sig_tmp = None
                 if signature is not None:
                     sig_tmp = self._temp_name(name, SIG_SUFFIX)
                     temps.append(sig_tmp)
                     shutil.copyfile(signature, sig_tmp)
-                    fsync_file(sig_tmp)
+                    fsync_path(sig_tmp)
                 m_tmp = self._temp_name(name, MANIFEST_SUFFIX)
                 temps.append(m_tmp)
                 write_synced(m_tmp, final.dumps().encode())
@@ -332,7 +331,7 @@ class CacheStore:
         for cur, old in zip(self._files(name), self._files(name, old=True), strict=True):
             with contextlib.suppress(FileNotFoundError):
                 os.link(cur, old)
-        fsync_dir(self.dir)
+        fsync_path(self.dir)
 
     def _swap(self, staged: Path, tarball: Path, sig_tmp: Path | None, asc: Path,
               m_tmp: Path, mpath: Path, name: str) -> None:
@@ -351,7 +350,7 @@ class CacheStore:
         except BaseException:
             self._restore_old(name)
             raise
-        fsync_dir(self.dir)
+        fsync_path(self.dir)
 
     def _restore_old(self, name: str) -> None:
         """After a failed swap: make the current files what they were (= the -old links)."""
@@ -363,7 +362,7 @@ class CacheStore:
             with contextlib.suppress(OSError):
                 os.link(old, cur)
         with contextlib.suppress(OSError):
-            fsync_dir(self.dir)
+            fsync_path(self.dir)
 
     def remove(self, name: str) -> None:
         """Remove cache *name* and its -old copy; StoreError if there is none."""
@@ -377,7 +376,7 @@ class CacheStore:
             if not removed:
                 raise StoreError(f"no cache named {name!r} in {self.dir}",
                                  hint="'vzpkg list' shows the built caches")
-            fsync_dir(self.dir)
+            fsync_path(self.dir)
 
     def cleanup_stale(self) -> builtins.list[Path]:
         """Remove temporary files left by killed writers (names nobody holds locked)."""

@@ -178,6 +178,23 @@ def split_overrides(sets: Mapping[str, str], env: Mapping[str, str],
     return Overrides(mirrors, variables, options, soft_m, soft_v)
 
 
+def _check_overrides(what: str, declared: Mapping[str, Any], given: Mapping[str, str], *,
+                     prefix: str) -> None:
+    """``--set`` may only override a *what* (mirror, variable) the template declares."""
+    for name in given:
+        if name not in declared:
+            raise TemplateError(
+                f"the template has no {what} {name!r}", file="--set", key=f"{prefix}{name}",
+                hint=f"its {what}s: {', '.join(declared) or 'none'}")
+
+
+def _overridden(name: str, hard: Mapping[str, str], soft: Mapping[str, str]) -> str | None:
+    """``--set`` first, then the environment (``VZPKG_…``); None: the template's own."""
+    if name in hard:
+        return hard[name]
+    return soft.get(env_name(name))
+
+
 def build_context(tpl_data: Mapping[str, Any], r: Renderer, ov: Overrides, *,
                   release: str, arch: str, target_arch: str, set_name: str) -> None:
     """Fill ``r.context`` with the variables, rendering as it goes."""
@@ -191,39 +208,23 @@ def build_context(tpl_data: Mapping[str, Any], r: Renderer, ov: Overrides, *,
         ctx[k] = r.render(v, ("releases", release, k))
 
     declared = dict(tpl_data.get("mirrors", {}))
-    for name in ov.mirrors:
-        if name not in declared:
-            raise TemplateError(
-                f"the template has no mirror {name!r}", file="--set",
-                key=f"mirrors.{name}",
-                hint=f"its mirrors: {', '.join(declared) or 'none'}")
+    _check_overrides("mirror", declared, ov.mirrors, prefix="mirrors.")
     mirrors: dict[str, str] = {}
     for name, text in declared.items():
-        if name in ov.mirrors:
-            mirrors[name] = ov.mirrors[name]
-        elif env_name(name) in ov.soft_mirrors:
-            mirrors[name] = ov.soft_mirrors[env_name(name)]
-        else:
-            mirrors[name] = r.render_str(text, ("mirrors", name))
-        mirrors[name] = mirrors[name].rstrip("/") or mirrors[name]
+        url = _overridden(name, ov.mirrors, ov.soft_mirrors)
+        if url is None:
+            url = r.render_str(text, ("mirrors", name))
+        mirrors[name] = url.rstrip("/") or url
     ctx["mirrors"] = mirrors
 
     declared_vars = dict(tpl_data.get("variables", {}))
-    for name in ov.variables:
-        if name not in declared_vars:
-            raise TemplateError(
-                f"the template has no variable {name!r}", file="--set", key=name,
-                hint=f"its variables: {', '.join(declared_vars) or 'none'}")
+    _check_overrides("variable", declared_vars, ov.variables, prefix="")
     for name, value in declared_vars.items():
         if name in RESERVED or name in tpl_data["releases"][release]:
             raise r.lines.error(("variables", name), f"variable {name!r} shadows a "
                                 "built-in or release variable", hint="rename it")
-        if name in ov.variables:
-            ctx[name] = ov.variables[name]
-        elif env_name(name) in ov.soft_variables:
-            ctx[name] = ov.soft_variables[env_name(name)]
-        else:
-            ctx[name] = r.render(value, ("variables", name))
+        given = _overridden(name, ov.variables, ov.soft_variables)
+        ctx[name] = given if given is not None else r.render(value, ("variables", name))
 
 
 def flat_variables(ctx: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:

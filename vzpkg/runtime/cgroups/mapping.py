@@ -123,14 +123,31 @@ def _cpus(cfg: VeConfig, host_cpus: tuple[int, ...] | None) -> tuple[int, ...] |
     return mask
 
 
+@dataclass(frozen=True)
+class _Values:
+    """What a configuration asks of the cgroup controllers, in kernel units."""
+
+    units: int
+    quota: int | None
+    limit: int | None
+    soft: int | None
+    swap: int | None
+    nproc: int | None
+    mask: tuple[int, ...] | None
+    prio: int
+
+    @classmethod
+    def of(cls, cfg: VeConfig, host_cpus: tuple[int, ...] | None) -> _Values:
+        limit, soft, swap = _memory(cfg)
+        return cls(_units(cfg), cpu_quota_us(cfg), limit, soft, swap, _numproc(cfg),
+                   _cpus(cfg, host_cpus), _ioprio(cfg))
+
+
 def v2_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None,
               host_swap: bool = True) -> list[Write]:
-    units = _units(cfg)
-    quota = cpu_quota_us(cfg)
-    limit, soft, swap = _memory(cfg)
-    nproc = _numproc(cfg)
-    mask = _cpus(cfg, host_cpus)
-    prio = _ioprio(cfg)
+    v = _Values.of(cfg, host_cpus)
+    units, quota, limit, soft, swap, nproc, mask, prio = (
+        v.units, v.quota, v.limit, v.soft, v.swap, v.nproc, v.mask, v.prio)
     return [
         Write("cpu", "cpu.weight", str(cpu_weight(units)), units != DEFAULT_CPUUNITS,
               "CPUUNITS"),
@@ -155,12 +172,9 @@ def v1_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None,
               host_swap: bool = True) -> list[Write]:
     """Writes for v1.  memsw is first opened up so that the RAM limit can move either
     way (the kernel insists memsw >= memory), then set to RAM + swap."""
-    units = _units(cfg)
-    quota = cpu_quota_us(cfg)
-    limit, soft, swap = _memory(cfg)
-    nproc = _numproc(cfg)
-    mask = _cpus(cfg, host_cpus)
-    prio = _ioprio(cfg)
+    v = _Values.of(cfg, host_cpus)
+    units, quota, limit, soft, swap, nproc, mask, prio = (
+        v.units, v.quota, v.limit, v.soft, v.swap, v.nproc, v.mask, v.prio)
     cpus = mask if mask is not None else host_cpus
     memsw = limit + swap if limit is not None and swap is not None else None
     out = [
