@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from vzpkg.core.files import sha256_file
+from vzpkg.core.settings_table import env_name
 
 PAYLOAD_DIR = ".payloads"
 VIEWS = ".views"                  # per-build directories of links, under PAYLOAD_DIR
@@ -64,7 +65,7 @@ exec @DPKG_DEB@ "$@"
 def enabled(env: Mapping[str, str], config: Mapping[str, Any]) -> bool:
     """Whether builds use the payload cache: on unless VZPKG_PAYLOAD_CACHE=0 or
     ``payload_cache: false``."""
-    value = env.get("VZPKG_PAYLOAD_CACHE")
+    value = env.get(env_name("payload_cache"))
     if value is not None:
         return value.strip().lower() not in ("0", "no", "false", "off")
     return config.get("payload_cache", True) is not False

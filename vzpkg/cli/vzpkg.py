@@ -9,6 +9,7 @@ from typing import NoReturn
 from vzpkg import __version__
 from vzpkg.cli import cmd_build, cmd_cache, cmd_meta, cmd_mirror
 from vzpkg.cli.common import Parser, run_console, run_main
+from vzpkg.core.settings_table import settings_help
 
 EPILOG = """\
 examples:
@@ -20,14 +21,14 @@ examples:
 
 Cache names are <distribution>-<release>-<arch>-<set>; the short form
 <distribution>-<release> means the host's architecture and the set 'minimal'.
-The cache directory is --cache-dir, else $VZPKG_CACHE_DIR, else cache_dir in
-the configuration, else caches/ of the workspace.
+
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="vzpkg", description=__doc__,
-               epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+               epilog=EPILOG + settings_help(),
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"vzpkg {__version__}")
     p.add_argument("--workspace", metavar="DIR",
                    help="directory with metadata/, hooks/ and caches/ (default: found "

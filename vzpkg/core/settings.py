@@ -13,6 +13,10 @@ A workspace is a directory with a ``vzpkg.yaml`` file or a ``metadata/``
 directory, found by walking up from the current directory or named with
 ``--workspace`` / ``$VZPKG_WORKSPACE``.  Its ``metadata/`` and ``hooks/`` add to
 or override the templates shipped with the package.
+
+Every key of a configuration file and every variable is a row of the settings
+table (:mod:`vzpkg.core.settings_table`); a key that is not there, or a value of
+the wrong kind, is refused with its file and line.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from vzpkg.core.errors import ConfigError
+from vzpkg.core.settings_table import env_name, file_setting, unknown_key_hint
 
 
 def _shipped(kind: str) -> Path:
@@ -68,7 +73,7 @@ class Settings:
         about 20 % faster into memory, and only the packed tarball has to reach the
         disk); else ``.work`` in the cache directory.
         """
-        env = os.environ.get("VZPKG_WORK_DIR") or self.config.get("work_dir")
+        env = os.environ.get(env_name("work_dir")) or self.config.get("work_dir")
         if env:
             return Path(str(env))
         return _memory_work_dir() or self.cache_dir / ".work"
@@ -77,7 +82,7 @@ class Settings:
         """Mirror URLs configured by file; environment is applied by the loader."""
         out: dict[str, str] = {}
         if SYSTEM_MIRRORS.is_file():
-            data = _read_yaml(SYSTEM_MIRRORS)
+            data, _ = _parse_yaml(SYSTEM_MIRRORS)
             out.update({str(k): str(v) for k, v in data.items()})
         mirrors = self.config.get("mirrors") or {}
         if isinstance(mirrors, dict):
@@ -119,16 +124,57 @@ def find_workspace(start: Path) -> Path | None:
     return None
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _parse_yaml(path: Path) -> tuple[dict[Any, Any], dict[Any, int]]:
+    """The mapping in the YAML file *path*, and the line of each of its keys."""
     import yaml  # here: needed only when a configuration file exists
+    lines: dict[Any, int] = {}
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
+        loader = yaml.SafeLoader(path.read_text(encoding="utf-8"))
+        loader.name = str(path)                 # marks name the file, not "<unicode string>"
+        try:
+            node = loader.get_single_node()
+            data = None if node is None else loader.construct_document(node)
+            if isinstance(data, dict) and isinstance(node, yaml.MappingNode):
+                for key_node, _ in node.value:     # a key given twice: the last counts
+                    if isinstance(key_node, yaml.ScalarNode):
+                        key = loader.construct_object(key_node)
+                        lines[key] = key_node.start_mark.line + 1
+        finally:
+            loader.dispose()
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read configuration: {exc}") from None
     if data is None:
-        return {}
+        return {}, {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+        line = 1 if node is None else node.start_mark.line + 1
+        raise ConfigError(f"{path}:{line}: expected a mapping of settings, got "
+                          f"{type(data).__name__}",
+                          hint="write one 'key: value' a line")
+    return data, lines
+
+
+def _described(value: object) -> str:
+    """*value* for an error message: a scalar as written, else its kind."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """The settings in the configuration file *path*, each checked against the table."""
+    data, lines = _parse_yaml(path)
+    for key, value in data.items():
+        where = f"{path}:{lines.get(key, 1)}"
+        row = file_setting(key)
+        if row is None:
+            raise ConfigError(f"{where}: unknown setting {key!r}", hint=unknown_key_hint(key))
+        if not row.accepts(value):
+            raise ConfigError(f"{where}: {key}: expected {row.expected}, got "
+                              f"{_described(value)}",
+                              hint=f"{key}: {row.help}".replace("`", ""))
     return data
 
 
@@ -156,14 +202,15 @@ def load_settings(
         if not ws.is_dir():
             raise ConfigError(f"workspace {ws} is not a directory",
                               hint="create it, or drop --workspace")
-    elif env.get("VZPKG_WORKSPACE"):
-        ws = Path(env["VZPKG_WORKSPACE"]).resolve()
+    elif env.get(env_name("workspace")):
+        ws = Path(env[env_name("workspace")]).resolve()
     else:
         ws = find_workspace(cwd.resolve())
 
     files: list[Path] = []
     config: dict[str, Any] = {}
-    system = Path(env["VZPKG_CONFIG"]) if env.get("VZPKG_CONFIG") else SYSTEM_CONFIG
+    system_env = env.get(env_name("config"))
+    system = Path(system_env) if system_env else SYSTEM_CONFIG
     if system.is_file():
         files.append(system)
     if ws is not None and (ws / WORKSPACE_FILE).is_file():
@@ -173,8 +220,8 @@ def load_settings(
 
     if cache_dir is not None:
         cdir = Path(cache_dir)
-    elif env.get("VZPKG_CACHE_DIR"):
-        cdir = Path(env["VZPKG_CACHE_DIR"])
+    elif env.get(env_name("cache_dir")):
+        cdir = Path(env[env_name("cache_dir")])
     elif config.get("cache_dir"):
         base = files[-1].parent if files else cwd
         cdir = base / str(config["cache_dir"])

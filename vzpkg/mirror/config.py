@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 from vzpkg.core.errors import ConfigError
 from vzpkg.core.gpg import normalize_fingerprint
 from vzpkg.core.settings import Settings
+from vzpkg.core.settings_table import setting
 from vzpkg.core.shellconf import read_assignments
 
 DEFAULT_VZ_ROOT = Path("/vz")
@@ -94,16 +95,22 @@ def _seconds(value: object, *, where: str) -> float:
     return float(value)
 
 
+def _known_subkeys(key: str, value: Mapping[Any, Any], where: str) -> None:
+    """Refuse a key of the mapping *value* (the setting *key*) the settings table lacks."""
+    known = setting(key).subkeys
+    unknown = set(value) - set(known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}",
+                          hint=f"known keys: {', '.join(known)}")
+
+
 def _from_settings(settings: Settings) -> dict[str, Any]:
     out: dict[str, Any] = {"mirrors": [], "keys": []}
     pull = settings.config.get("pull") or {}
     where = "vzpkg configuration: pull"
     if not isinstance(pull, Mapping):
         raise ConfigError(f"{where}: expected a mapping with mirrors and trusted_keys")
-    unknown = set(pull) - {"mirrors", "trusted_keys", "timeout", "retries"}
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}",
-                          hint="known keys: mirrors, trusted_keys, timeout, retries")
+    _known_subkeys("pull", pull, where)
     mirrors = pull.get("mirrors") or []
     if not isinstance(mirrors, list):
         raise ConfigError(f"{where}.mirrors: expected a list of URLs")
@@ -136,6 +143,7 @@ def _from_settings(settings: Settings) -> dict[str, Any]:
     if not isinstance(signing, Mapping):
         raise ConfigError("vzpkg configuration: signing: expected a mapping with key, "
                           "gnupghome")
+    _known_subkeys("signing", signing, "vzpkg configuration: signing")
     if signing.get("key"):
         out["signing_key"] = str(signing["key"])
     if signing.get("gnupghome"):

@@ -61,6 +61,7 @@ from typing import Any
 
 import vzpkg
 from vzpkg.core.settings import Settings, user_cache_dir
+from vzpkg.core.settings_table import env_name
 from vzpkg.core.types import Compression
 from vzpkg.template.model import (
     Key,
@@ -78,7 +79,7 @@ FORMAT = 1
 RACY_NS = 2_000_000_000
 KEEP_DAYS = 30
 KEEP_FILES = 256
-DISABLE_ENV = "VZPKG_NO_PLAN_CACHE"
+DISABLE_ENV = env_name("plan_cache")    # VZPKG_NO_PLAN_CACHE
 
 # packages whose code makes plans besides vzpkg's (their top-level file stands
 # for the installed version)
