@@ -30,11 +30,11 @@ import stat
 import subprocess
 import tempfile
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from vzpkg.build.sandbox import Command, Sandbox, stop
+from vzpkg.build.sandbox import Command, Sandbox, Waiting
 from vzpkg.core.errors import BuildError, VzError
 from vzpkg.template.model import Script
 
@@ -158,18 +158,11 @@ class BuildVE:
         if started is not None and started.script is script:
             started.run()
             return
-        tmp = ve_tmp(self.root)
-        fd, name = tempfile.mkstemp(prefix=".vzpkg-script-", dir=tmp)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(script.text)
-            os.chmod(name, 0o755)
-            inside = "/tmp/" + Path(name).name
-            argv = [inside] if script.text.startswith(b"#!") else ["/bin/sh", "-e", inside]
+        fd, name = tempfile.mkstemp(prefix=".vzpkg-script-", dir=ve_tmp(self.root))
+        with _script_copy(script, fd, name, 0o755):
+            argv = _script_argv(script, "/tmp/" + Path(name).name)
             self.run(argv, step=script.stage.value, env=script_env(env, script.stage.value),
                      hint=_script_hint(script))
-        finally:
-            Path(name).unlink(missing_ok=True)
 
 
 def ve_tmp(root: Path) -> Path:
@@ -185,7 +178,7 @@ def ve_tmp(root: Path) -> Path:
     return tmp
 
 
-class StartedScript:
+class StartedScript(Waiting):
     """An in-VE script whose namespaces, mounts and hostname are made ahead of
     time (while the package manager still works on the root): :meth:`run` then
     only writes the script and lets it start; :meth:`stop` ends it unused.
@@ -201,53 +194,47 @@ class StartedScript:
         self.script = script
         ve_tmp(root)
         self.name = f".vzpkg-script-{os.urandom(6).hex()}"
-        inside = "/tmp/" + self.name
-        argv = [inside] if script.text.startswith(b"#!") else ["/bin/sh", "-e", inside]
-        cmd = sandbox.ve(root, argv, wait=True)
+        cmd = sandbox.ve(root, _script_argv(script, "/tmp/" + self.name), wait=True)
         self.log.write(f"$ {' '.join(cmd.argv)}   (started ahead)")
-        self.proc = log.spawn(cmd, step=script.stage.value,
-                              env=script_env(env, script.stage.value), stdin=subprocess.PIPE)
+        proc = log.spawn(cmd, step=script.stage.value,
+                         env=script_env(env, script.stage.value), stdin=subprocess.PIPE)
+        super().__init__(proc)
 
     def run(self) -> None:
         path = ve_tmp(self.root) / self.name       # again: the packages came since
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(self.script.text)
-            os.chmod(path, 0o755)
-            assert self.proc.stdin is not None
-            with contextlib.suppress(BrokenPipeError):
-                self.proc.stdin.write(b"go\n")
-                self.proc.stdin.close()
+        with _script_copy(self.script, fd, path, 0o755):
+            self.send(b"go")
             self.log.follow(self.proc, step=self.script.stage.value,
                             hint=_script_hint(self.script))
-        finally:
-            path.unlink(missing_ok=True)
-
-    def stop(self) -> None:
-        if self.proc.returncode is not None:
-            return
-        with contextlib.suppress(OSError):
-            if self.proc.stdin is not None:
-                self.proc.stdin.close()
-        stop(self.proc)         # setpriv/unshare: the namespaces go with it
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
 
 def run_host_script(script: Script, env: Mapping[str, str], log: BuildLog,
                     work: Path) -> None:
     """Run a host-side script (pre-cache, post-cache) from a private copy."""
     fd, name = tempfile.mkstemp(prefix="script-", dir=work)
+    with _script_copy(script, fd, name, 0o700):
+        argv = _script_argv(script, name)
+        log.run(argv, step=script.stage.value, env=script_env(env, script.stage.value),
+                cwd=work, hint=_script_hint(script))
+
+
+@contextlib.contextmanager
+def _script_copy(script: Script, fd: int, path: str | Path, mode: int) -> Iterator[None]:
+    """*script*'s text written through *fd* (*path*, just made), mode *mode*;
+    the file is removed when the block ends."""
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(script.text)
-        os.chmod(name, 0o700)
-        argv = [name] if script.text.startswith(b"#!") else ["/bin/sh", "-e", name]
-        log.run(argv, step=script.stage.value, env=script_env(env, script.stage.value),
-                cwd=work, hint=_script_hint(script))
+        os.chmod(path, mode)
+        yield
     finally:
-        Path(name).unlink(missing_ok=True)
+        Path(path).unlink(missing_ok=True)
+
+
+def _script_argv(script: Script, path: str) -> list[str]:
+    """How *script*, copied to *path*, runs: by its #! line, or by sh -e."""
+    return [path] if script.text.startswith(b"#!") else ["/bin/sh", "-e", path]
 
 
 def _script_hint(script: Script) -> str:

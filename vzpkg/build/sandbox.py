@@ -15,6 +15,11 @@ and ipc namespaces that die with the build (``setpriv --pdeathsig KILL`` and
   writable but the build's work directory; a script that climbs out of the
   tool's chroot finds that, not the host's file system.
 
+Both shapes start from one command line (:func:`_launcher`); a :class:`TreeMounts`
+and the spec's network and capabilities say how they differ.  A command made
+ahead of need waits for a line on its stdin (:class:`Waiting`: the post-install
+script's VE, dnf's pre-started interpreter).
+
 Capabilities: everything but :data:`KEEP` is dropped from the bounding set (and
 the permitted, effective, inheritable and ambient sets) before the command
 runs, so neither it nor anything it starts can mount, load modules, reach raw
@@ -250,10 +255,21 @@ def python() -> str:
     return os.path.realpath(sys.executable)
 
 
-def _launch(spec: dict[str, Any], root: str, argv: Sequence[str],
-            pass_fds: tuple[int, ...] = ()) -> Command:
-    return Command([*PDEATH, *UNSHARE, python(), "-I", "-S", str(LAUNCHER),
-                    json.dumps(spec, separators=(",", ":")), root, *argv], pass_fds)
+def _launcher(spec: dict[str, Any], launcher: Path = LAUNCHER) -> list[str]:
+    """The start of every sandbox's command line, ROOT and COMMAND to follow:
+    ``unshare`` into fresh namespaces, then *launcher* (sandbox_init.py) with
+    *spec*, which says what differs between sandboxes (kind, network, mounts,
+    capabilities)."""
+    return [*UNSHARE, python(), "-I", "-S", str(launcher),
+            json.dumps(spec, separators=(",", ":"))]
+
+
+def _launch(spec: dict[str, Any], root: str, argv: Sequence[str]) -> Command:
+    """*argv* in a sandbox that dies with this process; it inherits the
+    descriptor of the network namespace the spec's ``net`` names, if any."""
+    net = spec["net"]
+    return Command([*PDEATH, *_launcher(spec), root, *argv],
+                   (net,) if isinstance(net, int) else ())
 
 
 def ve_spec(*, net: int | str, mounts: TreeMounts = VE_MOUNTS,
@@ -304,8 +320,7 @@ def tool_command(argv: Sequence[str], *, work: Path, net: Net | int = "host",
         prefix = os.path.realpath(sys.base_prefix)
         if not prefix.startswith("/usr/"):
             spec["ro"].append(prefix)
-    fds = (net,) if isinstance(net, int) else ()
-    return _launch(spec, os.path.abspath(tree) if tree else "", argv, fds)
+    return _launch(spec, os.path.abspath(tree) if tree else "", argv)
 
 
 def _chroot_wrapper(launcher: Path) -> str:
@@ -318,9 +333,7 @@ def _chroot_wrapper(launcher: Path) -> str:
         " exit 125;; esac\n"
         'dir=$1; shift\n'
         '[ "$#" -gt 0 ] || set -- /bin/sh -i\n'
-        f"exec {shlex.join(UNSHARE)} {shlex.quote(python())} -I -S"
-        f" {shlex.quote(str(launcher))} {shlex.quote(json.dumps(spec))}"
-        ' "$dir" "$@"\n')
+        f'exec {shlex.join(_launcher(spec, launcher))} "$dir" "$@"\n')
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
@@ -345,6 +358,35 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
             except OSError:
                 break
             time.sleep(0.005)
+
+
+class Waiting:
+    """A sandboxed command started ahead of need, waiting for one line on its
+    stdin before it does its work (a VE made ahead: its spec's ``wait``; dnf's
+    pre-started interpreter: its own read).  :meth:`send` gives it that line,
+    :meth:`stop` ends it unused, its sandbox with it; EOF alone means: not
+    needed."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+
+    def send(self, line: bytes) -> None:
+        """Write *line* and close stdin (one that already ended is told nothing:
+        what it said is in its output)."""
+        assert self.proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            self.proc.stdin.write(line + b"\n")
+            self.proc.stdin.close()
+
+    def stop(self) -> None:
+        if self.proc.returncode is not None:
+            return                  # it ran, and was waited for
+        with contextlib.suppress(OSError):
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        stop(self.proc)             # setpriv/unshare: the namespaces go with it
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 def request(what: Literal["mount", "umount"]) -> str:
@@ -390,8 +432,7 @@ class Sandbox:
     def ve(self, root: Path, argv: Sequence[str], *, wait: bool = False) -> Command:
         """*argv* run inside the VE whose tree is *root*; with *wait*, only once
         a line arrives on its stdin (EOF: not at all)."""
-        fd = self.net.fd
-        return _launch(ve_spec(net=fd, wait=wait), os.path.abspath(root), argv, (fd,))
+        return _launch(ve_spec(net=self.net.fd, wait=wait), os.path.abspath(root), argv)
 
     def tool(self, argv: Sequence[str], *, work: Path, net: Net = "build",
              **kw: Any) -> Command:

@@ -11,9 +11,10 @@ Shared logic lives here once; a backend is mostly a table of commands.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -39,6 +40,15 @@ class RepoState:
     digest: str
     source_date: int
     files: tuple[tuple[str, str], ...] = ()   # (url, sha256) per metadata file
+
+    @classmethod
+    def of(cls, files: Iterable[tuple[str, str]], source_date: int) -> RepoState:
+        """The state of metadata *files*, (url, sha256) in the repositories'
+        order: the digest is sha256 over their "url sha256" lines joined by
+        newlines.  Stored manifests compare against it: it must not change."""
+        pairs = tuple(files)
+        digest = hashlib.sha256("\n".join(f"{u} {h}" for u, h in pairs).encode()).hexdigest()
+        return cls(digest=digest, source_date=source_date, files=pairs)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import os
 import subprocess
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 from vzpkg.build.backends import Backend, RepoState
 from vzpkg.build.buildve import BuildVE
@@ -62,8 +63,7 @@ class DebianBackend(Backend, family="deb"):
             data = self._verify_inrelease(local, f"{repo.url}/{path}")
             files.append((f"{repo.url}/{path}", hashlib.sha256(data).hexdigest()))
             newest = max(newest, _release_date(data, f"{repo.url}/{path}"))
-        digest = hashlib.sha256("\n".join(f"{u} {h}" for u, h in files).encode()).hexdigest()
-        return RepoState(digest=digest, source_date=newest, files=tuple(files))
+        return RepoState.of(files, newest)
 
     def _verify_inrelease(self, path: Path, what: str) -> bytes:
         """gpgv against the pinned keyring; at least one VALIDSIG by a pinned key
@@ -111,15 +111,23 @@ class DebianBackend(Backend, family="deb"):
         else:
             kr.unlink(missing_ok=True)
 
+    def bootstrapper(self, argv: list[str], *, step: str, **sandbox: Any) -> None:
+        """Run a bootstrapper's command line *argv* in a host-tool sandbox of the
+        build (*sandbox*: its options, see Sandbox.tool); what the build does
+        beside the package manager begins as it starts."""
+        cmd = self.ctx.sandbox.tool(argv, work=self.ctx.work, **sandbox)
+        self.ctx.log.run(cmd, step=step,
+                         hint="see the log; a signature or checksum error means the "
+                              "mirror or the pinned keys are wrong",
+                         started=self.ctx.running)
+
     def apt(self, ve: BuildVE, *args: str, step: str) -> None:
         ve.run(["apt-get", *APT_OPTS, *args], step=step, env=APT_ENV)
 
     def complete(self, ve: BuildVE) -> None:
         """After bootstrap: bring in the other repositories' updates and the set's
         packages, through the proxy."""
-        self.write_sources(ve.root, local=True)
-        self.apt(ve, "update", step="apt-get update")
-        self.apt(ve, "dist-upgrade", step="apt-get dist-upgrade")
+        self.update(ve)
         self.apt(ve, "install", "--no-install-recommends", *self.plan.packages,
                  step="apt-get install")
 

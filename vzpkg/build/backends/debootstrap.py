@@ -30,11 +30,7 @@ class Debootstrap(DebianBackend, name="debootstrap"):
                 f"--components={','.join(first.components) or 'main'}",
                 first.suite, str(root), self.proxy_url(first.url)]
         # check_sane_mount makes a node in the tree and writes to it: not nodev
-        cmd = self.ctx.sandbox.tool(argv, work=self.ctx.work, caps=CHROOT_TOOL, nodev=False,
-                                    chroot=True)
-        self.ctx.log.run(cmd, step="debootstrap",
-                         hint="see the log; a signature or checksum error means the "
-                              "mirror or the pinned keys are wrong",
-                         started=self.ctx.running)
+        self.bootstrapper(argv, step="debootstrap", caps=CHROOT_TOOL, nodev=False,
+                          chroot=True)
         with BuildVE(root, self.ctx.log, self.ctx.sandbox) as ve:
             self.complete(ve)

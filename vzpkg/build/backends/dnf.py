@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -65,8 +66,8 @@ from vzpkg.build.sandbox import (
     LAUNCHER,
     Command,
     TreeMounts,
+    Waiting,
     sandbox_dir,
-    stop,
     tool_command,
 )
 from vzpkg.core.errors import BuildError
@@ -130,13 +131,13 @@ def dnf_python() -> str | None:
     return words[0]
 
 
-class _Warm:
+class _Warm(Waiting):
     """One pre-started dnf for *root*: asked :meth:`ready`, then given its
-    command line by :meth:`send`; or stopped unused by :meth:`stop`."""
+    command line by :meth:`request`; or stopped unused by :meth:`stop`."""
 
     def __init__(self, root: Path, proc: subprocess.Popen[bytes]) -> None:
+        super().__init__(proc)
         self.root = root
-        self.proc = proc
 
     def ready(self) -> bytes:
         """Wait until dnf is imported: b"" then, else what the interpreter said
@@ -145,24 +146,13 @@ class _Warm:
         first = self.proc.stdout.readline()
         return b"" if first == _READY else first or b"(no output)\n"
 
-    def send(self, argv: list[str], env: dict[str, str], cache: Path) -> None:
+    def request(self, argv: list[str], env: dict[str, str], cache: Path) -> None:
         """Run dnf with *argv*; from the transaction on, what is written to the
         package *cache* (bound at its own path and on the root's /var/cache/dnf)
         is thrown away: no scriptlet changes what later builds install from."""
-        assert self.proc.stdin is not None
         req = {"argv": argv, "env": env, "keep": list(KEEP),
                "scratch": [str(cache), str(self.root / "var/cache/dnf")]}
-        with contextlib.suppress(BrokenPipeError):
-            self.proc.stdin.write(json.dumps(req).encode() + b"\n")
-            self.proc.stdin.close()
-
-    def stop(self) -> None:
-        with contextlib.suppress(OSError):
-            if self.proc.stdin is not None:
-                self.proc.stdin.close()
-        stop(self.proc)       # unshare: --kill-child takes the sandbox along
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        self.send(json.dumps(req).encode())
 
 
 _EARLY: dict[Path, _Warm] = {}     # root -> started by prestart_early, not yet taken
@@ -183,9 +173,7 @@ def _sandboxed(argv: list[str], root: Path, cache: Path, private: Path, *,
     the transaction), or with *restricted* an empty network, a throwaway layer
     over the package cache and the bounded capabilities."""
     work = root.parent
-    mounts = TreeMounts(mounts=TREE_MOUNTS.mounts, dev_extra=TREE_MOUNTS.dev_extra,
-                        dev_links=TREE_MOUNTS.dev_links,
-                        binds=((str(cache), "var/cache/dnf", False),))
+    mounts = dataclasses.replace(TREE_MOUNTS, binds=((str(cache), "var/cache/dnf", False),))
     rw = [cache, *(p for p in (private,) if not p.is_relative_to(work))]
     return tool_command(argv, work=work, net="new" if restricted else "host",
                         caps=KEEP if restricted else None, tree=root, tree_mounts=mounts,
@@ -250,17 +238,15 @@ def stop_early() -> None:
             close_work(root.parent)
 
 
-# (pattern in dnf's output, what happened, how to fix it)
-_DIAGNOSES = (
+# (pattern in dnf's output, what happened, how to fix it); the first that matches
+_UNPINNED = ("package {0} is signed by a key the template does not pin",
+             "if the distribution changed its key, verify the new key and pin it under keys:")
+_DIAGNOSES: tuple[tuple[re.Pattern[str], str, str], ...] = (
     (re.compile(r"Package (\S+) is not signed"),
      "package {0} is not signed",
      "the repository serves an unsigned package; a build never installs one"),
-    (re.compile(r"not correct for this package.*?Failing package is: (\S+)", re.S),
-     "package {0} is signed by a key the template does not pin",
-     "if the distribution changed its key, verify the new key and pin it under keys:"),
-    (re.compile(r"Public key for (\S+) is not installed"),
-     "package {0} is signed by a key the template does not pin",
-     "if the distribution changed its key, verify the new key and pin it under keys:"),
+    (re.compile(r"not correct for this package.*?Failing package is: (\S+)", re.S), *_UNPINNED),
+    (re.compile(r"Public key for (\S+) is not installed"), *_UNPINNED),
     (re.compile(r"(\S+\.rpm): Downloading successful, but checksum doesn't match"),
      "{0} does not match the checksum in the repository metadata",
      "the mirror is corrupt or being updated; try again later or use another mirror"),
@@ -384,10 +370,8 @@ class Dnf(Backend, name="dnf", family="rpm"):
         finally:
             fetch.close()
         self._metas = metas
-        files = tuple((m.url, m.sha256) for m in metas)
-        digest = hashlib.sha256("\n".join(f"{u} {h}" for u, h in files).encode()).hexdigest()
-        return RepoState(digest=digest, source_date=max(m.timestamp for m in metas),
-                         files=files)
+        return RepoState.of(((m.url, m.sha256) for m in metas),
+                            max(m.timestamp for m in metas))
 
     # -- running dnf -------------------------------------------------------------------
     @contextlib.contextmanager
@@ -435,7 +419,7 @@ class Dnf(Backend, name="dnf", family="rpm"):
             said = warm.ready()
             if not said:
                 log.write(f"$ {' '.join(argv)}   (pre-started)")
-                warm.send(argv[1:], self.env(), self.cache)
+                warm.request(argv[1:], self.env(), self.cache)
                 self.ctx.running()
                 log.follow(warm.proc, step=step)
                 return

@@ -13,6 +13,7 @@ tree once base-files is unpacked, as mmdebstrap itself would, with a private
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -68,8 +69,7 @@ class Mmdebstrap(DebianBackend, name="mmdebstrap"):
             argv += bp.mmdebstrap_options()
             env.append(f"PATH={bp.path(os.environ.get('PATH', '/usr/bin:/bin'))}")
             self.ctx.proxy.on_package = bp.add
-            mounts = TreeMounts(mounts=TREE_MOUNTS.mounts, dev_extra=TREE_MOUNTS.dev_extra,
-                                dev_links=(), binds=tuple(bp.ve_binds()))
+            mounts = dataclasses.replace(TREE_MOUNTS, binds=tuple(bp.ve_binds()))
             ro.append(bp.view)
         if self.plan.packages:
             argv.append("--include=" + ",".join(self.plan.packages))
@@ -77,12 +77,8 @@ class Mmdebstrap(DebianBackend, name="mmdebstrap"):
         # --keyring makes apt trust exactly the pinned keys while mmdebstrap runs
         argv += self.sources(local=True, signed_by=False).splitlines()
         root.mkdir(parents=True, exist_ok=True)
-        cmd = self.ctx.sandbox.tool(["env", *env, *argv], work=self.ctx.work, tree=root,
-                                    tree_mounts=mounts, ro=ro, caps=KEEP, serve=True)
-        self.ctx.log.run(cmd, step="mmdebstrap",
-                         hint="see the log; a signature or checksum error means the "
-                              "mirror or the pinned keys are wrong",
-                         started=self.ctx.running)
+        self.bootstrapper(["env", *env, *argv], step="mmdebstrap", tree=root,
+                          tree_mounts=mounts, ro=ro, caps=KEEP, serve=True)
 
     def clean(self, root: Path) -> None:
         self._finished = True
