@@ -278,7 +278,7 @@ def test_debian_cache_end_to_end(rt: Runtime, tmp_path: Path) -> None:
         assert code == 0, out
         if found is not None:
             assert "Debian" in out
-            assert "iface eth0 inet static" in (
+            assert "iface eth0 inet manual" in (
                 r2.paths.private(ctid) / "etc/network/interfaces").read_text()
         r = subprocess.run(["ping", "-c1", "-W2", "198.18.92.9"], capture_output=True)
         assert r.returncode == 0

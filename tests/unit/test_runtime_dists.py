@@ -35,9 +35,9 @@ def test_debian(tmp_path: Path) -> None:
     resolv = (root / "etc/resolv.conf").read_text()
     assert "nameserver 10.0.0.1\nnameserver fd00::53" in resolv and "search example" in resolv
     ifaces = (root / "etc/network/interfaces").read_text()
-    assert "iface eth0 inet static\n\taddress 10.0.0.5/32" in ifaces
-    assert "up ip addr add 10.0.0.6/24 dev eth0" in ifaces
-    assert "iface eth0 inet6 static\n\taddress fd00::5/128" in ifaces
+    assert "iface eth0 inet manual\n\tup ip addr replace 10.0.0.5/32 dev eth0" in ifaces
+    assert "up ip addr replace 10.0.0.6/24 dev eth0" in ifaces
+    assert "iface eth0 inet6 manual\n\tup ip -6 addr replace fd00::5/128 dev eth0" in ifaces
     unit = (root / "etc/systemd/network/10-vzctl-eth0.network").read_text()
     assert "Address=10.0.0.5/32" in unit and "Gateway=169.254.0.1" in unit
 

@@ -65,9 +65,13 @@ def cmd_create(args: argparse.Namespace) -> int:
             raise UsageError(f"--hostname: {exc}") from None
     _say(args, f"Creating VE {args.ctid} from {args.ostemplate} ...")
     rt.create(args.ctid, args.ostemplate, config=args.config, hostname=args.hostname,
-              ipadd=args.ipadd or (), layout_name=args.layout)
-    lay = rt.config(args.ctid).get("VE_LAYOUT")
-    _say(args, f"VE {args.ctid} created ({lay} layout, {rt.paths.private(args.ctid)})")
+              ipadd=args.ipadd or (), layout_name=args.layout,
+              userns=None if args.userns is None else args.userns == "yes")
+    cfg = rt.config(args.ctid)
+    ids = cfg.get("VE_IDMAP")
+    how = f"user namespace, host ids {ids}" if ids else "host root, no user namespace"
+    _say(args, f"VE {args.ctid} created ({cfg.get('VE_LAYOUT')} layout, {how}, "
+               f"{rt.paths.private(args.ctid)})")
     return 0
 
 
@@ -186,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--ipadd", action="append", metavar="IP", help="an address (repeatable)")
     c.add_argument("--layout", choices=("plain", "overlay"),
                    help="plain: own unpacked copy; overlay: on a shared read-only copy")
+    c.add_argument("--userns", choices=("yes", "no"),
+                   help="yes (default): the VE's root is an unprivileged host id range in "
+                        "a user namespace of its own; no: host root with a reduced "
+                        "capability set, the old mode (weaker; docs/SECURITY.md)")
     cmd("start", cmd_start, "start a VE: namespaces, cgroup, network, init")
     s = cmd("stop", cmd_stop, "stop a VE: SIGTERM to init, kill what is left after a while")
     s.add_argument("--fast", action="store_true", help="kill at once, no SIGTERM")

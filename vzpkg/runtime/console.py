@@ -63,7 +63,7 @@ def run(rt: Runtime, ctid: int, argv: list[str], *, pty: tuple[int, ...],
     stdin = 0
     cg = rt.cgroups
     spec = join.JoinSpec(pid=pid, argv=argv, pty=pty, env=env, interactive=interactive,
-                         attach=lambda p: cg.attach(str(ctid), p))
+                         attach=lambda p: cg.attach(str(ctid), p), userns=rt.userns(ctid))
     joined = join.spawn(spec)
     master = joined.master
     assert master is not None

@@ -6,6 +6,7 @@ from __future__ import annotations
 from vzpkg.core.errors import VeError
 from vzpkg.runtime import dists, net
 from vzpkg.runtime.config import VeConfig
+from vzpkg.runtime.idmap import IdRange
 from vzpkg.runtime.layout import Layout
 
 
@@ -28,3 +29,14 @@ def dist_setup(cfg: VeConfig) -> dists.DistSetup:
         addrs=tuple(a.with_prefixlen for a in addrs_of(cfg)),
         nameservers=tuple((cfg.get("NAMESERVER") or "").split()),
         searchdomain=cfg.get("SEARCHDOMAIN") or None)
+
+
+def ids_of(cfg: VeConfig) -> IdRange | None:
+    """The host ids of a user-namespaced VE; None for a VE in the old mode (host
+    root, reduced capabilities: ``VE_USERNS=no``, or a VE made before ranges)."""
+    if (cfg.get("VE_USERNS") or "yes") == "no":
+        return None
+    text = cfg.get("VE_IDMAP")
+    if not text:
+        return None
+    return IdRange.parse(text, where=f"{cfg.path}: VE_IDMAP")

@@ -130,20 +130,24 @@ def _split(addrs: tuple[str, ...]) -> tuple[list[str], list[str]]:
 
 
 def debian_interfaces(addrs: tuple[str, ...]) -> str:
+    """ifupdown's view of the addresses vzctl gives eth0.  The host has set them by
+    the time the VE's init runs, so each is (re)applied with ``ip addr replace``
+    (ifupdown's ``static`` method fails on an address that is already there)."""
     v4, v6 = _split(addrs)
     out = [MARK, "auto lo", "iface lo inet loopback", ""]
     if v4:
-        out += ["auto eth0", "iface eth0 inet static", f"\taddress {v4[0]}",
-                "\tup ip route add 169.254.0.1 dev eth0 scope link || true",
-                "\tup ip route add default via 169.254.0.1 dev eth0 || true"]
-        out += [f"\tup ip addr add {a} dev eth0 || true" for a in v4[1:]]
-        out.append("")
+        out += ["auto eth0", "iface eth0 inet manual"]
+        out += [f"\tup ip addr replace {a} dev eth0" for a in v4]
+        out += ["\tup ip link set eth0 up",
+                "\tup ip route replace 169.254.0.1 dev eth0 scope link",
+                "\tup ip route replace default via 169.254.0.1 dev eth0", ""]
     if v6:
         if not v4:
             out.append("auto eth0")
-        out += ["iface eth0 inet6 static", f"\taddress {v6[0]}", "\tgateway fe80::1"]
-        out += [f"\tup ip -6 addr add {a} dev eth0 || true" for a in v6[1:]]
-        out.append("")
+        out += ["iface eth0 inet6 manual"]
+        out += [f"\tup ip -6 addr replace {a} dev eth0" for a in v6]
+        out += ["\tup ip link set eth0 up",
+                "\tup ip -6 route replace default via fe80::1 dev eth0", ""]
     return "\n".join(out) + "\n"
 
 

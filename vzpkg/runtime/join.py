@@ -50,6 +50,7 @@ class JoinSpec:
     func: Callable[[], int] | None = None   # run this (confined) instead of argv
     hostname: str | None = None     # set the VE's hostname first (before confining)
     interactive: bool = False       # a login shell: keep setuid working (no NNP)
+    userns: bool = False            # the VE has a user namespace: join it first
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def spawn(spec: JoinSpec) -> Joined:
     try:
         pidns = os.open(f"/proc/{spec.pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         fds.append(pidns)
-        for name in _NSES:
+        for name in ("user", *_NSES) if spec.userns else _NSES:
             fds.append(os.open(f"/proc/{spec.pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC))
     except OSError as exc:
         for fd in fds:
@@ -110,8 +111,12 @@ def spawn(spec: JoinSpec) -> Joined:
             spec.attach(os.getpid())
             os.close(pidns)
             for fd in fds[1:]:
-                libc.setns(fd)
+                libc.setns(fd)      # the user namespace first: it owns the others
                 os.close(fd)
+            if spec.userns:         # the VE's root, with its capabilities there only
+                os.setgroups([])
+                os.setresgid(0, 0, 0)
+                os.setresuid(0, 0, 0)
             os.chdir("/")
             code = _run_joined(spec, theirs)
         except BaseException as exc:
@@ -191,7 +196,8 @@ def _run_joined(spec: JoinSpec, sock: socket.socket | None) -> int:
         os.setsid()              # never the caller's terminal's session
         if spec.hostname:
             libc.sethostname(spec.hostname)
-        caps.confine(no_new_privs=not spec.interactive)
+        if not spec.userns:
+            caps.confine(no_new_privs=not spec.interactive)
         if sock is not None:
             slave = _open_pty(sock)
             for i in spec.pty:

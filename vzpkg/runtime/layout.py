@@ -24,8 +24,9 @@ from pathlib import Path
 
 from vzpkg.core.errors import VeError
 from vzpkg.core.fstree import remove_tree
-from vzpkg.runtime import libc, state
+from vzpkg.runtime import idmap, libc, state
 from vzpkg.runtime.caches import CacheRef
+from vzpkg.runtime.idmap import IdRange
 from vzpkg.runtime.paths import VzPaths
 
 _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
@@ -113,7 +114,7 @@ def is_mounted(path: Path) -> bool:
     return False
 
 
-def mount(paths: VzPaths, ctid: int, lay: Layout) -> Path:
+def mount(paths: VzPaths, ctid: int, lay: Layout, ids: IdRange | None = None) -> Path:
     """Mount the VE's root on ``root/CTID`` (a no-op if it already is), ``nodev``:
     a device node planted in the VE's files opens nothing (the VE's /dev is a
     tmpfs of its own).  Setuid programs keep working.
@@ -133,7 +134,7 @@ def mount(paths: VzPaths, ctid: int, lay: Layout) -> Path:
         try:
             if is_mounted(target):
                 return target
-            _mount_on(dst, src, paths, ctid, lay)
+            _mount_on(dst, src, paths, ctid, lay, ids)
         finally:
             os.close(dst)
     finally:
@@ -141,12 +142,22 @@ def mount(paths: VzPaths, ctid: int, lay: Layout) -> Path:
     return target
 
 
-def _mount_on(dst: int, src: int, paths: VzPaths, ctid: int, lay: Layout) -> None:
-    """Mount the root of VE *ctid* on the directory open as *dst* (O_PATH)."""
+def _mount_on(dst: int, src: int, paths: VzPaths, ctid: int, lay: Layout,
+              ids: IdRange | None) -> None:
+    """Mount the root of VE *ctid* on the directory open as *dst* (O_PATH); with
+    *ids*, through idmapped mounts (the VE's root sees its files as the cache has
+    them, and the host sees them owned by the VE's range)."""
     target = paths.ve_root(ctid)
     on = f"/proc/self/fd/{dst}"
     try:
-        if lay is Layout.PLAIN:
+        if ids is not None and lay is Layout.PLAIN:
+            idmap.mount_idmapped(Path(f"/proc/self/fd/{src}"), dst, ids,
+                                 idmap.MOUNT_ATTR_NODEV)
+        elif ids is not None:
+            private = paths.private(ctid)
+            idmap.mount_overlay_idmapped(shared_of(paths, ctid), private / "upper",
+                                         private / "work", Path(on), ids, libc.MS_NODEV)
+        elif lay is Layout.PLAIN:
             libc.mount(f"/proc/self/fd/{src}", on, None, libc.MS_BIND)
             _remount_nodev(target, src)
         else:

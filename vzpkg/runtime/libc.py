@@ -18,6 +18,7 @@ CLONE_NEWIPC = 0x08000000
 CLONE_NEWNET = 0x40000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUSER = 0x10000000
 
 MS_RDONLY = 1
 MS_NOSUID = 2
@@ -99,6 +100,28 @@ def capset(effective: int, permitted: int, inheritable: int) -> None:
         data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
         data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
     _check(_libc.capset(ctypes.byref(hdr), data), "capset")
+
+
+def capget() -> tuple[int, int, int]:
+    """This thread's (effective, permitted, inheritable) capability sets."""
+    hdr = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _check(_libc.capget(ctypes.byref(hdr), data), "capget")
+    lo, hi = data[0], data[1]
+    return (lo.effective | hi.effective << 32, lo.permitted | hi.permitted << 32,
+            lo.inheritable | hi.inheritable << 32)
+
+
+def setfsids(fsid: int) -> None:
+    """Set this thread's file-system uid and gid to *fsid*, keeping its capabilities
+    (changing the fsuid away from 0 clears the file capabilities from the effective
+    set; they are raised again from the permitted set)."""
+    _libc.setfsgid(ctypes.c_uint(fsid))
+    _libc.setfsuid(ctypes.c_uint(fsid))
+    if _libc.setfsuid(ctypes.c_uint(-1 & 0xFFFFFFFF)) != fsid:
+        raise OSError(1, f"setfsuid {fsid}: not permitted")
+    _, permitted, inheritable = capget()
+    capset(permitted, permitted, inheritable)
 
 
 PR_SET_NO_NEW_PRIVS = 38

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from vzpkg.core.errors import VeError, VzError
 from vzpkg.runtime import caps, libc
+from vzpkg.runtime.idmap import IdRange
 
 VE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -100,6 +101,13 @@ class StartSpec:
     # before anything else, while the host sets up the VE's network beside it (a
     # cgroup migration waits out an RCU grace period: milliseconds of sleep)
     enter_cgroup: Callable[[], None] | None = None
+    # a user namespace mapping the VE's root to these host ids (None: the old mode,
+    # host root with the VE's capability set); *root* is then an idmapped mount
+    ids: IdRange | None = None
+    # a host directory with the empty mount points "root" and "dev", on the way to
+    # which the VE's root may look up names (VZ_ROOT/root is closed to it)
+    stage: Path | None = None
+    init: str | None = None        # the VE's own init ("/sbin/init"); None: MINIMAL_INIT
 
 
 def _mountpoint(path: str) -> str:
@@ -174,6 +182,67 @@ def _setup_mounts(root: Path, run_size: str) -> None:
                f"mode=755,{run_size}")
 
 
+def _stage_dev(stage: Path, ids: IdRange) -> None:
+    """The VE's /dev for a user-namespaced VE, made by host root in a mount namespace
+    of its own before the user namespace exists: a tmpfs with the standard nodes
+    (a VE's root cannot make device nodes), owned by the VE's root.  These nodes are
+    ours, never the host's: the VE's init may change their modes freely."""
+    libc.mount("tmpfs", str(stage), "tmpfs", libc.MS_NOSUID | libc.MS_NOEXEC,
+               "mode=755,size=64k")
+    for name, major, minor in _DEVICES:
+        node = stage / name
+        os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+        os.chmod(node, 0o666)
+        os.chown(node, ids.base, ids.base)
+    for name in ("pts", "shm"):
+        (stage / name).mkdir()
+        os.chown(stage / name, ids.base, ids.base)
+    (stage / "console").touch()
+    os.symlink("pts/ptmx", stage / "ptmx")
+    for i, name in enumerate(("stdin", "stdout", "stderr")):
+        os.symlink(f"/proc/self/fd/{i}", stage / name)
+    os.symlink("/proc/self/fd", stage / "fd")
+    os.chown(stage, ids.base, ids.base)
+
+
+def _setup_mounts_userns(root: Path, run_size: str, stage: Path) -> None:
+    """The same VE file systems as :func:`_setup_mounts`, as the VE's root in its own
+    user namespace.  proc and sysfs are mounted before the host's root is gone (the
+    kernel lets a user namespace mount them only where they are already visible);
+    the mount points are checked not to be links first.  No VE process runs yet."""
+    libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
+    # a mount made in this namespace: pivot_root refuses one copied from the host's
+    libc.mount(str(root), str(root), None, libc.MS_BIND | libc.MS_REC)
+    for name in ("proc", "sys", "dev"):
+        if os.path.islink(root / name):
+            raise VeError(f"the VE's /{name} is a symbolic link; it must be a directory",
+                          hint="remove the link from the VE's private area")
+        os.makedirs(root / name, exist_ok=True)
+    nosuid = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
+    libc.mount("proc", str(root / "proc"), "proc", nosuid)
+    libc.mount("sysfs", str(root / "sys"), "sysfs", nosuid | libc.MS_RDONLY)
+    libc.mount(str(stage), str(root / "dev"), None, libc.MS_BIND)
+    os.chdir(str(root))
+    libc.pivot_root(".", ".")
+    libc.umount2(".", libc.MNT_DETACH)
+    os.chdir("/")
+    libc.mount("/dev/null", "/dev/console", None, libc.MS_BIND)
+    libc.mount("devpts", "/dev/pts", "devpts", libc.MS_NOSUID | libc.MS_NOEXEC,
+               "newinstance,ptmxmode=0666,mode=620,gid=5")
+    libc.mount("shm", "/dev/shm", "tmpfs", libc.MS_NOSUID | libc.MS_NODEV,
+               "mode=1777,size=65536k")
+    for name in _RO_PROC:
+        if os.path.exists(f"/proc/{name}"):
+            _mount_ro_bind(f"/proc/{name}")
+    for name in _MASK_PROC:
+        if os.path.exists(f"/proc/{name}"):
+            libc.mount("/dev/null", f"/proc/{name}", None, libc.MS_BIND)
+    # the VE's own cgroup2 subtree (its cgroup namespace's root), for its init
+    libc.mount("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid)
+    libc.mount("tmpfs", _mountpoint("/run"), "tmpfs", libc.MS_NOSUID | libc.MS_NODEV,
+               f"mode=755,{run_size}")
+
+
 def ve_env() -> dict[str, str]:
     return {"PATH": VE_PATH, "HOME": "/root", "TERM": os.environ.get("TERM", "linux"),
             "container": "vzpkg", "LANG": "C.UTF-8"}
@@ -188,18 +257,25 @@ def _init_child(spec: StartSpec, r_go: int, w_err: int) -> None:
     """Pid 1 of the VE, until it execs init (or spec.argv).  Never returns."""
     try:
         os.setsid()
-        if spec.enter_cgroup is not None:
+        if spec.enter_cgroup is not None and spec.ids is None:
             spec.enter_cgroup()
         if os.read(r_go, 1) != b"1":
             os._exit(1)
         os.close(r_go)
-        # the host has put us into the VE's cgroup: it becomes our cgroup root
+        # we are in the VE's cgroup: it becomes our cgroup root
         libc.unshare(libc.CLONE_NEWCGROUP)
-        _setup_mounts(spec.root, spec.run_size)
+        if spec.ids is not None:
+            assert spec.stage is not None
+            _setup_mounts_userns(spec.stage / "root", spec.run_size, spec.stage / "dev")
+        else:
+            _setup_mounts(spec.root, spec.run_size)
         if spec.hostname:
             libc.sethostname(spec.hostname)
         command = spec.argv is not None
-        caps.confine(no_new_privs=command)
+        if spec.ids is None:
+            caps.confine(no_new_privs=command)
+        # (in a user namespace the VE's root keeps every capability there, and has
+        # none over the host)
         # from here on: VE capabilities only; the VE's files may be read
         if spec.prepare is not None:
             spec.prepare()
@@ -213,6 +289,8 @@ def _init_child(spec: StartSpec, r_go: int, w_err: int) -> None:
         close_fds_except(w_err)
         if spec.argv is not None:
             os.execve(spec.argv[0], list(spec.argv), ve_env())
+        if spec.init is not None:
+            os.execve(spec.init, [spec.init], ve_env())
         os.mkdir(os.path.dirname(INIT_PATH), 0o755)
         with open(INIT_PATH + ".new", "x", encoding="utf-8") as f:
             f.write(MINIMAL_INIT)   # /run is our own fresh tmpfs
@@ -227,18 +305,21 @@ def _init_child(spec: StartSpec, r_go: int, w_err: int) -> None:
     os._exit(127)
 
 
-def wait_init_ready(pid: int, timeout: float = 2.0) -> None:
-    """Wait until init catches SIGTERM, so that a stop right after start is heard
-    (pid 1 of a namespace ignores signals it has no handler for)."""
+def wait_init_ready(pid: int, sig: int = signal.SIGTERM, timeout: float = 2.0) -> None:
+    """Wait until init takes *sig* (its shutdown signal), so that a stop right after
+    start is heard: pid 1 of a namespace ignores signals it has no handler for.  A
+    blocked signal counts too (systemd reads its signals from a signalfd)."""
+    bit = 1 << (sig - 1)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             with open(f"/proc/{pid}/status", encoding="ascii") as f:
+                masks = 0
                 for line in f:
-                    if line.startswith("SigCgt:"):
-                        if int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)):
-                            return
-                        break
+                    if line.startswith(("SigBlk:", "SigCgt:")):
+                        masks |= int(line.split()[1], 16)
+                if masks & bit:
+                    return
         except OSError:
             return
         time.sleep(0.0005)
@@ -271,12 +352,18 @@ def _spawn(spec: StartSpec, ready: Callable[[int], None], *, wait: bool) -> tupl
     r_pid, w_pid = os.pipe()
     r_go, w_go = os.pipe()
     r_err, w_err = os.pipe2(os.O_CLOEXEC)
+    r_user, w_user = os.pipe2(os.O_CLOEXEC) if spec.ids is not None else (-1, -1)
+    r_maps, w_maps = os.pipe2(os.O_CLOEXEC) if spec.ids is not None else (-1, -1)
     mid = os.fork()
     if mid == 0:
         try:
             os.close(r_pid)
             os.close(w_go)
             os.close(r_err)
+            if spec.ids is not None:
+                os.close(r_user)
+                os.close(w_maps)
+                _enter_user_ns(spec, w_user, r_maps)
             libc.unshare(libc.CLONE_NEWNS | libc.CLONE_NEWUTS | libc.CLONE_NEWIPC
                          | libc.CLONE_NEWNET | libc.CLONE_NEWPID)
             pid1 = os.fork()
@@ -298,6 +385,10 @@ def _spawn(spec: StartSpec, ready: Callable[[int], None], *, wait: bool) -> tupl
     os.close(w_pid)
     os.close(r_go)
     os.close(w_err)
+    if spec.ids is not None:
+        os.close(w_user)
+        os.close(r_maps)
+        _write_maps(mid, spec.ids, r_user, w_maps)
     try:
         raw = os.read(r_pid, 32)
         if not wait:
@@ -334,6 +425,44 @@ def _spawn(spec: StartSpec, ready: Callable[[int], None], *, wait: bool) -> tupl
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+
+
+def _enter_user_ns(spec: StartSpec, w_user: int, r_maps: int) -> None:
+    """In the namespaces' parent, still host root: make the VE's /dev and put its
+    root where the VE's root can reach it, in a mount namespace of our own (the
+    host's sees neither), join the VE's cgroup (pid 1 inherits it), then make the
+    user namespace, wait for the host to map it, and become its root."""
+    assert spec.ids is not None and spec.stage is not None
+    libc.unshare(libc.CLONE_NEWNS)
+    libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
+    _stage_dev(spec.stage / "dev", spec.ids)
+    libc.mount(str(spec.root), str(spec.stage / "root"), None, libc.MS_BIND | libc.MS_REC)
+    if spec.enter_cgroup is not None:
+        spec.enter_cgroup()
+    libc.unshare(libc.CLONE_NEWUSER)
+    os.write(w_user, b"u")
+    os.close(w_user)
+    if os.read(r_maps, 1) != b"m":
+        raise VeError("the host did not map the VE's user namespace")
+    os.close(r_maps)
+    os.setgroups([])
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
+
+
+def _write_maps(mid: int, ids: IdRange, r_user: int, w_maps: int) -> None:
+    """On the host: map the user namespace *mid* made (once it says so)."""
+    try:
+        if os.read(r_user, 1) == b"u":
+            for name in ("uid_map", "gid_map"):
+                with open(f"/proc/{mid}/{name}", "w", encoding="ascii") as f:
+                    f.write(ids.map_line())
+            os.write(w_maps, b"m")
+    except OSError:
+        pass            # mid failed: it says why on the error pipe
+    finally:
+        os.close(r_user)
+        os.close(w_maps)
 
 
 def start_init(spec: StartSpec, ready: Callable[[int], None]) -> int:

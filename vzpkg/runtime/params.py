@@ -291,6 +291,16 @@ PARAMS: tuple[Param, ...] = (
     _P("OSTEMPLATE", "ostemplate", ParamKind.STRING, False,
        "the cache the VE was created from (e.g. debian-12-x86_64-minimal)",
        metavar="NAME", settable=False),
+    _P("VE_USERNS", "userns", ParamKind.BOOL, False,
+       "yes: the VE's root is an unprivileged host id range in a user namespace of "
+       "its own (the default); no: host root with a reduced capability set (weaker, "
+       "see docs/SECURITY.md)", default="yes", metavar="yes|no", settable=False),
+    _P("VE_IDMAP", "idmap", ParamKind.STRING, False,
+       "the host ids of the VE's root and users, BASE:COUNT (given at create from "
+       "VE_IDMAP_POOL)", metavar="BASE:COUNT", settable=False),
+    _P("VE_IDMAP_POOL", "idmap-pool", ParamKind.STRING, False,
+       "vz.conf: the host ids VE ranges are taken from, BASE:COUNT",
+       default="104857600:1000013824", metavar="BASE:COUNT", settable=False),
     _P("VE_LAYOUT", "layout", ParamKind.CHOICE, False,
        "plain: unpack the cache; overlay: share a read-only unpacked copy",
        default="plain", metavar="plain|overlay", settable=False,

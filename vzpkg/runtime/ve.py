@@ -17,11 +17,11 @@ from pathlib import Path
 
 from vzpkg.core.errors import ConfigError, UsageError, VeError
 from vzpkg.core.settings import Settings
-from vzpkg.runtime import dists, join, layout, net, netfilter, ns, params, state
+from vzpkg.runtime import dists, idmap, join, layout, net, netfilter, ns, params, state
 from vzpkg.runtime.caches import CacheRef, find_cache
 from vzpkg.runtime.cgroups import Cgroups, detect
 from vzpkg.runtime.config import VeConfig, install_defaults, load_global, load_sample
-from vzpkg.runtime.derived import addrs_of, dist_setup, layout_of
+from vzpkg.runtime.derived import addrs_of, dist_setup, ids_of, layout_of
 from vzpkg.runtime.layout import Layout
 from vzpkg.runtime.paths import VzPaths
 
@@ -139,9 +139,9 @@ class Runtime:
 
     def create(self, ctid: int, ostemplate: str, *, config: str | None = None,
                hostname: str | None = None, ipadd: Sequence[str] = (),
-               layout_name: str | None = None) -> None:
+               layout_name: str | None = None, userns: bool | None = None) -> None:
         addrs = [net.parse_ip(a) for a in ipadd]
-        with self.locked(ctid):
+        with self.locked(ctid), state.flocked(self.paths.root / "lock" / "ids.lck"):
             net.check_free(self.paths, ctid, addrs)
             conf_path = self.paths.conf(ctid)
             if conf_path.exists():
@@ -161,6 +161,11 @@ class Runtime:
                     "VE_PRIVATE": str(self.paths.private(ctid))}
             if hostname:
                 vals["HOSTNAME"] = hostname
+            if userns is None:
+                userns = (cfg.get("VE_USERNS") or g.get("VE_USERNS") or "yes") != "no"
+            vals["VE_USERNS"] = "yes" if userns else "no"
+            if userns:
+                vals["VE_IDMAP"] = str(self._allocate_ids(g))
             if addrs:
                 vals["IP_ADDRESS"] = " ".join(
                     str(a.ip) if a.network.prefixlen == a.max_prefixlen else a.with_prefixlen
@@ -173,6 +178,19 @@ class Runtime:
                 layout.destroy(self.paths, ctid, lay)
                 conf_path.unlink(missing_ok=True)
                 raise
+
+    def _allocate_ids(self, g: VeConfig) -> idmap.IdRange:
+        """A host id range no other VE of this root has (under the root's id lock,
+        held by the caller's create until CTID.conf names the range)."""
+        pool = idmap.IdRange.parse(g.get("VE_IDMAP_POOL") or idmap.DEFAULT_POOL,
+                                   where=f"{self.paths.global_conf}: VE_IDMAP_POOL")
+        used = []
+        for other in self.paths.ctids():
+            with contextlib.suppress(ConfigError):
+                r = ids_of(VeConfig.load(self.paths.conf(other)))
+                if r is not None:
+                    used.append(r)
+        return idmap.allocate(used, pool)
 
     # -- start / stop ------------------------------------------------------
     def start(self, ctid: int) -> int:
@@ -191,7 +209,10 @@ class Runtime:
         cg = self.cgroups
         cg.create(str(ctid))
         cg.apply(str(ctid), cfg.layered_on(self.global_conf()))
-        root = layout.mount(self.paths, ctid, layout_of(cfg))
+        ids = ids_of(cfg)
+        if ids is not None:
+            cg.delegate(str(ctid), ids.base)
+        root = layout.mount(self.paths, ctid, layout_of(cfg), ids)
         addrs = addrs_of(cfg)
         setup = dist_setup(cfg)
 
@@ -201,11 +222,26 @@ class Runtime:
         spec = ns.StartSpec(ctid=ctid, root=root, hostname=cfg.get("HOSTNAME") or None,
                             prepare=lambda: dists.apply(setup),
                             run_size=run_size(cfg.layered_on(self.global_conf())),
-                            enter_cgroup=lambda: cg.attach(str(ctid), 0))
+                            enter_cgroup=lambda: cg.attach(str(ctid), 0),
+                            ids=ids, stage=self.stage(ctid) if ids else None,
+                            init=INIT if ids else None)
         pid = ns.start_init(spec, ready)
         state.write_pidfile(self.paths.pidfile(ctid), pid)
-        ns.wait_init_ready(pid)
+        ns.wait_init_ready(pid, shutdown_signal(pid))
         return pid
+
+    def stage(self, ctid: int) -> Path:
+        """VZ_ROOT/run/CTID.ve with the empty mount points root/ and dev/, on which a
+        user-namespaced VE's root and /dev are mounted in the VE's mount namespace
+        only (VZ_ROOT/run is open to look up; VZ_ROOT/root is not)."""
+        stage = self.paths.run_dir / f"{ctid}.ve"
+        for d in (stage, stage / "root", stage / "dev"):
+            with contextlib.suppress(FileExistsError):
+                d.mkdir(mode=0o755)
+            if d.is_symlink() or not d.is_dir():
+                raise VeError(f"{d} is not a directory vzctl made",
+                              hint="remove it and start the VE again")
+        return stage
 
     def stop(self, ctid: int, *, fast: bool = False, timeout: float | None = None) -> None:
         with self.locked(ctid):
@@ -227,7 +263,8 @@ class Runtime:
     def mount(self, ctid: int) -> Path:
         """Mount a stopped VE's root on VZ_ROOT/root/CTID (to work on its files)."""
         with self.locked(ctid):
-            return layout.mount(self.paths, ctid, layout_of(self.config(ctid)))
+            cfg = self.config(ctid)
+            return layout.mount(self.paths, ctid, layout_of(cfg), ids_of(cfg))
 
     def umount(self, ctid: int) -> None:
         with self.locked(ctid):
@@ -243,7 +280,7 @@ class Runtime:
         done = False
         if not fast:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, shutdown_signal(pid))
             done = state.wait_exit(pid, timeout)
         if not done:
             with contextlib.suppress(ProcessLookupError):
@@ -280,11 +317,16 @@ class Runtime:
                 return console.run(self, ctid, list(argv), pty=ttys)
         cg = self.cgroups
         return join.join(join.JoinSpec(pid=pid, argv=list(argv), stdio=stdio,
-                                       attach=lambda p: cg.attach(str(ctid), p)))
+                                       attach=lambda p: cg.attach(str(ctid), p),
+                                       userns=self.userns(ctid)))
 
     def run_shell(self, ctid: int, command: str,
                   stdio: tuple[int, int, int] | None = None) -> int:
         return self.exec(ctid, ["/bin/sh", "-c", command], stdio)
+
+    def userns(self, ctid: int) -> bool:
+        """Whether VE *ctid* runs in a user namespace of its own."""
+        return ids_of(self.config(ctid)) is not None
 
     def init_pid(self, ctid: int) -> int:
         return self._require_running(ctid)
@@ -315,6 +357,19 @@ class Runtime:
 
     def ctids(self) -> list[int]:
         return self.paths.ctids()
+
+
+INIT = "/sbin/init"   # a user-namespaced VE's init, when its tree has one
+
+
+def shutdown_signal(pid: int) -> int:
+    """What asks the VE's init *pid* for a clean shutdown: SIGRTMIN+3 for systemd
+    (its "halt"), SIGTERM for vzctl's own shell init and others."""
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return signal.SIGTERM
+    return signal.SIGRTMIN + 3 if os.path.basename(exe) == "systemd" else signal.SIGTERM
 
 
 def by_name(paths: VzPaths, name: str) -> int | None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from vzpkg.core.errors import UsageError, VeError
 from vzpkg.runtime import dists, join, layout, net, ns, state
-from vzpkg.runtime.derived import addrs_of, dist_setup, layout_of
+from vzpkg.runtime.derived import addrs_of, dist_setup, ids_of, layout_of
 
 if TYPE_CHECKING:
     from vzpkg.runtime.ve import Runtime
@@ -26,7 +26,8 @@ def capture(rt: Runtime, ctid: int, spec_argv: Sequence[str], stdin: bytes) -> t
         os.close(w_in)
         cg = rt.cgroups
         code = join.join(join.JoinSpec(pid=pid, argv=list(spec_argv), stdio=(r_in, out, out),
-                                   attach=lambda p: cg.attach(str(ctid), p)))
+                                       attach=lambda p: cg.attach(str(ctid), p),
+                                       userns=rt.userns(ctid)))
         os.lseek(out, 0, os.SEEK_SET)
         text = os.read(out, 1 << 20).decode(errors="replace")
     finally:
@@ -43,7 +44,8 @@ def run_stopped(rt: Runtime, ctid: int, argv: Sequence[str], stdin: bytes
     outlives it."""
     cfg = rt.config(ctid)
     was = layout.is_mounted(rt.paths.ve_root(ctid))
-    root = layout.mount(rt.paths, ctid, layout_of(cfg))
+    ids = ids_of(cfg)
+    root = layout.mount(rt.paths, ctid, layout_of(cfg), ids)
     cg = rt.cgroups
     r_in, w_in = os.pipe()
     out = os.memfd_create("vzctl-out")
@@ -53,9 +55,12 @@ def run_stopped(rt: Runtime, ctid: int, argv: Sequence[str], stdin: bytes
         w_in = -1
         cg.create(str(ctid))
         cg.apply(str(ctid), cfg.layered_on(rt.global_conf()))
+        if ids is not None:
+            cg.delegate(str(ctid), ids.base)
         spec = ns.StartSpec(ctid=ctid, root=root, hostname=cfg.get("HOSTNAME") or None,
                             argv=list(argv), stdio=(r_in, out, out),
-                            enter_cgroup=lambda: cg.attach(str(ctid), 0))
+                            enter_cgroup=lambda: cg.attach(str(ctid), 0), ids=ids,
+                            stage=rt.stage(ctid) if ids else None)
         code = ns.run_command(spec, lambda pid: None)
         os.lseek(out, 0, os.SEEK_SET)
         text = os.read(out, 1 << 20).decode(errors="replace")
@@ -131,7 +136,7 @@ def _live_dist(rt: Runtime, ctid: int, pid: int, setup: dists.DistSetup,
         return 0
     cg = rt.cgroups
     code = join.join(join.JoinSpec(pid=pid, argv=["vzctl-set"], func=inside,
-                                   hostname=hostname,
+                                   hostname=hostname, userns=rt.userns(ctid),
                                    attach=lambda p: cg.attach(str(ctid), p)))
     if code != 0:
         raise VeError(f"could not apply the settings inside VE {ctid} (status {code})")

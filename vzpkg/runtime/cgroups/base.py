@@ -23,6 +23,8 @@ DEFAULT_PREFIX = "vzpkg"
 # group that enables controllers for its children may hold no processes itself, so
 # the leaf is what lets the VE's subtree be delegated; v1 does the same for symmetry.
 LEAF = "ve"
+# the files of a leaf its owner needs to manage the subtree (cgroup v2 delegation)
+DELEGATED = ("cgroup.procs", "cgroup.threads", "cgroup.subtree_control")
 _CTID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _NEAR_MAX = 1 << 62  # v1 reports "no limit" as LONG_MAX rounded down to a page
 
@@ -183,6 +185,21 @@ class Cgroups(ABC):
     def _remove_extra(self, ctid: str) -> None:
         for g in self.extra_groups(ctid):
             rmdir_tree(g)
+
+    @abstractmethod
+    def v2_leaves(self, ctid: str) -> list[Path]:
+        """The VE's leaves on cgroup2 hierarchies: where its init's cgroup namespace is
+        rooted and what its init may manage (v2 hosts: the limit-holding hierarchy;
+        v1 hosts: the controller-less cgroup2 mount beside it)."""
+
+    def delegate(self, ctid: str, uid: int) -> None:
+        """Hand the VE's cgroup2 leaves to host uid *uid* (the VE's root): its init
+        may make and manage groups below them, as systemd does.  The limits stay on
+        the group above, which the VE neither sees nor can write."""
+        for leaf in self.v2_leaves(ctid):
+            for path in (leaf, *(leaf / f for f in DELEGATED)):
+                if path.exists():
+                    os.chown(path, uid, uid)
 
     @abstractmethod
     def create(self, ctid: str) -> None:

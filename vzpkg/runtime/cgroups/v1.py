@@ -78,6 +78,9 @@ class CgroupsV1(Cgroups):
                 return g
         return self._dirs(ctid)[0]
 
+    def v2_leaves(self, ctid: str) -> list[Path]:
+        return [g / LEAF for g in self.extra_groups(ctid) if devices.is_cgroup2(g)]
+
     # -- lifecycle --------------------------------------------------------------------
     def exists(self, ctid: str) -> bool:
         return self._main(ctid).is_dir()

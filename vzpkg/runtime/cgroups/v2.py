@@ -126,6 +126,9 @@ class CgroupsV2(Cgroups):
         for w in todo:
             write_file(g / w.file, w.value, f"VE {ctid}: {w.param}")
 
+    def v2_leaves(self, ctid: str) -> list[Path]:
+        return [self.group(ctid) / LEAF]
+
     def attach(self, ctid: str, pid: int) -> None:
         g = self.group(ctid)
         leaf = g / LEAF if (g / LEAF).is_dir() else g   # a group made before leaves
