@@ -29,7 +29,9 @@ done
 
 
 def make_busybox_tree(root: Path) -> Path:
-    """A runnable root: busybox and its applets, passwd files, os-release."""
+    """A runnable root: busybox and its applets, passwd files, os-release.  It has no
+    /sbin/init (busybox's init wants ttys and an inittab): vzctl runs its own shell
+    init in such a tree."""
     for d in ("bin", "sbin", "usr/bin", "usr/sbin", "etc/network", "proc", "sys", "dev",
               "run", "tmp", "root", "var/log", "home"):
         (root / d).mkdir(parents=True, exist_ok=True)
@@ -38,6 +40,8 @@ def make_busybox_tree(root: Path) -> Path:
     applets = subprocess.run([str(BUSYBOX), "--list-full"], capture_output=True, text=True,
                              check=True).stdout.split()
     for a in applets:
+        if a in ("sbin/init", "linuxrc"):
+            continue
         link = root / a
         if not link.exists() and not link.is_symlink():
             link.parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,24 @@ if [ -d /lib/systemd/system ] || [ -d /usr/lib/systemd/system ]; then
                 systemd-binfmt.service; do
         mask "$unit"
     done
+    # each VE makes its own ssh host keys on its first boot (the cache has none)
+    cat > /etc/systemd/system/vzpkg-ssh-hostkeys.service <<'UNIT'
+[Unit]
+Description=SSH host keys of this VE (made on its first boot)
+ConditionPathExists=/usr/bin/ssh-keygen
+ConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key
+Before=ssh.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+    mkdir -p /etc/systemd/system/multi-user.target.wants
+    ln -sfn ../vzpkg-ssh-hostkeys.service \
+        /etc/systemd/system/multi-user.target.wants/vzpkg-ssh-hostkeys.service
     # journald: keep logs in memory by default; a VE's disk is precious
     mkdir -p /etc/systemd/journald.conf.d
     cat > /etc/systemd/journald.conf.d/50-vzpkg.conf <<'CONF'

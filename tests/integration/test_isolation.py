@@ -25,7 +25,8 @@ A, B = 9101, 9102
 @pytest.fixture(scope="module")
 def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
     r = runtime_for(tmp_path_factory.mktemp("iso"))
-    r.create(A, "busybox-1", hostname="vea", ipadd=["198.18.91.1"])
+    # A in the old mode (host root, reduced capabilities), B in a user namespace
+    r.create(A, "busybox-1", hostname="vea", ipadd=["198.18.91.1"], userns=False)
     r.create(B, "busybox-1", hostname="veb", ipadd=["198.18.91.2"], layout_name="overlay")
     r.start(A)
     r.start(B)
@@ -65,6 +66,7 @@ def test_host_and_other_ve_files_unreachable(rt: Runtime, tmp_path: os.PathLike[
 
 
 def test_mount_modules_clock_reboot_refused(rt: Runtime) -> None:
+    """The old mode (VE_USERNS=no): the VE's root has a reduced capability set."""
     code, out = sh(rt, A, "mkdir -p /mnt/t && mount -t tmpfs none /mnt/t")
     assert code != 0 and "denied" in out.lower()
     code, out = sh(rt, A, "mount -o remount,rw /sys")

@@ -111,7 +111,7 @@ def test_no_ve_binary_ever_runs_with_host_privileges(rt: Runtime) -> None:
     the VE's own binaries make holds the VE's capabilities only, runs under the
     seccomp filter and in none of the host's namespaces."""
     ctid = 9501
-    rt.create(ctid, "busybox-1", hostname="rec")
+    rt.create(ctid, "busybox-1", hostname="rec", userns=False)   # the old mode
     plant(rt, ctid, "bin/sh", RECORDING_SH)
     plant(rt, ctid, "usr/bin/ssh-keygen", HOSTILE_KEYGEN)
     (rt.paths.private(ctid) / "etc/ssh").mkdir(exist_ok=True)
@@ -169,7 +169,10 @@ def _revoke(serial: int) -> None:
 
 
 def _start_with_probe(rt: Runtime, ctid: int, probe: Path) -> None:
-    rt.create(ctid, "busybox-1")
+    """A VE in the old mode (VE_USERNS=no), whose defences these tests check: in a
+    user namespace the VE's root has its own keyrings, ptys and nested namespaces
+    (tests/integration/test_ve_userns.py)."""
+    rt.create(ctid, "busybox-1", userns=False)
     shutil.copy2(probe, rt.paths.private(ctid) / "bin/veprobe")
     rt.start(ctid)
 

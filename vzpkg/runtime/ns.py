@@ -289,7 +289,7 @@ def _init_child(spec: StartSpec, r_go: int, w_err: int) -> None:
         close_fds_except(w_err)
         if spec.argv is not None:
             os.execve(spec.argv[0], list(spec.argv), ve_env())
-        if spec.init is not None:
+        if spec.init is not None and os.path.exists(spec.init):   # inside the VE
             os.execve(spec.init, [spec.init], ve_env())
         os.mkdir(os.path.dirname(INIT_PATH), 0o755)
         with open(INIT_PATH + ".new", "x", encoding="utf-8") as f:

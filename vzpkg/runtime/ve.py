@@ -231,11 +231,13 @@ class Runtime:
         return pid
 
     def stage(self, ctid: int) -> Path:
-        """VZ_ROOT/run/CTID.ve with the empty mount points root/ and dev/, on which a
+        """/run/vzctl/[TAG/]CTID with the empty mount points root/ and dev/, on which a
         user-namespaced VE's root and /dev are mounted in the VE's mount namespace
-        only (VZ_ROOT/run is open to look up; VZ_ROOT/root is not)."""
-        stage = self.paths.run_dir / f"{ctid}.ve"
-        for d in (stage, stage / "root", stage / "dev"):
+        only.  It is outside VZ_ROOT, so that the VE's root can look the names up
+        however closed VZ_ROOT and the directories above it are."""
+        base = STAGE_DIR / self.paths.tag if self.paths.tag else STAGE_DIR
+        stage = base / str(ctid)
+        for d in (STAGE_DIR, base, stage, stage / "root", stage / "dev"):
             with contextlib.suppress(FileExistsError):
                 d.mkdir(mode=0o755)
             if d.is_symlink() or not d.is_dir():
@@ -360,6 +362,7 @@ class Runtime:
 
 
 INIT = "/sbin/init"   # a user-namespaced VE's init, when its tree has one
+STAGE_DIR = Path("/run/vzctl")
 
 
 def shutdown_signal(pid: int) -> int:

@@ -1,0 +1,126 @@
+"""User-namespaced VEs (the default): the VE's root is an unprivileged host id range
+of its own.  Inside, it has every capability (it mounts, it owns its files); over
+the host it has none.  Files on disk stay as the cache has them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.runtime_helpers import destroy_all, runtime_for, sh
+from vzpkg.runtime import idmap, layout
+from vzpkg.runtime.ve import Runtime
+
+pytestmark = [pytest.mark.root,
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
+
+A, B = 9601, 9602
+ALL_CAPS = (1 << 41) - 1          # CAP_CHOWN .. CAP_CHECKPOINT_RESTORE
+
+
+@pytest.fixture(scope="module")
+def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
+    r = runtime_for(tmp_path_factory.mktemp("userns"))
+    r.create(A, "busybox-1", hostname="usa")
+    r.create(B, "busybox-1", hostname="usb", layout_name="overlay")
+    for ctid in (A, B):
+        r.start(ctid)
+    yield r
+    destroy_all(r)
+
+
+def _ids(rt: Runtime, ctid: int) -> idmap.IdRange:
+    text = rt.config(ctid).get("VE_IDMAP")
+    assert text, "a VE made by default has a recorded id range"
+    return idmap.IdRange.parse(text, where="test")
+
+
+def test_each_ve_has_its_own_disjoint_range(rt: Runtime) -> None:
+    a, b = _ids(rt, A), _ids(rt, B)
+    assert a.count == b.count == 65536
+    assert not a.overlaps(b)
+    assert rt.config(A).get("VE_USERNS") == "yes"
+
+
+def test_the_ves_root_is_its_range_on_the_host(rt: Runtime) -> None:
+    pid = rt.init_pid(A)
+    status = Path(f"/proc/{pid}/status").read_text()
+    uid = next(ln.split()[1:] for ln in status.splitlines() if ln.startswith("Uid:"))
+    assert uid == [str(_ids(rt, A).base)] * 4
+    assert os.readlink(f"/proc/{pid}/ns/user") != os.readlink("/proc/self/ns/user")
+    code, out = sh(rt, A, "id -u; grep -E '^(CapEff|CapBnd)' /proc/self/status")
+    assert code == 0, out
+    lines = out.split()
+    assert lines[0] == "0"
+    eff, bnd = int(lines[2], 16), int(lines[4], 16)
+    assert eff & ALL_CAPS == ALL_CAPS and bnd & ALL_CAPS == ALL_CAPS, out
+
+
+@pytest.mark.parametrize("ctid", [A, B], ids=["plain", "overlay"])
+def test_files_on_disk_keep_the_caches_owners(rt: Runtime, ctid: int) -> None:
+    code, out = sh(rt, ctid, "echo hi > /root/made-inside && chown 1000:1000 /root/made-inside"
+                              " && ls -ln /etc/passwd /root/made-inside")
+    assert code == 0, out
+    for line in out.splitlines():       # inside: owners as the cache has them
+        assert line.split()[2] in ("0", "1000"), out
+    private = rt.paths.private(ctid)
+    disk = private / ("upper/root/made-inside" if ctid == B else "root/made-inside")
+    st = disk.stat()
+    assert (st.st_uid, st.st_gid) == (1000, 1000)
+    passwd = (layout.shared_of(rt.paths, ctid) if ctid == B else private) / "etc/passwd"
+    assert passwd.stat().st_uid == 0
+    # the host sees the VE's mounted root shifted into the VE's range
+    mounted = rt.paths.ve_root(ctid) / "root/made-inside"
+    assert mounted.stat().st_uid == _ids(rt, ctid).base + 1000
+
+
+def test_the_ves_root_mounts_in_its_own_namespace_only(rt: Runtime) -> None:
+    code, out = sh(rt, A, "mkdir -p /mnt/t && mount -t tmpfs none /mnt/t && "
+                          "echo x > /mnt/t/f && cat /mnt/t/f")
+    assert code == 0 and out.strip() == "x", out
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        assert "/mnt/t" not in f.read()
+    # binding / onto itself inside shows the VE's root, never the host's
+    code, out = sh(rt, A, "mkdir -p /mnt/r && mount --bind / /mnt/r && ls /mnt/r/etc/hostname"
+                          " && cat /mnt/r/etc/hostname")
+    assert code == 0 and "usa" in out, out
+
+
+def test_no_power_over_the_host(rt: Runtime, tmp_path: Path) -> None:
+    swappiness = Path("/proc/sys/vm/swappiness").read_text()
+    code, out = sh(rt, A, "echo 17 > /proc/sys/vm/swappiness")
+    assert code != 0, out
+    assert Path("/proc/sys/vm/swappiness").read_text() == swappiness
+    code, out = sh(rt, A, "insmod /bin/busybox")
+    assert code != 0, out
+    before = subprocess.run(["date", "+%Y"], capture_output=True, text=True).stdout
+    sh(rt, A, "date -s '2001-01-01 00:00:00'")
+    assert subprocess.run(["date", "+%Y"], capture_output=True, text=True).stdout == before
+    code, out = sh(rt, A, "mknod /tmp/mem c 1 1")
+    assert code != 0, out
+    code, out = sh(rt, A, "ls /dev")
+    assert "vda" not in out and "sda" not in out and "mem" not in out.split()
+    # the host's /dev/null keeps its mode whatever the VE does to its own
+    host_null = os.stat("/dev/null").st_mode
+    code, out = sh(rt, A, "chmod 0600 /dev/null; stat -c %a /dev/null")
+    assert out.strip() == "600", out
+    assert os.stat("/dev/null").st_mode == host_null
+    sh(rt, A, "chmod 0666 /dev/null")
+    code, out = sh(rt, A, "ps -o pid,args")
+    pids = [ln.split()[0] for ln in out.splitlines()[1:] if ln.strip()]
+    assert "1" in pids and len(pids) < 10, out
+
+
+def test_a_stopped_ve_leaves_no_stage_mount(rt: Runtime) -> None:
+    rt.stop(B)
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as f:
+            text = f.read()
+        assert f"/{B}/root" not in text and f"/{B}/dev" not in text
+        assert str(rt.paths.ve_root(B)) not in text
+    finally:
+        rt.start(B)
