@@ -6,6 +6,9 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -169,3 +172,20 @@ def enter_session(rt: Runtime, ctid: int, typed: bytes, timeout: float = 20
     finally:
         os.close(fd)
     return status, out.decode(errors="replace")
+
+
+def vzctl_cli(rt: Runtime, *args: str, stdin: str | None = None,
+              timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The vzctl command (a new process, as an administrator runs it) on *rt*'s root."""
+    env = {**os.environ, "VZ_ROOT": str(rt.paths.root),
+           "VZPKG_CACHE_DIR": str(rt.cache_dirs[0])}
+    return subprocess.run([str(Path(sys.executable).parent / "vzctl"), *args], env=env,
+                          input=stdin, capture_output=True, text=True, check=False,
+                          timeout=timeout)
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f} s"
+        time.sleep(0.05)

@@ -75,9 +75,23 @@ def cmd_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _start(rt: Runtime, ctid: int) -> int:
+    """Start through the host's event helper, which then hears the VE's halt and
+    reboot (vzpkg.runtime.eventd); VZCTL_EVENTD=no starts it from here."""
+    from vzpkg.runtime import eventd
+    if not eventd.enabled():
+        return rt.start(ctid)
+    rt.config(ctid)             # a VE that does not exist: say so from here
+    return eventd.start(rt.paths, ctid)
+
+
 def cmd_start(args: argparse.Namespace) -> int:
-    pid = _rt(args).start(args.ctid)
+    rt = _rt(args)
+    pid = _start(rt, args.ctid)
     _say(args, f"VE {args.ctid} started (init pid {pid} on the host)")
+    if args.wait:
+        state = rt.wait_booted(args.ctid, timeout=args.wait_timeout)
+        _say(args, f"VE {args.ctid} is up ({state})")
     return 0
 
 
@@ -88,7 +102,10 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_restart(args: argparse.Namespace) -> int:
-    pid = _rt(args).restart(args.ctid)
+    rt = _rt(args)
+    if rt.state(args.ctid).running:
+        rt.stop(args.ctid)
+    pid = _start(rt, args.ctid)
     _say(args, f"VE {args.ctid} restarted (init pid {pid} on the host)")
     return 0
 
@@ -194,7 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="yes (default): the VE's root is an unprivileged host id range in "
                         "a user namespace of its own; no: host root with a reduced "
                         "capability set, the old mode (weaker; docs/SECURITY.md)")
-    cmd("start", cmd_start, "start a VE: namespaces, cgroup, network, init")
+    st = cmd("start", cmd_start, "start a VE: namespaces, cgroup, network, init")
+    st.add_argument("--wait", action="store_true",
+                    help="return when the VE's init says it is up (systemd: "
+                         "is-system-running is running or degraded)")
+    st.add_argument("--wait-timeout", type=float, default=120.0, metavar="SEC",
+                    help="how long --wait waits (default 120)")
     s = cmd("stop", cmd_stop, "stop a VE: SIGTERM to init, kill what is left after a while")
     s.add_argument("--fast", action="store_true", help="kill at once, no SIGTERM")
     s.add_argument("--timeout", type=float, metavar="SEC",

@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import os
 import signal
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -245,6 +246,38 @@ class Runtime:
                               hint="remove it and start the VE again")
         return stage
 
+    def wait_booted(self, ctid: int, timeout: float = 120.0) -> str:
+        """Wait until the VE's init reports it is up; its state.  systemd: until
+        ``systemctl is-system-running`` leaves starting/initializing (running and
+        degraded are up; anything else is an error naming the failed units).  Other
+        inits are up once started."""
+        pid = self._require_running(ctid)
+        if shutdown_signal(pid) == signal.SIGTERM:
+            return "running"
+        deadline = time.monotonic() + timeout
+        from vzpkg.runtime.vset import capture
+        while True:
+            _, out = capture(self, ctid, ["/bin/systemctl", "is-system-running"], b"")
+            state_ = out.strip().splitlines()[-1] if out.strip() else "unknown"
+            if state_ in ("running", "degraded"):
+                return state_
+            if state_ not in ("starting", "initializing", "unknown") and "Failed to" not in out:
+                _, failed = capture(self, ctid, ["/bin/systemctl", "--failed", "--plain",
+                                                 "--no-legend"], b"")
+                raise VeError(f"VE {ctid} booted to state {state_!r}",
+                              hint="failed units: " + (", ".join(
+                                  ln.split()[0] for ln in failed.splitlines() if ln.strip())
+                                  or "none") + f"; see vzctl exec {ctid} journalctl -b")
+            if time.monotonic() > deadline:
+                raise VeError(f"VE {ctid} did not finish booting in {timeout:.0f} s "
+                              f"(systemd says {state_!r})",
+                              hint=f"see vzctl exec {ctid} systemctl list-jobs")
+            if state_pid_gone(pid):
+                raise VeError(f"VE {ctid} stopped while booting",
+                              hint=f"see the VE's journal: vzctl start {ctid} and "
+                                   "vzctl exec {ctid} journalctl -b")
+            time.sleep(0.05)
+
     def stop(self, ctid: int, *, fast: bool = False, timeout: float | None = None) -> None:
         with self.locked(ctid):
             self.config(ctid)
@@ -288,6 +321,11 @@ class Runtime:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             state.wait_exit(pid, 10)
+        self._cleanup(ctid)
+
+    def cleanup(self, ctid: int) -> None:
+        """Undo what a VE whose init has ended left: processes, network, mount,
+        cgroup, pid file (the caller holds the VE's lock)."""
         self._cleanup(ctid)
 
     def _cleanup(self, ctid: int) -> None:
@@ -363,6 +401,10 @@ class Runtime:
 
 INIT = "/sbin/init"   # a user-namespaced VE's init, when its tree has one
 STAGE_DIR = Path("/run/vzctl")
+
+
+def state_pid_gone(pid: int) -> bool:
+    return not os.path.exists(f"/proc/{pid}")
 
 
 def shutdown_signal(pid: int) -> int:

@@ -1,0 +1,273 @@
+"""The host-wide event helper (OpenVZ's vzeventd): what a VE's init does when it ends.
+
+``halt``/``poweroff`` inside a VE ends its init; ``reboot`` ends it too, and the
+kernel tells the init's parent which one it was (a pid namespace's init that
+calls reboot(2) is killed with SIGHUP for a restart and SIGINT for a halt or power
+off).  So that someone is there to hear it without a process per VE, the inits of
+a VZ_ROOT are children of one helper: ``vzctl start`` asks it to start the VE (it
+forks a worker that runs the start, and the init the worker makes is handed to the
+helper, a child subreaper, as soon as the namespaces' parent exits).  When an init
+ends, the helper
+
+* restarts the VE if it was a reboot;
+* otherwise (halt, poweroff, a crash) stops it: unmounts, tears down its network
+  and cgroup, removes its pid file, exactly as ``vzctl stop`` would;
+
+and does nothing when ``vzctl stop`` is already doing that (it takes the VE's lock).
+The helper starts on demand, one per VZ_ROOT, and exits once no VE of that root
+runs.  It logs to ``/run/vzctl/[TAG/]eventd.log``.  ``VZCTL_EVENTD=no`` makes
+``vzctl start`` start the VE itself (a halt then leaves it for the next vzctl
+command to tidy up).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from vzpkg.core.errors import VeError, VzError
+from vzpkg.runtime import libc, state
+from vzpkg.runtime.paths import VzPaths
+
+STAGE = Path("/run/vzctl")
+IDLE_EXIT = 5.0          # seconds without a running VE or a pending job before exiting
+REPLY_TIMEOUT = 300.0
+
+
+def home(paths: VzPaths) -> Path:
+    return STAGE / paths.tag if paths.tag else STAGE
+
+
+def _socket_path(paths: VzPaths) -> Path:
+    return home(paths) / "eventd.sock"
+
+
+def enabled() -> bool:
+    return os.environ.get("VZCTL_EVENTD", "yes") != "no"
+
+
+# -- the client side (vzctl start) -------------------------------------------------
+
+def start(paths: VzPaths, ctid: int) -> int:
+    """Start VE *ctid* through the helper of *paths* (started if need be); its init's
+    host pid.  Errors come back as the VeError the start raised."""
+    sock = _connect(paths)
+    try:
+        sock.sendall(json.dumps({"op": "start", "ctid": ctid}).encode() + b"\n")
+        sock.settimeout(REPLY_TIMEOUT)
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        sock.close()
+    try:
+        reply: dict[str, Any] = json.loads(data)
+    except ValueError:
+        raise VeError(f"VE {ctid}: the event helper gave no answer",
+                      hint=f"see {home(paths) / 'eventd.log'}; or start with "
+                           "VZCTL_EVENTD=no") from None
+    if not reply.get("ok"):
+        raise VeError(str(reply.get("error")), hint=reply.get("hint"))
+    return int(reply["pid"])
+
+
+def _connect(paths: VzPaths) -> socket.socket:
+    path = _socket_path(paths)
+    spawned = False
+    deadline = time.monotonic() + 10
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            s.connect(str(path))
+            return s
+        except OSError:
+            s.close()
+        if not spawned:
+            _spawn(paths)
+            spawned = True
+        if time.monotonic() > deadline:
+            raise VeError(f"the event helper for {paths.root} did not come up",
+                          hint=f"see {home(paths) / 'eventd.log'}; or start with "
+                               "VZCTL_EVENTD=no")
+        time.sleep(0.01)
+
+
+def _spawn(paths: VzPaths) -> None:
+    h = home(paths)
+    h.mkdir(mode=0o755, parents=True, exist_ok=True)
+    log = os.open(h / "eventd.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                  0o644)
+    try:
+        subprocess.Popen([sys.executable, "-m", "vzpkg.runtime.eventd", str(paths.root)],
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                         start_new_session=True, close_fds=True, cwd="/")
+    finally:
+        os.close(log)
+
+
+# -- the helper ----------------------------------------------------------------------
+
+class Helper:
+    def __init__(self, paths: VzPaths) -> None:
+        self.paths = paths
+        self.jobs: dict[int, str] = {}       # worker pid -> what it does
+        self.idle_since = time.monotonic()
+
+    def log(self, text: str) -> None:
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}", flush=True)
+
+    def serve(self) -> None:
+        h = home(self.paths)
+        h.mkdir(mode=0o755, parents=True, exist_ok=True)
+        lock = os.open(h / "eventd.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return                          # another helper serves this root
+        libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
+        path = _socket_path(self.paths)
+        path.unlink(missing_ok=True)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        listener.bind(str(path))
+        os.chmod(path, 0o600)
+        listener.listen(64)
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        self.log(f"serving {self.paths.root}")
+        try:
+            while not self._idle():
+                waiting: list[Any] = [listener, wake_r]
+                ready, _, _ = select.select(waiting, [], [], 1.0)
+                if wake_r in ready:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(wake_r, 4096)
+                if listener in ready:
+                    conn, _ = listener.accept()
+                    self._request(conn)
+                self._reap()
+        finally:
+            path.unlink(missing_ok=True)
+            listener.close()
+            self.log("no VE running: exiting")
+
+    def _idle(self) -> bool:
+        busy = bool(self.jobs) or any(state.running_pid(self.paths.pidfile(c)) is not None
+                                      for c in self.paths.ctids())
+        now = time.monotonic()
+        if busy:
+            self.idle_since = now
+        return now - self.idle_since > IDLE_EXIT
+
+    def _request(self, conn: socket.socket) -> None:
+        try:
+            conn.settimeout(5)
+            line = conn.makefile("rb").readline()
+            req = json.loads(line)
+            ctid = int(req["ctid"])
+            assert req.get("op") == "start"
+        except (OSError, ValueError, KeyError, AssertionError):
+            conn.close()
+            return
+        self._fork(f"start {ctid}", lambda: self._start(conn, ctid))
+        conn.close()
+
+    def _fork(self, what: str, job: Any) -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                job()
+            except BaseException as exc:   # a worker reports, it never raises into the loop
+                self.log(f"{what}: {exc}")
+                code = 1
+            os._exit(code)
+        self.jobs[pid] = what
+
+    def _start(self, conn: socket.socket, ctid: int) -> None:
+        from vzpkg.runtime.ve import Runtime
+        try:
+            pid = Runtime(self.paths).start(ctid)
+            reply: dict[str, Any] = {"ok": True, "pid": pid}
+            self.log(f"VE {ctid} started, init pid {pid}")
+        except VzError as exc:
+            reply = {"ok": False, "error": exc.message, "hint": exc.hint}
+        with contextlib.suppress(OSError):
+            conn.sendall(json.dumps(reply).encode() + b"\n")
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if self.jobs.pop(pid, None) is not None:
+                continue
+            ctid = self._ve_of(pid)
+            if ctid is None:
+                continue
+            if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGHUP:
+                self.log(f"VE {ctid}: init rebooted the VE")
+                self._fork(f"reboot {ctid}",
+                           lambda c=ctid, p=pid: self._after(c, p, restart=True))
+            else:
+                how = (f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
+                       else f"status {os.WEXITSTATUS(status)}")
+                self.log(f"VE {ctid}: init ended ({how})")
+                self._fork(f"halt {ctid}",
+                           lambda c=ctid, p=pid: self._after(c, p, restart=False))
+
+    def _ve_of(self, pid: int) -> int | None:
+        """The VE whose pid file names *pid* (its init, just ended)."""
+        for ctid in self.paths.ctids():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if int(self.paths.pidfile(ctid).read_text().split()[0]) == pid:
+                    return ctid
+        return None
+
+    def _after(self, ctid: int, pid: int, *, restart: bool) -> None:
+        """Tidy up after VE *ctid*'s init *pid* ended, unless vzctl stop did; restart
+        the VE for a reboot."""
+        from vzpkg.runtime.ve import Runtime
+        rt = Runtime(self.paths)
+        with rt.locked(ctid):
+            try:
+                recorded = int(self.paths.pidfile(ctid).read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                recorded = None
+            if recorded != pid:
+                return                      # vzctl stop (or a new start) got there first
+            rt.cleanup(ctid)
+            self.log(f"VE {ctid}: stopped and cleaned up")
+        if restart:
+            new = rt.start(ctid)
+            self.log(f"VE {ctid} restarted, init pid {new}")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m vzpkg.runtime.eventd VZ_ROOT", file=sys.stderr)
+        return 2
+    Helper(VzPaths(Path(argv[0]))).serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
