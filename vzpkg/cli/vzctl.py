@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from vzpkg import __version__
@@ -183,6 +184,43 @@ def _ctid(text: str) -> int:
     return found
 
 
+def cmd_boot(args: argparse.Namespace) -> int:
+    from vzpkg.runtime import boot
+    rt = _rt(args)
+    if args.install_unit is not None:
+        unit_dir = Path(args.install_unit)
+        unit = unit_dir / boot.unit_name(rt.paths)
+        unit_dir.mkdir(parents=True, exist_ok=True)
+        unit.write_text(boot.unit_text(rt.paths))
+        _say(args, f"wrote {unit}; enable it with: systemctl daemon-reload && "
+                   f"systemctl enable {unit.name}")
+        return 0
+    if args.stop:
+        running = [c for c in reversed(boot.boot_order(rt.paths) + rt.ctids())
+                   if rt.state(c).running]
+        order = list(dict.fromkeys(running))
+
+        def act(ctid: int) -> str:
+            rt.stop(ctid)
+            return "stopped"
+    else:
+        order = [c for c in boot.boot_order(rt.paths) if not rt.state(c).running]
+
+        def act(ctid: int) -> str:
+            return f"started (init pid {_start(rt, ctid)})"
+    if args.dry_run:
+        for ctid in order:
+            print(ctid)
+        return 0
+    outcomes = boot.run_all(order, act)
+    for o in outcomes:
+        if o.ok:
+            _say(args, f"VE {o.ctid}: {o.text}")
+        else:
+            print(f"vzctl: VE {o.ctid}: {o.text}", file=sys.stderr)
+    return 1 if any(not o.ok for o in outcomes) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="vzctl", description=__doc__, epilog=EPILOG,
                formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -237,6 +275,18 @@ def build_parser() -> argparse.ArgumentParser:
     params.add_set_options(st)
     cmd("ubc", cmd_ubc, "the VE's beancounters: held, maxheld, barrier, limit, failcnt "
                         "(as vzubc CTID; -q: only resources that hit their limit)")
+    b = sub.add_parser("boot", help="start the VEs marked ONBOOT=yes, in BOOTORDER (host boot)",
+                       description="Start every VE with ONBOOT=yes that is not running: "
+                                   "higher BOOTORDER first, VEs without one last.  With "
+                                   "--stop, stop every running VE in the reverse order "
+                                   "(host shutdown).  One failing VE never stops the others; "
+                                   "the exit status says whether any failed.")
+    b.add_argument("--stop", action="store_true", help="stop the running VEs instead")
+    b.add_argument("--dry-run", action="store_true", help="print the CTIDs in order, do nothing")
+    b.add_argument("--install-unit", nargs="?", const="/etc/systemd/system", metavar="DIR",
+                   help="write the host's systemd unit that runs 'vzctl boot' at boot and "
+                        "'vzctl boot --stop' at shutdown (default DIR /etc/systemd/system)")
+    b.set_defaults(func=cmd_boot)
     cmd("mount", cmd_mount, "mount a stopped VE's root on $VZ_ROOT/root/CTID")
     cmd("umount", cmd_umount, "unmount a stopped VE's root")
     cmd("destroy", cmd_destroy, "stop and remove a VE: files, config, cgroup, network",
