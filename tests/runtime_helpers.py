@@ -189,3 +189,13 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
     while not check():
         assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f} s"
         time.sleep(0.05)
+
+
+# systemd units that fail in a VE and why (README, "Running VEs"): the console is
+# /dev/null until vzctl has a console of its own for the VE
+KNOWN_FAILED_UNITS = frozenset({"console-getty.service"})
+
+
+def failed_units(text: str) -> set[str]:
+    """The unit names of ``systemctl --failed --plain --no-legend`` output."""
+    return {ln.split()[0] for ln in text.splitlines() if ln.strip()}

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
+from tests.runtime_helpers import KNOWN_FAILED_UNITS, failed_units
 
 NAME = "debian-12-x86_64-default"
 VES = {9301: "198.18.93.1", 9302: "198.18.93.2"}
@@ -44,8 +45,9 @@ def running(ws: Path) -> Iterator[dict[int, str]]:
             r = vzctl(ws, "create", str(ctid), "--ostemplate", NAME, "--layout", "overlay",
                       "--ipadd", ip, "--hostname", f"ve{ctid}")
             assert r.returncode == 0, r.stderr
-            r = vzctl(ws, "start", str(ctid))
+            r = vzctl(ws, "start", str(ctid), "--wait")
             assert r.returncode == 0, r.stderr
+            assert "is up (" in r.stdout, r.stdout
         for ip in VES.values():   # as a server boots: host keys first, then sshd
             deadline = time.monotonic() + 90
             while True:
@@ -93,3 +95,57 @@ def test_sshd_answers_on_the_ve_address(ws: Path, running: dict[int, str]) -> No
             banner = s.recv(64)
         assert banner.startswith(b"SSH-2.0-OpenSSH"), (ctid, banner)
         assert f"ve{ctid}" in ve_sh(ws, ctid, "hostname")
+
+
+def test_the_ves_run_systemd_with_no_unexpected_failure(ws: Path,
+                                                        running: dict[int, str]) -> None:
+    for ctid in running:
+        assert ve_sh(ws, ctid, "readlink /proc/1/exe").strip().endswith("/systemd/systemd")
+        state = ve_sh(ws, ctid, "systemctl is-system-running || true").strip()
+        assert state in ("running", "degraded"), state
+        failed = failed_units(ve_sh(ws, ctid, "systemctl --failed --plain --no-legend"))
+        assert failed <= KNOWN_FAILED_UNITS, failed
+
+
+def _ssh_up(ip: str) -> bool:
+    try:
+        socket.create_connection((ip, 22), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_systemctl_stops_and_starts_sshd(ws: Path, running: dict[int, str]) -> None:
+    ctid, ip = next(iter(running.items()))
+    ve_sh(ws, ctid, "systemctl stop ssh.service ssh.socket 2>/dev/null || "
+                    "systemctl stop ssh.service")
+    deadline = time.monotonic() + 20
+    while _ssh_up(ip):
+        assert time.monotonic() < deadline, "sshd still answers after systemctl stop"
+        time.sleep(0.2)
+    ve_sh(ws, ctid, "systemctl start ssh.service")
+    deadline = time.monotonic() + 20
+    while not _ssh_up(ip):
+        assert time.monotonic() < deadline, "sshd never came back after systemctl start"
+        time.sleep(0.2)
+
+
+def test_reboot_and_poweroff_inside(ws: Path, running: dict[int, str]) -> None:
+    """Last: reboot the first VE (it comes back, sshd too), power off the second
+    (it stops, and nothing of it stays mounted)."""
+    (a, ip_a), (b, _) = list(running.items())
+    before = ve_sh(ws, a, "cat /proc/1/stat").split()[21]
+    vzctl(ws, "exec", str(a), "systemctl reboot")
+    deadline = time.monotonic() + 90
+    while True:
+        r = vzctl(ws, "exec", str(a), "cat /proc/1/stat")
+        if r.returncode == 0 and r.stdout.split()[21] != before and _ssh_up(ip_a):
+            break
+        assert time.monotonic() < deadline, "the VE did not come back from reboot"
+        time.sleep(0.5)
+    vzctl(ws, "exec", str(b), "systemctl poweroff")
+    deadline = time.monotonic() + 60
+    while "down" not in vzctl(ws, "status", str(b)).stdout:
+        assert time.monotonic() < deadline, "the VE did not stop after poweroff"
+        time.sleep(0.5)
+    assert "unmounted" in vzctl(ws, "status", str(b)).stdout

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
+from tests.runtime_helpers import KNOWN_FAILED_UNITS, failed_units
 
 pytestmark = pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86_64 host")
 
@@ -32,9 +33,14 @@ def test_release_builds_and_runs(tmp_path: Path, release: str, codename: str,
 
     vzctl("create", str(ctid), "--ostemplate", f"debian-{release}", "--layout", "overlay")
     try:
-        vzctl("start", str(ctid))
+        vzctl("start", str(ctid), "--wait")
         text = vzctl("exec", str(ctid), ". /etc/os-release; echo $VERSION_ID $VERSION_CODENAME;"
                                         " dpkg-query -W -f='${Status}\\n' apt")
         assert text.split() == [release, codename, "install", "ok", "installed"], text
+        # the release's own systemd is the VE's init, booted with no unexpected failure
+        assert vzctl("exec", str(ctid), "readlink /proc/1/exe").strip().endswith(
+            "/systemd/systemd")
+        failed = failed_units(vzctl("exec", str(ctid), "systemctl --failed --plain --no-legend"))
+        assert failed <= KNOWN_FAILED_UNITS, failed
     finally:
         run_cli("vzctl", ["destroy", str(ctid)], env=env)
