@@ -11,7 +11,8 @@ $VZPKG_CACHE_DIR, caches/ of the repository), else a busybox cache made with
 - create (overlay), once the shared copy exists (the first one is reported apart);
 - start until ``/bin/true`` has been exec'd in the VE, against a bare
   ``unshare --mount --uts --ipc --net --pid --fork chroot DIR /bin/true``;
-- stop (SIGTERM to init) and stop --fast;
+- stop (the init's shutdown signal) and stop --fast;
+- start until systemd reports running or degraded, and its clean stop (a systemd tree);
 - density: start --density VEs (overlay, one cache), then host memory per running
   VE, split into the VEs' own processes (PSS) and what the host spends beyond them.
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -42,7 +44,7 @@ sys.path.insert(0, os.environ.get("VZBENCH_CODE") or str(Path(__file__).resolve(
 from bench.common import median, write_results
 from tests.runtime_helpers import BUSYBOX_NAME, find_debian_cache, make_busybox_cache
 from vzpkg.runtime.paths import VzPaths
-from vzpkg.runtime.ve import Runtime
+from vzpkg.runtime.ve import Runtime, shutdown_signal
 
 BASE = 8000
 
@@ -144,12 +146,39 @@ def bench_start_stop(rt: Runtime, name: str, work: Path, runs: int) -> dict[str,
         rt.destroy(ctid)
         shutil.rmtree(bare_root, ignore_errors=True)
     ratio = median(start_exec) / median(bare)
+    booted = _start_to_running(rt, name, runs)
     return {
+        **booted,
         "start_ms": _ms(median(start)), "start_to_exec_ms": _ms(median(start_exec)),
         "bare_unshare_chroot_true_ms": _ms(median(bare)),
         "start_vs_bare": round(ratio, 2), "start_target_met": median(start_exec) < 0.15,
         "stop_ms": _ms(median(stop)), "stop_fast_ms": _ms(median(fast or stop)),
     }
+
+
+def _start_to_running(rt: Runtime, name: str, runs: int) -> dict[str, Any]:
+    """Start until the VE's init says it is up (systemd: is-system-running is running
+    or degraded), then a clean stop; medians.  Only for a tree whose init is systemd."""
+    ctid = BASE + 51
+    rt.create(ctid, name, layout_name="overlay", ipadd=["198.18.80.51"])
+    up, stop, states = [], [], []
+    try:
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            pid = rt.start(ctid)
+            if shutdown_signal(pid) == signal.SIGTERM:
+                rt.stop(ctid, fast=True)
+                return {"init": "shell"}
+            states.append(rt.wait_booted(ctid))
+            up.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            rt.stop(ctid)
+            stop.append(time.perf_counter() - t0)
+    finally:
+        rt.destroy(ctid)
+    return {"init": "systemd", "start_to_running_ms": _ms(median(up)),
+            "start_to_running_target_met": median(up) < 1.0,
+            "systemd_states": sorted(set(states)), "systemd_stop_ms": _ms(median(stop))}
 
 
 def bench_ops(rt: Runtime, name: str, runs: int) -> dict[str, list[float]]:
@@ -235,6 +264,9 @@ def bench_density(rt: Runtime, name: str, n: int) -> dict[str, Any]:
     for c in ids:
         rt.start(c)
     took = time.perf_counter() - t0
+    for c in ids:           # idle means booted: systemd has started what it starts
+        rt.wait_booted(c, timeout=600)
+    booted = time.perf_counter() - t0
     time.sleep(2)
     after = meminfo()
     own = sum(pss(p) for c in ids for p in rt.cgroups.procs(str(c)))
@@ -251,6 +283,7 @@ def bench_density(rt: Runtime, name: str, n: int) -> dict[str, Any]:
     overhead = (used - own) / n
     return {
         "density_ves": n, "density_start_all_s": round(took, 2),
+        "density_all_booted_s": round(booted, 2),
         "density_stop_all_s": round(stop_all, 2),
         "density_processes": nproc,
         "host_memory_per_ve_kib": round(per_ve / 1024, 1),
