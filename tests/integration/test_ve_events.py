@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.runtime_helpers import destroy_all, runtime_for, vzctl_cli, wait_for
+from tests.runtime_helpers import destroy_all, enter_session, runtime_for, vzctl_cli, wait_for
 from vzpkg.runtime import layout, state
 from vzpkg.runtime.ve import Runtime
 
@@ -65,3 +65,17 @@ def test_halt_inside_stops_the_ve_and_leaves_nothing(rt: Runtime, command: str) 
     assert vzctl_cli(rt, "status", str(CTID)).stdout.split()[-2:] == ["unmounted", "down"]
     r = vzctl_cli(rt, "start", str(CTID))      # and it starts again as usual
     assert r.returncode == 0, r.stderr
+
+
+def test_console_shows_what_the_ve_wrote_and_detaches(rt: Runtime) -> None:
+    r = vzctl_cli(rt, "start", str(CTID))
+    assert r.returncode == 0, r.stderr
+    r = vzctl_cli(rt, "exec", str(CTID), "echo hello-console > /dev/console")
+    assert r.returncode == 0, r.stderr
+    status, out = enter_session(rt, CTID, b"", timeout=3, command="console")
+    assert "hello-console" in out, out      # written while nobody watched
+    assert status is None                   # still attached: it waits for Esc .
+    status, out = enter_session(rt, CTID, b"\x1b.", timeout=3, command="console")
+    assert status is not None and os.waitstatus_to_exitcode(status) == 0, out
+    assert "detached" in out, out
+    assert rt.state(CTID).running           # detaching leaves the VE alone

@@ -136,6 +136,15 @@ def cmd_enter(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_console(args: argparse.Namespace) -> int:
+    from vzpkg.runtime import eventd
+    rt = _rt(args)
+    rt.config(args.ctid)
+    eventd.console(rt.paths, args.ctid)
+    _say(args, f"detached from the console of VE {args.ctid}")
+    return 0
+
+
 def cmd_set(args: argparse.Namespace) -> int:
     rt = _rt(args)
     values = params.options_to_values(args, current=rt.config(args.ctid).get)
@@ -268,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
         e = cmd(name, cmd_exec, what)
         e.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
     cmd("enter", cmd_enter, "open an interactive shell in a running VE")
+    cmd("console", cmd_console, "attach to the VE's console (boot messages, getty); "
+                                "Esc . detaches")
     st = cmd("set", cmd_set, "change settings: live on a running VE, stored with --save")
     st.add_argument("--userpasswd", action="append", metavar="USER:PASS",
                     help="set a password with the VE's chpasswd (not stored)")

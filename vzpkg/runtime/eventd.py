@@ -42,6 +42,8 @@ from vzpkg.runtime.paths import VzPaths
 STAGE = Path("/run/vzctl")
 IDLE_EXIT = 5.0          # seconds without a running VE or a pending job before exiting
 REPLY_TIMEOUT = 300.0
+TIOCGPTPEER = 0x5441
+BACKLOG = 64 << 10       # console output kept for the next vzctl console
 
 
 def home(paths: VzPaths) -> Path:
@@ -82,6 +84,73 @@ def start(paths: VzPaths, ctid: int) -> int:
     if not reply.get("ok"):
         raise VeError(str(reply.get("error")), hint=reply.get("hint"))
     return int(reply["pid"])
+
+
+def console(paths: VzPaths, ctid: int, stdin: int = 0, stdout: int = 1) -> None:
+    """Attach this terminal to VE *ctid*'s console until Esc . is typed (or the VE
+    stops).  What the VE wrote while nobody watched comes first."""
+    import termios
+    import tty
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        s.connect(str(_socket_path(paths)))
+    except OSError:
+        s.close()
+        raise VeError(f"VE {ctid} has no console: no VE of {paths.root} was started by "
+                      "vzctl start here", hint=f"start it with vzctl start {ctid}") from None
+    with s:
+        s.sendall(json.dumps({"op": "console", "ctid": ctid}).encode() + b"\n")
+        data, fds, _, _ = socket.recv_fds(s, 1 << 17, 1)
+        head, _, rest = data.partition(b"\n")
+        reply = json.loads(head or b"{}")
+        if not reply.get("ok") or not fds:
+            raise VeError(str(reply.get("error") or f"VE {ctid}: no console"),
+                          hint=f"see vzctl status {ctid}")
+        master = fds[0]
+        want = int(reply.get("backlog", 0))
+        while len(rest) < want:
+            chunk = s.recv(want - len(rest))
+            if not chunk:
+                break
+            rest += chunk
+        os.write(stdout, rest)
+        old = termios.tcgetattr(stdin) if os.isatty(stdin) else None
+        if old is not None:
+            tty.setraw(stdin, termios.TCSANOW)
+            os.write(stdout, f"\r\n[attached to the console of VE {ctid}; "
+                             "Esc . detaches]\r\n".encode())
+        try:
+            _relay_console(master, stdin, stdout)
+        finally:
+            if old is not None:
+                termios.tcsetattr(stdin, termios.TCSAFLUSH, old)
+            os.close(master)
+
+
+def _relay_console(master: int, stdin: int, stdout: int) -> None:
+    prev = b""
+    while True:
+        ready, _, _ = select.select([master, stdin], [], [])
+        if master in ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                data = b""
+            if not data:
+                os.write(stdout, b"\r\n[the VE's console closed: the VE stopped]\r\n")
+                return
+            os.write(stdout, data)
+        if stdin in ready:
+            data = os.read(stdin, 4096)
+            if not data:
+                return
+            for i, byte in enumerate(data):
+                c = bytes([byte])
+                if prev == b"\x1b" and c == b".":
+                    os.write(master, data[:i])
+                    return
+                prev = c
+            os.write(master, data)
 
 
 def _connect(paths: VzPaths) -> socket.socket:
@@ -125,6 +194,11 @@ class Helper:
         self.paths = paths
         self.jobs: dict[int, str] = {}       # worker pid -> what it does
         self.idle_since = time.monotonic()
+        self.channels: dict[int, socket.socket] = {}   # fd -> a worker's way back
+        self.masters: dict[int, int] = {}    # ctid -> its console's pty master
+        self.peers: dict[int, int] = {}      # ctid -> the console's other end, held
+        self.backlog: dict[int, bytearray] = {}   # ctid -> console output not yet seen
+        self.attached: dict[int, socket.socket] = {}   # ctid -> vzctl console
 
     def log(self, text: str) -> None:
         print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}", flush=True)
@@ -150,7 +224,9 @@ class Helper:
         self.log(f"serving {self.paths.root}")
         try:
             while not self._idle():
-                waiting: list[Any] = [listener, wake_r]
+                consoles = {fd: c for c, fd in self.masters.items() if c not in self.attached}
+                waiting: list[Any] = [listener, wake_r, *self.channels, *consoles,
+                                      *self.attached.values()]
                 ready, _, _ = select.select(waiting, [], [], 1.0)
                 if wake_r in ready:
                     with contextlib.suppress(BlockingIOError):
@@ -158,6 +234,14 @@ class Helper:
                 if listener in ready:
                     conn, _ = listener.accept()
                     self._request(conn)
+                for fd in ready:
+                    if isinstance(fd, int) and fd in self.channels:
+                        self._take_console(fd)
+                    elif isinstance(fd, int) and fd in consoles:
+                        self._drain(consoles[fd])
+                for ctid, conn in list(self.attached.items()):
+                    if conn in ready:
+                        self._detach(ctid)
                 self._reap()
         finally:
             path.unlink(missing_ok=True)
@@ -175,40 +259,128 @@ class Helper:
     def _request(self, conn: socket.socket) -> None:
         try:
             conn.settimeout(5)
-            line = conn.makefile("rb").readline()
+            line = b""
+            while not line.endswith(b"\n"):
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                line += chunk
             req = json.loads(line)
-            ctid = int(req["ctid"])
-            assert req.get("op") == "start"
+            ctid, op = int(req["ctid"]), req.get("op")
+            assert op in ("start", "console")
         except (OSError, ValueError, KeyError, AssertionError):
             conn.close()
             return
-        self._fork(f"start {ctid}", lambda: self._start(conn, ctid))
+        if op == "console":
+            self._attach(conn, ctid)
+            return
+        self._fork(f"start {ctid}", lambda chan: self._start(conn, chan, ctid))
         conn.close()
 
     def _fork(self, what: str, job: Any) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         pid = os.fork()
         if pid == 0:
             code = 0
             try:
+                ours.close()
                 signal.set_wakeup_fd(-1)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                job()
+                job(theirs)
             except BaseException as exc:   # a worker reports, it never raises into the loop
                 self.log(f"{what}: {exc}")
                 code = 1
             os._exit(code)
+        theirs.close()
+        self.channels[ours.fileno()] = ours
         self.jobs[pid] = what
 
-    def _start(self, conn: socket.socket, ctid: int) -> None:
+    def _start(self, conn: socket.socket, chan: socket.socket, ctid: int) -> None:
         from vzpkg.runtime.ve import Runtime
         try:
-            pid = Runtime(self.paths).start(ctid)
+            pid, master = Runtime(self.paths).start_with_console(ctid)
+            _hand_over(chan, ctid, master)
             reply: dict[str, Any] = {"ok": True, "pid": pid}
             self.log(f"VE {ctid} started, init pid {pid}")
         except VzError as exc:
             reply = {"ok": False, "error": exc.message, "hint": exc.hint}
         with contextlib.suppress(OSError):
             conn.sendall(json.dumps(reply).encode() + b"\n")
+
+    # -- consoles ------------------------------------------------------------------
+    def _take_console(self, fd: int) -> None:
+        """A worker's message: the console master of the VE it started (or EOF)."""
+        chan = self.channels[fd]
+        try:
+            data, fds, _, _ = socket.recv_fds(chan, 64, 1)
+        except OSError:
+            data, fds = b"", []
+        if not data:
+            del self.channels[fd]
+            chan.close()
+            return
+        ctid = int(data.decode())
+        if fds:
+            self._close_console(ctid)
+            master = fds[0]
+            os.set_blocking(master, False)
+            # we hold the terminal's other end too: the VE's init opens /dev/console
+            # only to write, and a master whose other end nobody holds reads EIO
+            self.peers[ctid] = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
+            self.masters[ctid] = master
+            self.backlog[ctid] = bytearray()
+
+    def _close_console(self, ctid: int) -> None:
+        for fd in (self.masters.pop(ctid, None), self.peers.pop(ctid, None)):
+            if fd is not None:
+                os.close(fd)
+        self.backlog.pop(ctid, None)
+
+    def _drain(self, ctid: int) -> None:
+        """Keep what the VE writes to its console (the last BACKLOG bytes), so that it
+        never blocks on a console nobody watches."""
+        master = self.masters[ctid]
+        try:
+            data = os.read(master, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close_console(ctid)
+            return
+        buf = self.backlog.setdefault(ctid, bytearray())
+        buf += data
+        del buf[:-BACKLOG]
+
+    def _attach(self, conn: socket.socket, ctid: int) -> None:
+        master = self.masters.get(ctid)
+        if master is None or ctid in self.attached:
+            why = ("is attached to another vzctl console" if master is not None else
+                   "has no console here (is it running? was it started by vzctl start?)")
+            with contextlib.suppress(OSError):
+                conn.sendall(json.dumps({"ok": False, "error": f"VE {ctid} {why}"})
+                             .encode() + b"\n")
+            conn.close()
+            return
+        seen = bytes(self.backlog.get(ctid, b""))
+        head = json.dumps({"ok": True, "backlog": len(seen)}).encode() + b"\n"
+        try:
+            conn.setblocking(True)
+            socket.send_fds(conn, [head], [master])
+            conn.sendall(seen)
+        except OSError:
+            conn.close()
+            return
+        self.backlog[ctid] = bytearray()
+        self.attached[ctid] = conn
+
+    def _detach(self, ctid: int) -> None:
+        conn = self.attached.pop(ctid)
+        with contextlib.suppress(OSError):
+            while conn.recv(4096):
+                pass
+        conn.close()
 
     def _reap(self) -> None:
         while True:
@@ -223,16 +395,17 @@ class Helper:
             ctid = self._ve_of(pid)
             if ctid is None:
                 continue
+            self._close_console(ctid)
             if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGHUP:
                 self.log(f"VE {ctid}: init rebooted the VE")
                 self._fork(f"reboot {ctid}",
-                           lambda c=ctid, p=pid: self._after(c, p, restart=True))
+                           lambda ch, c=ctid, p=pid: self._after(c, p, ch, restart=True))
             else:
                 how = (f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
                        else f"status {os.WEXITSTATUS(status)}")
                 self.log(f"VE {ctid}: init ended ({how})")
                 self._fork(f"halt {ctid}",
-                           lambda c=ctid, p=pid: self._after(c, p, restart=False))
+                           lambda ch, c=ctid, p=pid: self._after(c, p, ch, restart=False))
 
     def _ve_of(self, pid: int) -> int | None:
         """The VE whose pid file names *pid* (its init, just ended)."""
@@ -242,7 +415,7 @@ class Helper:
                     return ctid
         return None
 
-    def _after(self, ctid: int, pid: int, *, restart: bool) -> None:
+    def _after(self, ctid: int, pid: int, chan: socket.socket, *, restart: bool) -> None:
         """Tidy up after VE *ctid*'s init *pid* ended, unless vzctl stop did; restart
         the VE for a reboot."""
         from vzpkg.runtime.ve import Runtime
@@ -257,8 +430,19 @@ class Helper:
             rt.cleanup(ctid)
             self.log(f"VE {ctid}: stopped and cleaned up")
         if restart:
-            new = rt.start(ctid)
+            new, master = rt.start_with_console(ctid)
+            _hand_over(chan, ctid, master)
             self.log(f"VE {ctid} restarted, init pid {new}")
+
+
+def _hand_over(chan: socket.socket, ctid: int, master: int | None) -> None:
+    """From a worker to the helper: VE *ctid*'s console master."""
+    if master is None:
+        return
+    try:
+        socket.send_fds(chan, [str(ctid).encode()], [master])
+    finally:
+        os.close(master)
 
 
 def main(argv: list[str]) -> int:

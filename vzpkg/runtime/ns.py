@@ -108,6 +108,9 @@ class StartSpec:
     # which the VE's root may look up names (VZ_ROOT/root is closed to it)
     stage: Path | None = None
     init: str | None = None        # the VE's own init ("/sbin/init"); None: MINIMAL_INIT
+    # a unix socket fd: pid 1 makes the VE's console a pty of the VE's own devpts and
+    # sends its master back through it (vzctl console); None: the console is /dev/null
+    console: int | None = None
 
 
 def _mountpoint(path: str) -> str:
@@ -243,6 +246,28 @@ def _setup_mounts_userns(root: Path, run_size: str, stage: Path) -> None:
                f"mode=755,{run_size}")
 
 
+def _make_console(sock: int) -> None:
+    """The VE's /dev/console: a pty of its own devpts, whose master goes to the host
+    (the event helper keeps it and ``vzctl console`` attaches to it)."""
+    import fcntl
+    import socket
+    import struct
+    master = os.open("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+        n = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0" * 4))[0]
+        libc.mount(f"/dev/pts/{n}", "/dev/console", None, libc.MS_BIND)
+        with socket.socket(fileno=os.dup(sock)) as s:
+            socket.send_fds(s, [b"c"], [master])
+    finally:
+        os.close(master)
+        os.close(sock)
+
+
+TIOCSPTLCK = 0x40045431
+TIOCGPTN = 0x80045430
+
+
 def ve_env() -> dict[str, str]:
     return {"PATH": VE_PATH, "HOME": "/root", "TERM": os.environ.get("TERM", "linux"),
             "container": "vzpkg", "LANG": "C.UTF-8"}
@@ -271,6 +296,8 @@ def _init_child(spec: StartSpec, r_go: int, w_err: int) -> None:
             _setup_mounts(spec.root, spec.run_size)
         if spec.hostname:
             libc.sethostname(spec.hostname)
+        if spec.console is not None:
+            _make_console(spec.console)
         command = spec.argv is not None
         if spec.ids is None:
             caps.confine(no_new_privs=command)

@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import os
 import signal
+import socket
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -195,18 +196,27 @@ class Runtime:
 
     # -- start / stop ------------------------------------------------------
     def start(self, ctid: int) -> int:
+        """Start the VE; its init's host pid.  Its console leads nowhere (see
+        :meth:`start_with_console`)."""
+        return self.start_with_console(ctid, console=False)[0]
+
+    def start_with_console(self, ctid: int, *, console: bool = True
+                           ) -> tuple[int, int | None]:
+        """Start the VE; (its init's host pid, the master of its console pty, when
+        *console*): whoever holds the master reads what the VE writes to its console
+        (the event helper, for ``vzctl console``)."""
         with self.locked(ctid):
             cfg = self.config(ctid)
             if state.running_pid(self.paths.pidfile(ctid)) is not None:
                 raise VeError(f"VE {ctid} is already running")
             self._cleanup(ctid)  # whatever a crashed VE left behind
             try:
-                return self._start(ctid, cfg)
+                return self._start(ctid, cfg, console)
             except BaseException:
                 self._cleanup(ctid)
                 raise
 
-    def _start(self, ctid: int, cfg: VeConfig) -> int:
+    def _start(self, ctid: int, cfg: VeConfig, console: bool) -> tuple[int, int | None]:
         cg = self.cgroups
         cg.create(str(ctid))
         cg.apply(str(ctid), cfg.layered_on(self.global_conf()))
@@ -220,25 +230,36 @@ class Runtime:
         def ready(pid: int) -> None:    # pid 1 is entering its cgroup meanwhile
             net.setup(self.paths.host_ifname(ctid), pid, addrs)
 
+        ours, theirs = (socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) if console
+                        else (None, None))
+
         spec = ns.StartSpec(ctid=ctid, root=root, hostname=cfg.get("HOSTNAME") or None,
                             prepare=lambda: dists.apply(setup),
                             run_size=run_size(cfg.layered_on(self.global_conf())),
                             enter_cgroup=lambda: cg.attach(str(ctid), 0),
                             ids=ids, stage=self.stage(ctid) if ids else None,
-                            init=INIT if ids else None)
-        pid = ns.start_init(spec, ready)
+                            init=INIT if ids else None,
+                            console=theirs.fileno() if theirs is not None else None)
+        try:
+            pid = ns.start_init(spec, ready)
+        finally:
+            if theirs is not None:
+                theirs.close()
+        master = _receive_console(ours) if ours is not None else None
         state.write_pidfile(self.paths.pidfile(ctid), pid)
         ns.wait_init_ready(pid, shutdown_signal(pid))
-        return pid
+        return pid, master
+
+    def _stage_path(self, ctid: int) -> Path:
+        return (STAGE_DIR / self.paths.tag if self.paths.tag else STAGE_DIR) / str(ctid)
 
     def stage(self, ctid: int) -> Path:
         """/run/vzctl/[TAG/]CTID with the empty mount points root/ and dev/, on which a
         user-namespaced VE's root and /dev are mounted in the VE's mount namespace
         only.  It is outside VZ_ROOT, so that the VE's root can look the names up
         however closed VZ_ROOT and the directories above it are."""
-        base = STAGE_DIR / self.paths.tag if self.paths.tag else STAGE_DIR
-        stage = base / str(ctid)
-        for d in (STAGE_DIR, base, stage, stage / "root", stage / "dev"):
+        stage = self._stage_path(ctid)
+        for d in (STAGE_DIR, stage.parent, stage, stage / "root", stage / "dev"):
             with contextlib.suppress(FileExistsError):
                 d.mkdir(mode=0o755)
             if d.is_symlink() or not d.is_dir():
@@ -337,6 +358,10 @@ class Runtime:
         layout.umount(self.paths, ctid)
         cg.remove(str(ctid))
         self.paths.pidfile(ctid).unlink(missing_ok=True)
+        stage = self._stage_path(ctid)
+        for d in (stage / "root", stage / "dev", stage):
+            with contextlib.suppress(OSError):
+                d.rmdir()
 
     def restart(self, ctid: int) -> int:
         if self.state(ctid).running:
@@ -401,6 +426,21 @@ class Runtime:
 
 INIT = "/sbin/init"   # a user-namespaced VE's init, when its tree has one
 STAGE_DIR = Path("/run/vzctl")
+
+
+def _receive_console(sock: socket.socket) -> int | None:
+    """The console master pid 1 sent (it has exec'd by now: it is there or never)."""
+    try:
+        sock.settimeout(5)
+        _, fds, _, _ = socket.recv_fds(sock, 16, 1)
+    except OSError:
+        fds = []
+    finally:
+        sock.close()
+    if not fds:
+        return None
+    os.set_inheritable(fds[0], False)
+    return fds[0]
 
 
 def state_pid_gone(pid: int) -> bool:
