@@ -329,3 +329,75 @@ def test_two_roots_run_the_same_ctid_without_touching_each_other(
         destroy_all(other)
         rt.destroy(ctid)
     assert host_leftovers(rt, ctid) == []
+
+
+def test_vzlist_json_sort_and_hostname_filter_on_running_ves(rt: Runtime) -> None:
+    """vzlist on real VEs: -j has every field with the kernel's numbers, -s -uptime puts
+    the VE started first on top, -h filters by hostname (a shell pattern)."""
+    import contextlib
+    import json
+    from typing import Any
+
+    from vzpkg.cli.vzlist import FIELDS
+    hosts = {9291: "ve9291", 9292: "ve9292", 9293: "other9293", 9294: "ve9294"}
+    ours = set(hosts)
+    try:
+        for ctid, host in hosts.items():
+            rt.create(ctid, "busybox-1", hostname=host)
+        rt.start(9291)
+        time.sleep(1.5)                     # 9291 has run longest
+        rt.start(9292)
+        rt.start(9293)                      # 9294 stays stopped
+        # a task in 9292 that always wants a CPU
+        assert sh(rt, 9292, "(while :; do :; done >/dev/null 2>&1 &)")[0] == 0
+
+        def listed() -> dict[int, dict[str, Any]]:
+            r = vzlist(rt, "-j")
+            assert r.returncode == 0, r.stderr
+            return {d["ctid"]: d for d in json.loads(r.stdout) if d["ctid"] in ours}
+
+        deadline = time.monotonic() + 10
+        while (data := listed())[9292]["laverage"] == 0:
+            assert time.monotonic() < deadline, data[9292]
+            time.sleep(0.1)
+        assert set(data) == {9291, 9292, 9293}          # running only, without -a
+        for ctid, d in data.items():
+            assert set(d) == set(FIELDS)
+            assert d["status"] == "running" and d["hostname"] == hosts[ctid]
+            assert d["pid"] == rt.init_pid(ctid)
+            assert isinstance(d["uptime"], float) and 0 < d["uptime"] < 600
+            assert isinstance(d["laverage"], int)
+            held = {bc.resource: bc for bc in rt.cgroups.counters(str(ctid))}
+            assert isinstance(d["numproc"], int) and d["numproc"] >= 1
+            assert d["numproc.l"] == held["numproc"].limit
+            assert isinstance(d["physpages"], int) and d["physpages"] > 0
+            assert d["physpages.l"] == held["physpages"].limit
+        assert data[9292]["laverage"] >= 1
+        assert data[9292]["numproc"] >= 2               # init and the spinning loop
+        assert data[9291]["uptime"] > data[9292]["uptime"] + 1
+
+        r = vzlist(rt, "-o", "ctid,uptime,laverage,numproc", "-s", "-uptime")
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert lines[0].split() == ["CTID", "UPTIME", "LAVERAGE", "NPROC"]
+        rows = [ln.split() for ln in lines[1:] if int(ln.split()[0]) in ours]
+        assert [int(x[0]) for x in rows][:1] == [9291]
+        assert [int(x[0]) for x in rows].index(9291) < [int(x[0]) for x in rows].index(9292)
+        for x in rows:
+            assert x[1].startswith("000d00h:") and x[1].endswith("s")
+            assert x[2].isdigit() and x[3].isdigit()
+
+        r = vzlist(rt, "-H", "-o", "ctid", "-h", "ve92*")
+        assert r.returncode == 0, r.stderr
+        assert {int(c) for c in r.stdout.split()} & ours == {9291, 9292}
+        r = vzlist(rt, "-a", "-H", "-o", "ctid,status", "-h", "ve92*")
+        got = {int(ln.split()[0]): ln.split()[1] for ln in r.stdout.splitlines()}
+        assert {c: s for c, s in got.items() if c in ours} == \
+            {9291: "running", 9292: "running", 9294: "stopped"}
+        r = vzlist(rt, "-j", "9294")                     # stopped: runtime values null
+        d = json.loads(r.stdout)[0]
+        assert d["status"] == "stopped" and d["uptime"] is None and d["numproc"] is None
+    finally:
+        for ctid in hosts:
+            with contextlib.suppress(VeError):
+                rt.destroy(ctid)

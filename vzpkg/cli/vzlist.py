@@ -3,66 +3,213 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+import fnmatch
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import NoReturn
 
 from vzpkg.cli.common import Parser, emit_json, run_console, run_main
-from vzpkg.core.errors import UsageError
+from vzpkg.core.errors import ConfigError, UsageError
+from vzpkg.runtime import stats
+from vzpkg.runtime.config import VeConfig
 from vzpkg.runtime.paths import VzPaths, check_ctid
-from vzpkg.runtime.ve import Runtime, VeState
+from vzpkg.runtime.ubc import Beancounter
+from vzpkg.runtime.ve import Runtime, VeState, by_name
+
+Value = int | float | str | bool | None
+Row = dict[str, Value]
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    header: str
+    kind: str        # int, float, str, bool, uptime
+    group: str       # what must be read for it: conf, ubc, load, uptime
+    help: str
+
+    @property
+    def numeric(self) -> bool:
+        return self.kind in ("int", "float", "uptime")
+
+
+# OpenVZ's beancounters that this runtime's cgroups report (vzpkg.runtime.cgroups:
+# counters()), in OpenVZ's order, with vzlist's column headers.
+UBC_RESOURCES: dict[str, str] = {
+    "kmemsize": "KMEMSIZE", "numproc": "NPROC", "physpages": "PHYSP",
+    "oomguarpages": "OOMGUARP", "swappages": "SWAPP",
+}
+UBC_PARTS = (("", "", "held now"), (".m", ".M", "maximum held"), (".b", ".B", "barrier"),
+             (".l", ".L", "limit"), (".f", ".F", "failure count (refused by the limit)"))
+UBC_UNITS = {"kmemsize": "bytes", "numproc": "tasks", "physpages": "4 KiB pages",
+             "oomguarpages": "4 KiB pages", "swappages": "4 KiB pages"}
+
+LAVERAGE_HELP = ("the VE's tasks running or runnable (R) or in uninterruptible sleep (D) "
+                 "now: a snapshot, not a decayed 1/5/15-minute load average (the kernel "
+                 "keeps none per VE)")
+
+
+def _fields() -> dict[str, Field]:
+    f = [Field("ctid", "CTID", "int", "conf", "the VE's id"),
+         Field("veid", "VEID", "int", "conf", "the VE's id (OpenVZ's older name)"),
+         Field("smart_name", "SMARTNAME", "str", "conf", "NAME if set, else the CTID"),
+         Field("name", "NAME", "str", "conf", "NAME (vzctl set --name)"),
+         Field("hostname", "HOSTNAME", "str", "conf", "HOSTNAME"),
+         Field("description", "DESCRIPTION", "str", "conf", "DESCRIPTION"),
+         Field("ostemplate", "OSTEMPLATE", "str", "conf", "the cache it was created from"),
+         Field("ip", "IP_ADDR", "str", "conf", "IP_ADDRESS (space-separated)"),
+         Field("nameserver", "NAMESERVER", "str", "conf", "NAMESERVER"),
+         Field("searchdomain", "SEARCHDOMAIN", "str", "conf", "SEARCHDOMAIN"),
+         Field("status", "STATUS", "str", "conf", "running, mounted or stopped"),
+         Field("layout", "LAYOUT", "str", "conf", "plain or overlay"),
+         Field("private", "PRIVATE", "str", "conf", "the VE's private area"),
+         Field("root", "ROOT", "str", "conf", "where its root is mounted"),
+         Field("pid", "INITPID", "int", "conf", "the host pid of its init"),
+         Field("onboot", "ONBOOT", "bool", "conf", "started by vzctl boot"),
+         Field("bootorder", "BOOTORDER", "int", "conf", "BOOTORDER (higher first)"),
+         Field("cpuunits", "CPUUNITS", "int", "conf", "CPUUNITS (CTID.conf, else vz.conf)"),
+         Field("cpulimit", "CPULIM", "int", "conf", "CPULIMIT in % of one CPU"),
+         Field("cpus", "CPUS", "int", "conf", "CPUS"),
+         Field("ioprio", "IOP", "int", "conf", "IOPRIO")]
+    for res, hdr in UBC_RESOURCES.items():
+        for suffix, hsuffix, what in UBC_PARTS:
+            unit = "" if suffix == ".f" else f", {UBC_UNITS[res]}"
+            f.append(Field(res + suffix, hdr + hsuffix, "int", "ubc",
+                           f"beancounter {res}: {what}{unit}"))
+    f += [Field("laverage", "LAVERAGE", "int", "load", LAVERAGE_HELP),
+          Field("uptime", "UPTIME", "uptime", "uptime",
+                "time since its init started (JSON: seconds)")]
+    return {x.name: x for x in f}
+
+
+FIELDS = _fields()
+DEFAULT_FIELDS = "ctid,numproc,status,ip,hostname"
 
 EPILOG = """\
 examples:
   vzlist                      running VEs: CTID NPROC STATUS IP_ADDR HOSTNAME
   vzlist -a                   all VEs, stopped ones too
   vzlist -S                   stopped VEs only
+  vzlist -n                   the default columns and the VE's NAME
   vzlist -o ctid,hostname,ostemplate,layout -H
-  vzlist -j 101               JSON, one object per VE
+  vzlist -o ctid,uptime,laverage,numproc -s -uptime
+                              the longest-running VE first (-s FIELD: ascending)
+  vzlist -a -o ctid,physpages,physpages.l,physpages.f -s -physpages
+                              memory held (4 KiB pages) against the limit, biggest first
+  vzlist -a -h 'web*'         VEs whose hostname matches a shell pattern
+  vzlist -a -N db1 -d '*nightly*'
+                              by name, and by description (shell patterns)
+  vzlist -j 101               JSON: every field of VE 101, numbers as numbers
+  vzlist -1                   CTIDs only, for scripts
+  vzlist -L                   every field with its header and meaning
+
+Values only a running VE has (INITPID, uptime, laverage, and the held, maxheld
+and failcnt of beancounters) are - for a stopped VE (null in JSON); its
+barriers and limits come from CTID.conf.  Sorting puts - last either way.
+laverage is the number of the VE's tasks running or runnable (R) or in
+uninterruptible sleep (D) at this moment: a snapshot, not OpenVZ's decayed
+1/5/15-minute load average (a mainline kernel keeps none per VE).
 
 fields: """
 
 
-def _row(rt: Runtime, st: VeState) -> dict[str, object]:
-    cfg = rt.config(st.ctid)
-    numproc = len(rt.cgroups.procs(str(st.ctid))) if st.running else 0
-    return {
-        "ctid": st.ctid, "veid": st.ctid, "hostname": cfg.get("HOSTNAME") or "-",
-        "ip": cfg.get("IP_ADDRESS") or "-", "status": str(st.status),
-        "numproc": numproc, "ostemplate": cfg.get("OSTEMPLATE") or "-",
-        "layout": cfg.get("VE_LAYOUT") or "plain", "private": str(rt.paths.private(st.ctid)),
-        "root": str(rt.paths.ve_root(st.ctid)), "pid": st.pid or "-",
-        "name": cfg.get("NAME") or "-", "onboot": cfg.get("ONBOOT") or "no",
-        "cpuunits": cfg.get("CPUUNITS") or "-", "numproc.l": cfg.get("NUMPROC") or "-",
-        "physpages": cfg.get("PHYSPAGES") or "-",
+# -- rows ---------------------------------------------------------------------------
+
+def _int_or_text(v: str | None) -> int | str | None:
+    if v is None or v.strip() == "":
+        return None
+    t = v.strip().removesuffix("%")
+    return int(t) if t.isdigit() else v
+
+
+class _Conf:
+    """CTID.conf over vz.conf, as the VE is started with."""
+
+    def __init__(self, cfg: VeConfig, base: VeConfig) -> None:
+        self.cfg, self.base = cfg, base
+
+    def get(self, key: str) -> str | None:
+        v = self.cfg.get(key)
+        return self.base.get(key) if v is None else v
+
+    def barrier_limit(self, key: str) -> tuple[int, int] | None:
+        try:
+            if self.cfg.get(key) is not None:
+                return self.cfg.barrier_limit(key)
+            if self.base.get(key) is not None:
+                return self.base.barrier_limit(key)
+        except ConfigError:
+            return None
+        return None
+
+
+def make_row(rt: Runtime, st: VeState, cfg: VeConfig, base: VeConfig,
+             groups: set[str]) -> Row:
+    """The values of one VE; only the *groups* of fields asked for are read from the
+    kernel (beancounters, task states, init's start time)."""
+    eff = _Conf(cfg, base)
+    name = cfg.get("NAME") or None
+    row: Row = {
+        "ctid": st.ctid, "veid": st.ctid, "smart_name": name or str(st.ctid), "name": name,
+        "hostname": cfg.get("HOSTNAME") or None,
+        "description": cfg.get("DESCRIPTION") or None,
+        "ostemplate": cfg.get("OSTEMPLATE") or None,
+        "ip": cfg.get("IP_ADDRESS") or None,
+        "nameserver": cfg.get("NAMESERVER") or None,
+        "searchdomain": cfg.get("SEARCHDOMAIN") or None,
+        "status": str(st.status), "layout": cfg.get("VE_LAYOUT") or "plain",
+        "private": str(rt.paths.private(st.ctid)), "root": str(rt.paths.ve_root(st.ctid)),
+        "pid": st.pid, "onboot": (cfg.get("ONBOOT") or "no").strip().lower() == "yes",
+        "bootorder": _int_or_text(cfg.get("BOOTORDER")),
+        "cpuunits": _int_or_text(eff.get("CPUUNITS")),
+        "cpulimit": _int_or_text(eff.get("CPULIMIT")),
+        "cpus": _int_or_text(eff.get("CPUS")), "ioprio": _int_or_text(eff.get("IOPRIO")),
+        "laverage": None, "uptime": None,
     }
+    counters: dict[str, Beancounter] = {}
+    procs: list[int] | None = None
+    if st.running and "ubc" in groups:
+        counters = {bc.resource: bc for bc in rt.cgroups.counters(str(st.ctid), cfg)}
+    for res in UBC_RESOURCES:
+        bc = counters.get(res)
+        if bc is not None:
+            row.update({res: bc.held, f"{res}.m": bc.maxheld, f"{res}.b": bc.barrier,
+                        f"{res}.l": bc.limit, f"{res}.f": bc.failcnt})
+            continue
+        bl = eff.barrier_limit(res.upper())
+        row.update({res: None, f"{res}.m": None, f"{res}.f": None,
+                    f"{res}.b": bl[0] if bl else None, f"{res}.l": bl[1] if bl else None})
+    if st.running and "ubc" in groups and "numproc" not in counters:
+        procs = rt.cgroups.procs(str(st.ctid))     # no pids controller: count them
+        row["numproc"] = len(procs)
+    if st.running and st.pid is not None:
+        if "load" in groups:
+            row["laverage"] = stats.runnable_tasks(
+                procs if procs is not None else rt.cgroups.procs(str(st.ctid)))
+        if "uptime" in groups:
+            up = stats.process_uptime(st.pid)
+            row["uptime"] = None if up is None else round(up, 3)
+    return row
 
 
-HEADERS: dict[str, str] = {
-    "ctid": "CTID", "veid": "VEID", "hostname": "HOSTNAME", "ip": "IP_ADDR",
-    "status": "STATUS", "numproc": "NPROC", "ostemplate": "OSTEMPLATE", "layout": "LAYOUT",
-    "private": "PRIVATE", "root": "ROOT", "pid": "INITPID", "name": "NAME",
-    "onboot": "ONBOOT", "cpuunits": "CPUUNITS", "numproc.l": "NUMPROC",
-    "physpages": "PHYSPAGES",
-}
-DEFAULT_FIELDS = "ctid,numproc,status,ip,hostname"
-RIGHT = {"ctid", "veid", "numproc", "pid"}
+def resolve(paths: VzPaths, text: str) -> int:
+    """A CTID given as a number or as the VE's NAME."""
+    if text.isdigit():
+        return check_ctid(text)
+    found = by_name(paths, text)
+    if found is None:
+        raise UsageError(f"{text!r} is neither a CTID nor the name of a VE",
+                         hint="CTIDs are numbers such as 101; a name is given with "
+                              "vzctl set CTID --name NAME --save")
+    return found
 
 
-def cmd_list(args: argparse.Namespace) -> int:
-    rt = Runtime(VzPaths.from_env())
-    fields = [f.strip() for f in args.output.split(",") if f.strip()]
-    bad = [f for f in fields if f not in HEADERS]
-    if bad:
-        raise UsageError(f"unknown field(s) {', '.join(bad)} in -o",
-                         hint="known fields: " + ",".join(HEADERS))
-    ids = [check_ctid(c) for c in args.ctid] or rt.ctids()
-    keep: Callable[[VeState], bool]
-    if args.ctid or args.all:
-        keep = lambda s: True  # noqa: E731
-    elif args.stopped:
-        keep = lambda s: not s.running  # noqa: E731
-    else:
-        keep = lambda s: s.running  # noqa: E731
+def collect(rt: Runtime, args: argparse.Namespace, needed: Iterable[str]) -> list[Row]:
+    """The rows args select (CTIDs, -a/-S, -h/-N/-d), in CTID order."""
+    groups = {FIELDS[f].group for f in needed}
+    ids = sorted({resolve(rt.paths, c) for c in args.ctid}) or rt.ctids()
+    base = rt.global_conf()
     rows = []
     for ctid in ids:
         st = rt.state(ctid)
@@ -70,43 +217,216 @@ def cmd_list(args: argparse.Namespace) -> int:
             if args.ctid:
                 raise UsageError(f"VE {ctid} does not exist")
             continue
-        if keep(st):
-            rows.append(_row(rt, st))
+        if args.stopped:
+            if st.running:
+                continue
+        elif not (args.ctid or args.all) and not st.running:
+            continue
+        cfg = rt.config(ctid)
+        if not (matches(cfg.get("HOSTNAME"), args.hostname)
+                and matches(cfg.get("NAME"), args.name_filter)
+                and matches(cfg.get("DESCRIPTION"), args.description)):
+            continue
+        rows.append(make_row(rt, st, cfg, base, groups))
+    return rows
+
+
+def matches(value: str | None, pattern: str | None) -> bool:
+    """OpenVZ's filters: a shell pattern (fnmatch); a VE without the value never
+    matches a pattern."""
+    if pattern is None:
+        return True
+    if not value:
+        return False
+    return fnmatch.fnmatchcase(value, pattern)
+
+
+# -- sorting and output ---------------------------------------------------------------
+
+def parse_sort(spec: str) -> tuple[str, bool]:
+    """``FIELD`` or ``-FIELD`` -> (field, descending)."""
+    name = spec[1:] if spec.startswith("-") else spec
+    if name not in FIELDS:
+        raise UsageError(f"unknown sort field {name!r} in -s {spec}",
+                         hint="fields: " + ",".join(FIELDS) + " (vzlist -L explains them)")
+    return name, spec.startswith("-")
+
+
+def _key(v: Value) -> tuple[int, float, str]:
+    if isinstance(v, bool):
+        return (0, float(v), "")
+    if isinstance(v, int | float):
+        return (0, float(v), "")
+    return (1, 0.0, str(v))
+
+
+def sort_rows(rows: list[Row], field: str, descending: bool = False) -> list[Row]:
+    """Stable sort on *field*: numbers by value, text by text; rows without a value
+    (shown as -) last in either direction."""
+    have = [r for r in rows if r.get(field) is not None]
+    missing = [r for r in rows if r.get(field) is None]
+    have.sort(key=lambda r: _key(r[field]), reverse=descending)
+    return have + missing
+
+
+def fmt_uptime(seconds: float) -> str:
+    """OpenVZ's uptime column: ``DDDdHHh:MMm:SSs``."""
+    s = int(seconds)
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    mins, secs = divmod(s, 60)
+    return f"{days:03d}d{hours:02d}h:{mins:02d}m:{secs:02d}s"
+
+
+def cell(field: str, v: Value) -> str:
+    if v is None or v == "":
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if FIELDS[field].kind == "uptime" and isinstance(v, int | float):
+        return fmt_uptime(v)
+    return str(v)
+
+
+def table(rows: Sequence[Row], fields: Sequence[str], header: bool = True) -> list[str]:
+    lines = [[cell(f, r[f]) for f in fields] for r in rows]
+    if header:
+        lines.insert(0, [FIELDS[f].header for f in fields])
+    if not lines:
+        return []
+    widths = [max(len(line[i]) for line in lines) for i in range(len(fields))]
+    out = []
+    for line in lines:
+        cells = [c.rjust(w) if FIELDS[f].numeric else c.ljust(w)
+                 for c, w, f in zip(line, widths, fields, strict=True)]
+        out.append(" ".join(cells).rstrip())
+    return out
+
+
+def field_list() -> list[str]:
+    """``vzlist -L``: each field, its header and what it is."""
+    wn = max(len(n) for n in FIELDS)
+    wh = max(len(f.header) for f in FIELDS.values())
+    return [f"{n:<{wn}} {f.header:<{wh}} {f.help}" for n, f in FIELDS.items()]
+
+
+def parse_fields(text: str) -> list[str]:
+    fields = [f.strip() for f in text.split(",") if f.strip()]
+    bad = [f for f in fields if f not in FIELDS]
+    if bad or not fields:
+        raise UsageError(f"unknown field(s) {', '.join(bad) or repr(text)} in -o",
+                         hint="known fields: " + ",".join(FIELDS) + " (vzlist -L)")
+    return fields
+
+
+def output_fields(args: argparse.Namespace) -> list[str]:
+    """-1: the CTID; -o as given; -j: every field; else the default columns.
+    -n adds NAME (after the CTID) when it is not there yet."""
+    if args.only_ids:
+        return ["ctid"]
+    if args.output is not None:
+        fields = parse_fields(args.output)
+    elif args.json:
+        fields = list(FIELDS)
+    else:
+        fields = DEFAULT_FIELDS.split(",")
+    if args.with_name and "name" not in fields:
+        at = next((i + 1 for i, f in enumerate(fields) if f in ("ctid", "veid")), len(fields))
+        fields.insert(at, "name")
+    return fields
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    return run_list(args, lambda: Runtime(VzPaths.from_env()))
+
+
+def run_list(args: argparse.Namespace, runtime: Callable[[], Runtime]) -> int:
+    """What vzlist prints for *args*, on the VEs of ``runtime()``."""
+    if args.list_fields:
+        print("\n".join(field_list()))
+        return 0
+    fields = output_fields(args)
+    sort = parse_sort(args.sort) if args.sort else None
+    rt = runtime()
+    rows = collect(rt, args, [*fields, *([sort[0]] if sort else [])])
+    if sort:
+        rows = sort_rows(rows, *sort)
     if args.json:
         emit_json([{f: r[f] for f in fields} for r in rows])
-        return 0
-    if args.only_ids:
+    elif args.only_ids:
         for r in rows:
             print(r["ctid"])
-        return 0
-    table = [[str(r[f]) for f in fields] for r in rows]
-    if not args.no_header:
-        table.insert(0, [HEADERS[f] for f in fields])
-    widths = [max(len(row[i]) for row in table) for i in range(len(fields))] if table else []
-    for row in table:
-        cells = [c.rjust(w) if f in RIGHT else c.ljust(w)
-                 for c, w, f in zip(row, widths, fields, strict=True)]
-        print(" ".join(cells).rstrip())
+    else:
+        lines = table(rows, fields, header=not args.no_header)
+        if lines:
+            print("\n".join(lines))
     return 0
 
 
+# -- the command line -------------------------------------------------------------
+
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="vzlist", description=__doc__, epilog=EPILOG + ",".join(HEADERS),
+    p = Parser(prog="vzlist", description=__doc__, add_help=False,
+               epilog=EPILOG + ",".join(FIELDS),
+               usage="vzlist [-a | -S] [-n] [-H] [-o FIELD[,FIELD...] | -1] [-s [-]FIELD]\n"
+                     "              [-h PATTERN] [-N PATTERN] [-d PATTERN] [-j] "
+                     "[CTID|NAME ...]\n       vzlist -L",
                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--help", action="help", help="show this help and exit")
     p.add_argument("-a", "--all", action="store_true", help="running and stopped VEs")
     p.add_argument("-S", "--stopped", action="store_true", help="stopped VEs only")
-    p.add_argument("-o", "--output", default=DEFAULT_FIELDS, metavar="FIELDS",
-                   help=f"comma-separated fields (default {DEFAULT_FIELDS})")
+    p.add_argument("-o", "--output", default=None, metavar="FIELDS",
+                   help=f"comma-separated fields (default {DEFAULT_FIELDS}; see -L)")
+    p.add_argument("-s", "--sort", default=None, metavar="[-]FIELD",
+                   help="sort by FIELD, ascending; -FIELD: descending ('-' values last)")
     p.add_argument("-H", "--no-header", action="store_true", help="no header line")
-    p.add_argument("-j", "--json", action="store_true", help="JSON output")
-    p.add_argument("-1", "--only-ids", action="store_true", help="print CTIDs only")
-    p.add_argument("ctid", nargs="*", metavar="CTID", help="only these VEs")
+    p.add_argument("-j", "--json", action="store_true",
+                   help="JSON: a list of objects, every field unless -o names some")
+    p.add_argument("-1", "--only-ids", action="store_true",
+                   help="print CTIDs only (as -H -o ctid)")
+    p.add_argument("-n", "--name", dest="with_name", action="store_true",
+                   help="add the NAME column")
+    p.add_argument("-h", "--hostname", default=None, metavar="PATTERN",
+                   help="only VEs whose hostname matches the shell PATTERN")
+    p.add_argument("-N", "--name_filter", "--name-filter", dest="name_filter", default=None,
+                   metavar="PATTERN", help="only VEs whose NAME matches the shell PATTERN")
+    p.add_argument("-d", "--description", default=None, metavar="PATTERN",
+                   help="only VEs whose description matches the shell PATTERN")
+    p.add_argument("-L", "--list", dest="list_fields", action="store_true",
+                   help="list the fields, their headers and meanings")
+    p.add_argument("ctid", nargs="*", metavar="CTID", help="only these VEs (CTID or NAME)")
     p.set_defaults(func=cmd_list)
     return p
 
 
+def _join_sort(argv: Sequence[str]) -> list[str]:
+    """``-s -FIELD`` as ``--sort=-FIELD``: argparse would take -FIELD for an option."""
+    out: list[str] = []
+    it = iter(argv)
+    for a in it:
+        if a == "--":
+            out += [a, *it]
+            break
+        if a in ("-s", "--sort"):
+            nxt = next(it, None)
+            if nxt is not None and nxt.startswith("-") and nxt != "--":
+                out.append(f"--sort={nxt}")
+                continue
+            out.append(a)
+            if nxt is not None:
+                out.append(nxt)
+            continue
+        out.append(a)
+    return out
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    return build_parser().parse_args(_join_sort(argv))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_main("vzlist", build_parser, argv)
+    args = _join_sort(sys.argv[1:] if argv is None else argv)
+    return run_main("vzlist", build_parser, args)
 
 
 def entry() -> NoReturn:
