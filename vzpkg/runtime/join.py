@@ -33,6 +33,7 @@ from vzpkg.runtime import caps, libc
 from vzpkg.runtime.ns import close_fds_except, ve_env
 
 _NSES = ("ipc", "uts", "net", "cgroup", "mnt")   # the pid namespace: see spawn
+PR_SET_DUMPABLE = 4
 TIOCSCTTY = 0x540E
 TIOCSPTLCK = 0x40045431
 TIOCGPTPEER = 0x5441
@@ -108,6 +109,10 @@ def spawn(spec: JoinSpec) -> Joined:
         try:
             if ours is not None:
                 ours.close()
+            # not dumpable until the exec: no VE process may ptrace us while we still
+            # hold host descriptors (in a user namespace its root would otherwise have
+            # CAP_SYS_PTRACE over us once we join it)
+            libc.prctl(PR_SET_DUMPABLE, 0)
             spec.attach(os.getpid())
             os.close(pidns)
             for fd in fds[1:]:
