@@ -42,7 +42,7 @@ def test_status_and_list_of_nothing(tmp_path: Path) -> None:
     r = run("vzctl", "status", "101", root=tmp_path)
     assert r.stdout.strip() == "VEID 101 deleted unmounted down"
     r = run("vzctl", "stop", "101", root=tmp_path)
-    assert r.returncode == 1 and "does not exist" in r.stderr and "hint" in r.stderr
+    assert r.returncode == 14 and "does not exist" in r.stderr and "hint" in r.stderr
     r = run("vzlist", "-a", root=tmp_path)
     assert r.returncode == 0 and r.stdout.split() == ["CTID", "NPROC", "STATUS", "IP_ADDR",
                                                       "HOSTNAME"]

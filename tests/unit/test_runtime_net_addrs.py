@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vzpkg.core.errors import UsageError
+from vzpkg.core.errors import IpInUseError, UsageError
 from vzpkg.runtime import net, netfilter
 from vzpkg.runtime.paths import VzPaths
 
@@ -51,10 +51,11 @@ def test_an_address_of_another_ve_is_refused(tmp_path: Path) -> None:
     paths.conf_dir.mkdir(parents=True)
     paths.conf(101).write_text('IP_ADDRESS="10.0.0.1 fd00::1/64"\n')
     paths.conf(102).write_text('IP_ADDRESS=""\n')
-    with pytest.raises(UsageError, match=r"10\.0\.0\.1 is already VE 101's address") as ei:
+    with pytest.raises(IpInUseError, match=r"10\.0\.0\.1 is already VE 101's address") as ei:
         net.check_free(paths, 103, [net.parse_ip("10.0.0.9"), net.parse_ip("10.0.0.1")])
     assert ei.value.hint and "--ipdel 10.0.0.1" in ei.value.hint
-    with pytest.raises(UsageError, match="fd00::1 is already VE 101's"):
+    assert ei.value.exit_code == 78    # vzctl's VZ_IP_INUSE
+    with pytest.raises(IpInUseError, match="fd00::1 is already VE 101's"):
         net.check_free(paths, 103, [net.parse_ip("fd00::1/128")])
     net.check_free(paths, 101, [net.parse_ip("10.0.0.1")])   # its own address
     net.check_free(paths, 103, [net.parse_ip("10.0.0.2")])

@@ -11,7 +11,7 @@ from typing import NoReturn
 
 from vzpkg import __version__
 from vzpkg.cli.common import Parser, run_console, run_main
-from vzpkg.core.errors import UsageError, VeError
+from vzpkg.core.errors import UsageError, VeError, VeRunningError
 from vzpkg.core.settings import load_settings
 from vzpkg.runtime import console, params
 from vzpkg.runtime.paths import VzPaths, check_ctid
@@ -83,6 +83,9 @@ def _start(rt: Runtime, ctid: int) -> int:
     if not eventd.enabled():
         return rt.start(ctid)
     rt.config(ctid)             # a VE that does not exist: say so from here
+    if rt.state(ctid).running:  # (and with vzctl's exit status: the helper's has none)
+        raise VeRunningError(f"VE {ctid} is already running",
+                             hint=f"stop it first: vzctl stop {ctid}")
     return eventd.start(rt.paths, ctid)
 
 

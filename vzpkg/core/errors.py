@@ -100,3 +100,55 @@ class MirrorError(VzError):
 
 class VeError(VzError):
     """A runtime (vzctl) operation on a VE failed."""
+
+
+# -- vzctl's exit codes --------------------------------------------------------------
+# Each class below is one of OpenVZ's vzctl exit codes (include/vzerror.h of vzctl),
+# so that scripts written for vzctl read the same status.  A plain VeError is 1.
+
+class ExecError(VeError):
+    """A command could not be run in the VE (VZ_COMMAND_EXECUTION_ERROR)."""
+
+    exit_code = 8
+
+
+class NoVeConfigError(VeError):
+    """The VE has no CTID.conf: it does not exist (VZ_NOVECONFIG)."""
+
+    exit_code = 14
+
+
+class VeNotRunningError(VeError):
+    """The operation needs a running VE (VZ_VE_NOT_RUNNING)."""
+
+    exit_code = 31
+
+
+class VeRunningError(VeError):
+    """The operation needs a stopped VE (VZ_VE_RUNNING)."""
+
+    exit_code = 32
+
+
+class VeExistsError(VeError):
+    """create: the VE, or its private area, already exists (VZ_FS_PRVT_AREA_EXIST)."""
+
+    exit_code = 44
+
+
+class PasswordError(VeError):
+    """set --userpasswd: the VE's chpasswd failed (VZ_CHANGEPASS)."""
+
+    exit_code = 74
+
+
+class IpInUseError(VeError):
+    """The address is another VE's or the host's (VZ_IP_INUSE)."""
+
+    exit_code = 78
+
+
+class NoTemplateError(VeError):
+    """create: no cache of that name (VZ_OSTEMPLATE_NOT_FOUND)."""
+
+    exit_code = 91

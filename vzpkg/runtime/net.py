@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vzpkg.core.errors import ConfigError, UsageError, VeError
+from vzpkg.core.errors import ConfigError, IpInUseError, UsageError, VeError
 from vzpkg.runtime import netfilter, rtnl
 
 if TYPE_CHECKING:
@@ -114,10 +114,10 @@ def check_free(paths: VzPaths, ctid: int, addrs: Iterable[Addr]) -> None:
             with contextlib.suppress(ValueError):
                 ip = ipaddress.ip_interface(text).ip
                 if ip in want:
-                    raise UsageError(f"IP address {ip} is already VE {other}'s address",
-                                     hint=f"pick another address, or take it from VE "
-                                          f"{other} first: vzctl set {other} --ipdel {ip} "
-                                          "--save")
+                    raise IpInUseError(f"IP address {ip} is already VE {other}'s address",
+                                       hint=f"pick another address, or take it from VE "
+                                            f"{other} first: vzctl set {other} --ipdel {ip} "
+                                            "--save")
 
 
 _RTF_REJECT = 0x0200
@@ -166,14 +166,14 @@ def _claimed(addrs: Iterable[Addr], hif: str) -> None:
     for a in addrs:
         ip = str(a.ip)
         if ip in local:
-            raise VeError(f"IP address {a.ip} is an address of this host; a VE cannot "
-                          "have it", hint="remove it from the VE: vzctl set CTID --ipdel "
-                                          f"{a.ip} --save")
+            raise IpInUseError(f"IP address {a.ip} is an address of this host; a VE "
+                               "cannot have it", hint="remove it from the VE: vzctl set "
+                                                      f"CTID --ipdel {a.ip} --save")
         dev = routed.get(ip)
         if dev and dev != hif:
-            raise VeError(f"IP address {a.ip} is already routed to {dev} (another VE?)",
-                          hint=f"an address is never given to two VEs; stop the VE "
-                               f"behind {dev} or take the address from it")
+            raise IpInUseError(f"IP address {a.ip} is already routed to {dev} (another VE?)",
+                               hint=f"an address is never given to two VEs; stop the VE "
+                                    f"behind {dev} or take the address from it")
 
 
 def _failed(exc: OSError) -> VeError:

@@ -17,7 +17,17 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from vzpkg.core.errors import ConfigError, UsageError, VeError
+from vzpkg.core.errors import (
+    ConfigError,
+    ExecError,
+    NoTemplateError,
+    NoVeConfigError,
+    UsageError,
+    VeError,
+    VeExistsError,
+    VeNotRunningError,
+    VeRunningError,
+)
 from vzpkg.core.settings import Settings
 from vzpkg.runtime import dists, idmap, join, layout, net, netfilter, ns, params, state
 from vzpkg.runtime.caches import CacheRef, find_cache
@@ -100,7 +110,7 @@ class Runtime:
     def config(self, ctid: int) -> VeConfig:
         conf = self.paths.conf(ctid)
         if not conf.exists():
-            raise VeError(f"VE {ctid} does not exist (no {conf})",
+            raise NoVeConfigError(f"VE {ctid} does not exist (no {conf})",
                           hint=f"create it: vzctl create {ctid} --ostemplate NAME")
         return VeConfig.load(conf)
 
@@ -113,7 +123,8 @@ class Runtime:
         self.config(ctid)
         pid = state.running_pid(self.paths.pidfile(ctid))
         if pid is None:
-            raise VeError(f"VE {ctid} is not running", hint=f"start it: vzctl start {ctid}")
+            raise VeNotRunningError(f"VE {ctid} is not running",
+                                    hint=f"start it: vzctl start {ctid}")
         return pid
 
     # -- create ------------------------------------------------------------
@@ -123,7 +134,7 @@ class Runtime:
             ref = self._pull(name)
         if ref is None:
             where = ", ".join(str(d) for d in self.cache_dirs)
-            raise VeError(f"no cache named {name!r} in {where}",
+            raise NoTemplateError(f"no cache named {name!r} in {where}",
                           hint=f"build it (vzpkg build {name}), pull it (vzpkg pull {name}), "
                                "or point --cache-dir / $VZPKG_CACHE_DIR at it")
         return ref
@@ -147,8 +158,12 @@ class Runtime:
             net.check_free(self.paths, ctid, addrs)
             conf_path = self.paths.conf(ctid)
             if conf_path.exists():
-                raise VeError(f"VE {ctid} already exists ({conf_path})",
-                              hint=f"pick another CTID, or vzctl destroy {ctid} first")
+                raise VeExistsError(f"VE {ctid} already exists ({conf_path})",
+                                    hint=f"pick another CTID, or vzctl destroy {ctid} first")
+            if os.path.lexists(self.paths.private(ctid)):
+                raise VeExistsError(f"VE {ctid}: its private area {self.paths.private(ctid)} "
+                                    "already exists, with no CTID.conf",
+                                    hint="remove that directory, or pick another CTID")
             g = self.global_conf()
             lay_s = layout_name or g.get("VE_LAYOUT") or "plain"
             try:
@@ -208,7 +223,8 @@ class Runtime:
         with self.locked(ctid):
             cfg = self.config(ctid)
             if state.running_pid(self.paths.pidfile(ctid)) is not None:
-                raise VeError(f"VE {ctid} is already running")
+                raise VeRunningError(f"VE {ctid} is already running",
+                                     hint=f"stop it first: vzctl stop {ctid}")
             self._cleanup(ctid)  # whatever a crashed VE left behind
             try:
                 return self._start(ctid, cfg, console)
@@ -307,7 +323,7 @@ class Runtime:
                 if self._leftovers(ctid):  # init died behind our back: tidy up
                     self._cleanup(ctid)
                     return
-                raise VeError(f"VE {ctid} is not running")
+                raise VeNotRunningError(f"VE {ctid} is not running")
             self._stop(ctid, pid, fast=fast, timeout=timeout)
 
     def _leftovers(self, ctid: int) -> bool:
@@ -326,7 +342,7 @@ class Runtime:
         with self.locked(ctid):
             self.config(ctid)
             if state.running_pid(self.paths.pidfile(ctid)) is not None:
-                raise VeError(f"VE {ctid} is running", hint=f"stop it: vzctl stop {ctid}")
+                raise VeRunningError(f"VE {ctid} is running", hint=f"stop it: vzctl stop {ctid}")
             layout.umount(self.paths, ctid)
 
     def _stop(self, ctid: int, pid: int, *, fast: bool, timeout: float | None) -> None:
@@ -381,9 +397,30 @@ class Runtime:
                 from vzpkg.runtime import console
                 return console.run(self, ctid, list(argv), pty=ttys)
         cg = self.cgroups
-        return join.join(join.JoinSpec(pid=pid, argv=list(argv), stdio=stdio,
-                                       attach=lambda p: cg.attach(str(ctid), p),
-                                       userns=self.userns(ctid)))
+        words = list(argv)
+        r, w = _report_pipe()   # says why the command could not be run
+        try:
+            code = join.join(join.JoinSpec(pid=pid, argv=words, stdio=stdio,
+                                           func=lambda: _exec_or_report(words, w),
+                                           attach=lambda p: cg.attach(str(ctid), p),
+                                           userns=self.userns(ctid)))
+            os.close(w)
+            w = -1
+            why = os.read(r, 1024).decode(errors="replace")
+        except VeError as exc:
+            if type(exc) is not VeError:
+                raise
+            raise ExecError(f"VE {ctid}: cannot run {words[0]}: {exc.message}",
+                            hint=exc.hint) from None
+        finally:
+            for fd in (r, w):
+                if fd >= 0:
+                    os.close(fd)
+        if why:
+            raise ExecError(f"VE {ctid}: cannot run {words[0]}: {why}",
+                            hint="give the full path of a program the VE has, "
+                                 f"e.g. vzctl exec2 {ctid} /bin/ls")
+        return code
 
     def run_shell(self, ctid: int, command: str,
                   stdio: tuple[int, int, int] | None = None) -> int:
@@ -408,7 +445,7 @@ class Runtime:
         with self.locked(ctid):
             conf = self.paths.conf(ctid)
             if not conf.exists() and not self.paths.private(ctid).exists():
-                raise VeError(f"VE {ctid} does not exist")
+                raise NoVeConfigError(f"VE {ctid} does not exist")
             pid = state.running_pid(self.paths.pidfile(ctid))
             if pid is not None:
                 self._stop(ctid, pid, fast=False, timeout=None)
@@ -441,6 +478,30 @@ def _receive_console(sock: socket.socket) -> int | None:
         return None
     os.set_inheritable(fds[0], False)
     return fds[0]
+
+
+def _report_pipe() -> tuple[int, int]:
+    """A close-on-exec pipe above fds 0-2 (which the child may replace)."""
+    ends = []
+    for fd in os.pipe():
+        ends.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3))
+        os.close(fd)
+    return ends[0], ends[1]
+
+
+def _exec_or_report(argv: list[str], report: int) -> int:
+    """In the joined, confined child: become *argv*; if that fails, say why on
+    *report* (close-on-exec: a command that runs closes it unwritten)."""
+    ns.close_fds_except(report)
+    try:
+        os.execvpe(argv[0], argv, ns.ve_env())
+    except OSError as exc:
+        why = ("no such command in the VE" if isinstance(exc, FileNotFoundError)
+               else exc.strerror or str(exc))
+        with contextlib.suppress(OSError):
+            os.write(report, why.encode())
+        return 127 if isinstance(exc, FileNotFoundError) else 126
+    return 126  # not reached: execvpe returns only by raising
 
 
 def state_pid_gone(pid: int) -> bool:

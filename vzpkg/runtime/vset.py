@@ -6,7 +6,7 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from vzpkg.core.errors import UsageError, VeError
+from vzpkg.core.errors import PasswordError, UsageError, VeError
 from vzpkg.runtime import dists, join, layout, net, ns, state
 from vzpkg.runtime.derived import addrs_of, dist_setup, ids_of, layout_of
 
@@ -87,9 +87,9 @@ def set_passwords(rt: Runtime, ctid: int, pairs: Sequence[str]) -> None:
     else:
         code, text = run_stopped(rt, ctid, ["/bin/sh", "-c", "exec chpasswd"], data)
     if code != 0:
-        raise VeError(f"chpasswd in VE {ctid} failed ({code}): {text.strip()}",
-                      hint="the VE needs chpasswd (from passwd or busybox) and the user "
-                           "must exist in it")
+        raise PasswordError(f"chpasswd in VE {ctid} failed ({code}): {text.strip()}",
+                            hint="the VE needs chpasswd (from passwd or busybox) and the "
+                                 "user must exist in it")
 
 
 def apply(rt: Runtime, ctid: int, values: dict[str, str], *,

@@ -1,0 +1,88 @@
+"""vzctl as OpenVZ's vzctl behaves (issue 13, section 4): exit codes of vzerror.h,
+the status line, destroy of a running VE, addresses and names given twice, the
+VE's lock, live set, DNS inherited from the host, vz.conf's paths, a VE of a layout
+this vzctl does not run, and --ioprio without BFQ.  Real VEs (CTIDs 9700-9799)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.runtime_helpers import destroy_all, runtime_for, vzctl_cli
+from vzpkg.runtime.ve import Runtime
+
+pytestmark = [pytest.mark.root,
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
+
+
+@pytest.fixture(scope="module")
+def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
+    r = runtime_for(tmp_path_factory.mktemp("parity"))
+    yield r
+    destroy_all(r)
+
+
+def fails(r: object, code: int, *words: str) -> None:
+    """The vzctl run *r* failed with *code*, a message for people and no traceback."""
+    import subprocess
+    assert isinstance(r, subprocess.CompletedProcess)
+    assert r.returncode == code, (r.returncode, r.stderr)
+    assert r.stderr.startswith("vzctl: error: ") and "Traceback" not in r.stderr, r.stderr
+    for w in words:
+        assert w in r.stderr, (w, r.stderr)
+
+
+# -- 1. exit codes --------------------------------------------------------------------
+
+def test_exit_codes_of_the_lifecycle(rt: Runtime) -> None:
+    ctid = 9701
+    fails(vzctl_cli(rt, "start", str(ctid)), 14, f"VE {ctid} does not exist")
+    fails(vzctl_cli(rt, "create", str(ctid), "--ostemplate", "nosuch-1"), 91,
+          "no cache named 'nosuch-1")
+    assert not rt.paths.conf(ctid).exists()
+    r = vzctl_cli(rt, "create", str(ctid), "--ostemplate", "busybox-1")
+    assert r.returncode == 0, r.stderr
+    try:
+        fails(vzctl_cli(rt, "create", str(ctid), "--ostemplate", "busybox-1"), 44,
+              f"VE {ctid} already exists")
+        fails(vzctl_cli(rt, "exec", str(ctid), "true"), 31, f"VE {ctid} is not running")
+        fails(vzctl_cli(rt, "stop", str(ctid)), 31, f"VE {ctid} is not running")
+        assert vzctl_cli(rt, "start", str(ctid)).returncode == 0
+        fails(vzctl_cli(rt, "start", str(ctid)), 32, f"VE {ctid} is already running")
+        fails(vzctl_cli(rt, "umount", str(ctid)), 32, f"VE {ctid} is running")
+        # a command that could not be run at all: 8; a command that ran: its status
+        fails(vzctl_cli(rt, "exec2", str(ctid), "no-such-command"), 8,
+              f"VE {ctid}: cannot run no-such-command: no such command in the VE")
+        fails(vzctl_cli(rt, "exec2", str(ctid), "/etc/hostname"), 8,
+              "cannot run /etc/hostname: Permission denied")
+        assert vzctl_cli(rt, "exec", str(ctid), "exit 7").returncode == 7
+        assert vzctl_cli(rt, "exec2", str(ctid), "false").returncode == 1
+        fails(vzctl_cli(rt, "set", str(ctid), "--userpasswd", "nobody-here:pw"), 74,
+              "chpasswd in VE")
+    finally:
+        rt.destroy(ctid)
+    # a private area left without a CTID.conf is not overwritten: 44 as well
+    rt.paths.private(ctid).mkdir(parents=True)
+    try:
+        fails(vzctl_cli(rt, "create", str(ctid), "--ostemplate", "busybox-1"), 44,
+              "private area")
+        assert not rt.paths.conf(ctid).exists()
+    finally:
+        rt.paths.private(ctid).rmdir()
+
+
+def test_an_address_in_use_is_exit_78(rt: Runtime) -> None:
+    rt.create(9702, "busybox-1", ipadd=["198.18.97.2"])
+    rt.create(9703, "busybox-1")
+    try:
+        fails(vzctl_cli(rt, "create", "9704", "--ostemplate", "busybox-1",
+                        "--ipadd", "198.18.97.2"), 78, "198.18.97.2 is already VE 9702's")
+        assert not rt.paths.conf(9704).exists()
+        fails(vzctl_cli(rt, "set", "9703", "--ipadd", "198.18.97.2", "--save"), 78,
+              "198.18.97.2 is already VE 9702's")
+        assert "198.18.97.2" not in rt.paths.conf(9703).read_text()
+    finally:
+        rt.destroy(9702)
+        rt.destroy(9703)
