@@ -21,7 +21,7 @@ if [ -d /lib/systemd/system ] || [ -d /usr/lib/systemd/system ]; then
                 systemd-modules-load.service systemd-remount-fs.service \
                 systemd-udevd.service systemd-udev-trigger.service \
                 systemd-udev-settle.service proc-sys-fs-binfmt_misc.automount \
-                systemd-binfmt.service; do
+                systemd-binfmt.service systemd-journald-audit.socket; do
         mask "$unit"
     done
     # each VE makes its own ssh host keys on its first boot (the cache has none)
