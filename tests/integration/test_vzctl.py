@@ -64,13 +64,13 @@ def test_lifecycle_cli(rt: Runtime, lay: str) -> None:
               "--hostname", f"ve{ctid}")
     assert r.returncode == 0, r.stderr
     assert vzctl(rt, "status", str(ctid)).stdout.strip() == \
-        f"VEID {ctid} exist unmounted down"
+        f"CTID {ctid} exist unmounted down"
     assert rt.config(ctid).get("VE_LAYOUT") == lay
     assert rt.config(ctid).get("OSTEMPLATE") == BB
     r = vzctl(rt, "start", str(ctid))
     assert r.returncode == 0, r.stderr
     assert vzctl(rt, "status", str(ctid)).stdout.strip() == \
-        f"VEID {ctid} exist mounted running"
+        f"CTID {ctid} exist mounted running"
     r = vzctl(rt, "exec", str(ctid), "hostname; echo out; echo err >&2; exit 7")
     assert r.returncode == 7
     assert r.stdout.split() == [f"ve{ctid}", "out"]
@@ -91,12 +91,12 @@ def test_lifecycle_cli(rt: Runtime, lay: str) -> None:
     r = vzctl(rt, "stop", str(ctid))
     assert r.returncode == 0, r.stderr
     assert vzctl(rt, "status", str(ctid)).stdout.strip() == \
-        f"VEID {ctid} exist unmounted down"
+        f"CTID {ctid} exist unmounted down"
     assert vzctl(rt, "exec", str(ctid), "true").returncode != 0
     assert vzctl(rt, "restart", str(ctid)).returncode == 0
     assert vzctl(rt, "destroy", str(ctid)).returncode == 0
     assert vzctl(rt, "status", str(ctid)).stdout.strip() == \
-        f"VEID {ctid} deleted unmounted down"
+        f"CTID {ctid} deleted unmounted down"
     assert host_leftovers(rt, ctid) == []
     assert not any(rt.paths.root.joinpath("shared").iterdir())
 
@@ -156,7 +156,7 @@ def test_status_survives_stale_pidfile(rt: Runtime) -> None:
         while rt.state(9205).running and time.monotonic() < deadline:
             time.sleep(0.02)
         assert rt.paths.pidfile(9205).exists()
-        assert rt.state(9205).line() == "VEID 9205 exist mounted down"
+        assert rt.state(9205).line() == "CTID 9205 exist mounted down"
         # a pid file naming a live but unrelated process is stale too
         rt.paths.pidfile(9205).write_text(f"{os.getpid()} 1\n")
         assert not rt.state(9205).running
@@ -166,7 +166,7 @@ def test_status_survives_stale_pidfile(rt: Runtime) -> None:
         time.sleep(0.2)
         r = vzctl(rt, "stop", "9205")  # stop tidies up after a VE that died
         assert r.returncode == 0, r.stderr
-        assert rt.state(9205).line() == "VEID 9205 exist unmounted down"
+        assert rt.state(9205).line() == "CTID 9205 exist unmounted down"
         assert vzctl(rt, "stop", "9205").returncode == 31     # VZ_VE_NOT_RUNNING
         assert vzctl(rt, "mount", "9205").returncode == 0
         assert (rt.paths.ve_root(9205) / "etc/os-release").exists()
@@ -226,7 +226,7 @@ def test_set_hostname_dns_password(rt: Runtime) -> None:
         assert r.returncode != 0 and "--save" in r.stderr
         assert vzctl(rt, "set", str(ctid), "--name", "webby", "--save").returncode == 0
         assert vzctl(rt, "status", "webby").stdout.strip() == \
-            f"VEID {ctid} exist unmounted down"
+            f"CTID {ctid} exist unmounted down"
         assert vzctl(rt, "status", "nobody-has-this").returncode == 2
         rt.start(ctid)
         r = vzctl(rt, "set", str(ctid), "--hostname", "after.example", "--nameserver",
@@ -297,7 +297,7 @@ def test_failed_start_leaves_nothing_running(rt: Runtime) -> None:
         r = vzctl(rt, "start", str(ctid))
         assert r.returncode == 1 and "start failed" in r.stderr, r.stderr
         assert "Traceback" not in r.stderr
-        assert rt.state(ctid).line() == f"VEID {ctid} exist unmounted down"
+        assert rt.state(ctid).line() == f"CTID {ctid} exist unmounted down"
         assert not rt.cgroups.exists(str(ctid))
         assert not net.link_exists(rt.paths.host_ifname(ctid))
         assert not rt.paths.pidfile(ctid).exists()

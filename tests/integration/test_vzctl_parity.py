@@ -86,3 +86,27 @@ def test_an_address_in_use_is_exit_78(rt: Runtime) -> None:
     finally:
         rt.destroy(9702)
         rt.destroy(9703)
+
+
+# -- 2. the status line -----------------------------------------------------------------
+
+def test_status_line_is_openvzs(rt: Runtime) -> None:
+    ctid = 9705
+
+    def status() -> str:
+        r = vzctl_cli(rt, "status", str(ctid))
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    assert status() == f"CTID {ctid} deleted unmounted down\n"
+    rt.create(ctid, "busybox-1")
+    try:
+        assert status() == f"CTID {ctid} exist unmounted down\n"
+        rt.mount(ctid)
+        assert status() == f"CTID {ctid} exist mounted down\n"
+        rt.umount(ctid)
+        rt.start(ctid)
+        assert status() == f"CTID {ctid} exist mounted running\n"
+    finally:
+        rt.destroy(ctid)
+    assert status() == f"CTID {ctid} deleted unmounted down\n"

@@ -40,7 +40,7 @@ def test_usage_errors_exit_2_without_traceback(tmp_path: Path) -> None:
 
 def test_status_and_list_of_nothing(tmp_path: Path) -> None:
     r = run("vzctl", "status", "101", root=tmp_path)
-    assert r.stdout.strip() == "VEID 101 deleted unmounted down"
+    assert r.stdout.strip() == "CTID 101 deleted unmounted down"    # as OpenVZ's
     r = run("vzctl", "stop", "101", root=tmp_path)
     assert r.returncode == 14 and "does not exist" in r.stderr and "hint" in r.stderr
     r = run("vzlist", "-a", root=tmp_path)

@@ -28,7 +28,7 @@ examples:
   vzctl set 101 --ipadd fd00::101 --nameserver 10.0.0.1 --save
   vzctl set 101 --numproc 200:200 --ram 512M --cpuunits 2000 --save
   vzctl set 101 --userpasswd root:secret
-  vzctl status 101                VEID 101 exist mounted running
+  vzctl status 101                CTID 101 exist mounted running
   vzctl ubc 101                   beancounters: which limit did the VE hit?
   vzctl stop 101 [--fast]
   vzctl destroy 101
@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, metavar="SEC",
                    help="wait this long for init (default: VE_STOP_TIMEOUT in vz.conf)")
     cmd("restart", cmd_restart, "stop (if running) and start a VE")
-    cmd("status", cmd_status, "print: VEID N exist|deleted mounted|unmounted running|down")
+    cmd("status", cmd_status, "print: CTID N exist|deleted mounted|unmounted running|down")
     for name, what in (("exec", "run a command line in a VE through /bin/sh -c ('-': "
                                 "read it from stdin); exit status is the command's"),
                        ("exec2", "run a command in a VE without a shell; exit status is "

@@ -65,7 +65,7 @@ class VeState:
         return Status.MOUNTED if self.mounted else Status.STOPPED
 
     def line(self) -> str:
-        return (f"VEID {self.ctid} {'exist' if self.exists else 'deleted'} "
+        return (f"CTID {self.ctid} {'exist' if self.exists else 'deleted'} "
                 f"{'mounted' if self.mounted else 'unmounted'} "
                 f"{'running' if self.running else 'down'}")
 
