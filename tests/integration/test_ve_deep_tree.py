@@ -37,7 +37,7 @@ def test_destroy_a_ve_with_a_very_deep_tree(rt: Runtime) -> None:
     code, out = sh(rt, ctid, DEEP)
     assert (code, out.strip()) == (0, "made"), out
     env = {"VZ_ROOT": str(rt.paths.root), "VZPKG_CACHE_DIR": str(rt.cache_dirs[0])}
-    r = run_cli("vzctl", ["destroy", str(ctid)], env=env, timeout=300)
+    r = run_cli("vzctl", ["destroy", "--force", str(ctid)], env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr
     assert not rt.paths.private(ctid).exists()

@@ -94,7 +94,7 @@ def test_lifecycle_cli(rt: Runtime, lay: str) -> None:
         f"CTID {ctid} exist unmounted down"
     assert vzctl(rt, "exec", str(ctid), "true").returncode != 0
     assert vzctl(rt, "restart", str(ctid)).returncode == 0
-    assert vzctl(rt, "destroy", str(ctid)).returncode == 0
+    assert vzctl(rt, "destroy", str(ctid), "--force").returncode == 0   # stops it first
     assert vzctl(rt, "status", str(ctid)).stdout.strip() == \
         f"CTID {ctid} deleted unmounted down"
     assert host_leftovers(rt, ctid) == []

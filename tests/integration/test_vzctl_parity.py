@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.runtime_helpers import destroy_all, runtime_for, vzctl_cli
+from vzpkg.runtime import state
 from vzpkg.runtime.ve import Runtime
 
 pytestmark = [pytest.mark.root,
@@ -110,3 +111,26 @@ def test_status_line_is_openvzs(rt: Runtime) -> None:
     finally:
         rt.destroy(ctid)
     assert status() == f"CTID {ctid} deleted unmounted down\n"
+
+
+# -- 3. destroy of a running VE -----------------------------------------------------------
+
+def test_destroy_refuses_a_running_ve_unless_forced(rt: Runtime) -> None:
+    ctid = 9706
+    rt.create(ctid, "busybox-1")
+    try:
+        pid = rt.start(ctid)
+        fails(vzctl_cli(rt, "destroy", str(ctid)), 32, f"VE {ctid} is running",
+              f"vzctl destroy {ctid} --force")
+        assert rt.state(ctid).pid == pid and rt.paths.private(ctid).is_dir()
+        r = vzctl_cli(rt, "destroy", str(ctid), "--force")
+        assert r.returncode == 0, r.stderr
+        assert not rt.state(ctid).exists and not rt.paths.private(ctid).exists()
+        info = state.proc_start_time(pid)     # gone, or a zombie of this test
+        assert info is None or info[0] == "Z", info
+        rt.create(ctid, "busybox-1")                 # a stopped VE needs no --force
+        assert vzctl_cli(rt, "destroy", str(ctid)).returncode == 0
+        assert not rt.state(ctid).exists
+    finally:
+        if rt.state(ctid).exists:
+            rt.destroy(ctid)

@@ -43,4 +43,4 @@ def test_release_builds_and_runs(tmp_path: Path, release: str, codename: str,
         failed = failed_units(vzctl("exec", str(ctid), "systemctl --failed --plain --no-legend"))
         assert failed <= KNOWN_FAILED_UNITS, failed
     finally:
-        run_cli("vzctl", ["destroy", str(ctid)], env=env)
+        run_cli("vzctl", ["destroy", "--force", str(ctid)], env=env)

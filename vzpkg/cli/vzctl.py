@@ -177,7 +177,7 @@ def cmd_ubc(args: argparse.Namespace) -> int:
 
 
 def cmd_destroy(args: argparse.Namespace) -> int:
-    _rt(args).destroy(args.ctid)
+    _rt(args).destroy(args.ctid, stop=args.force)
     _say(args, f"VE {args.ctid} destroyed")
     return 0
 
@@ -303,8 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_boot)
     cmd("mount", cmd_mount, "mount a stopped VE's root on $VZ_ROOT/root/CTID")
     cmd("umount", cmd_umount, "unmount a stopped VE's root")
-    cmd("destroy", cmd_destroy, "stop and remove a VE: files, config, cgroup, network",
-        aliases=("delete",))
+    d = cmd("destroy", cmd_destroy, "remove a stopped VE: files, config, cgroup, network",
+            aliases=("delete",))
+    d.add_argument("--force", action="store_true",
+                   help="stop the VE first if it runs (without it a running VE is refused, "
+                        "exit status 32)")
     return p
 
 

@@ -441,12 +441,18 @@ class Runtime:
         from vzpkg.runtime import vset
         return vset.apply(self, ctid, values, userpasswd=userpasswd, save=save)
 
-    def destroy(self, ctid: int) -> None:
+    def destroy(self, ctid: int, *, stop: bool = True) -> None:
+        """Remove the VE.  A running VE is stopped first; with ``stop=False`` (vzctl
+        destroy without --force, as OpenVZ's) it is refused instead."""
         with self.locked(ctid):
             conf = self.paths.conf(ctid)
             if not conf.exists() and not self.paths.private(ctid).exists():
                 raise NoVeConfigError(f"VE {ctid} does not exist")
             pid = state.running_pid(self.paths.pidfile(ctid))
+            if pid is not None and not stop:
+                raise VeRunningError(f"VE {ctid} is running; it was not destroyed",
+                                     hint=f"stop it first (vzctl stop {ctid}), or "
+                                          f"vzctl destroy {ctid} --force")
             if pid is not None:
                 self._stop(ctid, pid, fast=False, timeout=None)
             self._cleanup(ctid)
