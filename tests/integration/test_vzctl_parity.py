@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.runtime_helpers import destroy_all, runtime_for, vzctl_cli
+from tests.runtime_helpers import destroy_all, runtime_for, sh, vzctl_cli
 from vzpkg.runtime import state
 from vzpkg.runtime.ve import Runtime
 
@@ -134,3 +134,33 @@ def test_destroy_refuses_a_running_ve_unless_forced(rt: Runtime) -> None:
     finally:
         if rt.state(ctid).exists:
             rt.destroy(ctid)
+
+
+# -- 4. an address or a name given twice --------------------------------------------------
+
+def test_an_address_or_a_name_is_never_given_twice(rt: Runtime) -> None:
+    rt.create(9707, "busybox-1", ipadd=["198.18.97.7"])
+    rt.create(9708, "busybox-1")
+    conf = rt.paths.conf(9707)
+    good = conf.read_text()
+    try:
+        conf.write_text(good + 'CPUUNITS="lots"\n')     # 9707 does not load: still its address
+        fails(vzctl_cli(rt, "create", "9709", "--ostemplate", "busybox-1",
+                        "--ipadd", "198.18.97.7"), 78, "198.18.97.7 is already VE 9707's")
+        conf.write_text(good)
+        rt.start(9708)
+        fails(vzctl_cli(rt, "set", "9708", "--ipadd", "198.18.97.7"), 78,
+              "198.18.97.7 is already VE 9707's")
+        assert "198.18.97.7" not in sh(rt, 9708, "ip -o addr")[1]
+        assert vzctl_cli(rt, "set", "9707", "--name", "web", "--save").returncode == 0
+        fails(vzctl_cli(rt, "set", "9708", "--name", "web", "--save"), 131,
+              "the name 'web' is already VE 9707's", "vzctl set 9707 --name NEW --save")
+        assert "NAME" not in rt.paths.conf(9708).read_text()
+        r = vzctl_cli(rt, "set", "9707", "--name", "web", "--save")   # its own name again
+        assert r.returncode == 0, r.stderr
+        assert vzctl_cli(rt, "status", "web").stdout == "CTID 9707 exist unmounted down\n"
+    finally:
+        conf.write_text(good)
+        rt.destroy(9707)
+        rt.destroy(9708)
+        assert not rt.paths.conf(9709).exists()

@@ -62,6 +62,17 @@ def test_an_address_of_another_ve_is_refused(tmp_path: Path) -> None:
     net.check_free(paths, 103, [])
 
 
+def test_a_ve_with_a_bad_line_keeps_its_address(tmp_path: Path) -> None:
+    """A CTID.conf that does not load (a bad value, a layout this vzctl does not run,
+    a line that does not parse) still holds its addresses against other VEs."""
+    paths = VzPaths(tmp_path)
+    paths.conf_dir.mkdir(parents=True)
+    paths.conf(101).write_text('CPUUNITS="lots"\nVE_LAYOUT="ploop"\nthis is not a line\n'
+                               'IP_ADDRESS="10.0.0.1"\n')
+    with pytest.raises(IpInUseError, match=r"10\.0\.0\.1 is already VE 101's address"):
+        net.check_free(paths, 102, [net.parse_ip("10.0.0.1")])
+
+
 @pytest.mark.parametrize("root", ["/vz", "/srv/vz-a", "/tmp/x/vz", "/var/lib/vz2"])
 def test_filter_table_follows_the_roots_tag(root: str) -> None:
     """net.py only knows the host interface name; it must find the root's table."""

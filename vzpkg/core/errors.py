@@ -152,3 +152,9 @@ class NoTemplateError(VeError):
     """create: no cache of that name (VZ_OSTEMPLATE_NOT_FOUND)."""
 
     exit_code = 91
+
+
+class NameInUseError(VeError):
+    """set --name: another VE has that name (VZ_SET_NAME_ERROR)."""
+
+    exit_code = 131

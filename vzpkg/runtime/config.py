@@ -260,6 +260,26 @@ def default_global_conf() -> str:
     return _GLOBAL
 
 
+def lenient_values(path: Path) -> dict[str, str]:
+    """What a CTID.conf assigns, without checking the values, skipping the lines that
+    do not parse; empty when it cannot be read.  For the checks that span every VE
+    (an address or a name given twice): a VE whose configuration has a bad line
+    still holds its address and its name."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return {}
+    out: dict[str, str] = {}
+    for n, raw in enumerate(text.splitlines(), 1):
+        try:
+            cl = parse_line(raw, f"{path}:{n}")
+        except ConfigError:
+            continue
+        if cl.key is not None and cl.value is not None:
+            out[cl.key] = cl.value
+    return out
+
+
 def load_global(vz_root: Path) -> VeConfig:
     """``VZ_ROOT/etc/vz/vz.conf``, or the built-in defaults when it is absent."""
     path = etc_dir(vz_root) / "vz.conf"

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vzpkg.core.errors import ConfigError, IpInUseError, UsageError, VeError
+from vzpkg.core.errors import IpInUseError, UsageError, VeError
 from vzpkg.runtime import netfilter, rtnl
 
 if TYPE_CHECKING:
@@ -98,18 +98,16 @@ def parse_ip(text: str) -> Addr:
 
 def check_free(paths: VzPaths, ctid: int, addrs: Iterable[Addr]) -> None:
     """Refuse an address that another VE of this VZ_ROOT already has (in its
-    configuration, running or not): an address is never given to two VEs."""
-    from vzpkg.runtime.config import VeConfig
+    configuration, running or not, even one with a bad line elsewhere): an address
+    is never given to two VEs."""
+    from vzpkg.runtime.config import lenient_values
     want = {a.ip: a for a in addrs}
     if not want:
         return
     for other in paths.ctids():
         if other == ctid:
             continue
-        try:
-            listed = (VeConfig.load(paths.conf(other)).get("IP_ADDRESS") or "").split()
-        except ConfigError:
-            continue
+        listed = (lenient_values(paths.conf(other)).get("IP_ADDRESS") or "").split()
         for text in listed:
             with contextlib.suppress(ValueError):
                 ip = ipaddress.ip_interface(text).ip

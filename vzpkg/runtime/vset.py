@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from vzpkg.core.errors import PasswordError, UsageError, VeError
+from vzpkg.core.errors import NameInUseError, PasswordError, UsageError, VeError
 from vzpkg.runtime import dists, join, layout, net, ns, state
+from vzpkg.runtime.config import lenient_values
 from vzpkg.runtime.derived import addrs_of, dist_setup, ids_of, layout_of
 
 if TYPE_CHECKING:
@@ -95,7 +97,10 @@ def set_passwords(rt: Runtime, ctid: int, pairs: Sequence[str]) -> None:
 def apply(rt: Runtime, ctid: int, values: dict[str, str], *,
           userpasswd: Sequence[str] = (), save: bool = False) -> list[str]:
     notes: list[str] = []
-    with rt.locked(ctid):
+    # addresses and names are the root's: checked and taken under its lock, as create does
+    root_wide = "IP_ADDRESS" in values or "NAME" in values
+    with rt.locked(ctid), (state.flocked(rt.paths.root / "lock" / "ids.lck") if root_wide
+                           else contextlib.nullcontext()):
         cfg = rt.config(ctid)
         pid = state.running_pid(rt.paths.pidfile(ctid))
         cur = addrs_of(cfg)
@@ -107,6 +112,8 @@ def apply(rt: Runtime, ctid: int, values: dict[str, str], *,
             removed = [a for a in cur if all(a.ip != w.ip for w in want)]
             added = [w for w in want if all(a.ip != w.ip for a in cur)]
             net.check_free(rt.paths, ctid, added)
+        if new_vals.get("NAME"):
+            _check_name_free(rt, ctid, new_vals["NAME"])
         if pid is None and not save and new_vals:
             raise UsageError(f"VE {ctid} is not running, so nothing would change",
                              hint="add --save to store the settings for its next start")
@@ -127,6 +134,15 @@ def apply(rt: Runtime, ctid: int, values: dict[str, str], *,
             new_cfg.save(rt.paths.conf(ctid))
             notes.append(f"saved to {rt.paths.conf(ctid)}")
     return notes
+
+
+def _check_name_free(rt: Runtime, ctid: int, name: str) -> None:
+    """Refuse a NAME another VE of the root has: a name stands for one VE."""
+    for other in rt.paths.ctids():
+        if other != ctid and lenient_values(rt.paths.conf(other)).get("NAME") == name:
+            raise NameInUseError(f"the name {name!r} is already VE {other}'s",
+                                 hint=f"pick another name, or give VE {other} another one "
+                                      f"first: vzctl set {other} --name NEW --save")
 
 
 def _live_dist(rt: Runtime, ctid: int, pid: int, setup: dists.DistSetup,
