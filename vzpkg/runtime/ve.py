@@ -182,6 +182,7 @@ class Runtime:
                 userns = (cfg.get("VE_USERNS") or g.get("VE_USERNS") or "yes") != "no"
             vals["VE_USERNS"] = "yes" if userns else "no"
             if userns:
+                self._check_idmap()
                 vals["VE_IDMAP"] = str(self._allocate_ids(g))
             if addrs:
                 vals["IP_ADDRESS"] = " ".join(
@@ -195,6 +196,18 @@ class Runtime:
                 layout.destroy(self.paths, ctid, lay)
                 conf_path.unlink(missing_ok=True)
                 raise
+
+    def _check_idmap(self) -> None:
+        """A user-namespaced VE's root is an idmapped mount: the file system of the
+        private areas must take one."""
+        where = self.paths.root / "private"
+        where.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not idmap.supported(where):
+            raise VeError(f"the file system of {where} takes no idmapped mounts, which "
+                          "a VE in a user namespace needs (Linux 5.12 or later; ext4, xfs, "
+                          "btrfs, tmpfs and others)",
+                          hint="put VZ_ROOT on such a file system, or create the VE with "
+                               "--userns no (the older, weaker mode)")
 
     def _allocate_ids(self, g: VeConfig) -> idmap.IdRange:
         """A host id range no other VE of this root has (under the root's id lock,
