@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -164,3 +165,38 @@ def test_an_address_or_a_name_is_never_given_twice(rt: Runtime) -> None:
         rt.destroy(9707)
         rt.destroy(9708)
         assert not rt.paths.conf(9709).exists()
+
+
+# -- 5. the VE's lock ---------------------------------------------------------------------
+
+def test_a_held_lock_is_exit_9_unless_waited_for(rt: Runtime) -> None:
+    import subprocess
+    import sys
+    import time
+    ctid = 9710
+    rt.create(ctid, "busybox-1")
+    try:
+        with rt.locked(ctid):                     # this process is "another vzctl"
+            who = f"VE {ctid} is locked by another vzctl (pid {os.getpid()}: "
+            for args in (("set", str(ctid), "--cpuunits", "500", "--save"),
+                         ("start", str(ctid)), ("destroy", str(ctid)), ("mount", str(ctid))):
+                t0 = time.monotonic()
+                fails(vzctl_cli(rt, *args), 9, who, "--wait-lock")
+                assert time.monotonic() - t0 < 10         # at once, not after a wait
+            assert rt.config(ctid).get("CPUUNITS") != "500" and not rt.state(ctid).running
+            assert vzctl_cli(rt, "status", str(ctid)).returncode == 0   # status takes no lock
+            env = {**os.environ, "VZ_ROOT": str(rt.paths.root),
+                   "VZPKG_CACHE_DIR": str(rt.cache_dirs[0])}
+            waiting = subprocess.Popen(
+                [str(Path(sys.executable).parent / "vzctl"), "--wait-lock", "set", str(ctid),
+                 "--cpuunits", "500", "--save"], env=env, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True)
+            time.sleep(1.5)
+            assert waiting.poll() is None            # still waiting for the lock
+        _, err = waiting.communicate(timeout=60)
+        assert waiting.returncode == 0, err
+        assert rt.config(ctid).get("CPUUNITS") == "500"
+        r = vzctl_cli(rt, "set", str(ctid), "--cpuunits", "600", "--save", "--wait-lock")
+        assert r.returncode == 0, r.stderr           # (after the command, too)
+    finally:
+        rt.destroy(ctid)

@@ -49,7 +49,8 @@ def _rt(args: argparse.Namespace) -> Runtime:
         raise VeError(f"vzctl {args.cmd} needs root (namespaces, mounts, cgroups)",
                       hint=f"run it as root: sudo vzctl {args.cmd} ...")
     settings = load_settings(cache_dir=args.cache_dir)
-    return Runtime(VzPaths.from_env(), [settings.cache_dir], settings=settings)
+    return Runtime(VzPaths.from_env(), [settings.cache_dir], settings=settings,
+                   wait_lock=args.wait_lock)
 
 
 def _say(args: argparse.Namespace, text: str) -> None:
@@ -83,6 +84,7 @@ def _start(rt: Runtime, ctid: int) -> int:
     if not eventd.enabled():
         return rt.start(ctid)
     rt.config(ctid)             # a VE that does not exist: say so from here
+    rt.check_unlocked(ctid)     # (the helper itself waits for the lock)
     if rt.state(ctid).running:  # (and with vzctl's exit status: the helper's has none)
         raise VeRunningError(f"VE {ctid} is already running",
                              hint=f"stop it first: vzctl stop {ctid}")
@@ -239,12 +241,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"vzctl (vzpkg) {__version__}")
     p.add_argument("--cache-dir", metavar="DIR", help="where vzpkg caches are stored")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    p.add_argument("--wait-lock", action="store_true",
+                   help="when another vzctl works on the VE, wait for it to finish "
+                        "(without it: exit status 9 at once, as OpenVZ's vzctl)")
     sub = p.add_subparsers(title="commands", metavar="COMMAND", dest="cmd")
 
     def cmd(name: str, func: object, help_: str, aliases: Sequence[str] = ()
             ) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_, aliases=list(aliases))
         sp.add_argument("ctid", type=_ctid, metavar="CTID", help="the VE's number, e.g. 101")
+        sp.add_argument("--wait-lock", action="store_true", default=argparse.SUPPRESS,
+                        help="wait while another vzctl works on the VE (else exit 9)")
         sp.set_defaults(func=func)
         return sp
 
@@ -300,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--install-unit", nargs="?", const="/etc/systemd/system", metavar="DIR",
                    help="write the host's systemd unit that runs 'vzctl boot' at boot and "
                         "'vzctl boot --stop' at shutdown (default DIR /etc/systemd/system)")
+    b.add_argument("--wait-lock", action="store_true", default=argparse.SUPPRESS,
+                   help="wait while another vzctl works on a VE (else that VE fails)")
     b.set_defaults(func=cmd_boot)
     cmd("mount", cmd_mount, "mount a stopped VE's root on $VZ_ROOT/root/CTID")
     cmd("umount", cmd_umount, "unmount a stopped VE's root")

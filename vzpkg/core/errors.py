@@ -112,6 +112,12 @@ class ExecError(VeError):
     exit_code = 8
 
 
+class VeLockedError(VeError):
+    """Another vzctl holds the VE's lock (VZ_LOCKED)."""
+
+    exit_code = 9
+
+
 class NoVeConfigError(VeError):
     """The VE has no CTID.conf: it does not exist (VZ_NOVECONFIG)."""
 

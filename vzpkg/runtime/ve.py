@@ -25,6 +25,7 @@ from vzpkg.core.errors import (
     UsageError,
     VeError,
     VeExistsError,
+    VeLockedError,
     VeNotRunningError,
     VeRunningError,
 )
@@ -74,11 +75,14 @@ class Runtime:
     """All VEs under one VZ_ROOT."""
 
     def __init__(self, paths: VzPaths, cache_dirs: Sequence[Path] = (),
-                 cgroups: Cgroups | None = None, settings: Settings | None = None) -> None:
+                 cgroups: Cgroups | None = None, settings: Settings | None = None,
+                 *, wait_lock: bool = True) -> None:
         self.paths = paths
         self.cache_dirs = [*cache_dirs, paths.template_cache]
         self._cgroups = cgroups
         self.settings = settings  # when given, a missing cache is pulled from a mirror
+        # False: a VE another vzctl holds is VeLockedError at once (vzctl, as OpenVZ's)
+        self.wait_lock = wait_lock
 
     @property
     def cgroups(self) -> Cgroups:
@@ -96,16 +100,31 @@ class Runtime:
 
     @contextlib.contextmanager
     def locked(self, ctid: int) -> Iterator[None]:
+        """Hold VE *ctid*'s lock (``lock/CTID.lck``, which then names this pid).  When
+        another process holds it: wait, or with ``wait_lock=False`` VeLockedError."""
         self.ensure()
         fd = os.open(self.paths.lockfile(ctid), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                if not self.wait_lock:
+                    raise _locked_error(ctid, fd) from None
                 fcntl.flock(fd, fcntl.LOCK_EX)
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             yield
         finally:
             os.close(fd)
+
+    def check_unlocked(self, ctid: int) -> None:
+        """VeLockedError if another process holds VE *ctid*'s lock and this runtime
+        does not wait for locks (before handing a start to the event helper)."""
+        if self.wait_lock or not self.paths.lockfile(ctid).exists():
+            return
+        with self.locked(ctid):
+            pass
 
     def config(self, ctid: int) -> VeConfig:
         conf = self.paths.conf(ctid)
@@ -497,6 +516,19 @@ def _receive_console(sock: socket.socket) -> int | None:
         return None
     os.set_inheritable(fds[0], False)
     return fds[0]
+
+
+def _locked_error(ctid: int, fd: int) -> VeLockedError:
+    """Who holds VE *ctid*'s lock, open as *fd*: its pid and command line, if known."""
+    who = ""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        pid = int(os.pread(fd, 64, 0).split()[0])
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read(200).replace(b"\0", b" ").decode(errors="replace").strip()
+        who = f" (pid {pid}: {cmd})" if cmd else f" (pid {pid})"
+    return VeLockedError(f"VE {ctid} is locked by another vzctl{who}",
+                         hint="wait until it is done and try again, or add --wait-lock "
+                              "to wait for it")
 
 
 def _report_pipe() -> tuple[int, int]:
