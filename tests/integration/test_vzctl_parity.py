@@ -200,3 +200,101 @@ def test_a_held_lock_is_exit_9_unless_waited_for(rt: Runtime) -> None:
         assert r.returncode == 0, r.stderr           # (after the command, too)
     finally:
         rt.destroy(ctid)
+
+
+# -- 6., 7. a live set changes only what it names; --ipdel of live addresses -------------
+
+def _cgroup_file(rt: Runtime, ctid: int, v1: tuple[str, str], v2: str) -> Path:
+    from vzpkg.runtime.cgroups.v1 import CgroupsV1
+    from vzpkg.runtime.cgroups.v2 import CgroupsV2
+    cg = rt.cgroups
+    if isinstance(cg, CgroupsV2):
+        return cg.group(str(ctid)) / v2
+    assert isinstance(cg, CgroupsV1)
+    g = cg.group(v1[0], str(ctid))
+    assert g is not None
+    return g / v1[1]
+
+
+def test_a_live_set_keeps_earlier_live_changes(rt: Runtime) -> None:
+    ctid = 9711
+    rt.create(ctid, "busybox-1", hostname="before")
+    try:
+        rt.start(ctid)
+        weight = _cgroup_file(rt, ctid, ("cpu", "cpu.shares"), "cpu.weight")
+        ram = _cgroup_file(rt, ctid, ("memory", "memory.limit_in_bytes"), "memory.max")
+        saved = rt.paths.conf(ctid).read_text()
+        r = vzctl_cli(rt, "set", str(ctid), "--cpuunits", "500")        # live, not saved
+        assert r.returncode == 0, r.stderr
+        live_weight = weight.read_text().strip()
+        assert live_weight in ("512", "50"), live_weight               # v1 shares, v2 weight
+        assert vzctl_cli(rt, "set", str(ctid), "--hostname", "during").returncode == 0
+        r = vzctl_cli(rt, "set", str(ctid), "--ram", "256M")
+        assert r.returncode == 0, r.stderr
+        assert weight.read_text().strip() == live_weight               # still 500 units
+        assert int(ram.read_text()) == 256 << 20
+        assert sh(rt, ctid, "hostname")[1].strip() == "during"
+        r = vzctl_cli(rt, "set", str(ctid), "--nameserver", "192.0.2.53")
+        assert r.returncode == 0, r.stderr
+        assert sh(rt, ctid, "hostname")[1].strip() == "during"         # not the saved one
+        assert int(ram.read_text()) == 256 << 20
+        assert rt.paths.conf(ctid).read_text() == saved               # nothing was stored
+        # --save stores what it names, and only that
+        r = vzctl_cli(rt, "set", str(ctid), "--numproc", "300", "--save")
+        assert r.returncode == 0, r.stderr
+        cfg = rt.config(ctid)
+        assert cfg.get("NUMPROC") == "300:300" and cfg.get("CPUUNITS") != "500"
+        assert cfg.get("HOSTNAME") == "before" and cfg.get("PHYSPAGES") != "0:65536"
+        assert weight.read_text().strip() == live_weight
+        # a parameter that cannot change a running VE is not stored without --save
+        r = vzctl_cli(rt, "set", str(ctid), "--onboot", "yes")
+        assert r.returncode == 0 and "add --save" in r.stdout, r.stdout
+        assert rt.config(ctid).get("ONBOOT") is None
+        # a restart starts from CTID.conf: the live changes are gone
+        rt.stop(ctid)
+        assert not rt.paths.livefile(ctid).exists()
+        rt.start(ctid)
+        assert weight.read_text().strip() != live_weight
+        assert sh(rt, ctid, "hostname")[1].strip() == "before"
+    finally:
+        rt.destroy(ctid)
+
+
+def test_ipdel_takes_addresses_given_live(rt: Runtime) -> None:
+    ctid, other = 9712, 9713
+    rt.create(ctid, "busybox-1", ipadd=["198.18.97.12"])
+    rt.create(other, "busybox-1")
+    try:
+        rt.start(ctid)
+
+        def addrs() -> set[str]:
+            code, out = sh(rt, ctid, "ip -o addr show dev eth0")
+            assert code == 0, out
+            return {w.split("/")[0] for ln in out.splitlines()
+                    for w in ln.split()[3:4] if "." in w}
+
+        assert addrs() == {"198.18.97.12"}
+        r = vzctl_cli(rt, "set", str(ctid), "--ipadd", "198.18.97.13", "--ipadd", "198.18.97.14")
+        assert r.returncode == 0, r.stderr
+        assert addrs() == {"198.18.97.12", "198.18.97.13", "198.18.97.14"}
+        # a live address is the VE's: no other VE may take it, even in its CTID.conf
+        fails(vzctl_cli(rt, "set", str(other), "--ipadd", "198.18.97.13", "--save"), 78,
+              f"198.18.97.13 is already VE {ctid}'s")
+        r = vzctl_cli(rt, "set", str(ctid), "--ipdel", "198.18.97.13")
+        assert r.returncode == 0, r.stderr
+        assert addrs() == {"198.18.97.12", "198.18.97.14"}
+        assert rt.config(ctid).get("IP_ADDRESS") == "198.18.97.12"    # CTID.conf unchanged
+        # --save edits CTID.conf's list; the live list keeps its live address
+        r = vzctl_cli(rt, "set", str(ctid), "--ipadd", "198.18.97.15", "--save")
+        assert r.returncode == 0, r.stderr
+        assert addrs() == {"198.18.97.12", "198.18.97.14", "198.18.97.15"}
+        assert rt.config(ctid).get("IP_ADDRESS") == "198.18.97.12 198.18.97.15"
+        r = vzctl_cli(rt, "set", str(ctid), "--ipdel", "all")
+        assert r.returncode == 0, r.stderr
+        assert addrs() == set()
+        assert rt.config(ctid).get("IP_ADDRESS") == "198.18.97.12 198.18.97.15"
+        assert vzctl_cli(rt, "set", str(other), "--ipadd", "198.18.97.14",
+                         "--save").returncode == 0                   # free again
+    finally:
+        rt.destroy(ctid)
+        rt.destroy(other)

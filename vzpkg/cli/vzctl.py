@@ -151,11 +151,17 @@ def cmd_console(args: argparse.Namespace) -> int:
 
 
 def cmd_set(args: argparse.Namespace) -> int:
+    from vzpkg.runtime.vset import live_config
     rt = _rt(args)
-    values = params.options_to_values(args, current=rt.config(args.ctid).get)
+    saved = rt.config(args.ctid)
+    # --ipadd/--ipdel edit the list the VE has now (with earlier live changes); --save
+    # edits CTID.conf's
+    values = params.options_to_values(args, current=live_config(rt, args.ctid, saved).get)
     if not (values or args.userpasswd):
         raise UsageError("nothing to set", hint="see vzctl set --help")
-    notes = rt.set(args.ctid, values, userpasswd=args.userpasswd or (), save=args.save)
+    notes = rt.set(args.ctid, values, userpasswd=args.userpasswd or (), save=args.save,
+                   saved_values=params.options_to_values(args, current=saved.get)
+                   if args.save else None)
     for n in notes:
         _say(args, n)
     return 0

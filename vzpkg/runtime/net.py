@@ -108,6 +108,8 @@ def check_free(paths: VzPaths, ctid: int, addrs: Iterable[Addr]) -> None:
         if other == ctid:
             continue
         listed = (lenient_values(paths.conf(other)).get("IP_ADDRESS") or "").split()
+        if paths.livefile(other).exists():      # and what a live set gave it
+            listed += (lenient_values(paths.livefile(other)).get("IP_ADDRESS") or "").split()
         for text in listed:
             with contextlib.suppress(ValueError):
                 ip = ipaddress.ip_interface(text).ip

@@ -10,6 +10,7 @@
     VZ_ROOT/template/cache               caches, OpenVZ's place (beside vzpkg's cache dir)
     VZ_ROOT/shared/SHA256                read-only unpacked caches, the overlay lower dirs
     VZ_ROOT/run/CTID.pid                 host pid and start time of a running VE's init
+    VZ_ROOT/run/CTID.live                what set without --save changed in a running VE
     VZ_ROOT/lock/CTID.lck                per-VE lock
 
 ``VZ_ROOT`` comes from the environment and defaults to ``/vz``.
@@ -113,6 +114,10 @@ class VzPaths:
 
     def pidfile(self, ctid: int) -> Path:
         return self.run_dir / f"{ctid}.pid"
+
+    def livefile(self, ctid: int) -> Path:
+        """What ``vzctl set`` without --save changed in the running VE (vset.live_config)."""
+        return self.run_dir / f"{ctid}.live"
 
     def lockfile(self, ctid: int) -> Path:
         return self.root / "lock" / f"{ctid}.lck"

@@ -406,6 +406,7 @@ class Runtime:
         layout.umount(self.paths, ctid)
         cg.remove(str(ctid))
         self.paths.pidfile(ctid).unlink(missing_ok=True)
+        self.paths.livefile(ctid).unlink(missing_ok=True)
         stage = self._stage_path(ctid)
         for d in (stage / "root", stage / "dev", stage):
             with contextlib.suppress(OSError):
@@ -467,11 +468,13 @@ class Runtime:
 
     # -- set / destroy -------------------------------------------------------
     def set(self, ctid: int, values: dict[str, str], *, userpasswd: Sequence[str] = (),
-            save: bool = False) -> list[str]:
+            save: bool = False, saved_values: dict[str, str] | None = None) -> list[str]:
         """Change settings (CTID.conf KEY -> value; IP_ADDRESS is the whole new list);
-        live on a running VE, persisted with *save*.  Returns notes for the user."""
+        live on a running VE (only those given), persisted with *save* (*saved_values*
+        if given: see vset.apply).  Returns notes for the user."""
         from vzpkg.runtime import vset
-        return vset.apply(self, ctid, values, userpasswd=userpasswd, save=save)
+        return vset.apply(self, ctid, values, userpasswd=userpasswd, save=save,
+                          saved_values=saved_values)
 
     def destroy(self, ctid: int, *, stop: bool = True) -> None:
         """Remove the VE.  A running VE is stopped first; with ``stop=False`` (vzctl

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 
 from vzpkg.core.errors import NameInUseError, PasswordError, UsageError, VeError
 from vzpkg.runtime import dists, join, layout, net, ns, state
-from vzpkg.runtime.config import lenient_values
+from vzpkg.runtime.config import VeConfig, atomic_write, lenient_values
 from vzpkg.runtime.derived import addrs_of, dist_setup, ids_of, layout_of
+from vzpkg.runtime.params import RESOURCE_KEYS, find_param
 
 if TYPE_CHECKING:
     from vzpkg.runtime.ve import Runtime
@@ -94,46 +95,97 @@ def set_passwords(rt: Runtime, ctid: int, pairs: Sequence[str]) -> None:
                                  "user must exist in it")
 
 
+def live_config(rt: Runtime, ctid: int, saved: VeConfig | None = None) -> VeConfig:
+    """What VE *ctid* has now: its CTID.conf (*saved*, read when not given) and, while
+    it runs, what a ``set`` without --save changed since it started (kept in
+    ``VZ_ROOT/run/CTID.live``, which goes when the VE stops)."""
+    cfg = saved if saved is not None else rt.config(ctid)
+    live = rt.paths.livefile(ctid)
+    if state.running_pid(rt.paths.pidfile(ctid)) is None or not live.exists():
+        return cfg
+    return cfg.with_values(VeConfig.load(live).items())
+
+
 def apply(rt: Runtime, ctid: int, values: dict[str, str], *,
-          userpasswd: Sequence[str] = (), save: bool = False) -> list[str]:
+          userpasswd: Sequence[str] = (), save: bool = False,
+          saved_values: dict[str, str] | None = None) -> list[str]:
+    """Change what *values* names, and only that: live on a running VE (on top of what
+    earlier live changes made), in CTID.conf with *save*.  *saved_values*, when given,
+    is what --save writes where it differs from the live change (a list edited from
+    the saved list rather than the live one: --ipadd, --ipdel)."""
     notes: list[str] = []
     # addresses and names are the root's: checked and taken under its lock, as create does
     root_wide = "IP_ADDRESS" in values or "NAME" in values
     with rt.locked(ctid), (state.flocked(rt.paths.root / "lock" / "ids.lck") if root_wide
                            else contextlib.nullcontext()):
-        cfg = rt.config(ctid)
+        saved = rt.config(ctid)
         pid = state.running_pid(rt.paths.pidfile(ctid))
-        cur = addrs_of(cfg)
+        cfg = live_config(rt, ctid, saved) if pid is not None else saved
+        to_save = dict(values if saved_values is None else saved_values)
         new_vals = dict(values)
+        later = [k for k in new_vals if not _live(k)]
+        if pid is not None:             # a running VE changes what can change live
+            new_vals = {k: v for k, v in new_vals.items() if _live(k)}
+        cur = addrs_of(cfg)
         removed: list[net.Addr] = []
-        added: list[net.Addr] = []
+        added: list[net.Addr] = []      # live
+        stored: list[net.Addr] = []     # new in CTID.conf
         if "IP_ADDRESS" in new_vals:
             want = [net.parse_ip(a) for a in new_vals["IP_ADDRESS"].split()]
             removed = [a for a in cur if all(a.ip != w.ip for w in want)]
             added = [w for w in want if all(a.ip != w.ip for a in cur)]
-            net.check_free(rt.paths, ctid, added)
-        if new_vals.get("NAME"):
-            _check_name_free(rt, ctid, new_vals["NAME"])
-        if pid is None and not save and new_vals:
+        if save and "IP_ADDRESS" in to_save:
+            before = addrs_of(saved)
+            stored = [w for w in (net.parse_ip(a) for a in to_save["IP_ADDRESS"].split())
+                      if all(a.ip != w.ip for a in before)]
+        net.check_free(rt.paths, ctid, [*added, *stored])
+        if values.get("NAME"):
+            _check_name_free(rt, ctid, values["NAME"])
+        if pid is None and not save and values:
             raise UsageError(f"VE {ctid} is not running, so nothing would change",
                              hint="add --save to store the settings for its next start")
-        new_cfg = cfg.with_values(new_vals)
+        new_cfg = cfg.with_values(new_vals)             # (checks every value first)
+        final = saved.with_values(to_save) if save else saved
         if pid is not None and new_vals:
-            rt.cgroups.apply(str(ctid), new_cfg.layered_on(rt.global_conf()))
+            if any(k in RESOURCE_KEYS for k in new_vals):
+                rt.cgroups.apply(str(ctid), new_cfg.layered_on(rt.global_conf()))
             hif = rt.paths.host_ifname(ctid)
             net.delete(hif, pid, removed)
             net.add(hif, pid, added, [a for a in cur if a not in removed])
             if any(k in new_vals for k in LIVE_DIST_KEYS):
                 _live_dist(rt, ctid, pid, dist_setup(new_cfg),
                            new_vals.get("HOSTNAME"))
+            _keep_live(rt, ctid, new_cfg, final)
             notes.append(f"applied to running VE {ctid}")
+        if pid is not None and later and not save:
+            notes.append(f"warning: {', '.join(later)} cannot change a running VE and was "
+                         "not stored: add --save to store it")
         if userpasswd:
             set_passwords(rt, ctid, userpasswd)
             notes.append(f"password set for {', '.join(p.split(':')[0] for p in userpasswd)}")
-        if save and new_vals:
-            new_cfg.save(rt.paths.conf(ctid))
+        if save and to_save:
+            final.save(rt.paths.conf(ctid))
             notes.append(f"saved to {rt.paths.conf(ctid)}")
     return notes
+
+
+def _live(key: str) -> bool:
+    """Whether *key* can change a running VE (the parameter table's ``live``)."""
+    p = find_param(key)
+    return p is not None and p.live
+
+
+def _keep_live(rt: Runtime, ctid: int, live: VeConfig, saved: VeConfig) -> None:
+    """Record in ``run/CTID.live`` every live key whose value the running VE has and
+    CTID.conf (as it will be saved) has not: the next live set starts from there."""
+    keys = dict.fromkeys([*live.keys(), *saved.keys()])
+    differ = {k: live.get(k) or "" for k in keys if _live(k) and live.get(k) != saved.get(k)}
+    path = rt.paths.livefile(ctid)
+    if not differ:
+        path.unlink(missing_ok=True)
+        return
+    atomic_write(path, "# what vzctl set changed in the running VE without --save\n"
+                 + VeConfig().with_values(differ).render())
 
 
 def _check_name_free(rt: Runtime, ctid: int, name: str) -> None:
