@@ -298,3 +298,55 @@ def test_ipdel_takes_addresses_given_live(rt: Runtime) -> None:
     finally:
         rt.destroy(ctid)
         rt.destroy(other)
+
+
+# -- 8. DNS from the host -------------------------------------------------------------------
+
+def _host_resolv() -> tuple[list[str], list[str]]:
+    """The host's non-loopback name servers and search domains (read here on its own,
+    not through vzctl's reader)."""
+    servers: list[str] = []
+    search: list[str] = []
+    for line in Path("/etc/resolv.conf").read_text().splitlines():
+        words = line.split("#")[0].split()
+        if words[:1] == ["nameserver"] and not words[1].startswith(("127.", "::1")):
+            servers.append(words[1])
+        elif words[:1] in (["search"], ["domain"]):
+            search = words[1:]
+    return servers, search
+
+
+def test_nameserver_and_searchdomain_inherit_the_hosts(rt: Runtime) -> None:
+    servers, search = _host_resolv()
+    if not servers:
+        pytest.skip("the host's /etc/resolv.conf names no server a VE can reach")
+    ctid = 9714
+    rt.create(ctid, "busybox-1")
+    try:
+        r = vzctl_cli(rt, "set", str(ctid), "--nameserver", "inherit", "--searchdomain",
+                      "inherit", "--save")
+        assert r.returncode == 0, r.stderr
+        cfg = rt.config(ctid)
+        assert (cfg.get("NAMESERVER"), cfg.get("SEARCHDOMAIN")) == ("inherit", "inherit")
+        rt.start(ctid)                               # at start ...
+
+        def resolv() -> tuple[list[str], list[str]]:
+            code, out = sh(rt, ctid, "cat /etc/resolv.conf")
+            assert code == 0, out
+            got: tuple[list[str], list[str]] = ([], [])
+            for ln in out.splitlines():
+                if ln.startswith("nameserver "):
+                    got[0].append(ln.split()[1])
+                elif ln.startswith("search "):
+                    got[1].extend(ln.split()[1:])
+            return got
+
+        assert resolv() == (servers, search)
+        r = vzctl_cli(rt, "set", str(ctid), "--nameserver", "192.0.2.53")
+        assert r.returncode == 0, r.stderr
+        assert resolv()[0] == ["192.0.2.53"]
+        r = vzctl_cli(rt, "set", str(ctid), "--nameserver", "inherit")   # ... and live
+        assert r.returncode == 0, r.stderr
+        assert resolv() == (servers, search)
+    finally:
+        rt.destroy(ctid)

@@ -99,7 +99,12 @@ def check_ip(text: str) -> str:
                          "(e.g. 10.0.0.2, 10.0.0.2/24, fd00::2)") from None
 
 
+INHERIT = "inherit"   # NAMESERVER, SEARCHDOMAIN: the host's (its /etc/resolv.conf)
+
+
 def check_nameserver(text: str) -> str:
+    if text == INHERIT:
+        return text
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:
@@ -112,6 +117,10 @@ def check_hostname(text: str) -> str:
         raise ParamError(f"{text!r} is not a valid host name (letters, digits and '-', "
                          "dot-separated labels of at most 63 characters)")
     return name
+
+
+def check_searchdomain(text: str) -> str:
+    return text if text == INHERIT else check_hostname(text)
 
 
 def check_name(text: str) -> str:
@@ -317,11 +326,11 @@ PARAMS: tuple[Param, ...] = (
        "add an IPv4/IPv6 address (repeatable; ADDR or ADDR/PREFIX)",
        metavar="IP", op=ListOp.ADD, check=check_ip),
     _P("NAMESERVER", "nameserver", ParamKind.LIST, True,
-       "DNS server for /etc/resolv.conf (repeatable; replaces the list)",
-       metavar="IP", check=check_nameserver),
+       "DNS server for /etc/resolv.conf (repeatable; replaces the list); 'inherit': "
+       "the host's", metavar="IP", check=check_nameserver),
     _P("SEARCHDOMAIN", "searchdomain", ParamKind.LIST, True,
-       "DNS search domain (repeatable; replaces the list)", metavar="DOMAIN",
-       check=check_hostname),
+       "DNS search domain (repeatable; replaces the list); 'inherit': the host's",
+       metavar="DOMAIN", check=check_searchdomain),
     _P("STOP_TIMEOUT", "stop-timeout", ParamKind.INT, False,
        "seconds `vzctl stop` waits for init before killing the VE",
        metavar="SECONDS", minimum=0, maximum=86400),
