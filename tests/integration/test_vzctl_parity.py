@@ -350,3 +350,48 @@ def test_nameserver_and_searchdomain_inherit_the_hosts(rt: Runtime) -> None:
         assert resolv() == (servers, search)
     finally:
         rt.destroy(ctid)
+
+
+# -- 9. vz.conf's VE_ROOT, VE_PRIVATE, TEMPLATE, DEF_OSTEMPLATE -------------------------------
+
+def test_vz_conf_places_the_ves_and_finds_the_caches(tmp_path: Path) -> None:
+    from tests.runtime_helpers import make_busybox_cache
+    from vzpkg.runtime.config import default_global_conf
+    from vzpkg.runtime.paths import VzPaths
+    root, ves, tpl = tmp_path / "vz", tmp_path / "ves", tmp_path / "tpl"
+    (root / "etc/vz").mkdir(parents=True)
+    (root / "etc/vz/vz.conf").write_text(
+        default_global_conf().replace('DEF_OSTEMPLATE="debian-12"', 'DEF_OSTEMPLATE="busybox-1"')
+        + f'VE_ROOT="{ves}/root/$VEID"\nVE_PRIVATE="{ves}/private/$VEID"\nTEMPLATE="{tpl}"\n')
+    make_busybox_cache(tpl / "cache")           # the only place that has the cache
+    (tmp_path / "empty").mkdir()
+    rt = Runtime(VzPaths(root), [tmp_path / "empty"])
+    try:
+        r = vzctl_cli(rt, "create", "9720")     # --ostemplate: DEF_OSTEMPLATE
+        assert r.returncode == 0, r.stderr
+        cfg = rt.config(9720)
+        assert cfg.get("OSTEMPLATE") == "busybox-1-x86_64-minimal"
+        assert cfg.get("VE_PRIVATE") == f"{ves}/private/9720"
+        assert cfg.get("VE_ROOT") == f"{ves}/root/9720"
+        assert (ves / "private/9720/etc/os-release").is_file()
+        assert not (root / "private/9720").exists()
+        assert (ves / "private").stat().st_mode & 0o777 == 0o700
+        for ctid in (9721, 9722):
+            r = vzctl_cli(rt, "create", str(ctid), "--layout", "overlay")
+            assert r.returncode == 0, r.stderr
+        assert vzctl_cli(rt, "start", "9720").returncode == 0
+        assert vzctl_cli(rt, "status", "9720").stdout == "CTID 9720 exist mounted running\n"
+        assert (ves / "root/9720/etc/os-release").is_file()
+        r = vzctl_cli(rt, "exec", "9720", "cat /etc/os-release")
+        assert r.returncode == 0 and "Busybox test" in r.stdout, r.stderr
+        assert vzctl_cli(rt, "destroy", "9720", "--force").returncode == 0
+        assert not (ves / "private/9720").exists()
+        # the shared copy under an overlay VE outlives the destroy of another one
+        assert vzctl_cli(rt, "destroy", "9721").returncode == 0
+        assert vzctl_cli(rt, "start", "9722").returncode == 0
+        r = vzctl_cli(rt, "exec2", "9722", "cat", "/etc/os-release")
+        assert r.returncode == 0 and "Busybox test" in r.stdout, r.stderr
+        assert vzctl_cli(rt, "destroy", "9722", "--force").returncode == 0
+        assert not any((root / "shared").iterdir())
+    finally:
+        destroy_all(rt)

@@ -32,8 +32,10 @@ def test_help_teaches_with_examples(tmp_path: Path) -> None:
 def test_usage_errors_exit_2_without_traceback(tmp_path: Path) -> None:
     r = run("vzctl", "start", "abc", root=tmp_path)
     assert r.returncode == 2 and "invalid CTID" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "etc/vz").mkdir(parents=True)
+    (tmp_path / "etc/vz/vz.conf").write_text('VE_LAYOUT="plain"\n')     # no DEF_OSTEMPLATE
     r = run("vzctl", "create", "101", root=tmp_path)
-    assert r.returncode == 2 and "--ostemplate" in r.stderr
+    assert r.returncode == 2 and "--ostemplate" in r.stderr and "DEF_OSTEMPLATE" in r.stderr
     r = run("vzctl", "exec", "101", root=tmp_path)
     assert r.returncode != 0 and "Traceback" not in r.stderr
 

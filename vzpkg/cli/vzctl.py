@@ -65,8 +65,13 @@ def cmd_create(args: argparse.Namespace) -> int:
             params.check_hostname(args.hostname)
         except params.ParamError as exc:
             raise UsageError(f"--hostname: {exc}") from None
-    _say(args, f"Creating VE {args.ctid} from {args.ostemplate} ...")
-    rt.create(args.ctid, args.ostemplate, config=args.config, hostname=args.hostname,
+    ostemplate = args.ostemplate or rt.global_conf().get("DEF_OSTEMPLATE")
+    if not ostemplate:
+        raise UsageError("no --ostemplate given, and vz.conf names no DEF_OSTEMPLATE",
+                         hint=f"vzctl create {args.ctid} --ostemplate NAME, or set "
+                              f'DEF_OSTEMPLATE="NAME" in {rt.paths.global_conf}')
+    _say(args, f"Creating VE {args.ctid} from {ostemplate} ...")
+    rt.create(args.ctid, ostemplate, config=args.config, hostname=args.hostname,
               ipadd=args.ipadd or (), layout_name=args.layout,
               userns=None if args.userns is None else args.userns == "yes")
     cfg = rt.config(args.ctid)
@@ -262,8 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     c = cmd("create", cmd_create, "make a VE from a cache")
-    c.add_argument("--ostemplate", required=True, metavar="NAME",
-                   help="cache name, e.g. debian-12 or debian-12-x86_64-minimal")
+    c.add_argument("--ostemplate", metavar="NAME",
+                   help="cache name, e.g. debian-12 or debian-12-x86_64-minimal "
+                        "(default: DEF_OSTEMPLATE of vz.conf)")
     c.add_argument("--config", metavar="SAMPLE",
                    help="use etc/vz/conf/ve-SAMPLE.conf-sample (default: CONFIGFILE)")
     c.add_argument("--hostname", metavar="NAME")

@@ -322,6 +322,12 @@ _GLOBAL = """\
 ## Global vzpkg runtime configuration (OpenVZ vz.conf style).
 ## Values here are defaults for every VE; a VE's CTID.conf overrides them.
 
+## Where the VEs live, as in OpenVZ (unset: VZ_ROOT/root, VZ_ROOT/private and
+## VZ_ROOT/template); each directory must be root's alone (mode 0700)
+#VE_ROOT="/vz/root/$VEID"
+#VE_PRIVATE="/vz/private/$VEID"
+#TEMPLATE="/vz/template"
+
 ## Defaults for `vzctl create`
 CONFIGFILE="basic"
 DEF_OSTEMPLATE="debian-12"

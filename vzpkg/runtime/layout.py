@@ -284,7 +284,7 @@ def _remove_quietly(path: Path) -> None:
 
 
 def _shared_in_use(paths: VzPaths, shared: Path) -> bool:
-    base = paths.root / "private"
+    base = paths.private_base
     for d in base.iterdir() if base.is_dir() else ():
         link = d / "lower"
         if link.is_symlink() and link.resolve() == shared:

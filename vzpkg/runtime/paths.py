@@ -13,7 +13,11 @@
     VZ_ROOT/run/CTID.live                what set without --save changed in a running VE
     VZ_ROOT/lock/CTID.lck                per-VE lock
 
-``VZ_ROOT`` comes from the environment and defaults to ``/vz``.
+``VZ_ROOT`` comes from the environment and defaults to ``/vz``.  As in OpenVZ,
+vz.conf may put the VEs elsewhere: ``VE_PRIVATE="/vz/private/$VEID"``,
+``VE_ROOT="/vz/root/$VEID"`` (each an absolute path ending in ``/$VEID``) and
+``TEMPLATE="/vz/template"`` (caches in its ``cache/``); unset, they are the places
+above.
 
 Host-wide names (the VE's cgroup, the host end of its veth pair) are OpenVZ's for
 ``/vz``: ``vzpkg/CTID`` and ``vethCTID.0``.  Any other root tags them with a short
@@ -31,12 +35,14 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from vzpkg.core.errors import UsageError
+from vzpkg.core.errors import ConfigError, UsageError
+from vzpkg.core.shellconf import read_assignments
 
 DEFAULT_ROOT = Path("/vz")
 # the directories under VZ_ROOT whose mode is set by VzPaths.ensure
 MODES = {"private": 0o700, "root": 0o700, "shared": 0o700, "lock": 0o700, "run": 0o755}
 _CTID = re.compile(r"^[0-9]{1,9}$")
+_VEID = re.compile(r"\$(?:VEID|\{VEID\})")
 
 
 def check_ctid(text: str | int) -> int:
@@ -91,7 +97,53 @@ class VzPaths:
 
     @property
     def template_cache(self) -> Path:
-        return self.root / "template" / "cache"
+        """``TEMPLATE/cache`` (vz.conf's TEMPLATE), else ``VZ_ROOT/template/cache``."""
+        tpl = self._setting("TEMPLATE")
+        if tpl is None:
+            return self.root / "template" / "cache"
+        path = Path(tpl)
+        if not path.is_absolute() or ".." in path.parts:
+            raise ConfigError(f"{self.global_conf}: TEMPLATE={tpl!r} is not an absolute path",
+                              hint='write it as TEMPLATE="/vz/template"')
+        return path / "cache"
+
+    @property
+    def private_base(self) -> Path:
+        """The directory of the VEs' private areas (vz.conf's VE_PRIVATE without its
+        ``/$VEID``; ``VZ_ROOT/private`` by default)."""
+        return self._base("VE_PRIVATE", "private")
+
+    @property
+    def root_base(self) -> Path:
+        """The directory of the VEs' mount points (vz.conf's VE_ROOT, ``VZ_ROOT/root``)."""
+        return self._base("VE_ROOT", "root")
+
+    def _base(self, key: str, default: str) -> Path:
+        value = self._setting(key)
+        if value is None:
+            return self.root / default
+        parent, _, last = value.rstrip("/").rpartition("/")
+        base = Path(parent or "/")
+        if (not _VEID.fullmatch(last) or _VEID.search(parent) or not base.is_absolute()
+                or ".." in base.parts or base == Path("/")):
+            raise ConfigError(f"{self.global_conf}: {key}={value!r}: expected an absolute "
+                              "directory followed by /$VEID",
+                              hint=f'write it as {key}="/vz/{default}/$VEID"')
+        return base
+
+    def _setting(self, key: str) -> str | None:
+        """A value of vz.conf (re-read when the file changes), None when unset or empty."""
+        try:
+            st = os.stat(self.global_conf)
+        except OSError:
+            return None
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached: tuple[tuple[int, int, int], dict[str, str]] | None = \
+            self.__dict__.get("_vzconf")
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, read_assignments(self.global_conf))
+            object.__setattr__(self, "_vzconf", cached)     # (not a field: eq, hash stay)
+        return cached[1].get(key) or None
 
     @property
     def run_dir(self) -> Path:
@@ -104,10 +156,10 @@ class VzPaths:
         return self.conf_dir / f"ve-{name}.conf-sample"
 
     def private(self, ctid: int) -> Path:
-        return self.root / "private" / str(ctid)
+        return self.private_base / str(ctid)
 
     def ve_root(self, ctid: int) -> Path:
-        return self.root / "root" / str(ctid)
+        return self.root_base / str(ctid)
 
     def shared(self, sha256: str) -> Path:
         return self.root / "shared" / sha256
@@ -137,6 +189,20 @@ class VzPaths:
             path.mkdir(parents=True, exist_ok=True)
             if stat.S_IMODE(path.stat().st_mode) != mode:
                 path.chmod(mode)
+        for key, base in (("VE_PRIVATE", self.private_base), ("VE_ROOT", self.root_base)):
+            if base.parent == self.root and base.name in MODES:
+                continue                # one of the above
+            if not base.exists():
+                base.parent.mkdir(parents=True, exist_ok=True)
+                base.mkdir(mode=0o700, exist_ok=True)
+            st = base.lstat()
+            if (not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid()
+                    or stat.S_IMODE(st.st_mode) & 0o077):
+                raise ConfigError(f"{self.global_conf}: {key}: {base} must be a directory "
+                                  "of root's that only root can enter (it holds the VEs' "
+                                  "files and their setuid programs)",
+                                  hint=f"chmod 700 {base}, or give {key} a directory of "
+                                       "its own")
 
     def ctids(self) -> list[int]:
         """Every VE that has a configuration file, in order."""

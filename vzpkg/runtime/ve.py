@@ -219,7 +219,7 @@ class Runtime:
     def _check_idmap(self) -> None:
         """A user-namespaced VE's root is an idmapped mount: the file system of the
         private areas must take one."""
-        where = self.paths.root / "private"
+        where = self.paths.private_base
         where.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not idmap.supported(where):
             raise VeError(f"the file system of {where} takes no idmapped mounts, which "
