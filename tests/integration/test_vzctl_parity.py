@@ -395,3 +395,40 @@ def test_vz_conf_places_the_ves_and_finds_the_caches(tmp_path: Path) -> None:
         assert not any((root / "shared").iterdir())
     finally:
         destroy_all(rt)
+
+
+# -- 10. a VE of a layout this vzctl does not run -------------------------------------------
+
+def test_a_simfs_or_ploop_ve_fails_alone(rt: Runtime) -> None:
+    from vzpkg.core.errors import ConfigError, VeConfigError
+    good = 9732
+    rt.create(good, "busybox-1")
+    for ctid, lay in ((9730, "ploop"), (9731, "simfs")):     # as OpenVZ wrote them
+        rt.paths.conf(ctid).write_text(f'VE_LAYOUT="{lay}"\nVE_PRIVATE="/vz/private/$VEID"\n'
+                                       f'OSTEMPLATE="centos-7-x86_64"\nNAME="old{ctid}"\n'
+                                       f'IP_ADDRESS="198.18.97.{ctid - 9700}"\n')
+    try:
+        rt.start(good)
+        for ctid, lay in ((9730, "ploop"), (9731, "simfs")):
+            with pytest.raises(VeConfigError) as ei:
+                rt.config(ctid)
+            assert ei.value.ctid == ctid and isinstance(ei.value, ConfigError)
+            for args in (("start", str(ctid)), ("destroy", str(ctid)),
+                         ("set", str(ctid), "--cpuunits", "500", "--save")):
+                fails(vzctl_cli(rt, *args), 85, f"VE {ctid} has VE_LAYOUT='{lay}'",
+                      "only plain and overlay", "other VEs are not affected")
+            assert vzctl_cli(rt, "status", str(ctid)).stdout == \
+                f"CTID {ctid} exist unmounted down\n"
+            assert rt.paths.conf(ctid).exists()
+        # the other VEs go on as before; the broken ones still hold their names and addresses
+        assert vzctl_cli(rt, "exec", str(good), "true").returncode == 0
+        r = vzctl_cli(rt, "set", str(good), "--cpuunits", "700", "--save")
+        assert r.returncode == 0, r.stderr
+        fails(vzctl_cli(rt, "set", str(good), "--ipadd", "198.18.97.30"), 78, "VE 9730's")
+        fails(vzctl_cli(rt, "set", str(good), "--name", "old9731", "--save"), 131)
+        r = vzctl_cli(rt, "boot", "--dry-run")
+        assert r.returncode == 0, r.stderr
+    finally:
+        for ctid in (9730, 9731):
+            rt.paths.conf(ctid).unlink()
+        rt.destroy(good)

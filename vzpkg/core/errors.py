@@ -154,6 +154,19 @@ class IpInUseError(VeError):
     exit_code = 78
 
 
+class VeConfigError(ConfigError):
+    """One VE's CTID.conf cannot be used (VZ_INVALID_CONFIG): a bad value, or a layout
+    this vzctl does not run (simfs, ploop).  :attr:`ctid` names the VE, so that a
+    caller going over every VE (vzlist -a, vzctl boot) reports this one and goes on
+    with the others."""
+
+    exit_code = 85
+
+    def __init__(self, ctid: int, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.ctid = ctid
+
+
 class NoTemplateError(VeError):
     """create: no cache of that name (VZ_OSTEMPLATE_NOT_FOUND)."""
 

@@ -23,6 +23,7 @@ from vzpkg.core.errors import (
     NoTemplateError,
     NoVeConfigError,
     UsageError,
+    VeConfigError,
     VeError,
     VeExistsError,
     VeLockedError,
@@ -33,7 +34,13 @@ from vzpkg.core.settings import Settings
 from vzpkg.runtime import dists, idmap, join, layout, net, netfilter, ns, params, state
 from vzpkg.runtime.caches import CacheRef, find_cache
 from vzpkg.runtime.cgroups import Cgroups, detect
-from vzpkg.runtime.config import VeConfig, install_defaults, load_global, load_sample
+from vzpkg.runtime.config import (
+    VeConfig,
+    install_defaults,
+    lenient_values,
+    load_global,
+    load_sample,
+)
 from vzpkg.runtime.derived import addrs_of, dist_setup, ids_of, layout_of
 from vzpkg.runtime.layout import Layout
 from vzpkg.runtime.paths import VzPaths
@@ -130,8 +137,11 @@ class Runtime:
         conf = self.paths.conf(ctid)
         if not conf.exists():
             raise NoVeConfigError(f"VE {ctid} does not exist (no {conf})",
-                          hint=f"create it: vzctl create {ctid} --ostemplate NAME")
-        return VeConfig.load(conf)
+                                  hint=f"create it: vzctl create {ctid} --ostemplate NAME")
+        try:
+            return VeConfig.load(conf)
+        except ConfigError as exc:      # this VE only: VeConfigError names it
+            raise _unusable(ctid, conf, exc) from None
 
     def state(self, ctid: int) -> VeState:
         return VeState(ctid, self.paths.conf(ctid).exists(),
@@ -491,7 +501,7 @@ class Runtime:
             if pid is not None:
                 self._stop(ctid, pid, fast=False, timeout=None)
             self._cleanup(ctid)
-            lay = layout_of(VeConfig.load(conf)) if conf.exists() else Layout.PLAIN
+            lay = layout_of(self.config(ctid)) if conf.exists() else Layout.PLAIN
             layout.destroy(self.paths, ctid, lay)
             conf.unlink(missing_ok=True)
         self.paths.lockfile(ctid).unlink(missing_ok=True)
@@ -519,6 +529,20 @@ def _receive_console(sock: socket.socket) -> int | None:
         return None
     os.set_inheritable(fds[0], False)
     return fds[0]
+
+
+def _unusable(ctid: int, conf: Path, exc: ConfigError) -> VeConfigError:
+    """Why VE *ctid*'s CTID.conf *conf* cannot be used (*exc*), naming the VE."""
+    lay = lenient_values(conf).get("VE_LAYOUT")
+    if lay is not None and lay not in {str(x) for x in Layout}:
+        return VeConfigError(
+            ctid, f"VE {ctid} has VE_LAYOUT={lay!r} ({conf}), which this vzctl does not "
+                  "run: only plain and overlay VEs",
+            hint="it is left as it is and the other VEs are not affected; to run it here, "
+                 "copy its files into a private area of its own and set "
+                 'VE_LAYOUT="plain" (for ploop, from the mounted image)')
+    return VeConfigError(ctid, f"VE {ctid}: {exc.message}",
+                         hint=exc.hint or f"fix {conf}; the other VEs are not affected")
 
 
 def _locked_error(ctid: int, fd: int) -> VeLockedError:
