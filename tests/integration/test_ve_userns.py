@@ -4,7 +4,9 @@ the host it has none.  Files on disk stay as the cache has them."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,6 +60,20 @@ def test_the_ves_root_is_its_range_on_the_host(rt: Runtime) -> None:
     assert lines[0] == "0"
     eff, bnd = int(lines[2], 16), int(lines[4], 16)
     assert eff & ALL_CAPS == ALL_CAPS and bnd & ALL_CAPS == ALL_CAPS, out
+
+
+def test_each_ves_user_namespace_is_owned_by_its_own_ids(rt: Runtime) -> None:
+    """The kernel charges per-user allowances (inotify instances, keys, namespaces)
+    to a user namespace's owner: a VE's is its own range, not host root, so VEs do
+    not share root's 128 inotify instances (systemd stops booting without them)."""
+    NS_GET_OWNER_UID = 0xB704
+    for ctid in (A, B):
+        fd = os.open(f"/proc/{rt.init_pid(ctid)}/ns/user", os.O_RDONLY)
+        try:
+            owner = struct.unpack("I", fcntl.ioctl(fd, NS_GET_OWNER_UID, b"\0" * 4))[0]
+        finally:
+            os.close(fd)
+        assert owner == _ids(rt, ctid).base
 
 
 @pytest.mark.parametrize("ctid", [A, B], ids=["plain", "overlay"])

@@ -466,13 +466,19 @@ def _enter_user_ns(spec: StartSpec, w_user: int, r_maps: int) -> None:
     libc.mount(str(spec.root), str(spec.stage / "root"), None, libc.MS_BIND | libc.MS_REC)
     if spec.enter_cgroup is not None:
         spec.enter_cgroup()
+    # the user namespace is made by the VE's own host uid, not by root: the kernel
+    # charges what the VE's processes use per user (inotify instances and watches,
+    # keys, namespaces) to a namespace's owner, so each VE gets its own allowance
+    # instead of all VEs sharing root's (128 inotify instances end a host's boots)
+    os.setgroups([])
+    os.setresgid(spec.ids.base, spec.ids.base, spec.ids.base)
+    os.setresuid(spec.ids.base, spec.ids.base, spec.ids.base)
     libc.unshare(libc.CLONE_NEWUSER)
     os.write(w_user, b"u")
     os.close(w_user)
     if os.read(r_maps, 1) != b"m":
         raise VeError("the host did not map the VE's user namespace")
     os.close(r_maps)
-    os.setgroups([])
     os.setresgid(0, 0, 0)
     os.setresuid(0, 0, 0)
 
