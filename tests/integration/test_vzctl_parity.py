@@ -432,3 +432,37 @@ def test_a_simfs_or_ploop_ve_fails_alone(rt: Runtime) -> None:
         for ctid in (9730, 9731):
             rt.paths.conf(ctid).unlink()
         rt.destroy(good)
+
+
+# -- 11. --ioprio without BFQ -------------------------------------------------------------------
+
+def _io_weights_work(rt: Runtime) -> bool:
+    """Whether this host does anything with an I/O weight (read here on its own)."""
+    if rt.cgroups.version == 2:
+        qos = Path("/sys/fs/cgroup/io.cost.qos")
+        return qos.exists() and "enable=1" in qos.read_text()
+    return any("[bfq]" in f.read_text() for f in Path("/sys/block").glob("*/queue/scheduler"))
+
+
+def test_ioprio_without_an_io_scheduler_for_it_is_a_warning(rt: Runtime) -> None:
+    ctid = 9741
+    works = _io_weights_work(rt)
+    rt.create(ctid, "busybox-1")
+    try:
+        r = vzctl_cli(rt, "set", str(ctid), "--ioprio", "6", "--save")
+        assert r.returncode == 0, r.stderr
+        assert ("warning: IOPRIO 6 has no effect on this host" in r.stdout) != works, r.stdout
+        assert rt.config(ctid).get("IOPRIO") == "6"
+        r = vzctl_cli(rt, "start", str(ctid))             # a VE with IOPRIO starts
+        assert r.returncode == 0, r.stderr
+        r = vzctl_cli(rt, "set", str(ctid), "--ioprio", "2")
+        assert r.returncode == 0, r.stderr
+        assert "applied to running VE" in r.stdout
+        assert ("warning: IOPRIO 2 has no effect" in r.stdout) != works, r.stdout
+        if works:
+            f = _cgroup_file(rt, ctid, ("blkio", "blkio.bfq.weight"), "io.weight")
+            assert "50" in f.read_text().split()
+        r = vzctl_cli(rt, "set", str(ctid), "--ioprio", "4")   # the default: nothing to say
+        assert r.returncode == 0 and "warning" not in r.stdout, r.stdout
+    finally:
+        rt.destroy(ctid)

@@ -25,6 +25,8 @@ the limit means no soft limit.  A swap limit needs the kernel's swap accounting
 the limit holds trivially, so only a host *with* swap but without accounting makes
 a SWAPPAGES limit an error.  IOPRIO 4 is the
 default weight (100); each step up or down multiplies or divides it by about 1.4.
+IOPRIO is a hint, never a limit: a host whose kernel has no file for it (no BFQ) runs
+the VE without it, and ``vzctl set --ioprio`` says so.
 """
 
 from __future__ import annotations
@@ -163,8 +165,7 @@ def v2_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None,
               swap is not None and host_swap, "SWAPPAGES"),
         Write("pids", "pids.max", str(nproc) if nproc is not None else "max",
               nproc is not None, "NUMPROC"),
-        Write("io", "io.weight", f"default {io_weight(prio)}", prio != DEFAULT_IOPRIO,
-              "IOPRIO"),
+        Write("io", "io.weight", f"default {io_weight(prio)}", False, "IOPRIO"),  # (a hint)
     ]
 
 
@@ -197,7 +198,6 @@ def v1_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None,
               memsw is not None and host_swap, "SWAPPAGES"),
         Write("pids", "pids.max", str(nproc) if nproc is not None else "max",
               nproc is not None, "NUMPROC"),
-        Write("blkio", "blkio.bfq.weight", str(io_weight(prio)), prio != DEFAULT_IOPRIO,
-              "IOPRIO"),
+        Write("blkio", "blkio.bfq.weight", str(io_weight(prio)), False, "IOPRIO"),  # (a hint)
     ]
     return out
