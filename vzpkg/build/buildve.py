@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
+from vzpkg.build.hookenv import with_stage
 from vzpkg.build.sandbox import Command, Sandbox, Waiting
 from vzpkg.core.errors import BuildError, VzError
 from vzpkg.template.model import Script
@@ -110,7 +111,8 @@ def _argv(argv: Sequence[str] | Command) -> list[str]:
 
 
 def script_env(base: Mapping[str, str], stage: str) -> dict[str, str]:
-    return {**base, "STAGE": stage}
+    """*base* (vzpkg.build.hookenv.plan_env) with the variables of *stage*."""
+    return with_stage(base, stage)
 
 
 class BuildVE:

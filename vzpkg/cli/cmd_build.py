@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from vzpkg.cli.cmd_meta import add_plan_args, settings_from
 from vzpkg.cli.common import add_json_flag, emit_json
-from vzpkg.core.errors import UsageError, VzError
+from vzpkg.core.errors import BuildError, UsageError, VzError
 from vzpkg.core.units import human_size
 
 if TYPE_CHECKING:   # the build machinery is imported only when a build runs
@@ -27,10 +27,19 @@ examples:
 
 A build whose plan digest and repository state match the newest cache does
 nothing ("up to date") unless --force.  The previous cache is kept as -old.
-Scripts get DISTRIBUTION, RELEASE, CODENAME, ARCH, TARGET_ARCH, SET, CACHE_NAME,
-PLAN_DIGEST, BACKEND, PACKAGES, STAGE and VE_ROOT ("/" inside the VE, the
-root's path on the host for pre-cache and post-cache) in their environment.
+The build log (<cache dir>/.logs/NAME.log) has the time of each step.
 """
+
+
+class BuildHelp(argparse.RawDescriptionHelpFormatter):
+    """``vzpkg build --help``: the epilog, then the scripts' environment rendered
+    from its table (vzpkg.build.hookenv), loaded only when the help is shown."""
+
+    def add_text(self, text: str | None) -> None:
+        super().add_text(text)
+        if text is BUILD_EPILOG:
+            from vzpkg.build.hookenv import hookenv_text
+            super().add_text(hookenv_text())
 
 
 class Reporter:
@@ -100,7 +109,7 @@ def _run(args: argparse.Namespace, work: Callable[..., builder.BuildResult],
     failed = [r for r in results if isinstance(r, VzError)]
     if args.json:
         emit_json({"results": [r.to_json() if isinstance(r, builder.BuildResult)
-                               else {"name": p.name, "status": "failed", "error": str(r)}
+                               else _failure(p.name, r)
                                for p, r in zip(plans, results, strict=True)],
                    "failed": len(failed)})
     else:
@@ -115,6 +124,14 @@ def _run(args: argparse.Namespace, work: Callable[..., builder.BuildResult],
     if len(plans) == 1 and failed:
         raise failed[0]
     return 1 if failed else 0
+
+
+def _failure(name: str, exc: VzError) -> dict[str, object]:
+    """A failed build for --json; a BuildError says the step it failed in."""
+    out: dict[str, object] = {"name": name, "status": "failed", "error": str(exc)}
+    if isinstance(exc, BuildError):
+        out["step"] = exc.build_step or exc.step
+    return out
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -157,8 +174,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("build", help="build template caches",
                        description="Build template caches from templates.",
-                       epilog=BUILD_EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=BUILD_EPILOG, formatter_class=BuildHelp)
     _common(p)
     p.add_argument("--all", action="store_true", help="build every shipped template")
     p.add_argument("--force", action="store_true", help="rebuild even when up to date")

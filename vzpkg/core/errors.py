@@ -82,16 +82,37 @@ class StoreError(VzError):
 
 
 class BuildError(VzError):
-    """A build step failed.  Names the step and where its log is kept."""
+    """A build step failed.  Names the step and where its log is kept.
+
+    *step* is what failed (a command such as ``mmdebstrap``, a check such as
+    ``keys``).  The pipeline names its own step (``bootstrap``) as the error
+    leaves it (:meth:`in_step`): ``build_step``, and the message begins with it
+    when it is not *step* itself.
+    """
 
     def __init__(self, step: str, message: str, *, log: str | None = None,
                  hint: str | None = None) -> None:
-        text = f"build step {step!r} failed: {message}"
-        if log:
-            text += f"\n  log: {log}"
-        super().__init__(text, hint=hint)
         self.step = step
+        self.detail = message
         self.log = log
+        self.build_step: str | None = None
+        super().__init__(self._text(), hint=hint)
+
+    def in_step(self, name: str) -> None:
+        """Record that the error came out of the pipeline's step *name* (the
+        first one named wins: it is the innermost)."""
+        if self.build_step is None:
+            self.build_step = name
+            self.message = self._text()
+            self.args = (self.message,)
+
+    def _text(self) -> str:
+        text = f"build step {self.step!r} failed: {self.detail}"
+        if self.build_step is not None and self.build_step != self.step:
+            text = f"{self.build_step}: {text}"
+        if self.log:
+            text += f"\n  log: {self.log}"
+        return text
 
 
 class MirrorError(VzError):

@@ -63,15 +63,7 @@ import vzpkg
 from vzpkg.core.settings import Settings, user_cache_dir
 from vzpkg.core.settings_table import env_name
 from vzpkg.core.types import Compression
-from vzpkg.template.model import (
-    Key,
-    Options,
-    Plan,
-    Repository,
-    Script,
-    ScriptStage,
-    plan_digest,
-)
+from vzpkg.template import model
 
 FORMAT = 1
 # inputs changed this recently are not trusted: a second change within the same
@@ -107,7 +99,7 @@ Sig = list[int]             # st_mode, st_ino, st_dev, st_size, st_mtime_ns, st_
 
 def make_plan_cached(name: str, settings: Settings, *, overrides: Mapping[str, str] = {},
                      env: Mapping[str, str] | None = None, backend: str | None = None,
-                     apt_dir: Path | None = None) -> Plan:
+                     apt_dir: Path | None = None) -> model.Plan:
     """:func:`vzpkg.template.loader.make_plan` (same arguments, same result, same
     errors), from the cache when nothing that went into the plan has changed."""
     environ = os.environ if env is None else env
@@ -139,7 +131,7 @@ def make_plan_cached(name: str, settings: Settings, *, overrides: Mapping[str, s
 
 
 def _make(name: str, settings: Settings, overrides: Mapping[str, str],
-          env: Mapping[str, str] | None, backend: str | None, apt_dir: Path | None) -> Plan:
+          env: Mapping[str, str] | None, backend: str | None, apt_dir: Path | None) -> model.Plan:
     from vzpkg.template.loader import make_plan
     if apt_dir is None:
         return make_plan(name, settings, overrides=overrides, env=env, backend=backend)
@@ -182,7 +174,7 @@ def _key(name: str, settings: Settings, overrides: Mapping[str, str],
 
 # -- lookup ----------------------------------------------------------------------
 
-def _lookup(file: Path, key: str) -> Plan | None:
+def _lookup(file: Path, key: str) -> model.Plan | None:
     """The kept plan for *key* if every input is unchanged; None otherwise."""
     try:
         # no link, no FIFO to hang on, nothing written by someone else (for
@@ -196,7 +188,7 @@ def _lookup(file: Path, key: str) -> Plan | None:
         if doc["format"] != FORMAT or doc["key"] != key or not _unchanged(doc["inputs"]):
             return None
         plan = decode_plan(doc["plan"])
-        return plan if plan.digest == plan_digest(plan) else None
+        return plan if plan.digest == model.plan_digest(plan) else None
     except Exception:       # missing, unreadable, corrupt, foreign: a miss, never an error
         return None
 
@@ -458,7 +450,7 @@ def _code_files() -> list[str]:
 
 # -- storing ---------------------------------------------------------------------
 
-def _store(file: Path, key: str, inputs: list[list[Any]], plan: Plan,
+def _store(file: Path, key: str, inputs: list[list[Any]], plan: model.Plan,
            started_ns: int) -> None:
     """Keep *plan* if its inputs are settled and it survives the round trip."""
     for kind, _path, _arg, v in inputs:
@@ -522,7 +514,7 @@ def _prune(directory: Path) -> None:
 
 # -- the plan as JSON ------------------------------------------------------------
 
-def encode_plan(plan: Plan) -> dict[str, Any]:
+def encode_plan(plan: model.Plan) -> dict[str, Any]:
     """Every field of *plan* as JSON values (script bytes in base64)."""
     o = plan.options
     return {
@@ -547,30 +539,30 @@ def encode_plan(plan: Plan) -> dict[str, Any]:
     }
 
 
-def decode_plan(d: Any) -> Plan:
+def decode_plan(d: Any) -> model.Plan:
     """The plan :func:`encode_plan` gave *d* for; ValueError (or KeyError,
     TypeError) when *d* is anything else."""
     o = d["options"]
-    return Plan(
+    return model.Plan(
         name=_str(d["name"]), distribution=_str(d["distribution"]),
         release=_str(d["release"]), arch=_str(d["arch"]),
         target_arch=_str(d["target_arch"]), set_name=_str(d["set_name"]),
         backend=_str(d["backend"]), template_file=Path(_str(d["template_file"])),
         variables=tuple(_pair(v) for v in _list(d["variables"])),
         repositories=tuple(
-            Repository(name=_str(r["name"]), url=_opt(r["url"]), suite=_opt(r["suite"]),
+            model.Repository(name=_str(r["name"]), url=_opt(r["url"]), suite=_opt(r["suite"]),
                        components=tuple(_str(c) for c in _list(r["components"])),
                        metalink=_opt(r["metalink"]), mirrorlist=_opt(r["mirrorlist"]))
             for r in _list(d["repositories"])),
-        keys=tuple(Key(file=Path(_str(k["file"])), fingerprint=_str(k["fingerprint"]),
+        keys=tuple(model.Key(file=Path(_str(k["file"])), fingerprint=_str(k["fingerprint"]),
                        armored=_str(k["armored"])) for k in _list(d["keys"])),
         packages=tuple(_str(p) for p in _list(d["packages"])),
         scripts=tuple(
-            Script(stage=ScriptStage(_str(s["stage"])),
+            model.Script(stage=model.ScriptStage(_str(s["stage"])),
                    text=binascii.a2b_base64(_str(s["text"]), strict_mode=True),
                    path=None if s["path"] is None else Path(_str(s["path"])))
             for s in _list(d["scripts"])),
-        options=Options(compression=Compression(_str(o["compression"])),
+        options=model.Options(compression=Compression(_str(o["compression"])),
                         trim_docs=_bool(o["trim_docs"]),
                         trim_locales=_bool(o["trim_locales"]),
                         weak_deps=_bool(o["weak_deps"]), variant=_str(o["variant"])),
