@@ -67,12 +67,7 @@ def start(paths: VzPaths, ctid: int) -> int:
     try:
         sock.sendall(json.dumps({"op": "start", "ctid": ctid}).encode() + b"\n")
         sock.settimeout(REPLY_TIMEOUT)
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = _read_line(sock)
     finally:
         sock.close()
     try:
@@ -151,6 +146,17 @@ def _relay_console(master: int, stdin: int, stdout: int) -> None:
                     return
                 prev = c
             os.write(master, data)
+
+
+def _read_line(sock: socket.socket) -> bytes:
+    """Bytes up to and with the first newline (or until the other side closes)."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def _connect(paths: VzPaths) -> socket.socket:
@@ -259,12 +265,7 @@ class Helper:
     def _request(self, conn: socket.socket) -> None:
         try:
             conn.settimeout(5)
-            line = b""
-            while not line.endswith(b"\n"):
-                chunk = conn.recv(4096)
-                if not chunk:
-                    break
-                line += chunk
+            line = _read_line(conn)
             req = json.loads(line)
             ctid, op = int(req["ctid"]), req.get("op")
             assert op in ("start", "console")
