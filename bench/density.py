@@ -9,7 +9,11 @@ Builds, in a workspace of its own, a Debian 12 set ``web`` that extends the ship
 layout, one cache, each with its own address) up to N, waits until every new VE's
 systemd reports running or degraded, and measures from the host the first-response
 time of an HTTP GET to each VE (a fresh connection; at most --sample VEs, spread
-evenly) and the host memory per VE (MemAvailable before the first VE against now).
+evenly) and the host memory per VE, two ways: the median of what each VE's memory cgroup is
+charged (its processes' pages, page cache and kernel memory: the figure other work on
+the machine cannot disturb), and MemAvailable before the first VE against now divided
+by N (everything, including what the kernel holds outside the cgroups, but disturbed
+by anything else running).
 It stops adding VEs when MemAvailable would fall below --min-free-gib.
 
 Targets (issue 13): 500 such VEs on a 24 GiB host, a median first response under
@@ -77,6 +81,17 @@ def first_response(ip: str, timeout: float = 10.0) -> float:
         if not s.recv(1):
             raise OSError(f"{ip}: closed without an answer")
     return time.perf_counter() - t0
+
+
+def charged_mib(rt: Runtime, ctids: list[int]) -> float:
+    """Median MiB charged to the VEs' memory cgroups (physpages held)."""
+    per = []
+    for c in ctids:
+        pages = next((b.held for b in rt.cgroups.counters(str(c))
+                      if b.resource == "physpages"), None)
+        if pages is not None:
+            per.append(pages * 4096 / (1 << 20))
+    return round(median(per), 1) if per else 0.0
 
 
 def wait_http(ip: str, timeout: float = 120.0) -> None:
@@ -149,7 +164,9 @@ def main() -> int:
                    "first_response_median_ms": round(median(times) * 1000, 2),
                    "first_response_p90_ms": round(percentile(times, 90) * 1000, 2),
                    "sampled": len(times),
-                   "host_memory_per_ve_mib": round(used / len(running) / (1 << 20), 1)}
+                   "charged_memory_per_ve_mib": charged_mib(rt, running),
+                   "host_memory_per_ve_mib": round(used / len(running) / (1 << 20), 1),
+                   "load_average_1min": round(os.getloadavg()[0], 2)}
             rows.append(row)
             print(row, flush=True)
             if stopped_because != "reached the largest count":
