@@ -90,6 +90,34 @@ def test_an_address_in_use_is_exit_78(rt: Runtime) -> None:
         rt.destroy(9703)
 
 
+def test_start_fails_alike_with_and_without_the_event_helper(
+        rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A start that fails in the event helper exits as a direct start does: the same
+    vzctl exit code and message (here 78: an address routed to a running VE, written
+    into the second VE's CTID.conf by hand), and no half-started VE either way."""
+    rt.create(9745, "busybox-1", ipadd=["198.18.97.45"])
+    rt.create(9746, "busybox-1")
+    conf = rt.paths.conf(9746)
+    conf.write_text(conf.read_text() + 'IP_ADDRESS="198.18.97.45"\n')
+    try:
+        rt.start(9745)
+        seen = []
+        for helper in ("no", "yes"):
+            monkeypatch.setenv("VZCTL_EVENTD", helper)
+            r = vzctl_cli(rt, "start", "9746")
+            fails(r, 78, "198.18.97.45 is already routed to")
+            assert not rt.state(9746).running and not rt.state(9746).mounted
+            seen.append(r.stderr)
+        assert seen[0] == seen[1]
+        # and a VE that is not there: 14 from either path
+        for helper in ("no", "yes"):
+            monkeypatch.setenv("VZCTL_EVENTD", helper)
+            fails(vzctl_cli(rt, "start", "9747"), 14, "VE 9747 does not exist")
+    finally:
+        rt.destroy(9745)
+        rt.destroy(9746)
+
+
 # -- 2. the status line -----------------------------------------------------------------
 
 def test_status_line_is_openvzs(rt: Runtime) -> None:
