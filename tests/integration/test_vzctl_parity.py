@@ -54,13 +54,24 @@ def test_exit_codes_of_the_lifecycle(rt: Runtime) -> None:
         assert vzctl_cli(rt, "start", str(ctid)).returncode == 0
         fails(vzctl_cli(rt, "start", str(ctid)), 32, f"VE {ctid} is already running")
         fails(vzctl_cli(rt, "umount", str(ctid)), 32, f"VE {ctid} is running")
-        # a command that could not be run at all: 8; a command that ran: its status
-        fails(vzctl_cli(rt, "exec2", str(ctid), "no-such-command"), 8,
-              f"VE {ctid}: cannot run no-such-command: no such command in the VE")
-        fails(vzctl_cli(rt, "exec2", str(ctid), "/etc/hostname"), 8,
-              "cannot run /etc/hostname: Permission denied")
-        assert vzctl_cli(rt, "exec", str(ctid), "exit 7").returncode == 7
-        assert vzctl_cli(rt, "exec2", str(ctid), "false").returncode == 1
+        # exec2 is exec (OpenVZ: exec, returning the command's status): the line goes
+        # through the VE's /bin/sh -c, and the status is the shell's (127: not found,
+        # 126: not executable); 8 when the VE's shell itself cannot be run
+        for cmd in ("exec", "exec2"):
+            assert vzctl_cli(rt, cmd, str(ctid), "exit 7").returncode == 7
+            assert vzctl_cli(rt, cmd, str(ctid), "false").returncode == 1
+            r = vzctl_cli(rt, cmd, str(ctid), "echo", "$((6*7))", "|", "tr", "4", "x")
+            assert (r.returncode, r.stdout) == (0, "x2\n"), r.stderr
+            r = vzctl_cli(rt, cmd, str(ctid), "no-such-command")
+            assert r.returncode == 127 and "no-such-command: not found" in r.stderr, r.stderr
+            r = vzctl_cli(rt, cmd, str(ctid), "/etc/hostname")
+            assert r.returncode == 126 and "Permission denied" in r.stderr, r.stderr
+        assert vzctl_cli(rt, "exec", str(ctid), "mv /bin/sh /bin/sh.off").returncode == 0
+        for cmd in ("exec", "exec2"):
+            fails(vzctl_cli(rt, cmd, str(ctid), "true"), 8,
+                  f"VE {ctid}: cannot run the command: the VE's /bin/sh could not be run "
+                  "(no such command in the VE)", "the VE needs a shell there")
+        rt.exec(ctid, ["/bin/busybox", "mv", "/bin/sh.off", "/bin/sh"])
         fails(vzctl_cli(rt, "set", str(ctid), "--userpasswd", "nobody-here:pw"), 74,
               "chpasswd in VE")
     finally:

@@ -462,12 +462,23 @@ class Runtime:
         if why:
             raise ExecError(f"VE {ctid}: cannot run {words[0]}: {why}",
                             hint="give the full path of a program the VE has, "
-                                 f"e.g. vzctl exec2 {ctid} /bin/ls")
+                                 "e.g. /bin/ls")
         return code
 
     def run_shell(self, ctid: int, command: str,
                   stdio: tuple[int, int, int] | None = None) -> int:
-        return self.exec(ctid, ["/bin/sh", "-c", command], stdio)
+        """Run the command line *command* with the VE's ``/bin/sh -c`` (vzctl exec and
+        exec2); its exit status.  ExecError (8) only when the shell itself could not be
+        run: a command the shell does not find is its status 127, as on OpenVZ."""
+        try:
+            return self.exec(ctid, ["/bin/sh", "-c", command], stdio)
+        except ExecError as exc:
+            if not exc.message.startswith(f"VE {ctid}: cannot run /bin/sh:"):
+                raise
+            raise ExecError(f"VE {ctid}: cannot run the command: the VE's /bin/sh "
+                            f"could not be run ({exc.message.partition('/bin/sh: ')[2]})",
+                            hint="vzctl exec and exec2 run COMMAND through the VE's "
+                                 "/bin/sh -c; the VE needs a shell there") from None
 
     def userns(self, ctid: int) -> bool:
         """Whether VE *ctid* runs in a user namespace of its own."""
