@@ -473,6 +473,52 @@ def test_a_simfs_or_ploop_ve_fails_alone(rt: Runtime) -> None:
         rt.destroy(good)
 
 
+def _vzlist(rt: Runtime, *args: str) -> tuple[int, str, str]:
+    import subprocess
+    import sys
+    r = subprocess.run([str(Path(sys.executable).parent / "vzlist"), *args],
+                       env={**os.environ, "VZ_ROOT": str(rt.paths.root)},
+                       capture_output=True, text=True, check=False, timeout=60)
+    return r.returncode, r.stdout, r.stderr
+
+
+def test_vzlist_shows_live_values_and_lists_past_a_broken_ve(rt: Runtime) -> None:
+    """vzlist shows what a running VE has now (a set without --save included), and
+    vzlist -a lists the other VEs past one whose CTID.conf vzctl cannot use (exit 0,
+    the broken one named on stderr and listed with what its file says)."""
+    import json
+    ctid, broken = 9748, 9749
+    rt.create(ctid, "busybox-1", hostname="before")
+    rt.paths.conf(broken).write_text('VE_LAYOUT="ploop"\nHOSTNAME="old"\n'
+                                     'IP_ADDRESS="198.18.97.49"\n')
+    try:
+        rt.start(ctid)
+        r = vzctl_cli(rt, "set", str(ctid), "--hostname", "during", "--cpuunits", "500",
+                      "--ipadd", "198.18.97.48", "--numproc", "321")       # live only
+        assert r.returncode == 0, r.stderr
+        code, out, err = _vzlist(rt, "-H", "-o", "ctid,hostname,cpuunits,ip,numproc.b",
+                                 str(ctid))
+        assert (code, out.split()) == (0, [str(ctid), "during", "500", "198.18.97.48",
+                                           "321"]), err
+        code, out, err = _vzlist(rt, "-a", "-H", "-o", "ctid,status,hostname,layout")
+        assert code == 0 and [ln.split() for ln in out.splitlines()] == [
+            [str(ctid), "running", "during", "plain"],
+            [str(broken), "stopped", "old", "ploop"]], (out, err)
+        assert err.startswith(f"vzlist: warning: VE {broken} has VE_LAYOUT='ploop'"), err
+        assert "Traceback" not in err and len(err.splitlines()) == 1, err
+        code, out, _ = _vzlist(rt, "-a", "-j")
+        rows = {d["ctid"]: d for d in json.loads(out)}
+        assert rows[ctid]["conf_error"] is None and rows[ctid]["hostname"] == "during"
+        assert "only plain and overlay" in rows[broken]["conf_error"]
+        rt.stop(ctid)          # a stopped VE: what CTID.conf says again
+        code, out, err = _vzlist(rt, "-a", "-H", "-o", "ctid,hostname,cpuunits,ip",
+                                 str(ctid))
+        assert out.split() == [str(ctid), "before", "1000", "-"], (out, err)
+    finally:
+        rt.paths.conf(broken).unlink()
+        rt.destroy(ctid)
+
+
 # -- 11. --ioprio without BFQ -------------------------------------------------------------------
 
 def _io_weights_work(rt: Runtime) -> bool:
