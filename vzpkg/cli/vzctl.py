@@ -72,12 +72,18 @@ def cmd_create(args: argparse.Namespace) -> int:
                          hint=f"vzctl create {args.ctid} --ostemplate NAME, or set "
                               f'DEF_OSTEMPLATE="NAME" in {rt.paths.global_conf}')
     _say(args, f"Creating VE {args.ctid} from {ostemplate} ...")
-    rt.create(args.ctid, ostemplate, config=args.config, hostname=args.hostname,
-              ipadd=args.ipadd or (), layout_name=args.layout,
-              userns=None if args.userns is None else args.userns == "yes")
+    notes = rt.create(args.ctid, ostemplate, config=args.config, hostname=args.hostname,
+                      ipadd=args.ipadd or (), layout_name=args.layout,
+                      userns=None if args.userns is None else args.userns == "yes",
+                      idmap_mode=args.idmap_mode)
+    for note in notes:
+        _say(args, note)
     cfg = rt.config(args.ctid)
     ids = cfg.get("VE_IDMAP")
     how = f"user namespace, host ids {ids}" if ids else "host root, no user namespace"
+    if ids:
+        how += (", files shifted on disk" if cfg.get("VE_IDMAP_MODE") == "shift"
+                else ", idmapped mount")
     _say(args, f"VE {args.ctid} created ({cfg.get('VE_LAYOUT')} layout, {how}, "
                f"{rt.paths.private(args.ctid)})")
     return 0
@@ -281,6 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="yes (default): the VE's root is an unprivileged host id range in "
                         "a user namespace of its own; no: host root with a reduced "
                         "capability set, the old mode (weaker; docs/SECURITY.md)")
+    c.add_argument("--idmap-mode", choices=("auto", "mount", "shift"),
+                   help="how a user-namespaced VE's files get its ids: mount, an idmapped "
+                        "mount (files stay 0..65535 on disk); shift, their owners are "
+                        "shifted to the VE's range on disk now (plain layout; for file "
+                        "systems or hosts without working idmapped mounts); auto "
+                        "(default: VE_IDMAP_MODE of vz.conf, else auto): mount where the "
+                        "file system takes one, else shift")
     st = cmd("start", cmd_start, "start a VE: namespaces, cgroup, network, init")
     st.add_argument("--wait", action="store_true",
                     help="return when the VE's init says it is up (systemd: "

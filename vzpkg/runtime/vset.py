@@ -11,7 +11,7 @@ from vzpkg.core.errors import NameInUseError, PasswordError, UsageError, VeError
 from vzpkg.runtime import dists, join, layout, net, ns, state
 from vzpkg.runtime.cgroups.mapping import DEFAULT_IOPRIO
 from vzpkg.runtime.config import VeConfig, atomic_write, lenient_values
-from vzpkg.runtime.derived import addrs_of, dist_setup, ids_of, layout_of
+from vzpkg.runtime.derived import addrs_of, dist_setup, ids_of, layout_of, mount_ids_of
 from vzpkg.runtime.params import RESOURCE_KEYS, find_param
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ def run_stopped(rt: Runtime, ctid: int, argv: Sequence[str], stdin: bytes
     cfg = rt.config(ctid)
     was = layout.is_mounted(rt.paths.ve_root(ctid))
     ids = ids_of(cfg)
-    root = layout.mount(rt.paths, ctid, layout_of(cfg), ids)
+    root = layout.mount(rt.paths, ctid, layout_of(cfg), mount_ids_of(cfg))
     cg = rt.cgroups
     r_in, w_in = os.pipe()
     out = os.memfd_create("vzctl-out")
