@@ -188,6 +188,12 @@ def _check_shifted_ve(rt: Runtime, ctid: int, create: subprocess.CompletedProces
         st = p.lstat()
         assert (st.st_uid - ids.base, st.st_gid - ids.base) == (uid, gid), p
     assert stat.S_IMODE((private / "tmp").stat().st_mode) == 0o1777
+    # a stopped VE's command (its own chpasswd) works on the bound, shifted root
+    r = vzctl_cli(rt, "set", str(ctid), "--userpasswd", "root:secret")
+    assert r.returncode == 0, r.stderr
+    st = (private / "etc/shadow").stat()
+    assert (st.st_uid - ids.base, st.st_gid - ids.base) == (0, 0)
+    assert "root:$6$" in (private / "etc/shadow").read_text()
     r = vzctl_cli(rt, "start", str(ctid))
     assert r.returncode == 0, r.stderr
     try:
