@@ -372,7 +372,7 @@ def bench_idle(rt: Runtime, name: str, n: int) -> dict[str, Any]:
         "idle_cgroup_memory_per_ve_mib": round(charged / n / (1 << 20), 2),
         "idle_kernel_slab_stack_pt_per_ve_mib": round(kernel / n / (1 << 20), 2),
         "idle_seed_mib_per_ve": round(SEED_MIB_PER_VE, 2),
-        "idle_vs_seed": round(per_ve / (1 << 20) / SEED_MIB_PER_VE, 2),
+        "idle_cgroup_vs_seed": round(charged / n / (1 << 20) / SEED_MIB_PER_VE, 2),
     }
 
 
