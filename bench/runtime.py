@@ -14,7 +14,16 @@ $VZPKG_CACHE_DIR, caches/ of the repository), else a busybox cache made with
 - stop (the init's shutdown signal) and stop --fast;
 - start until systemd reports running or degraded, and its clean stop (a systemd tree);
 - density: start --density VEs (overlay, one cache), then host memory per running
-  VE, split into the VEs' own processes (PSS) and what the host spends beyond them.
+  VE, split into the VEs' own processes (PSS) and what the host spends beyond them;
+- idle (issue 13): host memory per idle VE running systemd, journald, sshd and cron:
+  --idle VEs of a Debian ``default`` cache (--idle-cache; found next to the other
+  cache), each booted and checked to run the four, then the same split as density,
+  and what each VE's memory cgroup is charged (its processes, their page cache and
+  kernel objects: unlike MemAvailable, not moved by whatever else the host runs).
+  The seed's figure (120 VEs in 768 MB, 6.4 MiB each) is printed beside it.
+
+``--only STEP[,STEP]`` runs some of create, start, density, idle (results then go to
+bench/results/runtime_STEPS.json, leaving runtime.json as the full run wrote it).
 
 Targets (issue 5): plain create <= 1.2x tar, overlay create < 50 ms, start < 150 ms,
 overhead per idle VE < 2 MB.  Needs root.  Writes bench/results/runtime.json.
@@ -294,6 +303,82 @@ def bench_density(rt: Runtime, name: str, n: int) -> dict[str, Any]:
     }
 
 
+# what "an idle VE running systemd, journald, sshd and cron" runs: process names
+IDLE_SERVICES = {"systemd": "systemd", "journald": "systemd-journal", "sshd": "sshd",
+                 "cron": "cron"}
+SEED_MIB_PER_VE = 768 / 120
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def idle_cache(cache_dirs: list[Path], name: str) -> str | None:
+    """The ``default`` set of the Debian cache *name* (or *name* itself), if built."""
+    from vzpkg.store.cachestore import CacheStore
+    parts = name.split("-")
+    want = "-".join([*parts[:3], "default"]) if len(parts) >= 4 else name
+    for d in cache_dirs:
+        if CacheStore(d).tarball(want) is not None:
+            return want
+    return None
+
+
+def bench_idle(rt: Runtime, name: str, n: int) -> dict[str, Any]:
+    """Host memory per idle VE running systemd, journald, sshd and cron: *n* VEs of
+    cache *name* (overlay), each booted (systemd says running or degraded) and checked
+    to run the four, then left alone for a while."""
+    ids = [BASE + 300 + i for i in range(n)]
+    for c in ids:
+        rt.create(c, name, layout_name="overlay")
+    try:
+        time.sleep(1)
+        before = meminfo()
+        for c in ids:
+            rt.start(c)
+        states = [rt.wait_booted(c, timeout=600) for c in ids]
+        time.sleep(10)          # idle: what boot started has settled
+        after = meminfo()
+        running: list[set[str]] = []
+        own = charged = nproc = 0
+        for c in ids:
+            procs = rt.cgroups.procs(str(c))
+            nproc += len(procs)
+            running.append({_comm(p) for p in procs})
+            own += sum(pss(p) for p in procs)
+            # what the kernel charges to the VE's memory cgroup: its processes, their
+            # page cache and kernel objects (the others on the host do not count here)
+            charged += next((bc.held * 4096 for bc in rt.cgroups.counters(str(c))
+                             if bc.resource == "physpages"), 0)
+        missing = sorted({svc for names in running for svc, comm in IDLE_SERVICES.items()
+                          if comm not in names})
+    finally:
+        for c in ids:
+            rt.stop(c, fast=True)
+            rt.destroy(c)
+    used = before["MemAvailable"] - after["MemAvailable"]
+    kernel = sum(after[k] - before[k] for k in ("Slab", "KernelStack", "PageTables"))
+    per_ve = used / n
+    return {
+        "idle_cache": name, "idle_ves": n, "idle_systemd_states": sorted(set(states)),
+        "idle_services": sorted(IDLE_SERVICES), "idle_services_missing": missing,
+        "idle_processes_per_ve": round(nproc / n, 1),
+        "idle_host_memory_per_ve_mib": round(per_ve / (1 << 20), 2),
+        "idle_ve_processes_pss_per_ve_mib": round(own / n / (1 << 20), 2),
+        "idle_cgroup_memory_per_ve_mib": round(charged / n / (1 << 20), 2),
+        "idle_kernel_slab_stack_pt_per_ve_mib": round(kernel / n / (1 << 20), 2),
+        "idle_seed_mib_per_ve": round(SEED_MIB_PER_VE, 2),
+        "idle_cgroup_vs_seed": round(charged / n / (1 << 20) / SEED_MIB_PER_VE, 2),
+    }
+
+
+STEPS = ("create", "start", "density", "idle")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cache-dir", type=Path)
@@ -305,6 +390,12 @@ def main() -> int:
     ap.add_argument("--against", metavar="REF",
                     help="compare create/start/exec/stop with the code at git REF")
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds (--against)")
+    ap.add_argument("--idle", type=int, default=10, metavar="N",
+                    help="idle VEs running systemd, journald, sshd and cron (0: skip)")
+    ap.add_argument("--idle-cache", metavar="NAME",
+                    help="their cache (default: the default set of the Debian cache)")
+    ap.add_argument("--only", metavar="STEPS",
+                    help=f"run only these steps, comma-separated: {','.join(STEPS)}")
     ap.add_argument("--ops-json", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -330,20 +421,36 @@ def main() -> int:
             safe = "".join(c if c.isalnum() else "_" for c in args.against)
             print(f"wrote {write_results(f'runtime_vs_{safe}', cmp)}")
             return 0
+        steps = args.only.split(",") if args.only else list(STEPS)
+        if set(steps) - set(STEPS):
+            ap.error(f"--only: unknown step(s) {sorted(set(steps) - set(STEPS))}; "
+                     f"steps are {','.join(STEPS)}")
         tarball = rt.find_cache(name).tarball
         print(f"cache {name} ({tarball.stat().st_size >> 20} MiB), {args.runs} runs",
               flush=True)
         res: dict[str, Any] = {"cache": name, "cache_bytes": tarball.stat().st_size,
                                "runs": args.runs}
-        res.update(bench_create(rt, name, tarball, work, args.runs))
-        print({k: v for k, v in res.items() if "create" in k or "tar" in k}, flush=True)
-        res.update(bench_start_stop(rt, name, work, args.runs))
-        print({k: v for k, v in res.items() if "start" in k or "stop" in k}, flush=True)
-        if args.density:
+        if "create" in steps:
+            res.update(bench_create(rt, name, tarball, work, args.runs))
+            print({k: v for k, v in res.items() if "create" in k or "tar" in k}, flush=True)
+        if "start" in steps:
+            res.update(bench_start_stop(rt, name, work, args.runs))
+            print({k: v for k, v in res.items() if "start" in k or "stop" in k}, flush=True)
+        if args.density and "density" in steps:
             res.update(bench_density(rt, name, args.density))
             print({k: v for k, v in res.items() if "density" in k or "per_ve" in k},
                   flush=True)
-        out = write_results("runtime", res)
+        if args.idle and "idle" in steps:
+            idle = args.idle_cache or idle_cache(rt.cache_dirs, name)
+            if idle is None:
+                res["idle_skipped"] = (f"no Debian default cache next to {name}: build it "
+                                       "(vzpkg build debian-12-x86_64-default) or name one "
+                                       "with --idle-cache")
+            else:
+                res.update(bench_idle(rt, idle, args.idle))
+            print({k: v for k, v in res.items() if k.startswith("idle")}, flush=True)
+        out = write_results("runtime" if not args.only else
+                            "runtime_" + "_".join(steps), res)
         print(f"wrote {out}")
     finally:
         rt_root = work / "vz"

@@ -54,13 +54,24 @@ def test_exit_codes_of_the_lifecycle(rt: Runtime) -> None:
         assert vzctl_cli(rt, "start", str(ctid)).returncode == 0
         fails(vzctl_cli(rt, "start", str(ctid)), 32, f"VE {ctid} is already running")
         fails(vzctl_cli(rt, "umount", str(ctid)), 32, f"VE {ctid} is running")
-        # a command that could not be run at all: 8; a command that ran: its status
-        fails(vzctl_cli(rt, "exec2", str(ctid), "no-such-command"), 8,
-              f"VE {ctid}: cannot run no-such-command: no such command in the VE")
-        fails(vzctl_cli(rt, "exec2", str(ctid), "/etc/hostname"), 8,
-              "cannot run /etc/hostname: Permission denied")
-        assert vzctl_cli(rt, "exec", str(ctid), "exit 7").returncode == 7
-        assert vzctl_cli(rt, "exec2", str(ctid), "false").returncode == 1
+        # exec2 is exec (OpenVZ: exec, returning the command's status): the line goes
+        # through the VE's /bin/sh -c, and the status is the shell's (127: not found,
+        # 126: not executable); 8 when the VE's shell itself cannot be run
+        for cmd in ("exec", "exec2"):
+            assert vzctl_cli(rt, cmd, str(ctid), "exit 7").returncode == 7
+            assert vzctl_cli(rt, cmd, str(ctid), "false").returncode == 1
+            r = vzctl_cli(rt, cmd, str(ctid), "echo", "$((6*7))", "|", "tr", "4", "x")
+            assert (r.returncode, r.stdout) == (0, "x2\n"), r.stderr
+            r = vzctl_cli(rt, cmd, str(ctid), "no-such-command")
+            assert r.returncode == 127 and "no-such-command: not found" in r.stderr, r.stderr
+            r = vzctl_cli(rt, cmd, str(ctid), "/etc/hostname")
+            assert r.returncode == 126 and "Permission denied" in r.stderr, r.stderr
+        assert vzctl_cli(rt, "exec", str(ctid), "mv /bin/sh /bin/sh.off").returncode == 0
+        for cmd in ("exec", "exec2"):
+            fails(vzctl_cli(rt, cmd, str(ctid), "true"), 8,
+                  f"VE {ctid}: cannot run the command: the VE's /bin/sh could not be run "
+                  "(no such command in the VE)", "the VE needs a shell there")
+        rt.exec(ctid, ["/bin/busybox", "mv", "/bin/sh.off", "/bin/sh"])
         fails(vzctl_cli(rt, "set", str(ctid), "--userpasswd", "nobody-here:pw"), 74,
               "chpasswd in VE")
     finally:
@@ -88,6 +99,34 @@ def test_an_address_in_use_is_exit_78(rt: Runtime) -> None:
     finally:
         rt.destroy(9702)
         rt.destroy(9703)
+
+
+def test_start_fails_alike_with_and_without_the_event_helper(
+        rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A start that fails in the event helper exits as a direct start does: the same
+    vzctl exit code and message (here 78: an address routed to a running VE, written
+    into the second VE's CTID.conf by hand), and no half-started VE either way."""
+    rt.create(9745, "busybox-1", ipadd=["198.18.97.45"])
+    rt.create(9746, "busybox-1")
+    conf = rt.paths.conf(9746)
+    conf.write_text(conf.read_text() + 'IP_ADDRESS="198.18.97.45"\n')
+    try:
+        rt.start(9745)
+        seen = []
+        for helper in ("no", "yes"):
+            monkeypatch.setenv("VZCTL_EVENTD", helper)
+            r = vzctl_cli(rt, "start", "9746")
+            fails(r, 78, "198.18.97.45 is already routed to")
+            assert not rt.state(9746).running and not rt.state(9746).mounted
+            seen.append(r.stderr)
+        assert seen[0] == seen[1]
+        # and a VE that is not there: 14 from either path
+        for helper in ("no", "yes"):
+            monkeypatch.setenv("VZCTL_EVENTD", helper)
+            fails(vzctl_cli(rt, "start", "9747"), 14, "VE 9747 does not exist")
+    finally:
+        rt.destroy(9745)
+        rt.destroy(9746)
 
 
 # -- 2. the status line -----------------------------------------------------------------
@@ -434,19 +473,74 @@ def test_a_simfs_or_ploop_ve_fails_alone(rt: Runtime) -> None:
         rt.destroy(good)
 
 
+def _vzlist(rt: Runtime, *args: str) -> tuple[int, str, str]:
+    import subprocess
+    import sys
+    r = subprocess.run([str(Path(sys.executable).parent / "vzlist"), *args],
+                       env={**os.environ, "VZ_ROOT": str(rt.paths.root)},
+                       capture_output=True, text=True, check=False, timeout=60)
+    return r.returncode, r.stdout, r.stderr
+
+
+def test_vzlist_shows_live_values_and_lists_past_a_broken_ve(rt: Runtime) -> None:
+    """vzlist shows what a running VE has now (a set without --save included), and
+    vzlist -a lists the other VEs past one whose CTID.conf vzctl cannot use (exit 0,
+    the broken one named on stderr and listed with what its file says)."""
+    import json
+    ctid, broken = 9748, 9749
+    rt.create(ctid, "busybox-1", hostname="before")
+    rt.paths.conf(broken).write_text('VE_LAYOUT="ploop"\nHOSTNAME="old"\n'
+                                     'IP_ADDRESS="198.18.97.49"\n')
+    try:
+        rt.start(ctid)
+        r = vzctl_cli(rt, "set", str(ctid), "--hostname", "during", "--cpuunits", "500",
+                      "--ipadd", "198.18.97.48", "--numproc", "321")       # live only
+        assert r.returncode == 0, r.stderr
+        code, out, err = _vzlist(rt, "-H", "-o", "ctid,hostname,cpuunits,ip,numproc.b",
+                                 str(ctid))
+        assert (code, out.split()) == (0, [str(ctid), "during", "500", "198.18.97.48",
+                                           "321"]), err
+        code, out, err = _vzlist(rt, "-a", "-H", "-o", "ctid,status,hostname,layout")
+        assert code == 0 and [ln.split() for ln in out.splitlines()] == [
+            [str(ctid), "running", "during", "plain"],
+            [str(broken), "stopped", "old", "ploop"]], (out, err)
+        assert err.startswith(f"vzlist: warning: VE {broken} has VE_LAYOUT='ploop'"), err
+        assert "Traceback" not in err and len(err.splitlines()) == 1, err
+        code, out, _ = _vzlist(rt, "-a", "-j")
+        rows = {d["ctid"]: d for d in json.loads(out)}
+        assert rows[ctid]["conf_error"] is None and rows[ctid]["hostname"] == "during"
+        assert "only plain and overlay" in rows[broken]["conf_error"]
+        rt.stop(ctid)          # a stopped VE: what CTID.conf says again
+        code, out, err = _vzlist(rt, "-a", "-H", "-o", "ctid,hostname,cpuunits,ip",
+                                 str(ctid))
+        assert out.split() == [str(ctid), "before", "1000", "-"], (out, err)
+    finally:
+        rt.paths.conf(broken).unlink()
+        rt.destroy(ctid)
+
+
 # -- 11. --ioprio without BFQ -------------------------------------------------------------------
 
-def _io_weights_work(rt: Runtime) -> bool:
-    """Whether this host does anything with an I/O weight (read here on its own)."""
-    if rt.cgroups.version == 2:
-        qos = Path("/sys/fs/cgroup/io.cost.qos")
-        return qos.exists() and "enable=1" in qos.read_text()
-    return any("[bfq]" in f.read_text() for f in Path("/sys/block").glob("*/queue/scheduler"))
+def _io_weight_files(rt: Runtime) -> list[str]:
+    """The weight files this host's disks honour (read here on its own): BFQ's where
+    a disk uses BFQ, io.weight where cgroup v2's io.cost is enabled."""
+    files = []
+    bfq = any("[bfq]" in f.read_text() for f in Path("/sys/block").glob("*/queue/scheduler"))
+    if rt.cgroups.version == 1:
+        return ["blkio.bfq.weight"] if bfq else []
+    if bfq:
+        files.append("io.bfq.weight")
+    root = rt.cgroups.cgroup2_root()
+    qos = root / "io.cost.qos" if root else None
+    if qos is not None and qos.exists() and "enable=1" in qos.read_text():
+        files.append("io.weight")
+    return files
 
 
 def test_ioprio_without_an_io_scheduler_for_it_is_a_warning(rt: Runtime) -> None:
     ctid = 9741
-    works = _io_weights_work(rt)
+    files = _io_weight_files(rt)
+    works = bool(files)
     rt.create(ctid, "busybox-1")
     try:
         r = vzctl_cli(rt, "set", str(ctid), "--ioprio", "6", "--save")
@@ -459,9 +553,9 @@ def test_ioprio_without_an_io_scheduler_for_it_is_a_warning(rt: Runtime) -> None
         assert r.returncode == 0, r.stderr
         assert "applied to running VE" in r.stdout
         assert ("warning: IOPRIO 2 has no effect" in r.stdout) != works, r.stdout
-        if works:
-            f = _cgroup_file(rt, ctid, ("blkio", "blkio.bfq.weight"), "io.weight")
-            assert "50" in f.read_text().split()
+        for name in files:      # (none on a host whose disks use neither BFQ nor io.cost)
+            f = _cgroup_file(rt, ctid, ("blkio", name), name)
+            assert "50" in f.read_text().split(), (name, f.read_text())
         r = vzctl_cli(rt, "set", str(ctid), "--ioprio", "4")   # the default: nothing to say
         assert r.returncode == 0 and "warning" not in r.stdout, r.stdout
     finally:

@@ -17,12 +17,14 @@ from vzpkg.runtime.cgroups import CgroupsV1, CgroupsV2, check_ctid, detect
 from vzpkg.runtime.cgroups import v1 as v1mod
 from vzpkg.runtime.cgroups import v2 as v2mod
 from vzpkg.runtime.cgroups.mapping import (
+    IoSchedulers,
     cpu_quota_us,
     cpu_shares,
     cpu_weight,
     host_has_swap,
     io_weight,
     v1_writes,
+    v2_writes,
 )
 from vzpkg.runtime.cgroups.v1 import find_mounts
 from vzpkg.runtime.config import VeConfig
@@ -31,13 +33,77 @@ FULL = VeConfig.parse('CPUUNITS="3000"\nCPULIMIT="150"\nCPUMASK="1-2"\nIOPRIO="6
                       'PHYSPAGES="65536:131072"\nSWAPPAGES="0:256M"\nNUMPROC="100:120"\n')
 
 
+BFQ = IoSchedulers(bfq=True)
+IOCOST = IoSchedulers(iocost=True)
+
+
 def v1(tmp_path: Path) -> tuple[CgroupsV1, dict[str, Path]]:
     groups = v1_tree(tmp_path)
-    return CgroupsV1({c: tmp_path / c for c in groups}), groups
+    cg = CgroupsV1({c: tmp_path / c for c in groups})
+    cg.io = BFQ
+    return cg, groups
+
+
+def v2(root: Path, io: IoSchedulers = IOCOST) -> CgroupsV2:
+    cg = CgroupsV2(root)
+    cg.io = io
+    return cg
 
 
 def test_io_weight_scale() -> None:
     assert [io_weight(p) for p in range(8)] == [25, 35, 50, 71, 100, 141, 200, 283]
+
+
+def _io_files(version: int, io: IoSchedulers, prio: int = 6) -> dict[str, str]:
+    cfg = VeConfig.parse(f'IOPRIO="{prio}"\n')
+    writes = v1_writes(cfg, io=io) if version == 1 else v2_writes(cfg, io=io)
+    return {w.file: w.value for w in writes if w.param == "IOPRIO"}
+
+
+def test_ioprio_goes_to_the_weight_file_of_the_hosts_scheduler() -> None:
+    """BFQ reads io.bfq.weight (v2) or blkio.bfq.weight (v1); io.cost (v2 only) reads
+    io.weight; with neither, nothing is written and set warns (IOPRIO is a hint)."""
+    none, bfq, iocost = IoSchedulers(), IoSchedulers(bfq=True), IoSchedulers(iocost=True)
+    both = IoSchedulers(bfq=True, iocost=True)
+    assert _io_files(2, bfq) == {"io.bfq.weight": "200"}
+    assert _io_files(2, iocost) == {"io.weight": "default 200"}
+    assert _io_files(2, both) == {"io.bfq.weight": "200", "io.weight": "default 200"}
+    assert _io_files(2, none) == {}
+    assert _io_files(1, bfq) == _io_files(1, both) == {"blkio.bfq.weight": "200"}
+    assert _io_files(1, iocost) == _io_files(1, none) == {}
+    assert _io_files(2, both, prio=0) == {"io.bfq.weight": "25", "io.weight": "default 25"}
+    for version, io in ((2, none), (1, none), (1, iocost)):
+        assert "no disk uses the BFQ I/O scheduler" in io.unused_because(version)
+    assert "io.cost" in none.unused_because(2)
+    assert not bfq.unused_because(1) and not iocost.unused_because(2)
+    assert not bfq.unused_because(2)
+
+
+def test_io_schedulers_are_read_from_the_host(tmp_path: Path) -> None:
+    block, cg2 = tmp_path / "block", tmp_path / "cgroup"
+    for disk, sched in (("vda", "none [mq-deadline] kyber bfq\n"),
+                        ("loop0", "[none] mq-deadline\n")):
+        (block / disk / "queue").mkdir(parents=True)
+        (block / disk / "queue/scheduler").write_text(sched)
+    cg2.mkdir()
+    assert IoSchedulers.of_host(cg2, block) == IoSchedulers()     # no io.cost.qos
+    (cg2 / "io.cost.qos").write_text("253:0 enable=0 ctrl=auto rpct=0.00\n")
+    assert IoSchedulers.of_host(cg2, block) == IoSchedulers()
+    (cg2 / "io.cost.qos").write_text("253:0 enable=0 ctrl=auto\n8:0 enable=1 ctrl=user\n")
+    assert IoSchedulers.of_host(cg2, block) == IoSchedulers(iocost=True)
+    assert IoSchedulers.of_host(None, block) == IoSchedulers()      # v1: no io.cost
+    (block / "loop0/queue/scheduler").write_text("none mq-deadline [bfq]\n")
+    assert IoSchedulers.of_host(cg2, block) == IoSchedulers(bfq=True, iocost=True)
+
+
+def test_v2_writes_the_bfq_weight_where_bfq_runs(tmp_path: Path) -> None:
+    g = v2_tree(tmp_path)
+    (g / "io.bfq.weight").write_text("default 100\n")
+    v2(tmp_path, IoSchedulers(bfq=True)).apply("101", FULL)
+    assert read(g, "io.bfq.weight") == "200"
+    assert read(g, "io.weight") == "default 100"                  # io.cost is not on
+    (g / "io.bfq.weight").unlink()            # a hint: a missing file is skipped
+    v2(tmp_path, IoSchedulers(bfq=True)).apply("101", FULL)
 
 
 def test_cpu_scaling() -> None:
@@ -56,7 +122,7 @@ def test_cpu_quota_is_the_lower_cap(conf: str, quota: int | None) -> None:
 
 def test_v2_full_mapping(tmp_path: Path) -> None:
     g = v2_tree(tmp_path)
-    CgroupsV2(tmp_path).apply("101", FULL)
+    v2(tmp_path).apply("101", FULL)
     assert read(g, "cpu.weight") == "300"
     assert read(g, "cpu.max") == "150000 100000"
     assert read(g, "cpuset.cpus") == "1-2"
@@ -69,7 +135,7 @@ def test_v2_full_mapping(tmp_path: Path) -> None:
 
 def test_v2_unset_params_lift_the_limits(tmp_path: Path) -> None:
     g = v2_tree(tmp_path)
-    cg = CgroupsV2(tmp_path)
+    cg = v2(tmp_path)
     cg.apply("101", FULL)
     cg.apply("101", VeConfig.parse('PHYSPAGES="0:1G"\n'))  # live change: most unset
     assert read(g, "cpu.weight") == "100"

@@ -42,3 +42,26 @@ def test_the_readme_table_lists_exactly_the_codes_vzctl_gives() -> None:
     table = {name: int(code) for code, name in rows if name}
     assert table == {name: cls.exit_code for name, cls in _classes().items()}
     assert {int(code) for code, name in rows if not name} == {0, 1, 2}
+
+
+def test_the_event_helpers_reply_keeps_the_error_and_its_code() -> None:
+    """vzctl start through the event helper raises what the start raised in the helper:
+    the same class, message, hint and exit status (the reply is JSON on a socket)."""
+    import json
+
+    from vzpkg.runtime.eventd import error_of, reply_of
+    for cls in _classes().values():
+        exc = (cls(42, "VE 42 is broken", hint="fix it") if issubclass(cls, errors.VeConfigError)
+               else cls("it failed", hint="fix it"))
+        back = error_of(json.loads(json.dumps(reply_of(exc))))
+        assert type(back) is cls and back.exit_code == cls.exit_code
+        assert str(back) == str(exc)
+        if isinstance(exc, errors.VeConfigError):
+            assert isinstance(back, errors.VeConfigError) and back.ctid == 42
+    # a class the client does not know, or a build error, still keeps message and code
+    odd = error_of({"ok": False, "error": "odd", "hint": None, "class": "NoSuchError",
+                    "exit_code": 17})
+    assert type(odd) is errors.VeError and odd.exit_code == 17 and str(odd) == "odd"
+    built = errors.BuildError("step", "broke")
+    back = error_of(json.loads(json.dumps(reply_of(built))))
+    assert back.exit_code == built.exit_code and back.message == built.message

@@ -323,3 +323,27 @@ def test_task_states_count_threads(procs: list[subprocess.Popen[bytes]]) -> None
     assert sum(stats.task_states([pid]).values()) == 3   # the main thread, two spinners
     assert stats.task_states([2 ** 22 + 7]) == {}        # no such process: nothing, no error
     assert stats.runnable_tasks([]) == 0
+
+
+def test_a_ve_vzctl_cannot_use_is_listed_with_a_warning(
+        stopped_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """vzlist -a goes on past a CTID.conf vzctl cannot use (VeConfigError): that VE is
+    listed with what its file says and named on stderr; the others as always; exit 0."""
+    paths = VzPaths(stopped_root)
+    paths.conf(105).write_text('VE_LAYOUT="ploop"\nHOSTNAME="old"\nIP_ADDRESS="10.0.0.5"\n')
+    paths.conf(106).write_text('HOSTNAME="typo"\nCPUUNITS="lots"\nNUMPROC="x:y"\n')
+    assert vzlist.main(["-a", "-H", "-o", "ctid,hostname,ip,layout,cpuunits"]) == 0
+    out, err = capsys.readouterr()
+    assert [ln.split() for ln in out.splitlines()][-3:] == [
+        ["104", "-", "-", "plain", "1000"], ["105", "old", "10.0.0.5", "ploop", "1000"],
+        ["106", "typo", "-", "plain", "lots"]]
+    assert column(out) == ["101", "102", "103", "104", "105", "106"]
+    warns = err.splitlines()
+    assert len(warns) == 2, err
+    assert warns[0].startswith("vzlist: warning: VE 105 has VE_LAYOUT='ploop'")
+    assert warns[1].startswith("vzlist: warning: VE 106: ") and "CPUUNITS" in warns[1]
+    data = {d["ctid"]: d for d in json.loads(out_of(capsys, "-a", "-j"))}
+    assert data[101]["conf_error"] is None
+    assert "only plain and overlay" in data[105]["conf_error"]
+    assert data[106]["numproc.b"] is None and data[106]["cpuunits"] == "lots"
+    assert column(out_of(capsys, "-a", "-H", "-h", "typo")) == ["106"]

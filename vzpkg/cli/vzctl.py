@@ -23,7 +23,7 @@ examples:
   vzctl create 102 --ostemplate debian-12 --layout overlay
   vzctl start 101
   vzctl exec 101 'ps ax'          run through /bin/sh -c, exit status of the command
-  vzctl exec2 101 cat /etc/os-release   run without a shell
+  vzctl exec2 101 'grep -c ^ /etc/passwd'   the same as exec (both give the status)
   vzctl enter 101                 interactive shell (leave with exit)
   vzctl set 101 --ipadd fd00::101 --nameserver 10.0.0.1 --save
   vzctl set 101 --numproc 200:200 --ram 512M --cpuunits 2000 --save
@@ -33,10 +33,11 @@ examples:
   vzctl stop 101 [--fast]
   vzctl destroy 101
 
-A VE's pid 1 is a small init that reaps orphans and stops the VE on SIGTERM; at
-start it runs /etc/rc.vz start if the VE has it, else the start scripts in
-/etc/rc2.d (or /etc/rc.d/rc3.d).  systemd is not run as the VE's init: it needs
-CAP_SYS_ADMIN and a delegated cgroup tree, which a VE does not get.
+A VE's pid 1 is its own /sbin/init (systemd on Debian, Fedora, AlmaLinux, Rocky),
+in a user namespace of its own with a delegated cgroup2 subtree; a tree without an
+init gets a small shell init that runs /etc/rc.vz start, else the start scripts in
+/etc/rc2.d (or /etc/rc.d/rc3.d).  halt, poweroff and reboot inside work as on a
+server (the event helper started by vzctl start hears them).
 
 Everything lives under $VZ_ROOT (default /vz): etc/vz/vz.conf, etc/vz/conf/CTID.conf,
 private/CTID, root/CTID.  Caches are found in vzpkg's cache directory (--cache-dir,
@@ -71,12 +72,18 @@ def cmd_create(args: argparse.Namespace) -> int:
                          hint=f"vzctl create {args.ctid} --ostemplate NAME, or set "
                               f'DEF_OSTEMPLATE="NAME" in {rt.paths.global_conf}')
     _say(args, f"Creating VE {args.ctid} from {ostemplate} ...")
-    rt.create(args.ctid, ostemplate, config=args.config, hostname=args.hostname,
-              ipadd=args.ipadd or (), layout_name=args.layout,
-              userns=None if args.userns is None else args.userns == "yes")
+    notes = rt.create(args.ctid, ostemplate, config=args.config, hostname=args.hostname,
+                      ipadd=args.ipadd or (), layout_name=args.layout,
+                      userns=None if args.userns is None else args.userns == "yes",
+                      idmap_mode=args.idmap_mode)
+    for note in notes:
+        _say(args, note)
     cfg = rt.config(args.ctid)
     ids = cfg.get("VE_IDMAP")
     how = f"user namespace, host ids {ids}" if ids else "host root, no user namespace"
+    if ids:
+        how += (", files shifted on disk" if cfg.get("VE_IDMAP_MODE") == "shift"
+                else ", idmapped mount")
     _say(args, f"VE {args.ctid} created ({cfg.get('VE_LAYOUT')} layout, {how}, "
                f"{rt.paths.private(args.ctid)})")
     return 0
@@ -133,8 +140,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
         raise UsageError("no command given", hint="vzctl exec CTID COMMAND [ARG...]")
     if words == ["-"]:
         return rt.run_shell(args.ctid, sys.stdin.read(), None)
-    if args.cmd == "exec2":
-        return rt.exec(args.ctid, words)
+    # exec and exec2 alike: the words joined into one line for the VE's /bin/sh -c, and
+    # the command's exit status (OpenVZ's exec says 8 for any failure; see README)
     return rt.run_shell(args.ctid, " ".join(words))
 
 
@@ -280,6 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="yes (default): the VE's root is an unprivileged host id range in "
                         "a user namespace of its own; no: host root with a reduced "
                         "capability set, the old mode (weaker; docs/SECURITY.md)")
+    c.add_argument("--idmap-mode", choices=("auto", "mount", "shift"),
+                   help="how a user-namespaced VE's files get its ids: mount, an idmapped "
+                        "mount (files stay 0..65535 on disk); shift, their owners are "
+                        "shifted to the VE's range on disk now (plain layout; for file "
+                        "systems or hosts without working idmapped mounts); auto "
+                        "(default: VE_IDMAP_MODE of vz.conf, else auto): mount where the "
+                        "file system takes one, else shift")
     st = cmd("start", cmd_start, "start a VE: namespaces, cgroup, network, init")
     st.add_argument("--wait", action="store_true",
                     help="return when the VE's init says it is up (systemd: "
@@ -294,8 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmd("status", cmd_status, "print: CTID N exist|deleted mounted|unmounted running|down")
     for name, what in (("exec", "run a command line in a VE through /bin/sh -c ('-': "
                                 "read it from stdin); exit status is the command's"),
-                       ("exec2", "run a command in a VE without a shell; exit status is "
-                                 "the command's")):
+                       ("exec2", "the same as exec, as on OpenVZ: through /bin/sh -c, "
+                                 "exit status is the command's")):
         e = cmd(name, cmd_exec, what)
         e.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
     cmd("enter", cmd_enter, "open an interactive shell in a running VE")

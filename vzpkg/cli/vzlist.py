@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from vzpkg.cli.common import Parser, emit_json, run_console, run_main
-from vzpkg.core.errors import ConfigError, UsageError
+from vzpkg.core.errors import ConfigError, UsageError, VeConfigError
+from vzpkg.core.shellconf import ConfLine
 from vzpkg.runtime import stats
 from vzpkg.runtime.config import VeConfig
 from vzpkg.runtime.paths import VzPaths, check_ctid
@@ -71,7 +72,10 @@ def _fields() -> dict[str, Field]:
          Field("cpuunits", "CPUUNITS", "int", "conf", "CPUUNITS (CTID.conf, else vz.conf)"),
          Field("cpulimit", "CPULIM", "int", "conf", "CPULIMIT in % of one CPU"),
          Field("cpus", "CPUS", "int", "conf", "CPUS"),
-         Field("ioprio", "IOP", "int", "conf", "IOPRIO")]
+         Field("ioprio", "IOP", "int", "conf", "IOPRIO"),
+         Field("conf_error", "CONF_ERROR", "str", "conf",
+               "why vzctl cannot use the VE's CTID.conf (a bad value, VE_LAYOUT simfs or "
+               "ploop); - when it can")]
     for res, hdr in UBC_RESOURCES.items():
         for suffix, hsuffix, what in UBC_PARTS:
             unit = "" if suffix == ".f" else f", {UBC_UNITS[res]}"
@@ -103,6 +107,12 @@ examples:
   vzlist -j 101               JSON: every field of VE 101, numbers as numbers
   vzlist -1                   CTIDs only, for scripts
   vzlist -L                   every field with its header and meaning
+
+The values of a running VE are what it has now: its CTID.conf with what a
+vzctl set without --save changed since it started.  A VE whose CTID.conf vzctl
+cannot use (a bad value; VE_LAYOUT="simfs" or "ploop") is listed with the values
+its file gives and a warning on stderr naming it; the others are listed as
+always, and vzlist exits 0 (conf_error holds the reason, for -j).
 
 Values only a running VE has (INITPID, uptime, laverage, and the held, maxheld
 and failcnt of beancounters) are - for a stopped VE (null in JSON); its
@@ -145,9 +155,10 @@ class _Conf:
 
 
 def make_row(rt: Runtime, st: VeState, cfg: VeConfig, base: VeConfig,
-             groups: set[str]) -> Row:
-    """The values of one VE; only the *groups* of fields asked for are read from the
-    kernel (beancounters, task states, init's start time)."""
+             groups: set[str], problem: str | None = None) -> Row:
+    """The values of one VE (*cfg*: what it has now); only the *groups* of fields
+    asked for are read from the kernel (beancounters, task states, init's start time).
+    *problem*: why its CTID.conf cannot be used (*cfg* is then read leniently)."""
     eff = _Conf(cfg, base)
     name = cfg.get("NAME") or None
     row: Row = {
@@ -165,12 +176,15 @@ def make_row(rt: Runtime, st: VeState, cfg: VeConfig, base: VeConfig,
         "cpuunits": _int_or_text(eff.get("CPUUNITS")),
         "cpulimit": _int_or_text(eff.get("CPULIMIT")),
         "cpus": _int_or_text(eff.get("CPUS")), "ioprio": _int_or_text(eff.get("IOPRIO")),
-        "laverage": None, "uptime": None,
+        "laverage": None, "uptime": None, "conf_error": problem,
     }
     counters: dict[str, Beancounter] = {}
     procs: list[int] | None = None
     if st.running and "ubc" in groups:
-        counters = {bc.resource: bc for bc in rt.cgroups.counters(str(st.ctid), cfg)}
+        try:
+            counters = {bc.resource: bc for bc in rt.cgroups.counters(str(st.ctid), cfg)}
+        except ConfigError:     # a barrier of a broken CTID.conf: the kernel's values only
+            counters = {bc.resource: bc for bc in rt.cgroups.counters(str(st.ctid))}
     for res in UBC_RESOURCES:
         bc = counters.get(res)
         if bc is not None:
@@ -205,8 +219,35 @@ def resolve(paths: VzPaths, text: str) -> int:
     return found
 
 
-def collect(rt: Runtime, args: argparse.Namespace, needed: Iterable[str]) -> list[Row]:
-    """The rows args select (CTIDs, -a/-S, -h/-N/-d), in CTID order."""
+def _lenient(rt: Runtime, ctid: int) -> VeConfig:
+    """VE *ctid*'s CTID.conf as far as its lines parse, values unchecked (for listing
+    a VE whose configuration vzctl cannot use)."""
+    from vzpkg.runtime.config import lenient_values
+    conf = rt.paths.conf(ctid)
+    return VeConfig(tuple(ConfLine(f"{k}={v}", k, v)
+                          for k, v in lenient_values(conf).items()), conf)
+
+
+def ve_config(rt: Runtime, ctid: int, warn: Callable[[str], None]) -> tuple[VeConfig,
+                                                                          str | None]:
+    """What VE *ctid* has now (CTID.conf, and a running VE's live changes), and why
+    its CTID.conf cannot be used, if so: then the lenient reading, and *warn* is told."""
+    from vzpkg.runtime.vset import live_config
+    try:
+        return live_config(rt, ctid), None
+    except VeConfigError as exc:
+        warn(f"{exc.message}; listed with what its CTID.conf says")
+        return _lenient(rt, ctid), exc.message
+
+
+def _warn(text: str) -> None:
+    print(f"vzlist: warning: {text}", file=sys.stderr)
+
+
+def collect(rt: Runtime, args: argparse.Namespace, needed: Iterable[str],
+            warn: Callable[[str], None] = _warn) -> list[Row]:
+    """The rows args select (CTIDs, -a/-S, -h/-N/-d), in CTID order.  A VE whose
+    CTID.conf cannot be used is listed from what its file gives, and *warn* names it."""
     groups = {FIELDS[f].group for f in needed}
     ids = sorted({resolve(rt.paths, c) for c in args.ctid}) or rt.ctids()
     base = rt.global_conf()
@@ -222,12 +263,12 @@ def collect(rt: Runtime, args: argparse.Namespace, needed: Iterable[str]) -> lis
                 continue
         elif not (args.ctid or args.all) and not st.running:
             continue
-        cfg = rt.config(ctid)
+        cfg, problem = ve_config(rt, ctid, warn)
         if not (matches(cfg.get("HOSTNAME"), args.hostname)
                 and matches(cfg.get("NAME"), args.name_filter)
                 and matches(cfg.get("DESCRIPTION"), args.description)):
             continue
-        rows.append(make_row(rt, st, cfg, base, groups))
+        rows.append(make_row(rt, st, cfg, base, groups, problem))
     return rows
 
 

@@ -103,3 +103,15 @@ def ids_of(cfg: VeConfig) -> IdRange | None:
     if not text:
         return None
     return IdRange.parse(text, where=f"{cfg.path}: VE_IDMAP")
+
+
+def shifted(cfg: VeConfig) -> bool:
+    """Whether the VE's files were shifted to its ids on disk at create
+    (``VE_IDMAP_MODE="shift"``): its root is then a plain bind mount."""
+    return ids_of(cfg) is not None and (cfg.get("VE_IDMAP_MODE") or "") == "shift"
+
+
+def mount_ids_of(cfg: VeConfig) -> IdRange | None:
+    """The ids the VE's root is idmapped to when mounted: its range, unless its
+    files already carry it (a shifted VE) or it has none (the old mode)."""
+    return None if shifted(cfg) else ids_of(cfg)

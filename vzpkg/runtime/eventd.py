@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vzpkg.core.errors import VeError, VzError
+from vzpkg.core.errors import VeConfigError, VeError, VzError
 from vzpkg.runtime import libc, state
 from vzpkg.runtime.paths import VzPaths
 
@@ -77,8 +77,40 @@ def start(paths: VzPaths, ctid: int) -> int:
                       hint=f"see {home(paths) / 'eventd.log'}; or start with "
                            "VZCTL_EVENTD=no") from None
     if not reply.get("ok"):
-        raise VeError(str(reply.get("error")), hint=reply.get("hint"))
+        raise error_of(reply)
     return int(reply["pid"])
+
+
+def reply_of(exc: VzError) -> dict[str, Any]:
+    """What the helper answers for a start that failed with *exc*: enough for the
+    client to raise the same error, with the same exit status (:func:`error_of`)."""
+    reply: dict[str, Any] = {"ok": False, "error": exc.message, "hint": exc.hint,
+                             "class": type(exc).__name__, "exit_code": exc.exit_code}
+    if isinstance(exc, VeConfigError):
+        reply["ctid"] = exc.ctid
+    return reply
+
+
+def error_of(reply: dict[str, Any]) -> VzError:
+    """The error a helper's failure reply stands for: the class the start raised (one
+    of :mod:`vzpkg.core.errors`, else VeError), its message, hint and exit status, so
+    that ``vzctl start`` exits as it would without the helper."""
+    from vzpkg.core import errors
+    message, hint = str(reply.get("error")), reply.get("hint")
+    hint = hint if isinstance(hint, str) else None
+    cls = getattr(errors, str(reply.get("class")), None)
+    exc: VzError
+    if isinstance(cls, type) and issubclass(cls, VeConfigError):
+        exc = cls(int(reply.get("ctid") or 0), message, hint=hint)
+    elif isinstance(cls, type) and issubclass(cls, VzError) and cls is not errors.BuildError \
+            and not issubclass(cls, errors.TemplateError | errors.UnsafeArchiveError):
+        exc = cls(message, hint=hint)
+    else:
+        exc = VeError(message, hint=hint)
+    code = reply.get("exit_code")
+    if isinstance(code, int) and not isinstance(code, bool) and 0 < code < 256:
+        exc.exit_code = code
+    return exc
 
 
 def console(paths: VzPaths, ctid: int, stdin: int = 0, stdout: int = 1) -> None:
@@ -304,7 +336,8 @@ class Helper:
             reply: dict[str, Any] = {"ok": True, "pid": pid}
             self.log(f"VE {ctid} started, init pid {pid}")
         except VzError as exc:
-            reply = {"ok": False, "error": exc.message, "hint": exc.hint}
+            reply = reply_of(exc)
+            self.log(f"VE {ctid} not started: {exc.message} (exit {exc.exit_code})")
         with contextlib.suppress(OSError):
             conn.sendall(json.dumps(reply).encode() + b"\n")
 

@@ -27,6 +27,7 @@ from vzpkg.core.fstree import remove_tree
 from vzpkg.runtime import idmap, libc, state
 from vzpkg.runtime.caches import CacheRef
 from vzpkg.runtime.idmap import IdRange
+from vzpkg.runtime.idshift import Shifted, shift_tree
 from vzpkg.runtime.paths import VzPaths
 
 _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
@@ -42,8 +43,16 @@ class Layout(StrEnum):
     OVERLAY = "overlay"
 
 
-def create(paths: VzPaths, ctid: int, cache: CacheRef, layout: Layout) -> None:
-    """Make the VE's private area; on any failure nothing is left behind."""
+def create(paths: VzPaths, ctid: int, cache: CacheRef, layout: Layout,
+           shift: IdRange | None = None) -> Shifted | None:
+    """Make the VE's private area; on any failure nothing is left behind.  With
+    *shift* (plain layout only), its owners are then shifted into that range
+    (:mod:`vzpkg.runtime.idshift`): what was shifted."""
+    if shift is not None and layout is not Layout.PLAIN:
+        raise VeError("only a plain VE's files can be shifted to its ids: an overlay "
+                      "VE's lower layer is shared by the VEs made from the same cache",
+                      hint="create it with --layout plain, or put VZ_ROOT on a file "
+                           "system that takes idmapped mounts (ext4, xfs, btrfs, tmpfs)")
     private = paths.private(ctid)
     try:
         private.mkdir()
@@ -54,6 +63,14 @@ def create(paths: VzPaths, ctid: int, cache: CacheRef, layout: Layout) -> None:
         if layout is Layout.PLAIN:
             private.chmod(0o755)
             cache.unpack_into(private)      # checked against the manifest first
+            if shift is not None:
+                try:
+                    return shift_tree(private, shift)
+                except OSError as exc:
+                    raise VeError(f"VE {ctid}: cannot shift the owners of {private} to "
+                                  f"host ids {shift}: {exc}; nothing was created",
+                                  hint="see the message; an idmapped mount (a file system "
+                                       "that takes one) needs no shift") from None
         else:
             shared = ensure_shared(paths, cache)
             (private / "upper").mkdir()
@@ -62,6 +79,7 @@ def create(paths: VzPaths, ctid: int, cache: CacheRef, layout: Layout) -> None:
     except BaseException:
         _remove_quietly(private)
         raise
+    return None
 
 
 def ensure_shared(paths: VzPaths, cache: CacheRef) -> Path:

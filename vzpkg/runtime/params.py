@@ -310,6 +310,13 @@ PARAMS: tuple[Param, ...] = (
     _P("VE_IDMAP", "idmap", ParamKind.STRING, False,
        "the host ids of the VE's root and users, BASE:COUNT (given at create from "
        "VE_IDMAP_POOL)", metavar="BASE:COUNT", settable=False),
+    _P("VE_IDMAP_MODE", "idmap-mode", ParamKind.CHOICE, False,
+       "how a user-namespaced VE's files get its ids: mount (an idmapped mount; files "
+       "stay 0..65535 on disk), shift (owners shifted to VE_IDMAP on disk at create; "
+       "plain layout), auto (vz.conf, vzctl create: mount where the file system takes "
+       "one, else shift); CTID.conf records mount or shift",
+       default="auto", metavar="auto|mount|shift", settable=False,
+       choices=("auto", "mount", "shift")),
     _P("VE_IDMAP_POOL", "idmap-pool", ParamKind.STRING, False,
        "vz.conf: the host ids VE ranges are taken from, BASE:COUNT",
        default="104857600:1000013824", metavar="BASE:COUNT", settable=False),

@@ -41,7 +41,7 @@ from vzpkg.runtime.config import (
     load_global,
     load_sample,
 )
-from vzpkg.runtime.derived import addrs_of, dist_setup, ids_of, layout_of
+from vzpkg.runtime.derived import addrs_of, dist_setup, ids_of, layout_of, mount_ids_of
 from vzpkg.runtime.layout import Layout
 from vzpkg.runtime.paths import VzPaths
 
@@ -181,8 +181,13 @@ class Runtime:
 
     def create(self, ctid: int, ostemplate: str, *, config: str | None = None,
                hostname: str | None = None, ipadd: Sequence[str] = (),
-               layout_name: str | None = None, userns: bool | None = None) -> None:
+               layout_name: str | None = None, userns: bool | None = None,
+               idmap_mode: str | None = None) -> list[str]:
+        """Make VE *ctid* from cache *ostemplate*; notes for the user (the log).
+        *idmap_mode* (else VE_IDMAP_MODE of the sample and vz.conf, else auto): how
+        a user-namespaced VE's files get its ids (see :meth:`_idmap_mode`)."""
         addrs = [net.parse_ip(a) for a in ipadd]
+        notes: list[str] = []
         with self.locked(ctid), state.flocked(self.paths.root / "lock" / "ids.lck"):
             net.check_free(self.paths, ctid, addrs)
             conf_path = self.paths.conf(ctid)
@@ -210,33 +215,66 @@ class Runtime:
             if userns is None:
                 userns = (cfg.get("VE_USERNS") or g.get("VE_USERNS") or "yes") != "no"
             vals["VE_USERNS"] = "yes" if userns else "no"
+            shift: idmap.IdRange | None = None
             if userns:
-                self._check_idmap()
-                vals["VE_IDMAP"] = str(self._allocate_ids(g))
+                mode, why = self._idmap_mode(
+                    idmap_mode or cfg.get("VE_IDMAP_MODE") or g.get("VE_IDMAP_MODE")
+                    or "auto", lay)
+                ids = self._allocate_ids(g)
+                vals["VE_IDMAP"] = str(ids)
+                vals["VE_IDMAP_MODE"] = mode
+                shift = ids if mode == "shift" else None
             if addrs:
                 vals["IP_ADDRESS"] = " ".join(
                     str(a.ip) if a.network.prefixlen == a.max_prefixlen else a.with_prefixlen
                     for a in addrs)
             new_cfg = cfg.with_values(vals)  # checks the values before anything is made
-            layout.create(self.paths, ctid, cache, lay)
+            done = layout.create(self.paths, ctid, cache, lay, shift)
             try:
                 new_cfg.save(conf_path)
             except BaseException:
                 layout.destroy(self.paths, ctid, lay)
                 conf_path.unlink(missing_ok=True)
                 raise
+            if done is not None and shift is not None:
+                extra = [f"{n} {what}" for n, what in ((done.acls, "ACLs"),
+                                                       (done.caps, "file capabilities"),
+                                                       (done.outside, "ids outside "
+                                                        "0..65535 made nobody")) if n]
+                notes.append(f"VE {ctid}: shifted the owners of {done.files} files to host "
+                             f"ids {shift} on disk{' (' + ', '.join(extra) + ')' if extra else ''}"
+                             f", because {why}; its root is a plain bind mount "
+                             '(VE_IDMAP_MODE="shift")')
+        return notes
 
-    def _check_idmap(self) -> None:
-        """A user-namespaced VE's root is an idmapped mount: the file system of the
-        private areas must take one."""
+    def _idmap_mode(self, want: str, lay: Layout) -> tuple[str, str]:
+        """How a new user-namespaced VE's files get its ids, asked for as *want*:
+        ("mount" or "shift", why shift).  auto is mount where the file system of the
+        private areas takes an idmapped mount (tried), else shift; mount there is an
+        error; an overlay VE cannot be shifted (its lower layer is shared)."""
+        if want not in ("auto", "mount", "shift"):
+            raise UsageError(f"unknown id mapping mode {want!r} (VE_IDMAP_MODE)",
+                             hint="use auto, mount or shift")
         where = self.paths.private_base
         where.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if not idmap.supported(where):
-            raise VeError(f"the file system of {where} takes no idmapped mounts, which "
-                          "a VE in a user namespace needs (Linux 5.12 or later; ext4, xfs, "
-                          "btrfs, tmpfs and others)",
-                          hint="put VZ_ROOT on such a file system, or create the VE with "
-                               "--userns no (the older, weaker mode)")
+        if want == "shift":
+            if lay is not Layout.PLAIN:
+                raise UsageError("--idmap-mode shift (VE_IDMAP_MODE) works for the plain "
+                                 "layout only: an overlay VE's lower layer is shared",
+                                 hint="create it with --layout plain")
+            return "shift", "VE_IDMAP_MODE is shift"
+        if idmap.supported(where):
+            return "mount", ""
+        why = (f"the file system of {where} takes no idmapped mounts, which a VE in a "
+               "user namespace needs to keep its files as the cache has them")
+        if want == "mount" or lay is not Layout.PLAIN:
+            raise VeError(why + ("" if want == "mount" else
+                                 "; an overlay VE cannot have them shifted instead, its "
+                                 "lower layer being shared"),
+                          hint="create it with --layout plain (its files are then shifted "
+                               "to its ids at create), put VZ_ROOT on ext4, xfs, btrfs or "
+                               "tmpfs, or use --userns no (the older, weaker mode)")
+        return "shift", why
 
     def _allocate_ids(self, g: VeConfig) -> idmap.IdRange:
         """A host id range no other VE of this root has (under the root's id lock,
@@ -281,7 +319,7 @@ class Runtime:
         ids = ids_of(cfg)
         if ids is not None:
             cg.delegate(str(ctid), ids.base)
-        root = layout.mount(self.paths, ctid, layout_of(cfg), ids)
+        root = layout.mount(self.paths, ctid, layout_of(cfg), mount_ids_of(cfg))
         addrs = addrs_of(cfg)
         setup = dist_setup(cfg)
 
@@ -378,7 +416,7 @@ class Runtime:
         """Mount a stopped VE's root on VZ_ROOT/root/CTID (to work on its files)."""
         with self.locked(ctid):
             cfg = self.config(ctid)
-            return layout.mount(self.paths, ctid, layout_of(cfg), ids_of(cfg))
+            return layout.mount(self.paths, ctid, layout_of(cfg), mount_ids_of(cfg))
 
     def umount(self, ctid: int) -> None:
         with self.locked(ctid):
@@ -462,12 +500,23 @@ class Runtime:
         if why:
             raise ExecError(f"VE {ctid}: cannot run {words[0]}: {why}",
                             hint="give the full path of a program the VE has, "
-                                 f"e.g. vzctl exec2 {ctid} /bin/ls")
+                                 "e.g. /bin/ls")
         return code
 
     def run_shell(self, ctid: int, command: str,
                   stdio: tuple[int, int, int] | None = None) -> int:
-        return self.exec(ctid, ["/bin/sh", "-c", command], stdio)
+        """Run the command line *command* with the VE's ``/bin/sh -c`` (vzctl exec and
+        exec2); its exit status.  ExecError (8) only when the shell itself could not be
+        run: a command the shell does not find is its status 127, as on OpenVZ."""
+        try:
+            return self.exec(ctid, ["/bin/sh", "-c", command], stdio)
+        except ExecError as exc:
+            if not exc.message.startswith(f"VE {ctid}: cannot run /bin/sh:"):
+                raise
+            raise ExecError(f"VE {ctid}: cannot run the command: the VE's /bin/sh "
+                            f"could not be run ({exc.message.partition('/bin/sh: ')[2]})",
+                            hint="vzctl exec and exec2 run COMMAND through the VE's "
+                                 "/bin/sh -c; the VE needs a shell there") from None
 
     def userns(self, ctid: int) -> bool:
         """Whether VE *ctid* runs in a user namespace of its own."""

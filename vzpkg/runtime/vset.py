@@ -5,15 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vzpkg.core.errors import NameInUseError, PasswordError, UsageError, VeError
 from vzpkg.runtime import dists, join, layout, net, ns, state
 from vzpkg.runtime.cgroups.mapping import DEFAULT_IOPRIO
-from vzpkg.runtime.cgroups.v2 import CgroupsV2
 from vzpkg.runtime.config import VeConfig, atomic_write, lenient_values
-from vzpkg.runtime.derived import addrs_of, dist_setup, ids_of, layout_of
+from vzpkg.runtime.derived import addrs_of, dist_setup, ids_of, layout_of, mount_ids_of
 from vzpkg.runtime.params import RESOURCE_KEYS, find_param
 
 if TYPE_CHECKING:
@@ -51,7 +49,7 @@ def run_stopped(rt: Runtime, ctid: int, argv: Sequence[str], stdin: bytes
     cfg = rt.config(ctid)
     was = layout.is_mounted(rt.paths.ve_root(ctid))
     ids = ids_of(cfg)
-    root = layout.mount(rt.paths, ctid, layout_of(cfg), ids)
+    root = layout.mount(rt.paths, ctid, layout_of(cfg), mount_ids_of(cfg))
     cg = rt.cgroups
     r_in, w_in = os.pipe()
     out = os.memfd_create("vzctl-out")
@@ -174,29 +172,18 @@ def apply(rt: Runtime, ctid: int, values: dict[str, str], *,
     return notes
 
 
-BLOCK = Path("/sys/block")
-
-
 def _ioprio_unused(rt: Runtime, values: dict[str, str]) -> str:
     """A warning when *values* sets an IOPRIO this host does nothing with, else "".
-    IOPRIO is a weight for the I/O scheduler: cgroup v1 hands it to BFQ
-    (blkio.bfq.weight), cgroup v2 to the io.cost controller (io.weight); a host
-    whose disks use neither keeps the value for later and runs the VE without it."""
+    IOPRIO is a weight for the I/O scheduler: BFQ (io.bfq.weight, v1
+    blkio.bfq.weight) or cgroup v2's io.cost controller (io.weight); a host whose
+    disks use neither keeps the value for later and runs the VE without it."""
     prio = values.get("IOPRIO")
     if prio is None or prio == str(DEFAULT_IOPRIO):
         return ""
     cg = rt.cgroups
-    if isinstance(cg, CgroupsV2):
-        with contextlib.suppress(OSError):
-            if "enable=1" in (cg.root / "io.cost.qos").read_text():
-                return ""
-        why = "no disk has the io.cost controller enabled (io.cost.qos)"
-    else:
-        for f in BLOCK.glob("*/queue/scheduler"):
-            with contextlib.suppress(OSError):
-                if "[bfq]" in f.read_text():
-                    return ""
-        why = "no disk uses the BFQ I/O scheduler (/sys/block/*/queue/scheduler)"
+    why = cg.io_schedulers().unused_because(cg.version)
+    if not why:
+        return ""
     return f"warning: IOPRIO {prio} has no effect on this host: {why}; the VE runs without it"
 
 

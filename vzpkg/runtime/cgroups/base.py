@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from vzpkg.core.errors import VeError
-from vzpkg.runtime.cgroups.mapping import Write
+from vzpkg.runtime.cgroups.mapping import IoSchedulers, Write
 from vzpkg.runtime.config import VeConfig
 from vzpkg.runtime.params import UNLIMITED, parse_cpumask
 from vzpkg.runtime.ubc import Beancounter
@@ -170,6 +170,17 @@ class Cgroups(ABC):
     def __init__(self, prefix: str = DEFAULT_PREFIX, extra: Iterable[Path] = ()) -> None:
         self.prefix = prefix
         self.extra = list(dict.fromkeys(Path(e) for e in extra))
+        self.io: IoSchedulers | None = None    # None: read the host's, at each apply
+
+    def io_schedulers(self) -> IoSchedulers:
+        """What the host's disks do with an I/O weight (IOPRIO): BFQ, io.cost."""
+        if self.io is not None:
+            return self.io
+        return IoSchedulers.of_host(self.cgroup2_root())
+
+    def cgroup2_root(self) -> Path | None:
+        """The cgroup2 root whose io.cost.qos counts (a v2 host's); None on v1."""
+        return None
 
     def extra_groups(self, ctid: str) -> list[Path]:
         return [e / self.prefix / check_ctid(ctid) for e in self.extra]

@@ -15,7 +15,9 @@ PHYSPAGES      memory.max (limit),                 memory.limit_in_bytes (limit)
                memory.high (barrier if < limit)    memory.soft_limit_in_bytes (barrier)
 SWAPPAGES      memory.swap.max                     memory.memsw.limit_in_bytes = RAM + swap
 NUMPROC        pids.max (limit)                    pids.max (limit)
-IOPRIO         io.weight = 100 * 2^((prio-4)/2)    blkio.bfq.weight (same scale)
+IOPRIO         io.bfq.weight (BFQ) and/or          blkio.bfq.weight (BFQ)
+               io.weight (io.cost): both
+               100 * 2^((prio-4)/2)
 =============  =================================  ==========================================
 
 CPULIMIT is in percent of one CPU and CPUS in whole CPUs; the lower of the two
@@ -25,8 +27,11 @@ the limit means no soft limit.  A swap limit needs the kernel's swap accounting
 the limit holds trivially, so only a host *with* swap but without accounting makes
 a SWAPPAGES limit an error.  IOPRIO 4 is the
 default weight (100); each step up or down multiplies or divides it by about 1.4.
-IOPRIO is a hint, never a limit: a host whose kernel has no file for it (no BFQ) runs
-the VE without it, and ``vzctl set --ioprio`` says so.
+IOPRIO is a hint, never a limit, written only to the weight file of a scheduler the
+host's disks use (:class:`IoSchedulers`): BFQ reads ``io.bfq.weight`` (v2) or
+``blkio.bfq.weight`` (v1); io.cost, a v2 controller, reads ``io.weight``.  A host with
+neither (mq-deadline, kyber or none on every disk) runs the VE without it, and
+``vzctl set --ioprio`` says so.
 """
 
 from __future__ import annotations
@@ -83,6 +88,64 @@ def cpu_quota_us(cfg: VeConfig) -> int | None:
 
 def io_weight(prio: int) -> int:
     return round(100 * 2 ** ((prio - DEFAULT_IOPRIO) / 2))
+
+
+BLOCK = Path("/sys/block")
+
+
+@dataclass(frozen=True)
+class IoSchedulers:
+    """What the host's disks do with an I/O weight: *bfq*, some disk uses the BFQ
+    scheduler (which reads ``io.bfq.weight``, v1 ``blkio.bfq.weight``); *iocost*,
+    the io.cost controller is enabled for some disk (cgroup v2's ``io.cost.qos``;
+    it reads ``io.weight``)."""
+
+    bfq: bool = False
+    iocost: bool = False
+
+    @classmethod
+    def of_host(cls, cgroup2_root: Path | None, block: Path = BLOCK) -> IoSchedulers:
+        bfq = False
+        for f in block.glob("*/queue/scheduler"):
+            try:
+                bfq = "[bfq]" in f.read_text()
+            except OSError:
+                continue
+            if bfq:
+                break
+        iocost = False
+        if cgroup2_root is not None:
+            try:
+                qos = (cgroup2_root / "io.cost.qos").read_text()
+            except OSError:
+                qos = ""
+            iocost = any("enable=1" in line.split() for line in qos.splitlines())
+        return cls(bfq, iocost)
+
+    def files(self, version: int) -> list[str]:
+        """The weight files that act on this host, for cgroup *version*."""
+        if version == 1:
+            return ["blkio.bfq.weight"] if self.bfq else []
+        return [*(["io.bfq.weight"] if self.bfq else []),
+                *(["io.weight"] if self.iocost else [])]
+
+    def unused_because(self, version: int) -> str:
+        """Why an IOPRIO does nothing on this host, or "" when it does."""
+        if self.files(version):
+            return ""
+        if version == 1:
+            return ("no disk uses the BFQ I/O scheduler (/sys/block/*/queue/scheduler), "
+                    "and cgroup v1 has no other I/O weight")
+        return ("no disk uses the BFQ I/O scheduler (/sys/block/*/queue/scheduler) and "
+                "none has the io.cost controller enabled (io.cost.qos)")
+
+
+def _io_writes(version: int, prio: int, io: IoSchedulers) -> list[Write]:
+    """IOPRIO's writes (hints, not limits: skipped where the file is missing)."""
+    w = io_weight(prio)
+    return [Write("blkio" if version == 1 else "io", f,
+                  f"default {w}" if f == "io.weight" else str(w), False, "IOPRIO")
+            for f in io.files(version)]
 
 
 def _ioprio(cfg: VeConfig) -> int:
@@ -146,7 +209,7 @@ class _Values:
 
 
 def v2_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None,
-              host_swap: bool = True) -> list[Write]:
+              host_swap: bool = True, io: IoSchedulers = IoSchedulers()) -> list[Write]:
     v = _Values.of(cfg, host_cpus)
     units, quota, limit, soft, swap, nproc, mask, prio = (
         v.units, v.quota, v.limit, v.soft, v.swap, v.nproc, v.mask, v.prio)
@@ -165,12 +228,12 @@ def v2_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None,
               swap is not None and host_swap, "SWAPPAGES"),
         Write("pids", "pids.max", str(nproc) if nproc is not None else "max",
               nproc is not None, "NUMPROC"),
-        Write("io", "io.weight", f"default {io_weight(prio)}", False, "IOPRIO"),  # (a hint)
+        *_io_writes(2, prio, io),
     ]
 
 
 def v1_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None,
-              host_swap: bool = True) -> list[Write]:
+              host_swap: bool = True, io: IoSchedulers = IoSchedulers()) -> list[Write]:
     """Writes for v1.  memsw is first opened up so that the RAM limit can move either
     way (the kernel insists memsw >= memory), then set to RAM + swap."""
     v = _Values.of(cfg, host_cpus)
@@ -198,6 +261,6 @@ def v1_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None,
               memsw is not None and host_swap, "SWAPPAGES"),
         Write("pids", "pids.max", str(nproc) if nproc is not None else "max",
               nproc is not None, "NUMPROC"),
-        Write("blkio", "blkio.bfq.weight", str(io_weight(prio)), False, "IOPRIO"),  # (a hint)
+        *_io_writes(1, prio, io),
     ]
     return out

@@ -148,7 +148,7 @@ class CgroupsV1(Cgroups):
     def writes(self, cfg: VeConfig) -> list[Write]:
         cpuset = self.mounts.get("cpuset")
         return v1_writes(cfg, host_cpus(cpuset / "cpuset.effective_cpus")
-                         if cpuset else None, host_has_swap())
+                         if cpuset else None, host_has_swap(), self.io_schedulers())
 
     def apply(self, ctid: str, cfg: VeConfig) -> None:
         """Check every write first, then write: a limit that cannot be enforced

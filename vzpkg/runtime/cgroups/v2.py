@@ -100,7 +100,11 @@ class CgroupsV2(Cgroups):
                            f"enable the {c} controller")
 
     def writes(self, cfg: VeConfig) -> list[Write]:
-        return v2_writes(cfg, host_cpus(self.root / "cpuset.cpus.effective"), host_has_swap())
+        return v2_writes(cfg, host_cpus(self.root / "cpuset.cpus.effective"), host_has_swap(),
+                         self.io_schedulers())
+
+    def cgroup2_root(self) -> Path | None:
+        return self.root
 
     def apply(self, ctid: str, cfg: VeConfig) -> None:
         """Check every write first, then write: a limit that cannot be enforced
