@@ -26,13 +26,18 @@ class Beancounter:
     barrier: int
     limit: int
     failcnt: int
+    counted: bool = True    # False: no kernel counter (held and maxheld mean nothing)
 
     @property
     def unlimited(self) -> bool:
         return self.limit >= UNLIMITED
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        del d["counted"]
+        if not self.counted:
+            d["held"] = d["maxheld"] = None
+        return d
 
 
 def format_table(per_ve: Mapping[str, Iterable[Beancounter]],
@@ -49,7 +54,8 @@ def format_table(per_ve: Mapping[str, Iterable[Beancounter]],
                 continue
             uid = f"{ctid}:" if first else ""
             first = False
-            lines.append(f"{uid:>10}  {bc.resource:<12}{bc.held:>{w}} {bc.maxheld:>{w}} "
+            held, maxheld = (bc.held, bc.maxheld) if bc.counted else ("-", "-")
+            lines.append(f"{uid:>10}  {bc.resource:<12}{held:>{w}} {maxheld:>{w}} "
                          f"{bc.barrier:>{w}} {bc.limit:>{w}} {bc.failcnt:>{w}}")
     return "\n".join(lines) + "\n"
 

@@ -417,6 +417,7 @@ class Runtime:
         cg.remove(str(ctid))
         self.paths.pidfile(ctid).unlink(missing_ok=True)
         self.paths.livefile(ctid).unlink(missing_ok=True)
+        self.paths.ubcfile(ctid).unlink(missing_ok=True)
         stage = self._stage_path(ctid)
         for d in (stage / "root", stage / "dev", stage):
             with contextlib.suppress(OSError):

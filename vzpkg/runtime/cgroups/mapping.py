@@ -14,6 +14,11 @@ CPUMASK        cpuset.cpus                         cpuset.cpus
 PHYSPAGES      memory.max (limit),                 memory.limit_in_bytes (limit),
                memory.high (barrier if < limit)    memory.soft_limit_in_bytes (barrier)
 SWAPPAGES      memory.swap.max                     memory.memsw.limit_in_bytes = RAM + swap
+PRIVVMPAGES    memory.max, memory.swap.max capped   memory.limit_in_bytes, memsw capped
+               so that RAM + swap <= PRIVVMPAGES   so that RAM + swap <= PRIVVMPAGES
+OOMGUARPAGES   memory.low = barrier                (no memory.low on v1: accounted)
+TCPSNDBUF,     (no TCP memory limit on v2)         memory.kmem.tcp.limit_in_bytes =
+TCPRCVBUF                                          TCPSNDBUF + TCPRCVBUF limits
 NUMPROC        pids.max (limit)                    pids.max (limit)
 IOPRIO         io.weight = 100 * 2^((prio-4)/2)    blkio.bfq.weight (same scale)
 =============  =================================  ==========================================
@@ -109,6 +114,29 @@ def _memory(cfg: VeConfig) -> tuple[int | None, int | None, int | None]:
     return limit, soft, swap_limit
 
 
+def _limit_bytes(cfg: VeConfig, key: str) -> int | None:
+    """The limit of a beancounter in bytes; None when unset or unlimited."""
+    bl = cfg.barrier_limit_bytes(key) if key.endswith("PAGES") else cfg.barrier_limit(key)
+    return None if bl is None or bl[1] >= UNLIMITED else bl[1]
+
+
+def _oomguar(cfg: VeConfig) -> int | None:
+    """OOMGUARPAGES's barrier in bytes: memory the kernel protects (memory.low)."""
+    bl = cfg.barrier_limit_bytes("OOMGUARPAGES")
+    return None if bl is None or bl[0] <= 0 or bl[0] >= UNLIMITED else bl[0]
+
+
+def _tcp(cfg: VeConfig) -> int | None:
+    """The TCP buffer memory limit (v1): TCPSNDBUF's and TCPRCVBUF's limits added."""
+    parts = [_limit_bytes(cfg, k) for k in ("TCPSNDBUF", "TCPRCVBUF")]
+    given = [n for n in parts if n is not None]
+    return sum(given) if given else None
+
+
+def _min(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
 def _numproc(cfg: VeConfig) -> int | None:
     bl = cfg.barrier_limit("NUMPROC")
     return None if bl is None or bl[1] >= UNLIMITED else bl[1]
@@ -137,12 +165,23 @@ class _Values:
     nproc: int | None
     mask: tuple[int, ...] | None
     prio: int
+    privvm: int | None = None    # RAM + swap cap (PRIVVMPAGES), bytes
+    low: int | None = None       # OOMGUARPAGES barrier, bytes
+    tcp: int | None = None       # TCPSNDBUF + TCPRCVBUF limit, bytes
 
     @classmethod
     def of(cls, cfg: VeConfig, host_cpus: tuple[int, ...] | None) -> _Values:
         limit, soft, swap = _memory(cfg)
-        return cls(_units(cfg), cpu_quota_us(cfg), limit, soft, swap, _numproc(cfg),
-                   _cpus(cfg, host_cpus), _ioprio(cfg))
+        privvm = _limit_bytes(cfg, "PRIVVMPAGES")
+        return cls(_units(cfg), cpu_quota_us(cfg), _min(limit, privvm), soft, swap,
+                   _numproc(cfg), _cpus(cfg, host_cpus), _ioprio(cfg), privvm,
+                   _oomguar(cfg), _tcp(cfg))
+
+    def total(self) -> int | None:
+        """RAM + swap at most (bytes): PHYSPAGES + SWAPPAGES, capped by PRIVVMPAGES."""
+        both = self.limit + self.swap if self.limit is not None and self.swap is not None \
+            else None
+        return _min(both, self.privvm)
 
 
 def v2_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None,
@@ -150,6 +189,9 @@ def v2_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None,
     v = _Values.of(cfg, host_cpus)
     units, quota, limit, soft, swap, nproc, mask, prio = (
         v.units, v.quota, v.limit, v.soft, v.swap, v.nproc, v.mask, v.prio)
+    total = v.total()
+    if total is not None and limit is not None:     # swap.max: what RAM leaves of it
+        swap = max(0, total - limit)
     return [
         Write("cpu", "cpu.weight", str(cpu_weight(units)), units != DEFAULT_CPUUNITS,
               "CPUUNITS"),
@@ -162,7 +204,10 @@ def v2_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None,
         Write("memory", "memory.high", str(soft) if soft else "max", soft is not None,
               "PHYSPAGES"),
         Write("memory", "memory.swap.max", str(swap) if swap is not None else "max",
-              swap is not None and host_swap, "SWAPPAGES"),
+              swap is not None and host_swap,
+              "SWAPPAGES" if v.privvm is None else "PRIVVMPAGES"),
+        Write("memory", "memory.low", str(v.low) if v.low is not None else "0",
+              v.low is not None, "OOMGUARPAGES"),
         Write("pids", "pids.max", str(nproc) if nproc is not None else "max",
               nproc is not None, "NUMPROC"),
         Write("io", "io.weight", f"default {io_weight(prio)}", False, "IOPRIO"),  # (a hint)
@@ -177,7 +222,7 @@ def v1_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None,
     units, quota, limit, soft, swap, nproc, mask, prio = (
         v.units, v.quota, v.limit, v.soft, v.swap, v.nproc, v.mask, v.prio)
     cpus = mask if mask is not None else host_cpus
-    memsw = limit + swap if limit is not None and swap is not None else None
+    memsw = v.total()
     out = [
         Write("cpu", "cpu.shares", str(cpu_shares(units)), units != DEFAULT_CPUUNITS,
               "CPUUNITS"),
@@ -195,7 +240,10 @@ def v1_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None,
         Write("memory", "memory.soft_limit_in_bytes", str(soft) if soft else "-1",
               soft is not None, "PHYSPAGES"),
         Write("memory", "memory.memsw.limit_in_bytes", str(memsw) if memsw is not None else "-1",
-              memsw is not None and host_swap, "SWAPPAGES"),
+              memsw is not None and host_swap,
+              "SWAPPAGES" if v.privvm is None else "PRIVVMPAGES"),
+        Write("memory", "memory.kmem.tcp.limit_in_bytes",
+              str(v.tcp) if v.tcp is not None else "-1", v.tcp is not None, "TCPSNDBUF"),
         Write("pids", "pids.max", str(nproc) if nproc is not None else "max",
               nproc is not None, "NUMPROC"),
         Write("blkio", "blkio.bfq.weight", str(io_weight(prio)), False, "IOPRIO"),  # (a hint)
