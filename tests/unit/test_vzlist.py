@@ -16,11 +16,11 @@ import pytest
 
 from tests.cgroups_helpers import v1_tree, v2_tree
 from vzpkg.cli import vzlist
-from vzpkg.runtime.ubctable import RESOURCES
 from vzpkg.runtime import state, stats
 from vzpkg.runtime.cgroups import CgroupsV1, CgroupsV2
 from vzpkg.runtime.params import UNLIMITED
 from vzpkg.runtime.paths import VzPaths
+from vzpkg.runtime.ubctable import RESOURCES
 from vzpkg.runtime.ve import Runtime
 
 BIN = Path(sys.executable).parent

@@ -41,18 +41,17 @@ _COUNTED_ONLY = ("unix", "netlink", "packet")
 def _queues(path: Path) -> tuple[int, int, int]:
     """(sockets, bytes queued to send, bytes queued to receive) of a /proc/net table."""
     n = tx = rx = 0
-    with contextlib.suppress(OSError):
-        with open(path, "rb") as f:
-            next(f, None)                          # the header
-            for line in f:
-                parts = line.split()
-                if len(parts) < 5:
-                    continue
-                n += 1
-                t, _, r = parts[4].partition(b":")
-                with contextlib.suppress(ValueError):
-                    tx += int(t, 16)
-                    rx += int(r, 16)
+    with contextlib.suppress(OSError), open(path, "rb") as f:
+        next(f, None)                          # the header
+        for line in f:
+            parts = line.split()
+            if len(parts) < 5:
+                continue
+            n += 1
+            t, _, r = parts[4].partition(b":")
+            with contextlib.suppress(ValueError):
+                tx += int(t, 16)
+                rx += int(r, 16)
     return n, tx, rx
 
 

@@ -14,7 +14,8 @@ from vzpkg.runtime.cgroups.mapping import DEFAULT_IOPRIO
 from vzpkg.runtime.cgroups.v2 import CgroupsV2
 from vzpkg.runtime.config import VeConfig, atomic_write, lenient_values
 from vzpkg.runtime.derived import addrs_of, dist_setup, ids_of, layout_of
-from vzpkg.runtime.params import RESOURCE_KEYS, find_param
+from vzpkg.runtime.params import RESOURCE_KEYS, UNLIMITED, find_param, parse_barrier_limit
+from vzpkg.runtime.ubctable import BY_KEY, Mode, Unit
 
 if TYPE_CHECKING:
     from vzpkg.runtime.ve import Runtime
@@ -122,6 +123,7 @@ def apply(rt: Runtime, ctid: int, values: dict[str, str], *,
     with rt.locked(ctid), (state.flocked(rt.paths.root / "lock" / "ids.lck") if root_wide
                            else contextlib.nullcontext()):
         saved = rt.config(ctid)
+        notes += ubc_notes(rt.cgroups.version, values)     # (refuses before any change)
         pid = state.running_pid(rt.paths.pidfile(ctid))
         cfg = live_config(rt, ctid, saved) if pid is not None else saved
         to_save = dict(values if saved_values is None else saved_values)
@@ -175,6 +177,29 @@ def apply(rt: Runtime, ctid: int, values: dict[str, str], *,
 
 
 BLOCK = Path("/sys/block")
+
+
+def ubc_notes(version: int, values: dict[str, str]) -> list[str]:
+    """Warnings for beancounters this host only accounts; a UsageError for a limit
+    on one it can neither enforce nor count (ubctable.Mode.REFUSED), before
+    anything changes.  'unlimited' is always accepted."""
+    notes: list[str] = []
+    for key, value in values.items():
+        u = BY_KEY.get(key)
+        if u is None or not value:
+            continue
+        mode = u.mode(version)
+        b, lim = parse_barrier_limit(value, pages=u.unit is Unit.PAGES,
+                                     sizes=u.unit is Unit.BYTES)
+        if mode is Mode.REFUSED and (b < UNLIMITED or lim < UNLIMITED):
+            raise UsageError(f"--{u.option}: {key} cannot be enforced or counted on this "
+                             f"host (cgroup v{version}): {u.v1_how if version == 1 else u.v2_how}",
+                             hint=f"leave it out, or give --{u.option} unlimited")
+        if mode is Mode.ACCOUNTED and lim < UNLIMITED:
+            notes.append(f"warning: {key} is accounted, not enforced, on this host "
+                         f"(cgroup v{version}): vzubc shows its use against the limit, "
+                         "but nothing refuses the VE at it")
+    return notes
 
 
 def _ioprio_unused(rt: Runtime, values: dict[str, str]) -> str:

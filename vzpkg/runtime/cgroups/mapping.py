@@ -219,7 +219,7 @@ def v1_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None,
     """Writes for v1.  memsw is first opened up so that the RAM limit can move either
     way (the kernel insists memsw >= memory), then set to RAM + swap."""
     v = _Values.of(cfg, host_cpus)
-    units, quota, limit, soft, swap, nproc, mask, prio = (
+    units, quota, limit, soft, _, nproc, mask, prio = (
         v.units, v.quota, v.limit, v.soft, v.swap, v.nproc, v.mask, v.prio)
     cpus = mask if mask is not None else host_cpus
     memsw = v.total()
