@@ -159,3 +159,18 @@ def test_human_view() -> None:
     red = format_human({"101": rows}, units, colour=True)
     assert "\x1b[31m" in red
     assert to_json({"101": rows})["101"][2]["held"] is None
+
+
+def test_cpus_alone_gives_the_ve_that_many_cpus_spread_by_ctid() -> None:
+    host = (0, 1, 2, 3)
+    cfg = VeConfig.parse('CPUS="1"\n')
+    for writes in (v1_writes, v2_writes):
+        got = {w.file: w for w in writes(cfg, host, True, 101)}
+        assert got["cpuset.cpus"].value == "1"             # 101 % 4
+        assert not got["cpuset.cpus"].limiting             # a hint: no cpuset, no error
+    two = {w.file: w.value for w in v2_writes(VeConfig.parse('CPUS="2"\n'), host, True, 3)}
+    assert two["cpuset.cpus"] == "0,3"
+    mask = VeConfig.parse('CPUS="1"\nCPUMASK="2-3"\n')     # an explicit mask wins
+    assert {w.file: w.value for w in v2_writes(mask, host)}["cpuset.cpus"] == "2-3"
+    assert {w.file: w.value for w in v2_writes(VeConfig.parse('CPUS="4"\n'), host)
+            }["cpuset.cpus"] == ""

@@ -31,7 +31,7 @@ from vzpkg.core.errors import (
     VeRunningError,
 )
 from vzpkg.core.settings import Settings
-from vzpkg.runtime import dists, idmap, join, layout, net, netfilter, ns, params, state
+from vzpkg.runtime import dists, idmap, join, layout, lxcfs, net, netfilter, ns, params, state
 from vzpkg.runtime.caches import CacheRef, find_cache
 from vzpkg.runtime.cgroups import Cgroups, detect
 from vzpkg.runtime.config import (
@@ -297,7 +297,8 @@ class Runtime:
                             enter_cgroup=lambda: cg.attach(str(ctid), 0),
                             ids=ids, stage=self.stage(ctid) if ids else None,
                             init=INIT if ids else None,
-                            console=theirs.fileno() if theirs is not None else None)
+                            console=theirs.fileno() if theirs is not None else None,
+                            lxcfs=lxcfs.find())
         try:
             pid = ns.start_init(spec, ready)
         finally:

@@ -11,6 +11,7 @@ parameter      cgroup v2                          cgroup v1
 CPUUNITS       cpu.weight = units / 10 (1..10000)  cpu.shares = units * 1024 / 1000
 CPULIMIT/CPUS  cpu.max = "QUOTA 100000"            cpu.cfs_period_us, cpu.cfs_quota_us
 CPUMASK        cpuset.cpus                         cpuset.cpus
+CPUS (no mask) cpuset.cpus: CPUS of the host's CPUs (so nproc inside says CPUS)
 PHYSPAGES      memory.max (limit),                 memory.limit_in_bytes (limit),
                memory.high (barrier if < limit)    memory.soft_limit_in_bytes (barrier)
 SWAPPAGES      memory.swap.max                     memory.memsw.limit_in_bytes = RAM + swap
@@ -142,8 +143,22 @@ def _numproc(cfg: VeConfig) -> int | None:
     return None if bl is None or bl[1] >= UNLIMITED else bl[1]
 
 
-def _cpus(cfg: VeConfig, host_cpus: tuple[int, ...] | None) -> tuple[int, ...] | None:
+def cpus_for(count: int, host_cpus: tuple[int, ...], spread: int) -> tuple[int, ...]:
+    """*count* of the host's CPUs for a VE with ``CPUS=count`` and no CPUMASK, so that
+    ``nproc`` in it says *count*: a run of CPUs starting at *spread* (the CTID), so
+    that VEs spread over the host rather than all taking its first CPUs."""
+    n = len(host_cpus)
+    if count >= n:
+        return host_cpus
+    return tuple(sorted(host_cpus[(spread + i) % n] for i in range(count)))
+
+
+def _cpus(cfg: VeConfig, host_cpus: tuple[int, ...] | None,
+          spread: int = 0) -> tuple[int, ...] | None:
     mask = cfg.cpumask()
+    count = cfg.get_int("CPUS") or 0
+    if mask is None and count > 0 and host_cpus is not None and count < len(host_cpus):
+        return cpus_for(count, host_cpus, spread)
     if mask is not None and host_cpus is not None:
         missing = sorted(set(mask) - set(host_cpus))
         if missing:
@@ -170,11 +185,12 @@ class _Values:
     tcp: int | None = None       # TCPSNDBUF + TCPRCVBUF limit, bytes
 
     @classmethod
-    def of(cls, cfg: VeConfig, host_cpus: tuple[int, ...] | None) -> _Values:
+    def of(cls, cfg: VeConfig, host_cpus: tuple[int, ...] | None,
+           spread: int = 0) -> _Values:
         limit, soft, swap = _memory(cfg)
         privvm = _limit_bytes(cfg, "PRIVVMPAGES")
         return cls(_units(cfg), cpu_quota_us(cfg), _min(limit, privvm), soft, swap,
-                   _numproc(cfg), _cpus(cfg, host_cpus), _ioprio(cfg), privvm,
+                   _numproc(cfg), _cpus(cfg, host_cpus, spread), _ioprio(cfg), privvm,
                    _oomguar(cfg), _tcp(cfg))
 
     def total(self) -> int | None:
@@ -185,8 +201,8 @@ class _Values:
 
 
 def v2_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None,
-              host_swap: bool = True) -> list[Write]:
-    v = _Values.of(cfg, host_cpus)
+              host_swap: bool = True, spread: int = 0) -> list[Write]:
+    v = _Values.of(cfg, host_cpus, spread)
     units, quota, limit, soft, swap, nproc, mask, prio = (
         v.units, v.quota, v.limit, v.soft, v.swap, v.nproc, v.mask, v.prio)
     total = v.total()
@@ -198,7 +214,7 @@ def v2_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None,
         Write("cpu", "cpu.max", f"{quota if quota else 'max'} {CFS_PERIOD_US}",
               quota is not None, "CPULIMIT"),
         Write("cpuset", "cpuset.cpus", format_cpumask(mask) if mask else "",
-              mask is not None, "CPUMASK"),
+              cfg.cpumask() is not None, "CPUMASK"),   # (CPUS alone: a hint for nproc)
         Write("memory", "memory.max", str(limit) if limit is not None else "max", limit is not None,
               "PHYSPAGES"),
         Write("memory", "memory.high", str(soft) if soft else "max", soft is not None,
@@ -215,10 +231,10 @@ def v2_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None,
 
 
 def v1_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None,
-              host_swap: bool = True) -> list[Write]:
+              host_swap: bool = True, spread: int = 0) -> list[Write]:
     """Writes for v1.  memsw is first opened up so that the RAM limit can move either
     way (the kernel insists memsw >= memory), then set to RAM + swap."""
-    v = _Values.of(cfg, host_cpus)
+    v = _Values.of(cfg, host_cpus, spread)
     units, quota, limit, soft, _, nproc, mask, prio = (
         v.units, v.quota, v.limit, v.soft, v.swap, v.nproc, v.mask, v.prio)
     cpus = mask if mask is not None else host_cpus
@@ -231,8 +247,8 @@ def v1_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None,
               "CPULIMIT"),
     ]
     if cpus is not None:
-        out.append(Write("cpuset", "cpuset.cpus", format_cpumask(cpus), mask is not None,
-                         "CPUMASK"))
+        out.append(Write("cpuset", "cpuset.cpus", format_cpumask(cpus),
+                         cfg.cpumask() is not None, "CPUMASK"))
     out += [
         Write("memory", "memory.memsw.limit_in_bytes", "-1", False, "SWAPPAGES"),
         Write("memory", "memory.limit_in_bytes", str(limit) if limit is not None else "-1",

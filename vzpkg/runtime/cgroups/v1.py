@@ -145,16 +145,16 @@ class CgroupsV1(Cgroups):
                           "hierarchy", hint="mount the devices controller "
                           "(mount -t cgroup -o devices none /sys/fs/cgroup/devices)")
 
-    def writes(self, cfg: VeConfig) -> list[Write]:
+    def writes(self, cfg: VeConfig, ctid: str = "") -> list[Write]:
         cpuset = self.mounts.get("cpuset")
         return v1_writes(cfg, host_cpus(cpuset / "cpuset.effective_cpus")
-                         if cpuset else None, host_has_swap())
+                         if cpuset else None, host_has_swap(), _spread(ctid))
 
     def apply(self, ctid: str, cfg: VeConfig) -> None:
         """Check every write first, then write: a limit that cannot be enforced
         leaves the group as it was."""
         todo: list[tuple[Path, Write]] = []
-        for w in self.writes(cfg):
+        for w in self.writes(cfg, ctid):
             g = self.group(w.controller, ctid)
             if g is None or not (g / w.file).exists():
                 if w.limiting:
@@ -294,6 +294,10 @@ def _v1_memory_more(g: Path, cfg: VeConfig | None, usage: int, peak: int,
     for res in ("tcpsndbuf", "tcprcvbuf"):      # held: the sockets' queues (ubccount)
         out.append(Beancounter(res, 0, 0, UNLIMITED, UNLIMITED, tcp_fails))
     return out
+
+
+def _spread(ctid: str) -> int:
+    return int(ctid) if ctid.isdigit() else 0
 
 
 def _cpus(text: str | None) -> set[int]:

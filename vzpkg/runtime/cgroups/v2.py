@@ -99,8 +99,9 @@ class CgroupsV2(Cgroups):
                 write_file(where / "cgroup.subtree_control", f"+{c}",
                            f"enable the {c} controller")
 
-    def writes(self, cfg: VeConfig) -> list[Write]:
-        return v2_writes(cfg, host_cpus(self.root / "cpuset.cpus.effective"), host_has_swap())
+    def writes(self, cfg: VeConfig, ctid: str = "") -> list[Write]:
+        return v2_writes(cfg, host_cpus(self.root / "cpuset.cpus.effective"), host_has_swap(),
+                         int(ctid) if ctid.isdigit() else 0)
 
     def apply(self, ctid: str, cfg: VeConfig) -> None:
         """Check every write first, then write: a limit that cannot be enforced
@@ -110,7 +111,7 @@ class CgroupsV2(Cgroups):
             raise VeError(f"VE {ctid}: no cgroup {g}", hint="start the VE first")
         have = set((read_text(g / "cgroup.controllers") or "").split())
         todo: list[Write] = []
-        for w in self.writes(cfg):
+        for w in self.writes(cfg, ctid):
             f = g / w.file
             if w.controller not in have or not f.exists():
                 if w.limiting:
