@@ -176,8 +176,10 @@ def make_row(rt: Runtime, st: VeState, cfg: VeConfig, base: VeConfig,
     counters: dict[str, Beancounter] = {}
     procs: list[int] | None = None
     if st.running and "ubc" in groups:
+        live = rt.paths.livefile(st.ctid)         # what live sets changed
+        now = cfg.with_values(VeConfig.load(live).items()) if live.is_file() else cfg
         counters = {bc.resource: bc for bc in ve_counters(
-            rt.cgroups, str(st.ctid), cfg, st.pid, rt.paths.ubcfile(st.ctid))}
+            rt.cgroups, str(st.ctid), now, st.pid, rt.paths.ubcfile(st.ctid))}
     for res in UBC_RESOURCES:
         bc = counters.get(res)
         if bc is not None:

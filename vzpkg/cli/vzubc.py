@@ -71,9 +71,16 @@ def build() -> argparse.ArgumentParser:
     return p
 
 
-def _config(vz_root: Path, ctid: str) -> VeConfig | None:
-    path = ve_conf_path(vz_root, ctid)
-    return VeConfig.load(path) if path.is_file() else None
+def _config(paths: VzPaths, ctid: str) -> VeConfig | None:
+    """CTID.conf with what live sets changed since the VE started (CTID.live)."""
+    path = ve_conf_path(paths.root, ctid)
+    if not path.is_file():
+        return None
+    cfg = VeConfig.load(path)
+    live = paths.livefile(int(ctid)) if ctid.isdigit() else None
+    if live is not None and live.is_file():
+        cfg = cfg.with_values(VeConfig.load(live).items())
+    return cfg
 
 
 def _ctid_of(paths: VzPaths, text: str) -> str:
@@ -93,7 +100,7 @@ def collect(cg: Cgroups, paths: VzPaths, ctids: Sequence[str]
     for text in ctids:
         try:
             ctid = check_ctid(_ctid_of(paths, text))
-            cfg = _config(vz_root, ctid)
+            cfg = _config(paths, ctid)
             if not cg.exists(ctid):
                 if cfg is None:
                     raise VeError(f"VE {ctid} does not exist "
