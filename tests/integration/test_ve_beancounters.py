@@ -168,3 +168,34 @@ def test_vzlist_fields(rt: Runtime) -> None:
     row = json.loads(r.stdout)[0]
     assert row["numfile"] > 0 and row["numfile.m"] >= row["numfile"]
     assert row["kmemsize"] > 0 and row["numiptent"] is None
+
+
+def test_iolimit_throttles_the_ves_disk(rt: Runtime) -> None:
+    from vzpkg.runtime import iolimit
+    disk = iolimit.disk_of(rt.paths.private(CTID))
+    if disk is None:      # (a VZ_ROOT on tmpfs: the warning is the behaviour)
+        r = vset(rt, "--iolimit", "1")
+        assert r.returncode == 0 and "IOLIMIT/IOPSLIMIT has no effect" in r.stdout + r.stderr
+        return
+    r = vset(rt, "--iolimit", "1", "--iopslimit", "400")      # 1 MB/s, as in OpenVZ
+    assert r.returncode == 0, r.stderr
+    cg = rt.cgroups
+    try:
+        if cg.version == 1:
+            g = cg.group("blkio", str(CTID))  # type: ignore[attr-defined]
+            assert f"{disk} {1 << 20}" in (g / "blkio.throttle.write_bps_device").read_text()
+            assert f"{disk} 400" in (g / "blkio.throttle.read_iops_device").read_text()
+        else:
+            g = cg.group(str(CTID))  # type: ignore[attr-defined]
+            assert f"{disk} rbps={1 << 20} wbps={1 << 20} riops=400 wiops=400" in \
+                (g / "io.max").read_text()
+        t = time.monotonic()
+        code, out = sh(rt, CTID, "dd if=/dev/zero of=/root/io bs=64K count=48 oflag=direct"
+                       " 2>&1; rm -f /root/io")
+        took = time.monotonic() - t
+        assert code == 0, out
+        assert took >= 1.5, f"3 MiB of direct writes at 1 MB/s took {took:.2f}s"
+    finally:
+        assert vset(rt, "--iolimit", "0", "--iopslimit", "0").returncode == 0
+    if cg.version == 1:
+        assert disk not in (g / "blkio.throttle.write_bps_device").read_text()

@@ -84,6 +84,7 @@ class Param:
     maximum: int | None = None
     op: ListOp = ListOp.SET
     check: Callable[[str], str] | None = None  # validates/normalizes one item
+    cli_unit: str = ""             # a bare number on the command line counts in this unit
 
     @property
     def dest(self) -> str:
@@ -123,6 +124,16 @@ def check_hostname(text: str) -> str:
 
 def check_searchdomain(text: str) -> str:
     return text if text == INHERIT else check_hostname(text)
+
+
+def check_rate(text: str) -> str:
+    """IOLIMIT: bytes per second (K/M/G suffixes), stored as a number of bytes."""
+    if text.strip().lower() == "unlimited":
+        return "0"
+    n = parse_size(text)
+    if n >= UNLIMITED:
+        raise ParamError(f"{text!r}: give a rate such as 10M (bytes per second), or 0")
+    return str(n)
 
 
 def check_name(text: str) -> str:
@@ -399,6 +410,15 @@ def _ubc_param(u: Ubc) -> Param:
                  controller="memory" if enforced else None)
 
 
+PARAMS += (
+    Param("IOLIMIT", "iolimit", ParamKind.STRING, True,
+          "disk bandwidth of the VE in bytes per second (10M, 512K; a bare number is "
+          "MB/s, as in OpenVZ; 0 = none); where the host cannot throttle, a warning",
+          default="0", metavar="RATE", check=check_rate, cli_unit="M"),
+    Param("IOPSLIMIT", "iopslimit", ParamKind.INT, True,
+          "disk I/O operations per second of the VE (0 = none); where the host cannot "
+          "throttle, a warning", default="0", metavar="N", minimum=0, maximum=1 << 40),
+)
 # every beancounter the table above does not already have (PHYSPAGES, SWAPPAGES, NUMPROC)
 PARAMS += tuple(_ubc_param(u) for u in UBCS if u.key not in {p.key for p in PARAMS})
 RESOURCE_KEYS: tuple[str, ...] = tuple(dict.fromkeys(p.key for p in PARAMS if p.controller))
@@ -463,6 +483,8 @@ def options_to_values(args: argparse.Namespace,
         try:
             if p.op is ListOp.SET:
                 text = " ".join(raw) if isinstance(raw, list) else str(raw)
+                if p.cli_unit and text.strip().isdigit():
+                    text = text.strip() + p.cli_unit
                 out[p.key] = normalize(p, text, host=True)
                 continue
             base = out.get(p.key)

@@ -31,7 +31,19 @@ from vzpkg.core.errors import (
     VeRunningError,
 )
 from vzpkg.core.settings import Settings
-from vzpkg.runtime import dists, idmap, join, layout, lxcfs, net, netfilter, ns, params, state
+from vzpkg.runtime import (
+    dists,
+    idmap,
+    iolimit,
+    join,
+    layout,
+    lxcfs,
+    net,
+    netfilter,
+    ns,
+    params,
+    state,
+)
 from vzpkg.runtime.caches import CacheRef, find_cache
 from vzpkg.runtime.cgroups import Cgroups, detect
 from vzpkg.runtime.config import (
@@ -278,6 +290,7 @@ class Runtime:
         cg = self.cgroups
         cg.create(str(ctid))
         cg.apply(str(ctid), cfg.layered_on(self.global_conf()))
+        iolimit.apply(cg, str(ctid), cfg, self.paths.private(ctid))   # (a hint if it can't)
         ids = ids_of(cfg)
         if ids is not None:
             cg.delegate(str(ctid), ids.base)

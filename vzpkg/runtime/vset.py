@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vzpkg.core.errors import NameInUseError, PasswordError, UsageError, VeError
-from vzpkg.runtime import dists, join, layout, net, ns, state
+from vzpkg.runtime import dists, iolimit, join, layout, net, ns, state
 from vzpkg.runtime.cgroups.mapping import DEFAULT_IOPRIO
 from vzpkg.runtime.cgroups.v2 import CgroupsV2
 from vzpkg.runtime.config import VeConfig, atomic_write, lenient_values
@@ -154,6 +154,10 @@ def apply(rt: Runtime, ctid: int, values: dict[str, str], *,
         if pid is not None and new_vals:
             if any(k in RESOURCE_KEYS for k in new_vals):
                 rt.cgroups.apply(str(ctid), new_cfg.layered_on(rt.global_conf()))
+            if any(k in iolimit.KEYS for k in new_vals) and (
+                    warning := iolimit.apply(rt.cgroups, str(ctid), new_cfg,
+                                             rt.paths.private(ctid))):
+                notes.append(warning)
             hif = rt.paths.host_ifname(ctid)
             net.delete(hif, pid, removed)
             net.add(hif, pid, added, [a for a in cur if a not in removed])
@@ -164,6 +168,9 @@ def apply(rt: Runtime, ctid: int, values: dict[str, str], *,
             notes.append(f"applied to running VE {ctid}")
         if warning := _ioprio_unused(rt, values):
             notes.append(warning)
+        if pid is None and any(k in iolimit.KEYS for k in values) and (
+                why := iolimit.unusable(rt.cgroups, rt.paths.private(ctid))):
+            notes.append(iolimit.warning(why))
         if pid is not None and later and not save:
             notes.append(f"warning: {', '.join(later)} cannot change a running VE and was "
                          "not stored: add --save to store it")
