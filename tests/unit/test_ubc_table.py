@@ -174,3 +174,39 @@ def test_cpus_alone_gives_the_ve_that_many_cpus_spread_by_ctid() -> None:
     assert {w.file: w.value for w in v2_writes(mask, host)}["cpuset.cpus"] == "2-3"
     assert {w.file: w.value for w in v2_writes(VeConfig.parse('CPUS="4"\n'), host)
             }["cpuset.cpus"] == ""
+
+
+def test_socket_tables_and_locks_are_read_as_the_kernel_writes_them(tmp_path: Path) -> None:
+    from vzpkg.runtime import ubccount
+    tcp = tmp_path / "tcp"
+    tcp.write_text(
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid\n"
+        "   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000 0\n"
+        "   1: 0100007F:1F90 0100007F:C350 01 00000010:00000200 00:00000000 00000000 0\n")
+    assert ubccount._queues(tcp) == (2, 0x10, 0x200)
+    assert ubccount._queues(tmp_path / "none") == (0, 0, 0)
+    locks = tmp_path / "locks"
+    locks.write_text("1: FLOCK  ADVISORY  WRITE 4242 00:1a:99 0 EOF\n"
+                     "1: -> FLOCK  ADVISORY  WRITE 4243 00:1a:99 0 EOF\n"
+                     "2: POSIX  ADVISORY  READ 17 fd:00:12 0 EOF\n")
+    assert ubccount._locks({4242, 4243}, locks) == 1       # a waiter holds nothing
+
+
+def test_v2_memory_rows(tmp_path: Path) -> None:
+    from tests.cgroups_helpers import v2_tree
+    from vzpkg.runtime.cgroups import CgroupsV2
+    g = v2_tree(tmp_path, "101")
+    (g / "memory.stat").write_text("anon 0\nkernel 8192\nshmem 40960\nunevictable 4096\n"
+                                   "slab_reclaimable 12288\n")
+    (g / "memory.current").write_text(str(100 * 4096))
+    (g / "memory.swap.current").write_text(str(20 * 4096))
+    (g / "memory.max").write_text(str(1000 * 4096))
+    (g / "memory.swap.max").write_text(str(500 * 4096))
+    (g / "memory.low").write_text(str(64 * 4096))
+    rows = {bc.resource: bc for bc in CgroupsV2(tmp_path).counters(
+        "101", VeConfig.parse('DCACHESIZE="1M:2M"\n'))}
+    assert (rows["kmemsize"].held, rows["shmpages"].held, rows["lockedpages"].held) == \
+        (8192, 10, 1)
+    assert (rows["privvmpages"].held, rows["privvmpages"].limit) == (120, 1500)
+    assert rows["oomguarpages"].barrier == 64
+    assert (rows["dcachesize"].held, rows["dcachesize"].barrier) == (12288, 1 << 20)
