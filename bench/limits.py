@@ -10,6 +10,8 @@ every round really changes it) and measures, with medians over --runs rounds:
 - the same change through the Python API (``vset.apply``), in this process;
 - the baseline: a shell writing the new limit to the cgroup file itself
   (``sh -c 'echo N > memory.limit_in_bytes'``, or memory.max on cgroup v2);
+- the floor of any vzctl command: ``vzctl status CTID`` (interpreter start, imports,
+  the VE's state; no change);
 - ``vzubc CTID`` (all 21 beancounters of one VE), against ``cat`` of its memory
   usage file.
 
@@ -72,7 +74,7 @@ def main() -> int:
                 assert isinstance(cg, CgroupsV2)
                 limit_file, usage_file = cg.group(str(CTID)) / "memory.max", \
                     cg.group(str(CTID)) / "memory.current"
-            cli, api, bare, ubc, cat = [], [], [], [], []
+            cli, api, bare, ubc, cat, status = [], [], [], [], [], []
             for i in range(args.runs):
                 size = ("256M", "384M")[i % 2]
                 cli.append(_timed([str(bindir / "vzctl"), "set", str(CTID), "--ram", size],
@@ -86,6 +88,7 @@ def main() -> int:
                 bare.append(_timed(["sh", "-c", f"echo {n} > {limit_file}"], env))
                 ubc.append(_timed([str(bindir / "vzubc"), str(CTID)], env))
                 cat.append(_timed(["cat", str(usage_file)], env))
+                status.append(_timed([str(bindir / "vzctl"), "status", str(CTID)], env))
         finally:
             rt.stop(CTID, fast=True)
             rt.destroy(CTID)
@@ -94,6 +97,8 @@ def main() -> int:
         "set_cli_ms": _ms(median(cli)), "set_api_ms": _ms(median(api)),
         "bare_cgroup_write_ms": _ms(median(bare)),
         "set_cli_vs_bare": round(median(cli) / median(bare), 2),
+        "vzctl_status_ms": _ms(median(status)),
+        "set_cli_minus_status_ms": _ms(median(cli) - median(status)),
         "vzubc_ms": _ms(median(ubc)), "cat_usage_ms": _ms(median(cat)),
         "vzubc_vs_cat": round(median(ubc) / median(cat), 2),
     }
