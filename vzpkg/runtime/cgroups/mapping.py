@@ -258,8 +258,14 @@ def v1_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None,
         Write("memory", "memory.memsw.limit_in_bytes", str(memsw) if memsw is not None else "-1",
               memsw is not None and host_swap,
               "SWAPPAGES" if v.privvm is None else "PRIVVMPAGES"),
-        Write("memory", "memory.kmem.tcp.limit_in_bytes",
-              str(v.tcp) if v.tcp is not None else "-1", v.tcp is not None, "TCPSNDBUF"),
+    ]
+    # only a VE that names TCPSNDBUF or TCPRCVBUF: the first write to this file turns
+    # on v1's TCP memory accounting for the group, which other VEs need not pay for
+    if any(cfg.get(k) for k in ("TCPSNDBUF", "TCPRCVBUF")):
+        out.append(Write("memory", "memory.kmem.tcp.limit_in_bytes",
+                         str(v.tcp) if v.tcp is not None else "-1", v.tcp is not None,
+                         "TCPSNDBUF"))
+    out += [
         Write("pids", "pids.max", str(nproc) if nproc is not None else "max",
               nproc is not None, "NUMPROC"),
         Write("blkio", "blkio.bfq.weight", str(io_weight(prio)), False, "IOPRIO"),  # (a hint)
