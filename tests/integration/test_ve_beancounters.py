@@ -81,6 +81,19 @@ def test_accounted_rows_count_what_the_ve_holds(rt: Runtime) -> None:
     assert (again["shmpages"]["held"] or 0) < 8 * 256
 
 
+def test_unread_tcp_data_counts_in_tcprcvbuf(rt: Runtime) -> None:
+    # a listener whose accepted socket nobody reads, and 64 KiB sent to it
+    code, out = sh(rt, CTID, "nc -l -p 8082 -e sleep 30 </dev/null >/dev/null 2>&1 & "
+                   "sleep 0.3; (dd if=/dev/zero bs=64K count=1 2>/dev/null | "
+                   "nc 127.0.0.1 8082 >/dev/null 2>&1 &); sleep 1; echo ok")
+    assert code == 0 and "ok" in out, out
+    try:
+        row = ubc(rt)["tcprcvbuf"]
+        assert (row["held"] or 0) >= 60000, row
+    finally:
+        sh(rt, CTID, "pkill nc; pkill -f 'sleep 30'")
+
+
 def test_numproc_refuses_forks_past_the_limit(rt: Runtime) -> None:
     before = ubc(rt)["numproc"]
     r = vset(rt, "--numproc", "12:12")
