@@ -199,3 +199,31 @@ KNOWN_FAILED_UNITS: frozenset[str] = frozenset()
 def failed_units(text: str) -> set[str]:
     """The unit names of ``systemctl --failed --plain --no-legend`` output."""
     return {ln.split()[0] for ln in text.splitlines() if ln.strip()}
+
+
+def copy_host_tools(private: Path, names: list[str]) -> None:
+    """Copy the host's programs *names* (found on PATH) into a (busybox) VE's
+    ``/usr/local/bin``, and the shared libraries ``ldd`` names for them at the same
+    paths: procps' free and uptime, coreutils' nproc, util-linux's flock, which read
+    /proc the way a distribution's do (busybox's use sysinfo()).  Call them by full
+    path: busybox's sh runs its own applet of the same name first."""
+    files: set[str] = set()
+    for name in names:
+        exe = shutil.which(name)
+        assert exe is not None, f"the host has no {name}"
+        out = subprocess.run(["ldd", exe], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            for word in line.split():
+                if word.startswith("/"):
+                    files.add(word)
+                    files.add(os.path.realpath(word))
+    for f in sorted(files):
+        dest = private / f.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not dest.exists():
+            shutil.copy2(f, dest)
+    for name in names:     # first on the VE's PATH, before busybox's applets
+        dest = private / "usr/local/bin" / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.unlink(missing_ok=True)
+        shutil.copy2(os.path.realpath(shutil.which(name) or name), dest)

@@ -191,11 +191,14 @@ def test_vzubc_shows_the_limit_a_ve_hit(root_cg: tuple[Cgroups, str], tmp_path: 
     p = spawn(cg, ctid, [sys.executable, "-c", FORK_BOMB], stdout=subprocess.PIPE)
     assert p.stdout is not None
     assert p.stdout.readline().split() == ["5", "55"]
-    assert vzubc.main([ctid]) == 0
+    assert vzubc.main(["--raw", ctid]) == 0
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if "numproc" in line).split()
     assert row[-6:] == ["numproc", "6", "6", "4", "6", "55"]
     assert f"{ctid}:" in out
+    assert vzubc.main([ctid]) == 0          # the human view: held 6 is 150% of barrier 4
+    human = next(ln for ln in capsys.readouterr().out.splitlines() if "numproc" in ln)
+    assert human.split("|")[1].split() == ["6", "150", "100"] and human.endswith("55")
     assert vzubc.main(["-q", ctid]) == 0
     quiet = capsys.readouterr().out
     assert "numproc" in quiet and "kmemsize" not in quiet

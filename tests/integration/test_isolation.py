@@ -118,8 +118,8 @@ def test_fork_bomb_stops_at_numproc(rt: Runtime) -> None:
         assert counters["numproc"].failcnt > 0
         r = subprocess.run([_vzctl(), "ubc", str(A)], env=_env(rt), capture_output=True,
                            text=True)
-        row = next(ln.split() for ln in r.stdout.splitlines() if "numproc" in ln)
-        assert row[-2] == "40" and int(row[-1]) > 0, r.stdout  # limit, failcnt
+        row = next(ln.split("|") for ln in r.stdout.splitlines() if "numproc" in ln)
+        assert row[-2].strip() == "40" and int(row[-1]) > 0, r.stdout  # limit, failcnt
     finally:
         rt.stop(A, fast=True)
         rt.start(A)

@@ -53,9 +53,10 @@ def test_table_layout() -> None:
 
 
 def test_vzubc_one_ve(host: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert vzubc.main(["--cgroup-root", str(host), "101"]) == 0
+    assert vzubc.main(["--cgroup-root", str(host), "--raw", "101"]) == 0
     out = capsys.readouterr().out
     rows = {line.split()[-6]: line.split()[-5:] for line in out.splitlines()[2:]}
+    assert len(rows) == 21                                   # every beancounter
     assert rows["numproc"] == ["7", "40", "30", "40", "9"]   # barrier 30 from 101.conf
     assert rows["physpages"][0] == "100" and rows["physpages"][3] == "16384"
 
@@ -90,3 +91,30 @@ def test_vzubc_help_teaches(capsys: pytest.CaptureFixture[str]) -> None:
         vzubc.main(["--help"])
     out = capsys.readouterr().out
     assert "failcnt" in out and "vzubc 101" in out and "VZ_ROOT" in out
+
+
+def test_vzubc_human_relative_quiet_and_names(host: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    conf = ve_conf_path(tmp_path / "vz", "101")
+    conf.write_text(conf.read_text() + 'NAME="web"\n')
+    store = tmp_path / "store.json"
+    args = ["--cgroup-root", str(host), "--store", str(store)]
+    assert vzubc.main([*args, "web"]) == 0                    # by name
+    out = capsys.readouterr().out
+    assert "VE 101 (web)" in out
+    numproc = next(x for x in out.splitlines() if x.strip().startswith("numproc"))
+    assert numproc.split("|")[1].split() == ["7", "23", "17"]   # 7 of 30 and 40
+    assert numproc.split("|")[-1].strip() == "9"
+    physpages = next(x for x in out.splitlines() if x.strip().startswith("physpages"))
+    assert physpages.split("|")[1].split()[0] == "400.0K"     # 100 pages
+    assert vzubc.main([*args, "-r", "-q", "101"]) == 0        # first -r: all 9 are new
+    assert "+9" in capsys.readouterr().out
+    assert vzubc.main([*args, "-r", "-q", "101"]) == 0        # nothing new since
+    assert "numproc" not in capsys.readouterr().out
+    (host / VzPaths(tmp_path / "vz").cgroup_prefix / "101" / "pids.events").write_text(
+        "max 12\n")
+    assert vzubc.main([*args, "-r", "-c", "101"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "numproc" in x)
+    assert line.startswith("\x1b[31m") and "+3" in line
+    assert vzubc.main([*args, "-w", "0.01", "--iterations", "2", "101"]) == 0
+    assert capsys.readouterr().out.count("VE 101 (web)") == 2

@@ -103,10 +103,18 @@ def _start(rt: Runtime, ctid: int) -> int:
     return eventd.start(rt.paths, ctid)
 
 
+def _lxcfs_warning(ctid: int) -> None:
+    from vzpkg.runtime import lxcfs
+    if warning := lxcfs.missing():
+        print(f"vzctl: VE {ctid}: {warning}", file=sys.stderr)
+        print(f"  hint: {lxcfs.START_HINT}", file=sys.stderr)
+
+
 def cmd_start(args: argparse.Namespace) -> int:
     rt = _rt(args)
     pid = _start(rt, args.ctid)
     _say(args, f"VE {args.ctid} started (init pid {pid} on the host)")
+    _lxcfs_warning(args.ctid)
     if args.wait:
         state = rt.wait_booted(args.ctid, timeout=args.wait_timeout)
         _say(args, f"VE {args.ctid} is up ({state})")
@@ -125,6 +133,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
         rt.stop(args.ctid)
     pid = _start(rt, args.ctid)
     _say(args, f"VE {args.ctid} restarted (init pid {pid} on the host)")
+    _lxcfs_warning(args.ctid)
     return 0
 
 

@@ -16,6 +16,8 @@ from vzpkg.runtime import stats
 from vzpkg.runtime.config import VeConfig
 from vzpkg.runtime.paths import VzPaths, check_ctid
 from vzpkg.runtime.ubc import Beancounter
+from vzpkg.runtime.ubccount import counters as ve_counters
+from vzpkg.runtime.ubctable import UBCS, UNIT_WORDS
 from vzpkg.runtime.ve import Runtime, VeState, by_name
 
 Value = int | float | str | bool | None
@@ -35,16 +37,20 @@ class Field:
         return self.kind in ("int", "float", "uptime")
 
 
-# OpenVZ's beancounters that this runtime's cgroups report (vzpkg.runtime.cgroups:
-# counters()), in OpenVZ's order, with vzlist's column headers.
+# OpenVZ's beancounters (vzpkg.runtime.ubctable), in OpenVZ's order, with vzlist's
+# column headers.
 UBC_RESOURCES: dict[str, str] = {
-    "kmemsize": "KMEMSIZE", "numproc": "NPROC", "physpages": "PHYSP",
-    "oomguarpages": "OOMGUARP", "swappages": "SWAPP",
+    "kmemsize": "KMEMSIZE", "lockedpages": "LOCKEDP", "privvmpages": "PRIVVMP",
+    "shmpages": "SHMP", "numproc": "NPROC", "physpages": "PHYSP", "vmguarpages": "VMGUARP",
+    "oomguarpages": "OOMGUARP", "numtcpsock": "NTCPSOCK", "numflock": "NFLOCK",
+    "numpty": "NPTY", "numsiginfo": "NSIGINFO", "tcpsndbuf": "TCPSNDB",
+    "tcprcvbuf": "TCPRCVB", "othersockbuf": "OTHSOCKB", "dgramrcvbuf": "DGRAMRB",
+    "numothersock": "NOTHSOCK", "dcachesize": "DCACHESZ", "numfile": "NFILE",
+    "numiptent": "NIPTENT", "swappages": "SWAPP",
 }
 UBC_PARTS = (("", "", "held now"), (".m", ".M", "maximum held"), (".b", ".B", "barrier"),
              (".l", ".L", "limit"), (".f", ".F", "failure count (refused by the limit)"))
-UBC_UNITS = {"kmemsize": "bytes", "numproc": "tasks", "physpages": "4 KiB pages",
-             "oomguarpages": "4 KiB pages", "swappages": "4 KiB pages"}
+UBC_UNITS = {u.resource: UNIT_WORDS[u.unit] for u in UBCS}
 
 LAVERAGE_HELP = ("the VE's tasks running or runnable (R) or in uninterruptible sleep (D) "
                  "now: a snapshot, not a decayed 1/5/15-minute load average (the kernel "
@@ -181,14 +187,18 @@ def make_row(rt: Runtime, st: VeState, cfg: VeConfig, base: VeConfig,
     counters: dict[str, Beancounter] = {}
     procs: list[int] | None = None
     if st.running and "ubc" in groups:
+        live = rt.paths.livefile(st.ctid)         # what live sets changed
         try:
-            counters = {bc.resource: bc for bc in rt.cgroups.counters(str(st.ctid), cfg)}
+            now = cfg.with_values(VeConfig.load(live).items()) if live.is_file() else cfg
+            counters = {bc.resource: bc for bc in ve_counters(
+                rt.cgroups, str(st.ctid), now, st.pid, rt.paths.ubcfile(st.ctid))}
         except ConfigError:     # a barrier of a broken CTID.conf: the kernel's values only
             counters = {bc.resource: bc for bc in rt.cgroups.counters(str(st.ctid))}
     for res in UBC_RESOURCES:
         bc = counters.get(res)
         if bc is not None:
-            row.update({res: bc.held, f"{res}.m": bc.maxheld, f"{res}.b": bc.barrier,
+            row.update({res: bc.held if bc.counted else None,
+                        f"{res}.m": bc.maxheld if bc.counted else None, f"{res}.b": bc.barrier,
                         f"{res}.l": bc.limit, f"{res}.f": bc.failcnt})
             continue
         bl = eff.barrier_limit(res.upper())

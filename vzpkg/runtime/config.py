@@ -148,7 +148,8 @@ class VeConfig:
             return None
         p = find_param(key)
         try:
-            return parse_barrier_limit(v, pages=p is not None and p.kind is K.PAGES)
+            return parse_barrier_limit(v, pages=p is not None and p.kind is K.PAGES,
+                                       sizes=p is not None and p.kind is K.BYTES)
         except ParamError as exc:
             raise ConfigError(f"{self._where(key)}: {exc}") from None
 

@@ -167,6 +167,27 @@ def idmapped_clone(path: Path | str, userns_fd: int, attrs: int = 0) -> int:
     return fd
 
 
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOEXEC = 0x8
+
+
+def detached_clone(path: Path | str, attrs: int = 0) -> int:
+    """A detached copy of the mount at *path* (a file or directory; not recursive),
+    with the extra mount *attrs* (e.g. MOUNT_ATTR_RDONLY); returns its fd.  It can
+    be attached (:func:`attach`) after the caller's root has changed."""
+    fd = _call(f"open_tree {path}", _NR_OPEN_TREE, _AT_FDCWD, os.fsencode(str(path)),
+               _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC)
+    attr = _MountAttr(attrs, 0, 0, 0)
+    try:
+        if attrs:
+            _call(f"mount_setattr {path}", _NR_MOUNT_SETATTR, fd, b"", _AT_EMPTY_PATH,
+                  ctypes.byref(attr), ctypes.sizeof(attr))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def attach(tree_fd: int, target: Path | int) -> None:
     """Mount the detached tree *tree_fd* on *target* (a path, or a descriptor of the
     directory, e.g. an O_PATH one)."""

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vzpkg.core.errors import VeError, VzError
-from vzpkg.runtime import caps, libc
+from vzpkg.runtime import caps, libc, lxcfs
 from vzpkg.runtime.idmap import IdRange
 
 VE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -116,6 +116,9 @@ class StartSpec:
     # a unix socket fd: pid 1 makes the VE's console a pty of the VE's own devpts and
     # sends its master back through it (vzctl console); None: the console is /dev/null
     console: int | None = None
+    # where lxcfs is mounted on the host (runtime.lxcfs): its files cover the VE's
+    # /proc/meminfo, cpuinfo, ... so the VE sees its own figures; None: the host's
+    lxcfs: Path | None = None
 
 
 def _mountpoint(path: str) -> str:
@@ -168,7 +171,7 @@ def _mount_ro_bind(path: str) -> None:
                | libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC)
 
 
-def _setup_mounts(root: Path, run_size: str) -> None:
+def _setup_mounts(root: Path, run_size: str, lx: list[tuple[int, str]] | None = None) -> None:
     """Pivot into the VE root first, so that every path below resolves inside the
     VE (a symlink the VE planted can never aim a mount or a write at the host)."""
     libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
@@ -186,6 +189,7 @@ def _setup_mounts(root: Path, run_size: str) -> None:
         if os.path.exists(f"/proc/{name}"):
             libc.mount("/dev/null", f"/proc/{name}", None, libc.MS_BIND)
     libc.mount("sysfs", _mountpoint("/sys"), "sysfs", nosuid | libc.MS_RDONLY)
+    lxcfs.bind(lx or [])
     libc.mount("tmpfs", _mountpoint("/run"), "tmpfs", libc.MS_NOSUID | libc.MS_NODEV,
                f"mode=755,{run_size}")
 
@@ -213,7 +217,8 @@ def _stage_dev(stage: Path, ids: IdRange) -> None:
     os.chown(stage, ids.base, ids.base)
 
 
-def _setup_mounts_userns(root: Path, run_size: str, stage: Path) -> None:
+def _setup_mounts_userns(root: Path, run_size: str, stage: Path,
+                         lx: list[tuple[int, str]] | None = None) -> None:
     """The same VE file systems as :func:`_setup_mounts`, as the VE's root in its own
     user namespace.  proc and sysfs are mounted before the host's root is gone (the
     kernel lets a user namespace mount them only where they are already visible);
@@ -229,6 +234,7 @@ def _setup_mounts_userns(root: Path, run_size: str, stage: Path) -> None:
     nosuid = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
     libc.mount("proc", str(root / "proc"), "proc", nosuid)
     libc.mount("sysfs", str(root / "sys"), "sysfs", nosuid | libc.MS_RDONLY)
+    lxcfs.bind(lx or [], str(root))          # (before the host's /proc/self goes)
     libc.mount(str(stage), str(root / "dev"), None, libc.MS_BIND)
     os.chdir(str(root))
     libc.pivot_root(".", ".")
@@ -294,11 +300,12 @@ def _init_child(spec: StartSpec, r_go: int, w_err: int) -> None:
         os.close(r_go)
         # we are in the VE's cgroup: it becomes our cgroup root
         libc.unshare(libc.CLONE_NEWCGROUP)
+        lx = lxcfs.open_files(spec.lxcfs)
         if spec.ids is not None:
             assert spec.stage is not None
-            _setup_mounts_userns(spec.stage / "root", spec.run_size, spec.stage / "dev")
+            _setup_mounts_userns(spec.stage / "root", spec.run_size, spec.stage / "dev", lx)
         else:
-            _setup_mounts(spec.root, spec.run_size)
+            _setup_mounts(spec.root, spec.run_size, lx)
         if spec.hostname:
             libc.sethostname(spec.hostname)
         if spec.console is not None:

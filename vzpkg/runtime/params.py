@@ -28,6 +28,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from vzpkg.core.errors import UsageError
+from vzpkg.runtime.ubctable import UBCS, Mode, Ubc, Unit, ubc_help
 
 PAGE_SIZE = 4096
 UNLIMITED = 9223372036854775807  # LONG_MAX: what OpenVZ writes for "unlimited"
@@ -53,6 +54,7 @@ class ParamKind(StrEnum):
     PERCENT = "percent"              # CPULIMIT: % of one CPU, 0 = unlimited
     BARRIER_LIMIT = "barrier:limit"  # counts, B[:L]
     PAGES = "pages"                  # B[:L] in 4 KiB pages, K/M/G/T suffixes accepted
+    BYTES = "bytes"                  # B[:L] in bytes, K/M/G/T (and P: pages) suffixes
     SIZE = "size"                    # --ram/--swap: one size, stored as 0:pages
     CPUMASK = "cpumask"              # "all" or 0-3,6
 
@@ -82,6 +84,7 @@ class Param:
     maximum: int | None = None
     op: ListOp = ListOp.SET
     check: Callable[[str], str] | None = None  # validates/normalizes one item
+    cli_unit: str = ""             # a bare number on the command line counts in this unit
 
     @property
     def dest(self) -> str:
@@ -123,6 +126,16 @@ def check_searchdomain(text: str) -> str:
     return text if text == INHERIT else check_hostname(text)
 
 
+def check_rate(text: str) -> str:
+    """IOLIMIT: bytes per second (K/M/G suffixes), stored as a number of bytes."""
+    if text.strip().lower() == "unlimited":
+        return "0"
+    n = parse_size(text)
+    if n >= UNLIMITED:
+        raise ParamError(f"{text!r}: give a rate such as 10M (bytes per second), or 0")
+    return str(n)
+
+
 def check_name(text: str) -> str:
     if not _NAME_RE.match(text) or text.isdigit():
         raise ParamError(f"{text!r} is not a valid VE name (start with a letter or digit; "
@@ -145,7 +158,10 @@ def parse_size(text: str, *, bare_unit: int = 1) -> int:
     unit = _SUFFIX[suf] if suf else bare_unit
     if "." in num and not suf:
         raise ParamError(f"{text!r}: a fraction needs a unit suffix (e.g. 1.5G)")
-    return int(float(num) * unit) if "." in num else int(num) * unit
+    if len(num) > 30:
+        return _bounded(text, UNLIMITED + 1, " bytes")
+    return _bounded(text, int(float(num) * unit) if "." in num else int(num) * unit,
+                    " bytes")
 
 
 def parse_count(text: str) -> int:
@@ -154,7 +170,16 @@ def parse_count(text: str) -> int:
         return UNLIMITED
     if not t.isdigit():
         raise ParamError(f"{text!r} is not a number or 'unlimited'")
-    return int(t)
+    return _bounded(text, int(t) if len(t) < 30 else UNLIMITED + 1)
+
+
+def _bounded(text: str, n: int, unit: str = "") -> int:
+    """*n*, unless it is above :data:`UNLIMITED` (what the kernel can hold)."""
+    if n > UNLIMITED:
+        shown = text.strip() if len(text.strip()) <= 24 else text.strip()[:21] + "..."
+        raise ParamError(f"{shown!r} is too large: the most is {UNLIMITED}{unit}; "
+                         "use 'unlimited' for no limit")
+    return n
 
 
 def _pages(text: str) -> int:
@@ -162,9 +187,15 @@ def _pages(text: str) -> int:
     return UNLIMITED if b == UNLIMITED else b // PAGE_SIZE
 
 
-def parse_barrier_limit(text: str, *, pages: bool = False) -> tuple[int, int]:
-    """``B:L`` (or one value for both) as integers; pages if *pages*."""
-    one = _pages if pages else parse_count
+def _bytes(text: str) -> int:
+    return parse_size(text, bare_unit=1)
+
+
+def parse_barrier_limit(text: str, *, pages: bool = False,
+                        sizes: bool = False) -> tuple[int, int]:
+    """``B:L`` (or one value for both) as integers; pages if *pages*, bytes (with
+    size suffixes) if *sizes*, else counts."""
+    one = _pages if pages else _bytes if sizes else parse_count
     parts = text.strip().split(":")
     if len(parts) > 2 or not all(p.strip() for p in parts):
         raise ParamError(f"{text!r} is not 'barrier:limit' or one value")
@@ -271,8 +302,9 @@ def normalize(p: Param, text: str, *, host: bool = False) -> str:
     if k is ParamKind.LIST:
         items = split_list(text)
         return " ".join(p.check(i) if p.check else i for i in items)
-    if k in (ParamKind.BARRIER_LIMIT, ParamKind.PAGES):
-        b, lim = parse_barrier_limit(text, pages=k is ParamKind.PAGES)
+    if k in (ParamKind.BARRIER_LIMIT, ParamKind.PAGES, ParamKind.BYTES):
+        b, lim = parse_barrier_limit(text, pages=k is ParamKind.PAGES,
+                                     sizes=k is ParamKind.BYTES)
         return f"{format_count(b)}:{format_count(lim)}"
     if k is ParamKind.SIZE:
         size = parse_size(text)
@@ -370,6 +402,32 @@ PARAMS: tuple[Param, ...] = (
        "processes and threads as barrier:limit (the limit is enforced)",
        metavar="B:L", controller="pids"),
 )
+
+
+_UBC_KIND = {Unit.PAGES: ParamKind.PAGES, Unit.BYTES: ParamKind.BYTES,
+             Unit.COUNT: ParamKind.BARRIER_LIMIT}
+
+
+def _ubc_param(u: Ubc) -> Param:
+    """The ``vzctl set --kmemsize B:L`` row of a beancounter (ubctable.UBCS); those
+    a cgroup control enforces on either version name the memory controller, so a
+    live set re-applies the VE's cgroup."""
+    enforced = Mode.ENFORCED in (u.v1, u.v2)
+    return Param(u.key, u.option, _UBC_KIND[u.unit], True, ubc_help(u), metavar="B:L",
+                 controller="memory" if enforced else None)
+
+
+PARAMS += (
+    Param("IOLIMIT", "iolimit", ParamKind.STRING, True,
+          "disk bandwidth of the VE in bytes per second (10M, 512K; a bare number is "
+          "MB/s, as in OpenVZ; 0 = none); where the host cannot throttle, a warning",
+          default="0", metavar="RATE", check=check_rate, cli_unit="M"),
+    Param("IOPSLIMIT", "iopslimit", ParamKind.INT, True,
+          "disk I/O operations per second of the VE (0 = none); where the host cannot "
+          "throttle, a warning", default="0", metavar="N", minimum=0, maximum=1 << 40),
+)
+# every beancounter the table above does not already have (PHYSPAGES, SWAPPAGES, NUMPROC)
+PARAMS += tuple(_ubc_param(u) for u in UBCS if u.key not in {p.key for p in PARAMS})
 RESOURCE_KEYS: tuple[str, ...] = tuple(dict.fromkeys(p.key for p in PARAMS if p.controller))
 
 _BY_OPTION = {p.option: p for p in PARAMS}
@@ -432,6 +490,8 @@ def options_to_values(args: argparse.Namespace,
         try:
             if p.op is ListOp.SET:
                 text = " ".join(raw) if isinstance(raw, list) else str(raw)
+                if p.cli_unit and text.strip().isdigit():
+                    text = text.strip() + p.cli_unit
                 out[p.key] = normalize(p, text, host=True)
                 continue
             base = out.get(p.key)

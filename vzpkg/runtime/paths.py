@@ -171,6 +171,10 @@ class VzPaths:
         """What ``vzctl set`` without --save changed in the running VE (vset.live_config)."""
         return self.run_dir / f"{ctid}.live"
 
+    def ubcfile(self, ctid: int) -> Path:
+        """The most seen of a running VE's snapshot beancounters (runtime.ubccount)."""
+        return self.run_dir / f"{ctid}.ubc"
+
     def lockfile(self, ctid: int) -> Path:
         return self.root / "lock" / f"{ctid}.lck"
 

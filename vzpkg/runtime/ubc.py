@@ -26,13 +26,18 @@ class Beancounter:
     barrier: int
     limit: int
     failcnt: int
+    counted: bool = True    # False: no kernel counter (held and maxheld mean nothing)
 
     @property
     def unlimited(self) -> bool:
         return self.limit >= UNLIMITED
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        del d["counted"]
+        if not self.counted:
+            d["held"] = d["maxheld"] = None
+        return d
 
 
 def format_table(per_ve: Mapping[str, Iterable[Beancounter]],
@@ -49,10 +54,83 @@ def format_table(per_ve: Mapping[str, Iterable[Beancounter]],
                 continue
             uid = f"{ctid}:" if first else ""
             first = False
-            lines.append(f"{uid:>10}  {bc.resource:<12}{bc.held:>{w}} {bc.maxheld:>{w}} "
+            held, maxheld = (bc.held, bc.maxheld) if bc.counted else ("-", "-")
+            lines.append(f"{uid:>10}  {bc.resource:<12}{held:>{w}} {maxheld:>{w}} "
                          f"{bc.barrier:>{w}} {bc.limit:>{w}} {bc.failcnt:>{w}}")
     return "\n".join(lines) + "\n"
 
 
 def to_json(per_ve: Mapping[str, Iterable[Beancounter]]) -> dict[str, list[dict[str, Any]]]:
     return {ctid: [bc.as_dict() for bc in counters] for ctid, counters in per_ve.items()}
+
+
+# -- vzubc's human view --------------------------------------------------------------
+
+NEAR = 0.9          # held at or above 90% of a barrier or limit is "near" it
+_RED, _YELLOW, _OFF = "\x1b[31m", "\x1b[33m", "\x1b[0m"
+
+
+def human(n: int, unit: str) -> str:
+    """*n* in *unit* ("pages", "bytes", "count") the way vzubc shows it: sizes with
+    K/M/G/T, "-" for unlimited."""
+    if n >= UNLIMITED:
+        return "-"
+    if unit == "count":
+        return str(n)
+    b = float(n * 4096 if unit == "pages" else n)
+    for suffix in ("", "K", "M", "G", "T"):
+        if b < 1024 or suffix == "T":
+            return f"{b:.0f}" if not suffix else f"{b:.1f}{suffix}"
+        b /= 1024
+    return str(n)   # (not reached)
+
+
+def _pct(held: int, of: int) -> str:
+    return "-" if of >= UNLIMITED or of <= 0 else f"{100 * held // of}"
+
+
+def near(bc: Beancounter) -> bool:
+    return bc.counted and any(of < UNLIMITED and of > 0 and bc.held >= NEAR * of
+                              for of in (bc.barrier, bc.limit))
+
+
+def format_human(per_ve: Mapping[str, Iterable[Beancounter]], units: Mapping[str, str],
+                 *, names: Mapping[str, str] | None = None,
+                 fail_delta: Mapping[str, Mapping[str, int]] | None = None,
+                 quiet: bool = False, colour: bool = False) -> str:
+    """OpenVZ vzubc's table: held and maxheld with their share of barrier and limit,
+    sizes in K/M/G; *fail_delta* (vzubc -r) gives the failures since the last run in
+    place of the totals; *quiet* keeps the rows that failed or are near a limit."""
+    out: list[str] = []
+    head = (f"{'HELD':>8} {'Bar%':>4} {'Lim%':>4}|{'MAXH':>8} {'Bar%':>4} {'Lim%':>4}|"
+            f"{'BAR':>8}|{'LIM':>8}|{'FAIL':>6}")
+    for ctid, counters in per_ve.items():
+        name = (names or {}).get(ctid)
+        title = f"VE {ctid}" + (f" ({name})" if name else "")
+        rows: list[str] = []
+        for bc in counters:
+            unit = units.get(bc.resource, "count")
+            fails = bc.failcnt if fail_delta is None else \
+                fail_delta.get(ctid, {}).get(bc.resource, bc.failcnt)
+            if quiet and not fails and not near(bc):
+                continue
+            if bc.counted:
+                held = (f"{human(bc.held, unit):>8} {_pct(bc.held, bc.barrier):>4} "
+                        f"{_pct(bc.held, bc.limit):>4}")
+                maxh = (f"{human(bc.maxheld, unit):>8} {_pct(bc.maxheld, bc.barrier):>4} "
+                        f"{_pct(bc.maxheld, bc.limit):>4}")
+            else:
+                held = maxh = f"{'-':>8} {'-':>4} {'-':>4}"
+            fail = ("+" if fail_delta is not None and fails else "") + str(fails)
+            line = (f"{bc.resource:>14} |{held}|{maxh}|{human(bc.barrier, unit):>8}|"
+                    f"{human(bc.limit, unit):>8}|{fail if fails else '-':>6}")
+            if colour and fails:
+                line = _RED + line + _OFF
+            elif colour and near(bc):
+                line = _YELLOW + line + _OFF
+            rows.append(line)
+        if quiet and not rows:
+            continue
+        rule = "-" * len(f"{'':>14} |{head}")
+        out += [rule, f"{title[:14]:<14} |{head}", rule, *rows]
+    return "\n".join(out) + ("\n" if out else "")

@@ -31,7 +31,19 @@ from vzpkg.core.errors import (
     VeRunningError,
 )
 from vzpkg.core.settings import Settings
-from vzpkg.runtime import dists, idmap, join, layout, net, netfilter, ns, params, state
+from vzpkg.runtime import (
+    dists,
+    idmap,
+    iolimit,
+    join,
+    layout,
+    lxcfs,
+    net,
+    netfilter,
+    ns,
+    params,
+    state,
+)
 from vzpkg.runtime.caches import CacheRef, find_cache
 from vzpkg.runtime.cgroups import Cgroups, detect
 from vzpkg.runtime.config import (
@@ -316,6 +328,7 @@ class Runtime:
         cg = self.cgroups
         cg.create(str(ctid))
         cg.apply(str(ctid), cfg.layered_on(self.global_conf()))
+        iolimit.apply(cg, str(ctid), cfg, self.paths.private(ctid))   # (a hint if it can't)
         ids = ids_of(cfg)
         if ids is not None:
             cg.delegate(str(ctid), ids.base)
@@ -335,7 +348,8 @@ class Runtime:
                             enter_cgroup=lambda: cg.attach(str(ctid), 0),
                             ids=ids, stage=self.stage(ctid) if ids else None,
                             init=INIT if ids else None,
-                            console=theirs.fileno() if theirs is not None else None)
+                            console=theirs.fileno() if theirs is not None else None,
+                            lxcfs=lxcfs.find())
         try:
             pid = ns.start_init(spec, ready)
         finally:
@@ -455,6 +469,7 @@ class Runtime:
         cg.remove(str(ctid))
         self.paths.pidfile(ctid).unlink(missing_ok=True)
         self.paths.livefile(ctid).unlink(missing_ok=True)
+        self.paths.ubcfile(ctid).unlink(missing_ok=True)
         stage = self._stage_path(ctid)
         for d in (stage / "root", stage / "dev", stage):
             with contextlib.suppress(OSError):

@@ -8,11 +8,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from vzpkg.core.errors import NameInUseError, PasswordError, UsageError, VeError
-from vzpkg.runtime import dists, join, layout, net, ns, state
+from vzpkg.runtime import dists, iolimit, join, layout, net, ns, state
 from vzpkg.runtime.cgroups.mapping import DEFAULT_IOPRIO
 from vzpkg.runtime.config import VeConfig, atomic_write, lenient_values
 from vzpkg.runtime.derived import addrs_of, dist_setup, ids_of, layout_of, mount_ids_of
-from vzpkg.runtime.params import RESOURCE_KEYS, find_param
+from vzpkg.runtime.params import RESOURCE_KEYS, UNLIMITED, find_param, parse_barrier_limit
+from vzpkg.runtime.ubctable import BY_KEY, Mode, Unit
 
 if TYPE_CHECKING:
     from vzpkg.runtime.ve import Runtime
@@ -120,6 +121,7 @@ def apply(rt: Runtime, ctid: int, values: dict[str, str], *,
     with rt.locked(ctid), (state.flocked(rt.paths.root / "lock" / "ids.lck") if root_wide
                            else contextlib.nullcontext()):
         saved = rt.config(ctid)
+        notes += ubc_notes(rt.cgroups.version, values)     # (refuses before any change)
         pid = state.running_pid(rt.paths.pidfile(ctid))
         cfg = live_config(rt, ctid, saved) if pid is not None else saved
         to_save = dict(values if saved_values is None else saved_values)
@@ -150,6 +152,10 @@ def apply(rt: Runtime, ctid: int, values: dict[str, str], *,
         if pid is not None and new_vals:
             if any(k in RESOURCE_KEYS for k in new_vals):
                 rt.cgroups.apply(str(ctid), new_cfg.layered_on(rt.global_conf()))
+            if any(k in iolimit.KEYS for k in new_vals) and (
+                    warning := iolimit.apply(rt.cgroups, str(ctid), new_cfg,
+                                             rt.paths.private(ctid))):
+                notes.append(warning)
             hif = rt.paths.host_ifname(ctid)
             net.delete(hif, pid, removed)
             net.add(hif, pid, added, [a for a in cur if a not in removed])
@@ -160,6 +166,9 @@ def apply(rt: Runtime, ctid: int, values: dict[str, str], *,
             notes.append(f"applied to running VE {ctid}")
         if warning := _ioprio_unused(rt, values):
             notes.append(warning)
+        if pid is None and any(k in iolimit.KEYS for k in values) and (
+                why := iolimit.unusable(rt.cgroups, rt.paths.private(ctid))):
+            notes.append(iolimit.warning(why))
         if pid is not None and later and not save:
             notes.append(f"warning: {', '.join(later)} cannot change a running VE and was "
                          "not stored: add --save to store it")
@@ -169,6 +178,29 @@ def apply(rt: Runtime, ctid: int, values: dict[str, str], *,
         if save and to_save:
             final.save(rt.paths.conf(ctid))
             notes.append(f"saved to {rt.paths.conf(ctid)}")
+    return notes
+
+
+def ubc_notes(version: int, values: dict[str, str]) -> list[str]:
+    """Warnings for beancounters this host only accounts; a UsageError for a limit
+    on one it can neither enforce nor count (ubctable.Mode.REFUSED), before
+    anything changes.  'unlimited' is always accepted."""
+    notes: list[str] = []
+    for key, value in values.items():
+        u = BY_KEY.get(key)
+        if u is None or not value:
+            continue
+        mode = u.mode(version)
+        b, lim = parse_barrier_limit(value, pages=u.unit is Unit.PAGES,
+                                     sizes=u.unit is Unit.BYTES)
+        if mode is Mode.REFUSED and (b < UNLIMITED or lim < UNLIMITED):
+            raise UsageError(f"--{u.option}: {key} cannot be enforced or counted on this "
+                             f"host (cgroup v{version}): {u.v1_how if version == 1 else u.v2_how}",
+                             hint=f"leave it out, or give --{u.option} unlimited")
+        if mode is Mode.ACCOUNTED and lim < UNLIMITED:
+            notes.append(f"warning: {key} is accounted, not enforced, on this host "
+                         f"(cgroup v{version}): vzubc shows its use against the limit, "
+                         "but nothing refuses the VE at it")
     return notes
 
 

@@ -220,7 +220,7 @@ class Cgroups(ABC):
     def exists(self, ctid: str) -> bool: ...
 
     @abstractmethod
-    def writes(self, cfg: VeConfig) -> list[Write]:
+    def writes(self, cfg: VeConfig, ctid: str = "") -> list[Write]:
         """The file writes :meth:`apply` performs for *cfg* (for tests and dry runs)."""
 
     @abstractmethod

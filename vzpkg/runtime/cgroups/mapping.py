@@ -11,9 +11,15 @@ parameter      cgroup v2                          cgroup v1
 CPUUNITS       cpu.weight = units / 10 (1..10000)  cpu.shares = units * 1024 / 1000
 CPULIMIT/CPUS  cpu.max = "QUOTA 100000"            cpu.cfs_period_us, cpu.cfs_quota_us
 CPUMASK        cpuset.cpus                         cpuset.cpus
+CPUS (no mask) cpuset.cpus: CPUS of the host's CPUs (so nproc inside says CPUS)
 PHYSPAGES      memory.max (limit),                 memory.limit_in_bytes (limit),
                memory.high (barrier if < limit)    memory.soft_limit_in_bytes (barrier)
 SWAPPAGES      memory.swap.max                     memory.memsw.limit_in_bytes = RAM + swap
+PRIVVMPAGES    memory.max, memory.swap.max capped   memory.limit_in_bytes, memsw capped
+               so that RAM + swap <= PRIVVMPAGES   so that RAM + swap <= PRIVVMPAGES
+OOMGUARPAGES   memory.low = barrier                (no memory.low on v1: accounted)
+TCPSNDBUF,     (no TCP memory limit on v2)         memory.kmem.tcp.limit_in_bytes =
+TCPRCVBUF                                          TCPSNDBUF + TCPRCVBUF limits
 NUMPROC        pids.max (limit)                    pids.max (limit)
 IOPRIO         io.bfq.weight (BFQ) and/or          blkio.bfq.weight (BFQ)
                io.weight (io.cost): both
@@ -172,13 +178,50 @@ def _memory(cfg: VeConfig) -> tuple[int | None, int | None, int | None]:
     return limit, soft, swap_limit
 
 
+def _limit_bytes(cfg: VeConfig, key: str) -> int | None:
+    """The limit of a beancounter in bytes; None when unset or unlimited."""
+    bl = cfg.barrier_limit_bytes(key) if key.endswith("PAGES") else cfg.barrier_limit(key)
+    return None if bl is None or bl[1] >= UNLIMITED else bl[1]
+
+
+def _oomguar(cfg: VeConfig) -> int | None:
+    """OOMGUARPAGES's barrier in bytes: memory the kernel protects (memory.low)."""
+    bl = cfg.barrier_limit_bytes("OOMGUARPAGES")
+    return None if bl is None or bl[0] <= 0 or bl[0] >= UNLIMITED else bl[0]
+
+
+def _tcp(cfg: VeConfig) -> int | None:
+    """The TCP buffer memory limit (v1): TCPSNDBUF's and TCPRCVBUF's limits added."""
+    parts = [_limit_bytes(cfg, k) for k in ("TCPSNDBUF", "TCPRCVBUF")]
+    given = [n for n in parts if n is not None]
+    return sum(given) if given else None
+
+
+def _min(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
 def _numproc(cfg: VeConfig) -> int | None:
     bl = cfg.barrier_limit("NUMPROC")
     return None if bl is None or bl[1] >= UNLIMITED else bl[1]
 
 
-def _cpus(cfg: VeConfig, host_cpus: tuple[int, ...] | None) -> tuple[int, ...] | None:
+def cpus_for(count: int, host_cpus: tuple[int, ...], spread: int) -> tuple[int, ...]:
+    """*count* of the host's CPUs for a VE with ``CPUS=count`` and no CPUMASK, so that
+    ``nproc`` in it says *count*: a run of CPUs starting at *spread* (the CTID), so
+    that VEs spread over the host rather than all taking its first CPUs."""
+    n = len(host_cpus)
+    if count >= n:
+        return host_cpus
+    return tuple(sorted(host_cpus[(spread + i) % n] for i in range(count)))
+
+
+def _cpus(cfg: VeConfig, host_cpus: tuple[int, ...] | None,
+          spread: int = 0) -> tuple[int, ...] | None:
     mask = cfg.cpumask()
+    count = cfg.get_int("CPUS") or 0
+    if mask is None and count > 0 and host_cpus is not None and count < len(host_cpus):
+        return cpus_for(count, host_cpus, spread)
     if mask is not None and host_cpus is not None:
         missing = sorted(set(mask) - set(host_cpus))
         if missing:
@@ -200,32 +243,51 @@ class _Values:
     nproc: int | None
     mask: tuple[int, ...] | None
     prio: int
+    privvm: int | None = None    # RAM + swap cap (PRIVVMPAGES), bytes
+    low: int | None = None       # OOMGUARPAGES barrier, bytes
+    tcp: int | None = None       # TCPSNDBUF + TCPRCVBUF limit, bytes
 
     @classmethod
-    def of(cls, cfg: VeConfig, host_cpus: tuple[int, ...] | None) -> _Values:
+    def of(cls, cfg: VeConfig, host_cpus: tuple[int, ...] | None,
+           spread: int = 0) -> _Values:
         limit, soft, swap = _memory(cfg)
-        return cls(_units(cfg), cpu_quota_us(cfg), limit, soft, swap, _numproc(cfg),
-                   _cpus(cfg, host_cpus), _ioprio(cfg))
+        privvm = _limit_bytes(cfg, "PRIVVMPAGES")
+        return cls(_units(cfg), cpu_quota_us(cfg), _min(limit, privvm), soft, swap,
+                   _numproc(cfg), _cpus(cfg, host_cpus, spread), _ioprio(cfg), privvm,
+                   _oomguar(cfg), _tcp(cfg))
+
+    def total(self) -> int | None:
+        """RAM + swap at most (bytes): PHYSPAGES + SWAPPAGES, capped by PRIVVMPAGES."""
+        both = self.limit + self.swap if self.limit is not None and self.swap is not None \
+            else None
+        return _min(both, self.privvm)
 
 
 def v2_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None,
-              host_swap: bool = True, io: IoSchedulers = IoSchedulers()) -> list[Write]:
-    v = _Values.of(cfg, host_cpus)
+              host_swap: bool = True, io: IoSchedulers = IoSchedulers(),
+              spread: int = 0) -> list[Write]:
+    v = _Values.of(cfg, host_cpus, spread)
     units, quota, limit, soft, swap, nproc, mask, prio = (
         v.units, v.quota, v.limit, v.soft, v.swap, v.nproc, v.mask, v.prio)
+    total = v.total()
+    if total is not None and limit is not None:     # swap.max: what RAM leaves of it
+        swap = max(0, total - limit)
     return [
         Write("cpu", "cpu.weight", str(cpu_weight(units)), units != DEFAULT_CPUUNITS,
               "CPUUNITS"),
         Write("cpu", "cpu.max", f"{quota if quota else 'max'} {CFS_PERIOD_US}",
               quota is not None, "CPULIMIT"),
         Write("cpuset", "cpuset.cpus", format_cpumask(mask) if mask else "",
-              mask is not None, "CPUMASK"),
+              cfg.cpumask() is not None, "CPUMASK"),   # (CPUS alone: a hint for nproc)
         Write("memory", "memory.max", str(limit) if limit is not None else "max", limit is not None,
               "PHYSPAGES"),
         Write("memory", "memory.high", str(soft) if soft else "max", soft is not None,
               "PHYSPAGES"),
         Write("memory", "memory.swap.max", str(swap) if swap is not None else "max",
-              swap is not None and host_swap, "SWAPPAGES"),
+              swap is not None and host_swap,
+              "SWAPPAGES" if v.privvm is None else "PRIVVMPAGES"),
+        Write("memory", "memory.low", str(v.low) if v.low is not None else "0",
+              v.low is not None, "OOMGUARPAGES"),
         Write("pids", "pids.max", str(nproc) if nproc is not None else "max",
               nproc is not None, "NUMPROC"),
         *_io_writes(2, prio, io),
@@ -233,14 +295,15 @@ def v2_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None,
 
 
 def v1_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None,
-              host_swap: bool = True, io: IoSchedulers = IoSchedulers()) -> list[Write]:
+              host_swap: bool = True, io: IoSchedulers = IoSchedulers(),
+              spread: int = 0) -> list[Write]:
     """Writes for v1.  memsw is first opened up so that the RAM limit can move either
     way (the kernel insists memsw >= memory), then set to RAM + swap."""
-    v = _Values.of(cfg, host_cpus)
-    units, quota, limit, soft, swap, nproc, mask, prio = (
+    v = _Values.of(cfg, host_cpus, spread)
+    units, quota, limit, soft, _, nproc, mask, prio = (
         v.units, v.quota, v.limit, v.soft, v.swap, v.nproc, v.mask, v.prio)
     cpus = mask if mask is not None else host_cpus
-    memsw = limit + swap if limit is not None and swap is not None else None
+    memsw = v.total()
     out = [
         Write("cpu", "cpu.shares", str(cpu_shares(units)), units != DEFAULT_CPUUNITS,
               "CPUUNITS"),
@@ -249,8 +312,8 @@ def v1_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None,
               "CPULIMIT"),
     ]
     if cpus is not None:
-        out.append(Write("cpuset", "cpuset.cpus", format_cpumask(cpus), mask is not None,
-                         "CPUMASK"))
+        out.append(Write("cpuset", "cpuset.cpus", format_cpumask(cpus),
+                         cfg.cpumask() is not None, "CPUMASK"))
     out += [
         Write("memory", "memory.memsw.limit_in_bytes", "-1", False, "SWAPPAGES"),
         Write("memory", "memory.limit_in_bytes", str(limit) if limit is not None else "-1",
@@ -258,7 +321,16 @@ def v1_writes(cfg: VeConfig, host_cpus: tuple[int, ...] | None = None,
         Write("memory", "memory.soft_limit_in_bytes", str(soft) if soft else "-1",
               soft is not None, "PHYSPAGES"),
         Write("memory", "memory.memsw.limit_in_bytes", str(memsw) if memsw is not None else "-1",
-              memsw is not None and host_swap, "SWAPPAGES"),
+              memsw is not None and host_swap,
+              "SWAPPAGES" if v.privvm is None else "PRIVVMPAGES"),
+    ]
+    # only a VE that names TCPSNDBUF or TCPRCVBUF: the first write to this file turns
+    # on v1's TCP memory accounting for the group, which other VEs need not pay for
+    if any(cfg.get(k) for k in ("TCPSNDBUF", "TCPRCVBUF")):
+        out.append(Write("memory", "memory.kmem.tcp.limit_in_bytes",
+                         str(v.tcp) if v.tcp is not None else "-1", v.tcp is not None,
+                         "TCPSNDBUF"))
+    out += [
         Write("pids", "pids.max", str(nproc) if nproc is not None else "max",
               nproc is not None, "NUMPROC"),
         *_io_writes(1, prio, io),

@@ -145,16 +145,17 @@ class CgroupsV1(Cgroups):
                           "hierarchy", hint="mount the devices controller "
                           "(mount -t cgroup -o devices none /sys/fs/cgroup/devices)")
 
-    def writes(self, cfg: VeConfig) -> list[Write]:
+    def writes(self, cfg: VeConfig, ctid: str = "") -> list[Write]:
         cpuset = self.mounts.get("cpuset")
         return v1_writes(cfg, host_cpus(cpuset / "cpuset.effective_cpus")
-                         if cpuset else None, host_has_swap(), self.io_schedulers())
+                         if cpuset else None, host_has_swap(), self.io_schedulers(),
+                         spread=_spread(ctid))
 
     def apply(self, ctid: str, cfg: VeConfig) -> None:
         """Check every write first, then write: a limit that cannot be enforced
         leaves the group as it was."""
         todo: list[tuple[Path, Write]] = []
-        for w in self.writes(cfg):
+        for w in self.writes(cfg, ctid):
             g = self.group(w.controller, ctid)
             if g is None or not (g / w.file).exists():
                 if w.limiting:
@@ -263,7 +264,41 @@ def _memory_counters(g: Path, cfg: VeConfig | None) -> list[Beancounter]:
                                barrier_from(cfg, "SWAPPAGES", swap_limit), swap_limit,
                                read_int(g / "memory.memsw.failcnt") or 0))
     out.append(Beancounter("oomguarpages", pages(usage), pages(peak), 0, UNLIMITED, oom))
+    out += _v1_memory_more(g, cfg, usage, peak, sw_usage, fails, oom)
     return out
+
+
+def _v1_memory_more(g: Path, cfg: VeConfig | None, usage: int, peak: int,
+                    sw_usage: int | None, fails: int, oom: int) -> list[Beancounter]:
+    """The beancounters v1's memory controller adds (ubctable.UBCS): locked and
+    shared pages from memory.stat (total_*: the VE's processes are in its leaf),
+    private memory as RAM + swap, and the TCP buffers' failures."""
+    stat = read_keyed(g / "memory.stat")
+    total = sw_usage if sw_usage is not None else usage
+    total_peak = read_int(g / "memory.memsw.max_usage_in_bytes") or peak
+    memsw_fails = read_int(g / "memory.memsw.failcnt") or 0
+    limit = read_limit(g / "memory.memsw.limit_in_bytes")
+    if limit >= UNLIMITED:
+        limit = read_limit(g / "memory.limit_in_bytes")
+    tcp_fails = read_int(g / "memory.kmem.tcp.failcnt") or 0
+    out = [Beancounter("lockedpages", pages(stat.get("total_unevictable", 0)),
+                       pages(stat.get("total_unevictable", 0)),
+                       barrier_from(cfg, "LOCKEDPAGES", UNLIMITED), UNLIMITED, 0),
+           Beancounter("shmpages", pages(stat.get("total_shmem", 0)),
+                       pages(stat.get("total_shmem", 0)),
+                       barrier_from(cfg, "SHMPAGES", UNLIMITED), UNLIMITED, 0),
+           Beancounter("privvmpages", pages(total), pages(total_peak),
+                       barrier_from(cfg, "PRIVVMPAGES", pages(limit)), pages(limit),
+                       max(memsw_fails, fails) or oom),
+           Beancounter("vmguarpages", pages(total), pages(total_peak),
+                       barrier_from(cfg, "VMGUARPAGES", UNLIMITED), UNLIMITED, 0)]
+    for res in ("tcpsndbuf", "tcprcvbuf"):      # held: the sockets' queues (ubccount)
+        out.append(Beancounter(res, 0, 0, UNLIMITED, UNLIMITED, tcp_fails))
+    return out
+
+
+def _spread(ctid: str) -> int:
+    return int(ctid) if ctid.isdigit() else 0
 
 
 def _cpus(text: str | None) -> set[int]:

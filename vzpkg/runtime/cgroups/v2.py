@@ -99,9 +99,9 @@ class CgroupsV2(Cgroups):
                 write_file(where / "cgroup.subtree_control", f"+{c}",
                            f"enable the {c} controller")
 
-    def writes(self, cfg: VeConfig) -> list[Write]:
+    def writes(self, cfg: VeConfig, ctid: str = "") -> list[Write]:
         return v2_writes(cfg, host_cpus(self.root / "cpuset.cpus.effective"), host_has_swap(),
-                         self.io_schedulers())
+                         self.io_schedulers(), spread=int(ctid) if ctid.isdigit() else 0)
 
     def cgroup2_root(self) -> Path | None:
         return self.root
@@ -114,7 +114,7 @@ class CgroupsV2(Cgroups):
             raise VeError(f"VE {ctid}: no cgroup {g}", hint="start the VE first")
         have = set((read_text(g / "cgroup.controllers") or "").split())
         todo: list[Write] = []
-        for w in self.writes(cfg):
+        for w in self.writes(cfg, ctid):
             f = g / w.file
             if w.controller not in have or not f.exists():
                 if w.limiting:
@@ -206,8 +206,10 @@ class CgroupsV2(Cgroups):
                     pages(read_int(g / "memory.swap.peak") or sheld),
                     barrier_from(cfg, "SWAPPAGES", pages(slimit)), pages(slimit),
                     read_keyed(g / "memory.swap.events").get("max", 0)))
-            out.append(Beancounter("oomguarpages", pages(held), pages(held), 0, UNLIMITED,
+            out.append(Beancounter("oomguarpages", pages(held), pages(held),
+                                   pages(read_int(g / "memory.low") or 0), UNLIMITED,
                                    events.get("oom_kill", 0)))
+            out += _v2_memory_more(g, cfg, stat, held, limit, events)
         if (g / "pids.current").exists():
             held = read_int(g / "pids.current") or 0
             limit = read_limit(g / "pids.max")
@@ -216,3 +218,28 @@ class CgroupsV2(Cgroups):
                 barrier_from(cfg, "NUMPROC", limit), limit,
                 read_keyed(g / "pids.events").get("max", 0)))
         return out
+
+
+def _v2_memory_more(g: Path, cfg: VeConfig | None, stat: dict[str, int], held: int,
+                    limit: int, events: dict[str, int]) -> list[Beancounter]:
+    """The beancounters memory.stat and RAM + swap give (ubctable.UBCS)."""
+    swap = read_int(g / "memory.swap.current") or 0
+    swap_max = read_limit(g / "memory.swap.max")
+    total = held + swap
+    peak = (read_int(g / "memory.peak") or held) + (read_int(g / "memory.swap.peak") or swap)
+    cap = UNLIMITED if limit >= UNLIMITED or swap_max >= UNLIMITED else limit + swap_max
+    dcache = stat.get("slab_reclaimable", 0)
+    return [
+        Beancounter("lockedpages", pages(stat.get("unevictable", 0)),
+                    pages(stat.get("unevictable", 0)),
+                    barrier_from(cfg, "LOCKEDPAGES", UNLIMITED), UNLIMITED, 0),
+        Beancounter("shmpages", pages(stat.get("shmem", 0)), pages(stat.get("shmem", 0)),
+                    barrier_from(cfg, "SHMPAGES", UNLIMITED), UNLIMITED, 0),
+        Beancounter("privvmpages", pages(total), pages(peak),
+                    barrier_from(cfg, "PRIVVMPAGES", pages(cap)), pages(cap),
+                    events.get("max", 0)),
+        Beancounter("vmguarpages", pages(total), pages(peak),
+                    barrier_from(cfg, "VMGUARPAGES", UNLIMITED), UNLIMITED, 0),
+        Beancounter("dcachesize", dcache, dcache, barrier_from(cfg, "DCACHESIZE", UNLIMITED),
+                    UNLIMITED, 0),
+    ]
