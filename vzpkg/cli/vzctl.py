@@ -73,7 +73,8 @@ def cmd_create(args: argparse.Namespace) -> int:
     _say(args, f"Creating VE {args.ctid} from {ostemplate} ...")
     rt.create(args.ctid, ostemplate, config=args.config, hostname=args.hostname,
               ipadd=args.ipadd or (), layout_name=args.layout,
-              userns=None if args.userns is None else args.userns == "yes")
+              userns=None if args.userns is None else args.userns == "yes",
+              values=params.options_to_values(args))
     cfg = rt.config(args.ctid)
     ids = cfg.get("VE_IDMAP")
     how = f"user namespace, host ids {ids}" if ids else "host root, no user namespace"
@@ -280,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="yes (default): the VE's root is an unprivileged host id range in "
                         "a user namespace of its own; no: host root with a reduced "
                         "capability set, the old mode (weaker; docs/SECURITY.md)")
+    params.add_set_options(c, only=("diskspace", "diskinodes", "quotatime"))
     st = cmd("start", cmd_start, "start a VE: namespaces, cgroup, network, init")
     st.add_argument("--wait", action="store_true",
                     help="return when the VE's init says it is up (systemd: "

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from vzpkg.core.errors import VeError
 from vzpkg.core.fstree import remove_tree
-from vzpkg.runtime import idmap, libc, state
+from vzpkg.runtime import idmap, libc, quota, state
 from vzpkg.runtime.caches import CacheRef
 from vzpkg.runtime.idmap import IdRange
 from vzpkg.runtime.paths import VzPaths
@@ -42,8 +42,10 @@ class Layout(StrEnum):
     OVERLAY = "overlay"
 
 
-def create(paths: VzPaths, ctid: int, cache: CacheRef, layout: Layout) -> None:
-    """Make the VE's private area; on any failure nothing is left behind."""
+def create(paths: VzPaths, ctid: int, cache: CacheRef, layout: Layout,
+           disk: quota.DiskLimits | None = None) -> None:
+    """Make the VE's private area (on a disk image of its own with *disk*, see
+    :mod:`vzpkg.runtime.quota`); on any failure nothing is left behind."""
     private = paths.private(ctid)
     try:
         private.mkdir()
@@ -51,6 +53,10 @@ def create(paths: VzPaths, ctid: int, cache: CacheRef, layout: Layout) -> None:
         raise VeError(f"private area {private} already exists",
                       hint=f"destroy VE {ctid} first, or remove that directory") from None
     try:
+        if disk is not None and disk.limited:
+            quota.make_image(paths, ctid, disk)
+            quota.attach(paths, ctid)
+            (private / "lost+found").rmdir()    # unpacking wants an empty directory
         if layout is Layout.PLAIN:
             private.chmod(0o755)
             cache.unpack_into(private)      # checked against the manifest first
@@ -59,7 +65,10 @@ def create(paths: VzPaths, ctid: int, cache: CacheRef, layout: Layout) -> None:
             (private / "upper").mkdir()
             (private / "work").mkdir()
             (private / "lower").symlink_to(os.path.relpath(shared, private))
+        quota.detach(paths, ctid)
     except BaseException:
+        with contextlib.suppress(VeError, OSError):
+            quota.remove(paths, ctid)
         _remove_quietly(private)
         raise
 
@@ -128,6 +137,8 @@ def mount(paths: VzPaths, ctid: int, lay: Layout, ids: IdRange | None = None) ->
     if not private.is_dir() and not private.is_symlink():
         raise VeError(f"VE {ctid} has no private area {private}",
                       hint=f"create it: vzctl create {ctid} --ostemplate NAME")
+    if not is_mounted(target):
+        quota.attach(paths, ctid)       # its disk image, if it has one
     src = _open_real_dir(private, f"the private area of VE {ctid}")
     try:
         dst = _mount_point(target)
@@ -246,6 +257,7 @@ def umount(paths: VzPaths, ctid: int) -> None:
             if exc.errno != errno.EBUSY:
                 raise VeError(f"cannot unmount {target}: {exc.strerror}") from None
             libc.umount2(str(target), libc.MNT_DETACH | UMOUNT_NOFOLLOW)
+    quota.detach(paths, ctid)
 
 
 def destroy(paths: VzPaths, ctid: int, lay: Layout) -> None:
@@ -256,6 +268,7 @@ def destroy(paths: VzPaths, ctid: int, lay: Layout) -> None:
     if lay is Layout.OVERLAY:
         with contextlib.suppress(VeError):
             shared = shared_of(paths, ctid)
+    quota.remove(paths, ctid)
     if private.exists() or private.is_symlink():
         try:
             remove_tree(private)

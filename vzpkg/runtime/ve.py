@@ -31,7 +31,7 @@ from vzpkg.core.errors import (
     VeRunningError,
 )
 from vzpkg.core.settings import Settings
-from vzpkg.runtime import dists, idmap, join, layout, net, netfilter, ns, params, state
+from vzpkg.runtime import dists, idmap, join, layout, net, netfilter, ns, params, quota, state
 from vzpkg.runtime.caches import CacheRef, find_cache
 from vzpkg.runtime.cgroups import Cgroups, detect
 from vzpkg.runtime.config import (
@@ -181,7 +181,10 @@ class Runtime:
 
     def create(self, ctid: int, ostemplate: str, *, config: str | None = None,
                hostname: str | None = None, ipadd: Sequence[str] = (),
-               layout_name: str | None = None, userns: bool | None = None) -> None:
+               layout_name: str | None = None, userns: bool | None = None,
+               values: dict[str, str] | None = None) -> None:
+        """Make VE *ctid*; *values* are further CTID.conf values from the command
+        line (the disk limits: DISKSPACE, DISKINODES, QUOTATIME)."""
         addrs = [net.parse_ip(a) for a in ipadd]
         with self.locked(ctid), state.flocked(self.paths.root / "lock" / "ids.lck"):
             net.check_free(self.paths, ctid, addrs)
@@ -217,8 +220,10 @@ class Runtime:
                 vals["IP_ADDRESS"] = " ".join(
                     str(a.ip) if a.network.prefixlen == a.max_prefixlen else a.with_prefixlen
                     for a in addrs)
+            vals.update(values or {})
             new_cfg = cfg.with_values(vals)  # checks the values before anything is made
-            layout.create(self.paths, ctid, cache, lay)
+            quota.check_values(vals)
+            layout.create(self.paths, ctid, cache, lay, quota.of_config(new_cfg.get))
             try:
                 new_cfg.save(conf_path)
             except BaseException:
@@ -281,6 +286,8 @@ class Runtime:
         ids = ids_of(cfg)
         if ids is not None:
             cg.delegate(str(ctid), ids.base)
+        if not layout.is_mounted(self.paths.ve_root(ctid)):
+            quota.reconcile(self.paths, ctid, quota.of_config(cfg.get))
         root = layout.mount(self.paths, ctid, layout_of(cfg), ids)
         addrs = addrs_of(cfg)
         setup = dist_setup(cfg)

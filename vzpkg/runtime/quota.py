@@ -1,0 +1,478 @@
+"""Disk quota: a VE's files on an ext4 image of its own (ploop's successor).
+
+A VE created with ``--diskspace`` keeps its private area on a sparse ext4 image,
+``VE_PRIVATE.img`` (``VZ_ROOT/private/CTID.img``), loop-mounted on
+``private/CTID`` whenever the VE's files are in use.  The file system's size is
+the hard DISKSPACE limit and its inode count the hard DISKINODES limit, so:
+
+* a write past the limit fails in the VE with ENOSPC, and nothing outside the
+  image is touched;
+* ``df`` and ``df -i`` in the VE show the image: its limits and usage;
+* the layouts are unchanged: plain unpacks onto the image, overlay keeps its
+  ``upper``/``work`` there.
+
+Live changes (``vzctl set --diskspace`` on a running VE):
+
+* lowering fills a *balloon*, ``/.vzquota-balloon`` at the image's top, owned by
+  the host and immutable (the VE's root cannot remove it: that needs
+  CAP_LINUX_IMMUTABLE over the host), with the space taken away; ``df`` then
+  counts the balloon as used.  At the next mount of the stopped VE the balloon
+  goes and the image is shrunk (resize2fs), so ``df`` shows the limit again;
+* raising empties the balloon first; beyond the image's size it grows the image
+  online (EXT4_IOC_RESIZE_FS), which needs CAP_SYS_RESOURCE: a vzctl without it
+  (some sandboxes) says so, and ``--save`` applies it at the next start.
+
+Why not project quota (vzquota's successor): see ``docs/QUOTA.md``: the kernel
+needs CONFIG_QFMT_V2 (ext4) or CONFIG_XFS_QUOTA, which kernels built without
+them (this project's CI kernel) lack, and the limits would then be silently
+absent; an image works on any VZ_ROOT file system with loop devices.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import re
+import struct
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from vzpkg.core.errors import UsageError, VeError
+from vzpkg.runtime import libc
+from vzpkg.runtime.params import UNLIMITED, ParamError, parse_barrier_limit
+from vzpkg.runtime.paths import VzPaths
+
+BALLOON = ".vzquota-balloon"
+KEYS = ("DISKSPACE", "DISKINODES", "QUOTATIME", "QUOTAUGIDLIMIT")
+MIN_SPACE_K = 16 * 1024           # 16 MiB (params.py's DISKSPACE minimum)
+BLOCK = 4096
+EXT4_IOC_RESIZE_FS = 0x40086610
+LOOP_SET_CAPACITY = 0x4C07
+FS_IOC_GETFLAGS = 0x80086601
+FS_IOC_SETFLAGS = 0x40086602
+FS_IMMUTABLE_FL = 0x10
+_CMD_TIMEOUT = 600
+
+
+class QuotaError(VeError):
+    """A disk limit cannot be made or changed; the text says why and what to do."""
+
+
+@dataclass(frozen=True)
+class DiskLimits:
+    """DISKSPACE (KiB) and DISKINODES as soft:hard, QUOTATIME in seconds."""
+
+    space_soft: int = UNLIMITED
+    space_hard: int = UNLIMITED
+    inodes_soft: int = UNLIMITED
+    inodes_hard: int = UNLIMITED
+    quotatime: int = 0
+
+    @property
+    def limited(self) -> bool:
+        return self.space_hard < UNLIMITED or self.inodes_hard < UNLIMITED
+
+    @classmethod
+    def of(cls, get: dict[str, str]) -> DiskLimits:
+        """From CTID.conf values (already normalized by the parameter table)."""
+        ss, sh = _pair(get.get("DISKSPACE"))
+        i_s, ih = _pair(get.get("DISKINODES"))
+        qt = get.get("QUOTATIME") or "0"
+        return cls(ss, sh, i_s, ih, int(qt) if qt.isdigit() else 0)
+
+    def image_bytes(self) -> int:
+        """The image's size: the hard space limit (inodes alone: 16 KiB each)."""
+        if self.space_hard < UNLIMITED:
+            return self.space_hard * 1024
+        return max(self.inodes_hard * 16384, MIN_SPACE_K * 1024)
+
+
+def _pair(text: str | None) -> tuple[int, int]:
+    if not text:
+        return UNLIMITED, UNLIMITED
+    try:
+        return parse_barrier_limit(text)
+    except ParamError:
+        return UNLIMITED, UNLIMITED
+
+
+def check_values(values: dict[str, str]) -> None:
+    """Refuse what no VE can have: second-level quota (UsageError says why)."""
+    if values.get("QUOTAUGIDLIMIT", "0") not in ("0", ""):
+        raise UsageError(
+            "QUOTAUGIDLIMIT: second-level quota (quota/setquota for users and groups "
+            "inside a VE) is not available: the kernel lets only a holder of "
+            "CAP_SYS_ADMIN in the file system's own user namespace set quotas "
+            "(quotactl), and a VE's disk is mounted by the host, so the VE's root "
+            "gets EPERM; kernels without CONFIG_QFMT_V2 (this project's CI kernel) "
+            "have no ext4 quota at all. "
+            "Use QUOTAUGIDLIMIT=0", hint="the VE's own disk limit is the first level: "
+            "--diskspace, --diskinodes (docs/QUOTA.md)")
+
+
+def of_config(get: Callable[[str], str | None]) -> DiskLimits:
+    return DiskLimits.of({k: v for k in KEYS if (v := get(k)) is not None})
+
+
+# -- paths ------------------------------------------------------------------------
+
+def image_path(paths: VzPaths, ctid: int) -> Path:
+    p = paths.private(ctid)
+    return p.with_name(p.name + ".img")
+
+
+def has_image(paths: VzPaths, ctid: int) -> bool:
+    return image_path(paths, ctid).is_file()
+
+
+def _is_mounted(path: Path) -> bool:
+    target = os.fsencode(str(path))
+    with open("/proc/self/mountinfo", "rb") as f:
+        return any(line.split(b" ", 5)[4].replace(b"\\040", b" ") == target for line in f)
+
+
+def _run(argv: list[str], what: str, ok: tuple[int, ...] = (0,)) -> str:
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=_CMD_TIMEOUT,
+                           check=False)
+    except FileNotFoundError:
+        raise QuotaError(f"{what}: {argv[0]} is missing",
+                         hint="install e2fsprogs (mkfs.ext4, resize2fs, e2fsck)") from None
+    if r.returncode not in ok:
+        raise QuotaError(f"{what}: {argv[0]} failed ({r.returncode}): "
+                         f"{(r.stderr or r.stdout).strip()[-400:]}")
+    return r.stdout
+
+
+# -- making, mounting, removing -----------------------------------------------------
+
+def make_image(paths: VzPaths, ctid: int, limits: DiskLimits) -> None:
+    """Make the VE's empty ext4 image (sparse), sized to the hard limits."""
+    img = image_path(paths, ctid)
+    size = limits.image_bytes() // BLOCK * BLOCK
+    fd = os.open(img, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    try:
+        os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
+    argv = ["mkfs.ext4", "-q", "-F", "-b", str(BLOCK), "-m", "0", "-T", "default",
+            "-E", "root_owner=0:0,nodiscard", "-L", f"ve{ctid}"[:16]]
+    if limits.inodes_hard < UNLIMITED:
+        argv += ["-N", str(limits.inodes_hard)]
+    try:
+        _run([*argv, str(img)], f"making the disk image of VE {ctid}")
+    except BaseException:
+        img.unlink(missing_ok=True)
+        raise
+
+
+def attach(paths: VzPaths, ctid: int) -> None:
+    """Mount the VE's image on its private area (a no-op without an image or when
+    mounted)."""
+    img, private = image_path(paths, ctid), paths.private(ctid)
+    if img.is_file() and not _is_mounted(private):
+        _mount(img, private, ctid)
+
+
+def reconcile(paths: VzPaths, ctid: int, limits: DiskLimits) -> None:
+    """Make a stopped VE's image what *limits* says, and mount it: a balloon left
+    by a live lowering is let out and the image shrunk (resize2fs), an image
+    smaller than the limit (a raise saved while the VE ran) grown.  QuotaError,
+    with the image as it was, when its files do not fit."""
+    img, private = image_path(paths, ctid), paths.private(ctid)
+    if not img.is_file() or _is_mounted(private) or limits.space_hard >= UNLIMITED:
+        return
+    target = limits.space_hard * 1024 // BLOCK * BLOCK
+    _mount(img, private, ctid)
+    try:
+        if _balloon_size(private) == 0 and img.stat().st_size == target:
+            return
+        _drop_balloon(private)
+        _umount(private)
+        if target > img.stat().st_size:
+            os.truncate(img, target)
+        _resize_offline(img, ctid, target)
+        _mount(img, private, ctid)
+    except BaseException:
+        with contextlib.suppress(QuotaError):
+            _umount(private)
+        raise
+
+
+def detach(paths: VzPaths, ctid: int) -> None:
+    """Unmount the VE's image (its loop device goes with the mount)."""
+    private = paths.private(ctid)
+    if image_path(paths, ctid).is_file():
+        _umount(private)
+
+
+def remove(paths: VzPaths, ctid: int) -> None:
+    detach(paths, ctid)
+    image_path(paths, ctid).unlink(missing_ok=True)
+
+
+def _mount(img: Path, private: Path, ctid: int) -> None:
+    private.mkdir(mode=0o755, exist_ok=True)
+    _run(["mount", "-t", "ext4", "-o", "loop,nodev", str(img), str(private)],
+         f"mounting the disk image of VE {ctid}")
+
+
+def _umount(private: Path) -> None:
+    while _is_mounted(private):
+        try:
+            libc.umount2(str(private), 8)                   # UMOUNT_NOFOLLOW
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                raise QuotaError(f"cannot unmount {private}: {exc.strerror}") from None
+            libc.umount2(str(private), libc.MNT_DETACH | 8)
+
+
+def _resize_offline(img: Path, ctid: int, size: int) -> None:
+    """resize2fs the unmounted image to *size*; when its files do not fit, the
+    image is left as it was (resize2fs refuses before it moves a block)."""
+    blocks = size // BLOCK
+    old = img.stat().st_size
+    _run(["e2fsck", "-f", "-p", str(img)], f"checking the disk image of VE {ctid}",
+         ok=(0, 1))                     # 1: errors corrected
+    try:
+        _run(["resize2fs", str(img), str(blocks)], f"resizing the disk image of VE {ctid}")
+    except QuotaError as exc:
+        if old < size:
+            os.truncate(img, old)
+        raise QuotaError(f"{exc.message}; nothing was changed",
+                         hint="the VE's files need more than that: free space inside "
+                              "it first, or give a higher limit") from None
+    if img.stat().st_size > blocks * BLOCK:
+        os.truncate(img, blocks * BLOCK)
+
+
+# -- the balloon ----------------------------------------------------------------------
+
+def _open_top(private: Path) -> int:
+    return os.open(private, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def _open_balloon(top: int, create: bool) -> int | None:
+    """The balloon, opened read-only without following links; None if there is
+    none.  A balloon is a regular file of the host's root with one link: anything
+    else of that name was planted by the VE and is an error, never written
+    through.  (:func:`_writable` reopens it for writing once it is mutable.)"""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        if create:
+            return os.open(BALLOON, flags | os.O_CREAT | os.O_EXCL, 0, dir_fd=top)
+        fd = os.open(BALLOON, flags, dir_fd=top)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise QuotaError(f"the balloon /{BALLOON} in the VE is not vzctl's "
+                         f"({exc.strerror})", hint=f"remove /{BALLOON} inside the VE "
+                         "and try again") from None
+    st = os.fstat(fd)
+    if not (st.st_mode & 0o170000 == 0o100000 and st.st_uid == 0 and st.st_nlink == 1):
+        os.close(fd)
+        raise QuotaError(f"/{BALLOON} in the VE is not vzctl's balloon",
+                         hint=f"remove /{BALLOON} inside the VE and try again")
+    return fd
+
+
+def _writable(fd: int) -> int:
+    """A writable descriptor of the very file open as *fd* (no path lookup)."""
+    return os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_CLOEXEC)
+
+
+def _set_immutable(fd: int, on: bool) -> None:
+    flags = struct.unpack("l", fcntl.ioctl(fd, FS_IOC_GETFLAGS, struct.pack("l", 0)))[0]
+    flags = flags | FS_IMMUTABLE_FL if on else flags & ~FS_IMMUTABLE_FL
+    fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("l", flags))
+
+
+def _balloon_size(private: Path) -> int:
+    top = _open_top(private)
+    try:
+        fd = _open_balloon(top, create=False)
+        if fd is None:
+            return 0
+        try:
+            return os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+    finally:
+        os.close(top)
+
+
+def _drop_balloon(private: Path) -> None:
+    top = _open_top(private)
+    try:
+        fd = _open_balloon(top, create=False)
+        if fd is not None:
+            try:
+                _set_immutable(fd, False)
+            finally:
+                os.close(fd)
+            os.unlink(BALLOON, dir_fd=top)
+    finally:
+        os.close(top)
+
+
+def _set_balloon(private: Path, size: int) -> None:
+    """Make the balloon *size* bytes: its blocks are allocated (fallocate), so
+    the VE cannot write them; ENOSPC, and the balloon as it was, when the VE
+    already uses them."""
+    top = _open_top(private)
+    try:
+        fd = _open_balloon(top, create=False)
+        if fd is None:
+            if size == 0:
+                return
+            fd = _open_balloon(top, create=True)
+            assert fd is not None
+        try:
+            old = os.fstat(fd).st_size
+            _set_immutable(fd, False)
+            try:
+                w = _writable(fd)
+                try:
+                    if size > old:
+                        try:
+                            os.posix_fallocate(w, 0, size)
+                        except OSError:
+                            os.ftruncate(w, old)
+                            raise
+                    else:
+                        os.ftruncate(w, size)
+                finally:
+                    os.close(w)
+            finally:
+                _set_immutable(fd, True)
+            now = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        if now == 0:
+            _drop_balloon(private)
+    finally:
+        os.close(top)
+
+
+# -- changing limits ------------------------------------------------------------------
+
+def resize(paths: VzPaths, ctid: int, old: DiskLimits, new: DiskLimits,
+           running: bool) -> list[str]:
+    """Apply *new* to VE *ctid*'s image (which exists), live on a running VE, else
+    offline; QuotaError and nothing changed when it cannot be done."""
+    notes: list[str] = []
+    img, private = image_path(paths, ctid), paths.private(ctid)
+    if new.space_hard >= UNLIMITED:
+        raise QuotaError(f"VE {ctid} lives on a disk image; its DISKSPACE cannot be "
+                         "unlimited", hint="give a limit (e.g. --diskspace 100G)")
+    if new.inodes_hard != old.inodes_hard:
+        raise QuotaError(
+            f"VE {ctid}: DISKINODES of a disk image is set when it is made (mkfs) and "
+            "grows with --diskspace; it cannot be changed on its own",
+            hint="leave --diskinodes out, or re-create the VE with the inode limit")
+    target = new.space_hard * 1024 // BLOCK * BLOCK
+    if running:
+        size = img.stat().st_size
+        if target > size:
+            _grow_online(img, private, ctid, target)
+            size = target
+        _set_balloon_checked(private, ctid, size - target)
+        notes.append(f"disk limit of running VE {ctid} is now {new.space_hard}K")
+    else:
+        reconcile(paths, ctid, new)
+        detach(paths, ctid)
+        notes.append(f"disk image of VE {ctid} resized to {new.space_hard}K")
+    if new.space_soft < new.space_hard or new.inodes_soft < new.inodes_hard:
+        notes.append(soft_warning())
+    return notes
+
+
+def soft_warning() -> str:
+    return ("warning: soft limits and QUOTATIME are stored and shown but not enforced: "
+            "a disk image has one size, the hard limit (docs/QUOTA.md)")
+
+
+def _set_balloon_checked(private: Path, ctid: int, size: int) -> None:
+    try:
+        _set_balloon(private, size)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise QuotaError(f"VE {ctid} uses more disk space than the new limit; "
+                             "nothing was changed",
+                             hint="free space inside the VE first, or give a higher "
+                                  "limit (vzquota stat CTID shows the usage)") from None
+        raise QuotaError(f"cannot change the disk limit of VE {ctid}: {exc.strerror}") \
+            from None
+
+
+def _grow_online(img: Path, private: Path, ctid: int, size: int) -> None:
+    old = img.stat().st_size
+    dev = _loop_of(private)
+    os.truncate(img, size)
+    try:
+        with open(dev, "rb") as f:
+            fcntl.ioctl(f.fileno(), LOOP_SET_CAPACITY, 0)
+        top = _open_top(private)
+        try:
+            fcntl.ioctl(top, EXT4_IOC_RESIZE_FS, struct.pack("Q", size // BLOCK))
+        finally:
+            os.close(top)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.truncate(img, old)
+            with open(dev, "rb") as f:
+                fcntl.ioctl(f.fileno(), LOOP_SET_CAPACITY, 0)
+        why = ("vzctl lacks CAP_SYS_RESOURCE, which the kernel asks for to grow a "
+               "mounted ext4" if exc.errno == errno.EPERM else exc.strerror)
+        raise QuotaError(f"cannot grow the disk image of running VE {ctid} past its "
+                         f"size ({old >> 10}K): {why}; nothing was changed",
+                         hint="stop the VE and set it then, or add --save and the new "
+                              "limit applies at the next start") from None
+
+
+def _loop_of(private: Path) -> str:
+    target = os.fsencode(str(private))
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            fields = line.split(b" ")
+            if fields[4].replace(b"\\040", b" ") == target:
+                src = fields[fields.index(b"-") + 2].decode()
+                if re.fullmatch(r"/dev/loop\d+", src):
+                    return src
+    raise QuotaError(f"{private} is not a mounted disk image")
+
+
+# -- usage ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Usage:
+    """What a VE's image holds, in KiB and inodes (the balloon not counted)."""
+
+    space_used: int
+    space_size: int
+    inodes_used: int
+    inodes_size: int
+
+
+def usage(paths: VzPaths, ctid: int) -> Usage | None:
+    """The image's usage; None without an image."""
+    img, private = image_path(paths, ctid), paths.private(ctid)
+    if not img.is_file():
+        return None
+    if _is_mounted(private):
+        st = os.statvfs(private)
+        balloon = _balloon_size(private) // 1024
+        used = (st.f_blocks - st.f_bfree) * st.f_frsize // 1024 - balloon
+        return Usage(used, st.f_blocks * st.f_frsize // 1024 - balloon,
+                     st.f_files - st.f_ffree, st.f_files)
+    out = _run(["dumpe2fs", "-h", str(img)], f"reading the disk image of VE {ctid}")
+    sb = dict(re.findall(r"^([A-Za-z ]+):\s+(\d+)\s*$", out, re.MULTILINE))
+    blocks, free = int(sb["Block count"]), int(sb["Free blocks"])
+    inodes, ifree = int(sb["Inode count"]), int(sb["Free inodes"])
+    bs = int(sb.get("Block size", BLOCK))
+    return Usage((blocks - free) * bs // 1024, blocks * bs // 1024, inodes - ifree, inodes)
