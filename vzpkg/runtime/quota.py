@@ -43,7 +43,8 @@ from pathlib import Path
 
 from vzpkg.core.errors import UsageError, VeError
 from vzpkg.runtime import libc
-from vzpkg.runtime.params import UNLIMITED, ParamError, parse_barrier_limit
+from vzpkg.runtime.params import UNLIMITED as UNLIMITED
+from vzpkg.runtime.params import ParamError, parse_barrier_limit
 from vzpkg.runtime.paths import VzPaths
 
 BALLOON = ".vzquota-balloon"
@@ -79,7 +80,7 @@ class DiskLimits:
     @classmethod
     def of(cls, get: dict[str, str]) -> DiskLimits:
         """From CTID.conf values (already normalized by the parameter table)."""
-        ss, sh = _pair(get.get("DISKSPACE"))
+        ss, sh = _pair(get.get("DISKSPACE"), kblocks=True)
         i_s, ih = _pair(get.get("DISKINODES"))
         qt = get.get("QUOTATIME") or "0"
         return cls(ss, sh, i_s, ih, int(qt) if qt.isdigit() else 0)
@@ -91,11 +92,11 @@ class DiskLimits:
         return max(self.inodes_hard * 16384, MIN_SPACE_K * 1024)
 
 
-def _pair(text: str | None) -> tuple[int, int]:
+def _pair(text: str | None, kblocks: bool = False) -> tuple[int, int]:
     if not text:
         return UNLIMITED, UNLIMITED
     try:
-        return parse_barrier_limit(text)
+        return parse_barrier_limit(text, kblocks=kblocks)
     except ParamError:
         return UNLIMITED, UNLIMITED
 
