@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         raise NoVeConfigError(f"VE {ctid} does not exist",
                               hint="check the CTID with `vzlist -a`")
     lim = quota.of_config(rt.config(ctid).get)
-    used = quota.usage(rt.paths, ctid)
+    with rt.locked(ctid):
+        used = quota.usage(rt.paths, ctid)
     if used is None:
         raise UsageError(f"VE {ctid} has no disk quota: it was created without "
                          "--diskspace, so its files share the host's file system",

@@ -37,6 +37,7 @@ import os
 import re
 import struct
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,7 @@ FS_IOC_GETFLAGS = 0x80086601
 FS_IOC_SETFLAGS = 0x40086602
 FS_IMMUTABLE_FL = 0x10
 _CMD_TIMEOUT = 600
+RELEASE_WAIT = 10.0               # seconds a just-stopped VE's mounts may take to go
 
 
 class QuotaError(VeError):
@@ -186,15 +188,22 @@ def reconcile(paths: VzPaths, ctid: int, limits: DiskLimits) -> None:
     smaller than the limit (a raise saved while the VE ran) grown.  QuotaError,
     with the image as it was, when its files do not fit."""
     img, private = image_path(paths, ctid), paths.private(ctid)
-    if not img.is_file() or _is_mounted(private) or limits.space_hard >= UNLIMITED:
+    if not img.is_file() or limits.space_hard >= UNLIMITED:
         return
+    if _is_mounted(paths.ve_root(ctid)):
+        raise QuotaError(f"VE {ctid} is mounted ({paths.ve_root(ctid)}), so its disk "
+                         "image cannot be resized now; nothing was changed",
+                         hint=f"vzctl umount {ctid} first")
+    _umount(private)                    # (left by an earlier command)
     target = limits.space_hard * 1024 // BLOCK * BLOCK
+    _wait_released(img, ctid)
     _mount(img, private, ctid)
     try:
         if _balloon_size(private) == 0 and img.stat().st_size == target:
             return
         _drop_balloon(private)
         _umount(private)
+        _wait_released(img, ctid)
         if target > img.stat().st_size:
             os.truncate(img, target)
         _resize_offline(img, ctid, target)
@@ -224,13 +233,44 @@ def _mount(img: Path, private: Path, ctid: int) -> None:
 
 
 def _umount(private: Path) -> None:
+    """Unmount the image.  A VE's mount namespace lets go of it a moment after its
+    last process ends, so EBUSY is retried for a while before a lazy unmount (the
+    offline work waits for the loop device to go: :func:`_wait_released`)."""
+    deadline = time.monotonic() + RELEASE_WAIT
     while _is_mounted(private):
         try:
             libc.umount2(str(private), 8)                   # UMOUNT_NOFOLLOW
         except OSError as exc:
             if exc.errno != errno.EBUSY:
                 raise QuotaError(f"cannot unmount {private}: {exc.strerror}") from None
+            if time.monotonic() < deadline:
+                time.sleep(0.02)
+                continue
             libc.umount2(str(private), libc.MNT_DETACH | 8)
+
+
+def _loops_of(img: Path) -> list[str]:
+    """The loop devices backed by *img* (sysfs)."""
+    want = str(img.resolve())
+    out = []
+    for bf in Path("/sys/block").glob("loop*/loop/backing_file"):
+        with contextlib.suppress(OSError):
+            if bf.read_text().strip() == want:
+                out.append(bf.parent.parent.name)
+    return out
+
+
+def _wait_released(img: Path, ctid: int) -> None:
+    """Wait until no loop device holds *img* (the kernel still writes to a file
+    system unmounted lazily): offline work on it before that would be lost."""
+    deadline = time.monotonic() + RELEASE_WAIT
+    while _loops_of(img):
+        if time.monotonic() > deadline:
+            raise QuotaError(f"the disk image of VE {ctid} is still in use "
+                             f"({', '.join(_loops_of(img))}); nothing was changed",
+                             hint="a process may still hold a file of the VE; try "
+                                  "again, or see losetup -a and fuser -m")
+        time.sleep(0.05)
 
 
 def _resize_offline(img: Path, ctid: int, size: int) -> None:
@@ -460,20 +500,30 @@ class Usage:
     inodes_size: int
 
 
-def usage(paths: VzPaths, ctid: int) -> Usage | None:
-    """The image's usage; None without an image."""
+def usage(paths: VzPaths, ctid: int, *, mount: bool = True) -> Usage | None:
+    """The image's usage as the VE's df sees it; None without an image (or, without
+    *mount*, when it is not mounted).  With *mount*, a stopped VE's image is
+    mounted read-only for a moment (the caller holds the VE's lock)."""
     img, private = image_path(paths, ctid), paths.private(ctid)
     if not img.is_file():
         return None
     if _is_mounted(private):
-        st = os.statvfs(private)
-        balloon = _balloon_size(private) // 1024
-        used = (st.f_blocks - st.f_bfree) * st.f_frsize // 1024 - balloon
-        return Usage(used, st.f_blocks * st.f_frsize // 1024 - balloon,
-                     st.f_files - st.f_ffree, st.f_files)
-    out = _run(["dumpe2fs", "-h", str(img)], f"reading the disk image of VE {ctid}")
-    sb = dict(re.findall(r"^([A-Za-z ]+):\s+(\d+)\s*$", out, re.MULTILINE))
-    blocks, free = int(sb["Block count"]), int(sb["Free blocks"])
-    inodes, ifree = int(sb["Inode count"]), int(sb["Free inodes"])
-    bs = int(sb.get("Block size", BLOCK))
-    return Usage((blocks - free) * bs // 1024, blocks * bs // 1024, inodes - ifree, inodes)
+        return _statfs(private)
+    if not mount:
+        return None
+    _wait_released(img, ctid)
+    private.mkdir(mode=0o755, exist_ok=True)
+    _run(["mount", "-t", "ext4", "-o", "loop,ro,nodev,noload", str(img), str(private)],
+         f"mounting the disk image of VE {ctid}")
+    try:
+        return _statfs(private)
+    finally:
+        _umount(private)
+
+
+def _statfs(private: Path) -> Usage:
+    st = os.statvfs(private)
+    balloon = _balloon_size(private) // 1024
+    used = (st.f_blocks - st.f_bfree) * st.f_frsize // 1024 - balloon
+    return Usage(used, st.f_blocks * st.f_frsize // 1024 - balloon,
+                 st.f_files - st.f_ffree, st.f_files)
