@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -80,7 +79,7 @@ def test_a_write_past_the_hard_limit_fails_and_spares_the_host_and_other_ves(
     assert 'DISKSPACE="30720:32768"' in rt.paths.conf(301).read_text()
     ok(vzctl_cli(rt, "start", "301"))
     ok(vzctl_cli(rt, "start", "302"))
-    size, used = df(rt, 301)
+    size, _ = df(rt, 301)
     assert 24 * 1024 < size <= 32 * 1024, "df in the VE shows its limit"
     host_free = os.statvfs(rt.paths.root).f_bavail * os.statvfs(rt.paths.root).f_frsize
     code, out = write(rt, 301, "/big", 64)
@@ -128,7 +127,7 @@ def test_the_inode_limit_holds(rt: Runtime) -> None:
     ok(vzctl_cli(rt, "create", "303", "--ostemplate", "busybox-1",
                  "--diskspace", "32M", "--diskinodes", "2000:2000"))
     ok(vzctl_cli(rt, "start", "303"))
-    total, used = df(rt, 303, inodes=True)
+    total, _ = df(rt, 303, inodes=True)
     assert 2000 <= total <= 2100, total
     code, out = sh(rt, 303, "mkdir /many && cd /many && i=0; "
                             "while [ $i -lt 2500 ]; do : > f$i || exit 1; i=$((i+1)); done")
