@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -214,3 +215,31 @@ def test_destroy_leaves_no_image_loop_or_mount(rt: Runtime) -> None:
         assert not rt.paths.private(ctid).exists()
     assert not _loops(rt)
     assert not [m for m in _mounts(rt) if "/private/" in m]
+
+
+def test_past_the_soft_limit_for_longer_than_quotatime_the_soft_limit_holds(
+        rt: Runtime) -> None:
+    """The event helper looks at soft limits about every second (quota.grace_tick)."""
+    ok(vzctl_cli(rt, "create", "305", "--ostemplate", "busybox-1",
+                 "--diskspace", "16M:40M", "--quotatime", "2"))
+    ok(vzctl_cli(rt, "start", "305"))
+    code, out = write(rt, 305, "/a", 20)          # past the soft limit, within the hard
+    assert code == 0, out
+    deadline = time.monotonic() + 30
+    while True:                                   # grace: 2 s, then the soft limit holds
+        code, out = write(rt, 305, "/b", 4)
+        if code != 0:
+            assert "No space left on device" in out, out
+            break
+        ok(vzctl_cli(rt, "exec", "305", "rm -f /b"))
+        assert time.monotonic() < deadline, "the soft limit never took hold"
+        time.sleep(0.5)
+    assert quota.grace_file(rt.paths, 305).exists()
+    ok(vzctl_cli(rt, "exec", "305", "rm -f /a /b; sync"))
+    deadline = time.monotonic() + 30              # back under it: the hard limit again
+    while quota.grace_file(rt.paths, 305).exists():
+        assert time.monotonic() < deadline, "the space never came back"
+        time.sleep(0.3)
+    code, out = write(rt, 305, "/a", 24)
+    assert code == 0, out
+    ok(vzctl_cli(rt, "destroy", "305", "--force"))

@@ -430,14 +430,14 @@ def resize(paths: VzPaths, ctid: int, old: DiskLimits, new: DiskLimits,
         reconcile(paths, ctid, new)
         detach(paths, ctid)
         notes.append(f"disk image of VE {ctid} resized to {new.space_hard}K")
-    if new.space_soft < new.space_hard or new.inodes_soft < new.inodes_hard:
+    if new.inodes_soft < new.inodes_hard:
         notes.append(soft_warning())
     return notes
 
 
 def soft_warning() -> str:
-    return ("warning: soft limits and QUOTATIME are stored and shown but not enforced: "
-            "a disk image has one size, the hard limit (docs/QUOTA.md)")
+    return ("warning: the soft inode limit is stored and shown but not enforced: the "
+            "disk image's inode count is the hard limit (docs/QUOTA.md)")
 
 
 def _set_balloon_checked(private: Path, ctid: int, size: int) -> None:
@@ -529,3 +529,70 @@ def _statfs(private: Path) -> Usage:
     used = (st.f_blocks - st.f_bfree) * st.f_frsize // 1024 - balloon
     return Usage(used, st.f_blocks * st.f_frsize // 1024 - balloon,
                  st.f_files - st.f_ffree, st.f_files)
+
+
+# -- the soft limit and its grace period ------------------------------------------------
+
+GRACE_SLACK = 1 << 20     # what a VE past its grace may still write before the next look
+
+
+def grace_file(paths: VzPaths, ctid: int) -> Path:
+    """When VE *ctid* went past its soft space limit (seconds since the epoch)."""
+    return paths.run_dir / f"{ctid}.grace"
+
+
+def grace_tick(paths: VzPaths, ctid: int, now: float) -> str | None:
+    """One look at a running VE's soft space limit (the event helper's loop calls it
+    about every second).  Past the soft limit for longer than QUOTATIME, the soft
+    limit acts as the hard one: the balloon takes the free space, so the VE can
+    write no more (about GRACE_SLACK) until it is back under the soft limit; then
+    the balloon gives the space back and the grace period starts afresh.  Returns
+    a line for the helper's log when something changed.  Skips a VE whose lock is
+    held (a vzctl working on it)."""
+    from vzpkg.runtime.config import VeConfig
+    img, private = image_path(paths, ctid), paths.private(ctid)
+    if not img.is_file() or not _is_mounted(private):
+        return None
+    cfg = VeConfig.load(paths.conf(ctid))
+    live = paths.livefile(ctid)
+    if live.is_file():
+        cfg = cfg.with_values(VeConfig.load(live).items())
+    lim = of_config(cfg.get)
+    gfile = grace_file(paths, ctid)
+    if lim.space_soft >= lim.space_hard:
+        gfile.unlink(missing_ok=True)
+        return None
+    lock = os.open(paths.lockfile(ctid), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+        st = os.statvfs(private)
+        balloon = _balloon_size(private)
+        used = (st.f_blocks - st.f_bfree) * st.f_frsize - balloon
+        normal = max(img.stat().st_size - lim.space_hard * 1024, 0)
+        if used <= lim.space_soft * 1024:
+            if not gfile.exists():
+                return None
+            gfile.unlink()
+            if balloon > normal:
+                _set_balloon(private, normal)
+            return f"VE {ctid}: back under its soft disk limit; the hard limit applies again"
+        try:
+            since = float(gfile.read_text())
+        except (OSError, ValueError):
+            gfile.write_text(f"{now:.0f}\n")
+            return (f"VE {ctid}: past its soft disk limit ({lim.space_soft}K); "
+                    f"grace period {lim.quotatime} s")
+        free = st.f_bavail * st.f_frsize
+        if now - since < lim.quotatime or free <= GRACE_SLACK:
+            return None
+        for slack in (GRACE_SLACK, 4 * GRACE_SLACK, 16 * GRACE_SLACK):
+            with contextlib.suppress(OSError):
+                _set_balloon(private, balloon + max(free - slack, 0))
+                return (f"VE {ctid}: past its soft disk limit for over {lim.quotatime} s: "
+                        "no more space until it is back under it")
+        return None
+    finally:
+        os.close(lock)
