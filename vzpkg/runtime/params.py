@@ -394,13 +394,15 @@ PARAMS: tuple[Param, ...] = (
     # disk quota (runtime/quota.py: a disk image per VE; not a cgroup parameter)
     _P("DISKSPACE", "diskspace", ParamKind.KBLOCKS, True,
        "disk space as soft:hard in 1 KiB blocks or sizes (10G:11G); the VE's files "
-       "live on a disk image of the hard size; given at create", metavar="SOFT:HARD",
+       "live on a disk image of the hard size (first given at create)",
+       metavar="SOFT:HARD",
        minimum=16 << 10, maximum=1 << 40),
     _P("DISKINODES", "diskinodes", ParamKind.BARRIER_LIMIT, True,
-       "files and directories as soft:hard (200000:220000); set at create",
+       "files and directories as soft:hard (200000:220000); the hard limit is the "
+       "disk image's inode count, set at create",
        metavar="SOFT:HARD", minimum=1024, maximum=(1 << 32) - 1),
     _P("QUOTATIME", "quotatime", ParamKind.INT, True,
-       "grace period in seconds past the soft limits (stored and shown)",
+       "grace period: seconds a VE may stay past its soft disk space limit",
        metavar="SECONDS", minimum=0, maximum=1 << 31),
     _P("QUOTAUGIDLIMIT", "quotaugidlimit", ParamKind.INT, True,
        "second-level quota: user and group ids with quotas inside the VE; only 0 "

@@ -22,6 +22,11 @@ Live changes (``vzctl set --diskspace`` on a running VE):
   online (EXT4_IOC_RESIZE_FS), which needs CAP_SYS_RESOURCE: a vzctl without it
   (some sandboxes) says so, and ``--save`` applies it at the next start.
 
+The soft space limit and QUOTATIME: past the soft limit for longer than the
+grace period, the event helper (:func:`grace_tick`) fills the balloon with the
+free space, so the soft limit holds until the VE is back under it.  The soft
+inode limit is stored and shown only.
+
 Why not project quota (vzquota's successor): see ``docs/QUOTA.md``: the kernel
 needs CONFIG_QFMT_V2 (ext4) or CONFIG_XFS_QUOTA, which kernels built without
 them (this project's CI kernel) lack, and the limits would then be silently
@@ -35,6 +40,7 @@ import errno
 import fcntl
 import os
 import re
+import stat
 import struct
 import subprocess
 import time
@@ -54,6 +60,10 @@ MIN_SPACE_K = 16 * 1024           # 16 MiB (params.py's DISKSPACE minimum)
 BLOCK = 4096
 EXT4_IOC_RESIZE_FS = 0x40086610
 LOOP_SET_CAPACITY = 0x4C07
+LOOP_CONFIGURE = 0x4C0A
+LOOP_CTL_GET_FREE = 0x4C82
+LO_FLAGS_AUTOCLEAR = 4
+LO_FLAGS_DIRECT_IO = 16
 FS_IOC_GETFLAGS = 0x80086601
 FS_IOC_SETFLAGS = 0x40086602
 FS_IMMUTABLE_FL = 0x10
@@ -228,10 +238,63 @@ def remove(paths: VzPaths, ctid: int) -> None:
     image_path(paths, ctid).unlink(missing_ok=True)
 
 
-def _mount(img: Path, private: Path, ctid: int) -> None:
+def _mount(img: Path, private: Path, ctid: int, *, readonly: bool = False) -> None:
+    """Mount *img* on *private* (nodev) through a loop device of its own, which
+    goes with the mount (autoclear)."""
     private.mkdir(mode=0o755, exist_ok=True)
-    _run(["mount", "-t", "ext4", "-o", "loop,nodev", str(img), str(private)],
-         f"mounting the disk image of VE {ctid}")
+    fd, dev = _loop_attach(img, ctid)
+    try:
+        libc.mount(dev, str(private), "ext4",
+                   libc.MS_NODEV | (libc.MS_RDONLY if readonly else 0),
+                   "noload" if readonly else None)
+    except OSError as exc:
+        raise QuotaError(f"cannot mount the disk image {img} of VE {ctid}: {exc.strerror}",
+                         hint=f"check it: e2fsck -f {img}") from None
+    finally:
+        os.close(fd)                    # (a loop device nobody mounted goes now)
+
+
+def _loop_attach(img: Path, ctid: int) -> tuple[int, str]:
+    """A free loop device set to *img* with direct I/O (the image's pages are not
+    cached twice: writes in the VE run at the host file system's speed) and
+    autoclear: (its open descriptor, its path)."""
+    backing = os.open(img, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        ctl = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            for _ in range(64):
+                n = fcntl.ioctl(ctl, LOOP_CTL_GET_FREE)
+                dev = f"/dev/loop{n}"
+                if not os.path.exists(dev):         # a host without udev
+                    with contextlib.suppress(FileExistsError):
+                        os.mknod(dev, 0o660 | stat.S_IFBLK, os.makedev(7, n))
+                fd = os.open(dev, os.O_RDWR | os.O_CLOEXEC)
+                for flags in (LO_FLAGS_AUTOCLEAR | LO_FLAGS_DIRECT_IO, LO_FLAGS_AUTOCLEAR):
+                    info = bytearray(232)           # struct loop_info64
+                    struct.pack_into("I", info, 52, flags)
+                    name = os.fsencode(str(img))[:63]
+                    info[56:56 + len(name)] = name
+                    try:
+                        fcntl.ioctl(fd, LOOP_CONFIGURE,
+                                    struct.pack("II", backing, 0) + bytes(info) + bytes(64))
+                        return fd, dev
+                    except OSError as exc:
+                        if exc.errno != errno.EINVAL:   # EINVAL: no direct I/O here
+                            os.close(fd)
+                            if exc.errno == errno.EBUSY:
+                                break               # taken meanwhile: the next one
+                            raise QuotaError(f"cannot set up a loop device for the disk "
+                                             f"image of VE {ctid}: {exc.strerror}") from None
+                else:
+                    os.close(fd)
+                    raise QuotaError(f"cannot set up a loop device for the disk image of "
+                                     f"VE {ctid}")
+        finally:
+            os.close(ctl)
+    finally:
+        os.close(backing)
+    raise QuotaError(f"no free loop device for the disk image of VE {ctid}",
+                     hint="see losetup -a; modprobe loop max_loop=N")
 
 
 def _umount(private: Path) -> None:
@@ -514,9 +577,7 @@ def usage(paths: VzPaths, ctid: int, *, mount: bool = True) -> Usage | None:
     if not mount:
         return None
     _wait_released(img, ctid)
-    private.mkdir(mode=0o755, exist_ok=True)
-    _run(["mount", "-t", "ext4", "-o", "loop,ro,nodev,noload", str(img), str(private)],
-         f"mounting the disk image of VE {ctid}")
+    _mount(img, private, ctid, readonly=True)
     try:
         return _statfs(private)
     finally:
