@@ -208,6 +208,28 @@ def test_what_cannot_be_done_is_said(rt: Runtime) -> None:
     assert_user_error(vzquota(rt, "stat", "304"), "no disk quota")
 
 
+def test_the_balloon_is_out_of_the_ves_reach(rt: Runtime) -> None:
+    ok(vzctl_cli(rt, "create", "306", "--ostemplate", "busybox-1", "--diskspace", "32M"))
+    ok(vzctl_cli(rt, "start", "306"))
+    before = rt.paths.conf(306).read_text()
+    for plant in ("ln -s /etc/passwd /.vzquota-balloon", ": > /.vzquota-balloon",
+                  "mkfifo /.vzquota-balloon"):
+        ok(vzctl_cli(rt, "exec", "306", f"rm -f /.vzquota-balloon; {plant}"))
+        r = vzctl_cli(rt, "set", "306", "--diskspace", "20M", "--save")
+        assert_user_error(r, "not vzctl's", "remove /.vzquota-balloon")
+        assert rt.paths.conf(306).read_text() == before
+    code, out = sh(rt, 306, "ls -l /etc/passwd /.vzquota-balloon")
+    assert code == 0 and "prw" in out, out       # the planted FIFO, left as it was
+    ok(vzctl_cli(rt, "exec", "306", "rm -f /.vzquota-balloon"))
+    ok(vzctl_cli(rt, "set", "306", "--diskspace", "20M"))
+    code, out = sh(rt, 306, "rm -f /.vzquota-balloon; : > /.vzquota-balloon; "
+                            "mv /.vzquota-balloon /x; chattr -i /.vzquota-balloon")
+    assert code != 0 and "Operation not permitted" in out, out
+    code, out = write(rt, 306, "/f", 24)
+    assert code != 0 and "No space left on device" in out, out
+    ok(vzctl_cli(rt, "destroy", "306", "--force"))
+
+
 def test_destroy_leaves_no_image_loop_or_mount(rt: Runtime) -> None:
     for ctid in (301, 302, 303):
         ok(vzctl_cli(rt, "destroy", str(ctid), "--force"))

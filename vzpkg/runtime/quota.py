@@ -371,7 +371,9 @@ def _open_balloon(top: int, create: bool) -> int | None:
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
         if create:
-            return os.open(BALLOON, flags | os.O_CREAT | os.O_EXCL, 0, dir_fd=top)
+            fd = os.open(BALLOON, flags | os.O_CREAT | os.O_EXCL, 0, dir_fd=top)
+            _set_immutable(fd, True)
+            return fd
         fd = os.open(BALLOON, flags, dir_fd=top)
     except FileNotFoundError:
         return None
@@ -380,11 +382,17 @@ def _open_balloon(top: int, create: bool) -> int | None:
                          f"({exc.strerror})", hint=f"remove /{BALLOON} inside the VE "
                          "and try again") from None
     st = os.fstat(fd)
-    if not (st.st_mode & 0o170000 == 0o100000 and st.st_uid == 0 and st.st_nlink == 1):
+    # immutable: only the host can set that flag, so the VE did not make this file
+    if not (st.st_mode & 0o170000 == 0o100000 and st.st_uid == 0 and st.st_nlink == 1
+            and _flags(fd) & FS_IMMUTABLE_FL):
         os.close(fd)
         raise QuotaError(f"/{BALLOON} in the VE is not vzctl's balloon",
                          hint=f"remove /{BALLOON} inside the VE and try again")
     return fd
+
+
+def _flags(fd: int) -> int:
+    return int(struct.unpack("l", fcntl.ioctl(fd, FS_IOC_GETFLAGS, struct.pack("l", 0)))[0])
 
 
 def _writable(fd: int) -> int:
@@ -393,7 +401,7 @@ def _writable(fd: int) -> int:
 
 
 def _set_immutable(fd: int, on: bool) -> None:
-    flags = struct.unpack("l", fcntl.ioctl(fd, FS_IOC_GETFLAGS, struct.pack("l", 0)))[0]
+    flags = _flags(fd)
     flags = flags | FS_IMMUTABLE_FL if on else flags & ~FS_IMMUTABLE_FL
     fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("l", flags))
 
