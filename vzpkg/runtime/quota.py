@@ -481,26 +481,27 @@ def resize(paths: VzPaths, ctid: int, old: DiskLimits, new: DiskLimits,
     offline; QuotaError and nothing changed when it cannot be done."""
     notes: list[str] = []
     img, private = image_path(paths, ctid), paths.private(ctid)
-    if new.space_hard >= UNLIMITED:
-        raise QuotaError(f"VE {ctid} lives on a disk image; its DISKSPACE cannot be "
-                         "unlimited", hint="give a limit (e.g. --diskspace 100G)")
     if new.inodes_hard != old.inodes_hard:
         raise QuotaError(
             f"VE {ctid}: DISKINODES of a disk image is set when it is made (mkfs) and "
             "grows with --diskspace; it cannot be changed on its own",
             hint="leave --diskinodes out, or re-create the VE with the inode limit")
-    target = new.space_hard * 1024 // BLOCK * BLOCK
-    if running:
-        size = img.stat().st_size
-        if target > size:
-            _grow_online(img, private, ctid, target)
-            size = target
-        _set_balloon_checked(private, ctid, size - target)
-        notes.append(f"disk limit of running VE {ctid} is now {new.space_hard}K")
-    else:
-        reconcile(paths, ctid, new)
-        detach(paths, ctid)
-        notes.append(f"disk image of VE {ctid} resized to {new.space_hard}K")
+    if new.space_hard != old.space_hard:
+        if new.space_hard >= UNLIMITED:
+            raise QuotaError(f"VE {ctid} lives on a disk image; its DISKSPACE cannot be "
+                             "unlimited", hint="give a limit (e.g. --diskspace 100G)")
+        target = new.space_hard * 1024 // BLOCK * BLOCK
+        if running:
+            size = img.stat().st_size
+            if target > size:
+                _grow_online(img, private, ctid, target)
+                size = target
+            _set_balloon_checked(private, ctid, size - target)
+            notes.append(f"disk limit of running VE {ctid} is now {new.space_hard}K")
+        else:
+            reconcile(paths, ctid, new)
+            detach(paths, ctid)
+            notes.append(f"disk image of VE {ctid} resized to {new.space_hard}K")
     if new.inodes_soft < new.inodes_hard:
         notes.append(soft_warning())
     return notes
