@@ -75,7 +75,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     notes = rt.create(args.ctid, ostemplate, config=args.config, hostname=args.hostname,
                       ipadd=args.ipadd or (), layout_name=args.layout,
                       userns=None if args.userns is None else args.userns == "yes",
-                      idmap_mode=args.idmap_mode)
+                      idmap_mode=args.idmap_mode, values=params.options_to_values(args))
     for note in notes:
         _say(args, note)
     cfg = rt.config(args.ctid)
@@ -303,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "systems or hosts without working idmapped mounts); auto "
                         "(default: VE_IDMAP_MODE of vz.conf, else auto): mount where the "
                         "file system takes one, else shift")
+    params.add_set_options(c, only=("diskspace", "diskinodes", "quotatime"))
     st = cmd("start", cmd_start, "start a VE: namespaces, cgroup, network, init")
     st.add_argument("--wait", action="store_true",
                     help="return when the VE's init says it is up (systemd: "

@@ -90,7 +90,16 @@ def _fields() -> dict[str, Field]:
     f += [Field("laverage", "LAVERAGE", "int", "load", LAVERAGE_HELP),
           Field("uptime", "UPTIME", "uptime", "uptime",
                 "time since its init started (JSON: seconds)")]
-    return {x.name: x for x in f}
+    return {x.name: x for x in [*f, *DISK_FIELDS]}
+
+
+# disk quota (vzpkg.runtime.quota): usage from the VE's disk image, limits from CTID.conf
+DISK_FIELDS = [Field(name + suffix, hdr + hsuffix, "int", "disk" if not suffix else "conf",
+                     f"{name}: {what} ({unit})")
+               for name, hdr, unit in (("diskspace", "DQBLOCKS", "1 KiB blocks"),
+                                       ("diskinodes", "DQINODES", "inodes"))
+               for suffix, hsuffix, what in (("", "", "used"), (".s", ".S", "soft limit"),
+                                             (".h", ".H", "hard limit"))]
 
 
 FIELDS = _fields()
@@ -214,7 +223,23 @@ def make_row(rt: Runtime, st: VeState, cfg: VeConfig, base: VeConfig,
         if "uptime" in groups:
             up = stats.process_uptime(st.pid)
             row["uptime"] = None if up is None else round(up, 3)
+    row.update(_disk_row(rt, st.ctid, eff, "disk" in groups))
     return row
+
+
+def _disk_row(rt: Runtime, ctid: int, eff: _Conf, usage: bool) -> Row:
+    """diskspace and diskinodes: used (with *usage*, from the VE's mounted disk
+    image; - for a VE without one, or stopped: vzquota stat reads that), soft and
+    hard limits (- for unlimited)."""
+    from vzpkg.runtime import quota
+    lim = quota.of_config(eff.get)
+    used = quota.usage(rt.paths, ctid, mount=False) if usage else None
+    def num(n: int) -> int | None:
+        return None if n >= quota.UNLIMITED else n
+    return {"diskspace": used.space_used if used else None,
+            "diskspace.s": num(lim.space_soft), "diskspace.h": num(lim.space_hard),
+            "diskinodes": used.inodes_used if used else None,
+            "diskinodes.s": num(lim.inodes_soft), "diskinodes.h": num(lim.inodes_hard)}
 
 
 def resolve(paths: VzPaths, text: str) -> int:

@@ -237,6 +237,7 @@ class Helper:
         self.peers: dict[int, int] = {}      # ctid -> the console's other end, held
         self.backlog: dict[int, bytearray] = {}   # ctid -> console output not yet seen
         self.attached: dict[int, socket.socket] = {}   # ctid -> vzctl console
+        self.grace_at = 0.0                  # when soft disk limits were last looked at
 
     def log(self, text: str) -> None:
         print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}", flush=True)
@@ -281,10 +282,29 @@ class Helper:
                     if conn in ready:
                         self._detach(ctid)
                 self._reap()
+                self._disk_grace()
         finally:
             path.unlink(missing_ok=True)
             listener.close()
             self.log("no VE running: exiting")
+
+    def _disk_grace(self) -> None:
+        """About every second: the soft disk limits of running VEs (quota.grace_tick)."""
+        now = time.monotonic()
+        if now - self.grace_at < 1.0:
+            return
+        self.grace_at = now
+        from vzpkg.runtime import quota
+        for ctid in self.paths.ctids():
+            if (not quota.has_image(self.paths, ctid)
+                    or state.running_pid(self.paths.pidfile(ctid)) is None):
+                continue
+            try:
+                note = quota.grace_tick(self.paths, ctid, time.time())
+            except Exception as exc:        # never into the loop: log and go on
+                note = f"VE {ctid}: soft disk limit: {exc}"
+            if note:
+                self.log(note)
 
     def _idle(self) -> bool:
         busy = bool(self.jobs) or any(state.running_pid(self.paths.pidfile(c)) is not None

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from vzpkg.core.errors import VeError
 from vzpkg.core.fstree import remove_tree
-from vzpkg.runtime import idmap, libc, state
+from vzpkg.runtime import idmap, libc, quota, state
 from vzpkg.runtime.caches import CacheRef
 from vzpkg.runtime.idmap import IdRange
 from vzpkg.runtime.idshift import Shifted, shift_tree
@@ -44,8 +44,10 @@ class Layout(StrEnum):
 
 
 def create(paths: VzPaths, ctid: int, cache: CacheRef, layout: Layout,
-           shift: IdRange | None = None) -> Shifted | None:
-    """Make the VE's private area; on any failure nothing is left behind.  With
+           shift: IdRange | None = None,
+           disk: quota.DiskLimits | None = None) -> Shifted | None:
+    """Make the VE's private area (on a disk image of its own with *disk*, see
+    :mod:`vzpkg.runtime.quota`); on any failure nothing is left behind.  With
     *shift* (plain layout only), its owners are then shifted into that range
     (:mod:`vzpkg.runtime.idshift`): what was shifted."""
     if shift is not None and layout is not Layout.PLAIN:
@@ -54,18 +56,23 @@ def create(paths: VzPaths, ctid: int, cache: CacheRef, layout: Layout,
                       hint="create it with --layout plain, or put VZ_ROOT on a file "
                            "system that takes idmapped mounts (ext4, xfs, btrfs, tmpfs)")
     private = paths.private(ctid)
+    shifted: Shifted | None = None
     try:
         private.mkdir()
     except FileExistsError:
         raise VeError(f"private area {private} already exists",
                       hint=f"destroy VE {ctid} first, or remove that directory") from None
     try:
+        if disk is not None and disk.limited:
+            quota.make_image(paths, ctid, disk)
+            quota.attach(paths, ctid)
+            (private / "lost+found").rmdir()    # unpacking wants an empty directory
         if layout is Layout.PLAIN:
             private.chmod(0o755)
             cache.unpack_into(private)      # checked against the manifest first
             if shift is not None:
                 try:
-                    return shift_tree(private, shift)
+                    shifted = shift_tree(private, shift)
                 except OSError as exc:
                     raise VeError(f"VE {ctid}: cannot shift the owners of {private} to "
                                   f"host ids {shift}: {exc}; nothing was created",
@@ -76,10 +83,13 @@ def create(paths: VzPaths, ctid: int, cache: CacheRef, layout: Layout,
             (private / "upper").mkdir()
             (private / "work").mkdir()
             (private / "lower").symlink_to(os.path.relpath(shared, private))
+        quota.detach(paths, ctid)
     except BaseException:
+        with contextlib.suppress(VeError, OSError):
+            quota.remove(paths, ctid)
         _remove_quietly(private)
         raise
-    return None
+    return shifted
 
 
 def ensure_shared(paths: VzPaths, cache: CacheRef) -> Path:
@@ -146,6 +156,8 @@ def mount(paths: VzPaths, ctid: int, lay: Layout, ids: IdRange | None = None) ->
     if not private.is_dir() and not private.is_symlink():
         raise VeError(f"VE {ctid} has no private area {private}",
                       hint=f"create it: vzctl create {ctid} --ostemplate NAME")
+    if not is_mounted(target):
+        quota.attach(paths, ctid)       # its disk image, if it has one
     src = _open_real_dir(private, f"the private area of VE {ctid}")
     try:
         dst = _mount_point(target)
@@ -264,6 +276,7 @@ def umount(paths: VzPaths, ctid: int) -> None:
             if exc.errno != errno.EBUSY:
                 raise VeError(f"cannot unmount {target}: {exc.strerror}") from None
             libc.umount2(str(target), libc.MNT_DETACH | UMOUNT_NOFOLLOW)
+    quota.detach(paths, ctid)
 
 
 def destroy(paths: VzPaths, ctid: int, lay: Layout) -> None:
@@ -274,6 +287,7 @@ def destroy(paths: VzPaths, ctid: int, lay: Layout) -> None:
     if lay is Layout.OVERLAY:
         with contextlib.suppress(VeError):
             shared = shared_of(paths, ctid)
+    quota.remove(paths, ctid)
     if private.exists() or private.is_symlink():
         try:
             remove_tree(private)

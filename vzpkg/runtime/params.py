@@ -57,6 +57,7 @@ class ParamKind(StrEnum):
     BYTES = "bytes"                  # B[:L] in bytes, K/M/G/T (and P: pages) suffixes
     SIZE = "size"                    # --ram/--swap: one size, stored as 0:pages
     CPUMASK = "cpumask"              # "all" or 0-3,6
+    KBLOCKS = "kblocks"              # DISKSPACE: B[:L] in 1 KiB blocks, K/M/G/T accepted
 
 
 class ListOp(StrEnum):
@@ -191,11 +192,16 @@ def _bytes(text: str) -> int:
     return parse_size(text, bare_unit=1)
 
 
-def parse_barrier_limit(text: str, *, pages: bool = False,
-                        sizes: bool = False) -> tuple[int, int]:
+def _kblocks(text: str) -> int:
+    b = parse_size(text, bare_unit=1024)
+    return UNLIMITED if b == UNLIMITED else b // 1024
+
+
+def parse_barrier_limit(text: str, *, pages: bool = False, sizes: bool = False,
+                        kblocks: bool = False) -> tuple[int, int]:
     """``B:L`` (or one value for both) as integers; pages if *pages*, bytes (with
-    size suffixes) if *sizes*, else counts."""
-    one = _pages if pages else _bytes if sizes else parse_count
+    size suffixes) if *sizes*, 1 KiB blocks if *kblocks*, else counts."""
+    one = _pages if pages else _bytes if sizes else _kblocks if kblocks else parse_count
     parts = text.strip().split(":")
     if len(parts) > 2 or not all(p.strip() for p in parts):
         raise ParamError(f"{text!r} is not 'barrier:limit' or one value")
@@ -208,6 +214,14 @@ def parse_barrier_limit(text: str, *, pages: bool = False,
 
 def format_count(n: int) -> str:
     return "unlimited" if n >= UNLIMITED else str(n)
+
+
+def format_kblocks(n: int) -> str:
+    """1 KiB blocks in the largest whole unit: 16M, 1T."""
+    for suf, shift in (("T", 30), ("G", 20), ("M", 10)):
+        if n and n % (1 << shift) == 0:
+            return f"{n >> shift}{suf}"
+    return f"{n}K"
 
 
 def possible_cpus() -> int:
@@ -305,6 +319,19 @@ def normalize(p: Param, text: str, *, host: bool = False) -> str:
     if k in (ParamKind.BARRIER_LIMIT, ParamKind.PAGES, ParamKind.BYTES):
         b, lim = parse_barrier_limit(text, pages=k is ParamKind.PAGES,
                                      sizes=k is ParamKind.BYTES)
+        for n in (b, lim):
+            if n != UNLIMITED and ((p.minimum is not None and n < p.minimum)
+                                   or (p.maximum is not None and n > p.maximum)):
+                raise ParamError(f"{text!r}: {n} is out of range {p.minimum}..{p.maximum}")
+        return f"{format_count(b)}:{format_count(lim)}"
+    if k is ParamKind.KBLOCKS:
+        b, lim = parse_barrier_limit(text, kblocks=True)
+        for n in (b, lim):
+            if n != UNLIMITED and ((p.minimum is not None and n < p.minimum)
+                                   or (p.maximum is not None and n > p.maximum)):
+                raise ParamError(f"{text!r}: {n}K is out of range "
+                                 f"{format_kblocks(p.minimum or 0)}..."
+                                 f"{format_kblocks(p.maximum or 0)}")
         return f"{format_count(b)}:{format_count(lim)}"
     if k is ParamKind.SIZE:
         size = parse_size(text)
@@ -401,6 +428,22 @@ PARAMS: tuple[Param, ...] = (
     _P("NUMPROC", "numproc", ParamKind.BARRIER_LIMIT, True,
        "processes and threads as barrier:limit (the limit is enforced)",
        metavar="B:L", controller="pids"),
+    # disk quota (runtime/quota.py: a disk image per VE; not a cgroup parameter)
+    _P("DISKSPACE", "diskspace", ParamKind.KBLOCKS, True,
+       "disk space as soft:hard in 1 KiB blocks or sizes (10G:11G); the VE's files "
+       "live on a disk image of the hard size (first given at create)",
+       metavar="SOFT:HARD",
+       minimum=16 << 10, maximum=1 << 40),
+    _P("DISKINODES", "diskinodes", ParamKind.BARRIER_LIMIT, True,
+       "files and directories as soft:hard (200000:220000); the hard limit is the "
+       "disk image's inode count, set at create",
+       metavar="SOFT:HARD", minimum=1024, maximum=(1 << 32) - 1),
+    _P("QUOTATIME", "quotatime", ParamKind.INT, True,
+       "grace period: seconds a VE may stay past its soft disk space limit",
+       metavar="SECONDS", minimum=0, maximum=1 << 31),
+    _P("QUOTAUGIDLIMIT", "quotaugidlimit", ParamKind.INT, True,
+       "second-level quota: user and group ids with quotas inside the VE; only 0 "
+       "(see docs/QUOTA.md)", metavar="N", minimum=0, maximum=1 << 31),
 )
 
 

@@ -42,6 +42,7 @@ from vzpkg.runtime import (
     netfilter,
     ns,
     params,
+    quota,
     state,
 )
 from vzpkg.runtime.caches import CacheRef, find_cache
@@ -194,10 +195,13 @@ class Runtime:
     def create(self, ctid: int, ostemplate: str, *, config: str | None = None,
                hostname: str | None = None, ipadd: Sequence[str] = (),
                layout_name: str | None = None, userns: bool | None = None,
-               idmap_mode: str | None = None) -> list[str]:
+               idmap_mode: str | None = None,
+               values: dict[str, str] | None = None) -> list[str]:
         """Make VE *ctid* from cache *ostemplate*; notes for the user (the log).
         *idmap_mode* (else VE_IDMAP_MODE of the sample and vz.conf, else auto): how
-        a user-namespaced VE's files get its ids (see :meth:`_idmap_mode`)."""
+        a user-namespaced VE's files get its ids (see :meth:`_idmap_mode`).  *values*
+        are further CTID.conf values from the command line (the disk limits:
+        DISKSPACE, DISKINODES, QUOTATIME)."""
         addrs = [net.parse_ip(a) for a in ipadd]
         notes: list[str] = []
         with self.locked(ctid), state.flocked(self.paths.root / "lock" / "ids.lck"):
@@ -240,8 +244,11 @@ class Runtime:
                 vals["IP_ADDRESS"] = " ".join(
                     str(a.ip) if a.network.prefixlen == a.max_prefixlen else a.with_prefixlen
                     for a in addrs)
+            vals.update(values or {})
             new_cfg = cfg.with_values(vals)  # checks the values before anything is made
-            done = layout.create(self.paths, ctid, cache, lay, shift)
+            quota.check_values(vals)
+            done = layout.create(self.paths, ctid, cache, lay, shift,
+                                 quota.of_config(new_cfg.get))
             try:
                 new_cfg.save(conf_path)
             except BaseException:
@@ -332,6 +339,8 @@ class Runtime:
         ids = ids_of(cfg)
         if ids is not None:
             cg.delegate(str(ctid), ids.base)
+        if not layout.is_mounted(self.paths.ve_root(ctid)):
+            quota.reconcile(self.paths, ctid, quota.of_config(cfg.get))
         root = layout.mount(self.paths, ctid, layout_of(cfg), mount_ids_of(cfg))
         addrs = addrs_of(cfg)
         setup = dist_setup(cfg)

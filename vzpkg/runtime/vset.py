@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from vzpkg.core.errors import NameInUseError, PasswordError, UsageError, VeError
-from vzpkg.runtime import dists, iolimit, join, layout, net, ns, state
+from vzpkg.runtime import dists, iolimit, join, layout, net, ns, quota, state
 from vzpkg.runtime.cgroups.mapping import DEFAULT_IOPRIO
 from vzpkg.runtime.config import VeConfig, atomic_write, lenient_values
 from vzpkg.runtime.derived import addrs_of, dist_setup, ids_of, layout_of, mount_ids_of
@@ -149,6 +149,9 @@ def apply(rt: Runtime, ctid: int, values: dict[str, str], *,
                              hint="add --save to store the settings for its next start")
         new_cfg = cfg.with_values(new_vals)             # (checks every value first)
         final = saved.with_values(to_save) if save else saved
+        if any(k in quota.KEYS for k in values):        # the disk first: it may refuse
+            notes += _disk(rt, ctid, values, cfg, new_cfg if pid is not None else final,
+                           running=pid is not None)
         if pid is not None and new_vals:
             if any(k in RESOURCE_KEYS for k in new_vals):
                 rt.cgroups.apply(str(ctid), new_cfg.layered_on(rt.global_conf()))
@@ -202,6 +205,23 @@ def ubc_notes(version: int, values: dict[str, str]) -> list[str]:
                          f"(cgroup v{version}): vzubc shows its use against the limit, "
                          "but nothing refuses the VE at it")
     return notes
+
+
+def _disk(rt: Runtime, ctid: int, values: dict[str, str], cfg: VeConfig, new: VeConfig,
+          *, running: bool) -> list[str]:
+    """Apply the disk limits in *values* to VE *ctid*'s disk image (live when
+    *running*); QuotaError, and nothing changed, when that cannot be done."""
+    quota.check_values(values)
+    old_l, new_l = quota.of_config(cfg.get), quota.of_config(new.get)
+    if quota.has_image(rt.paths, ctid):
+        return quota.resize(rt.paths, ctid, old_l, new_l, running)
+    if new_l.limited:
+        raise quota.QuotaError(
+            f"VE {ctid} was created without a disk limit: its files are not on a disk "
+            "image of their own, and a limit cannot be added later; nothing was changed",
+            hint=f"give the limit when creating a VE: vzctl create CTID --diskspace "
+                 f"{values.get('DISKSPACE', '10G')} ...")
+    return []
 
 
 def _ioprio_unused(rt: Runtime, values: dict[str, str]) -> str:

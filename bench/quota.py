@@ -1,0 +1,173 @@
+"""Disk quota's cost, against VEs without one in the same run.
+
+    python bench/quota.py [--runs N] [--write-mib N]
+
+A VE with a disk limit lives on an ext4 image of its own, loop-mounted
+(vzpkg.runtime.quota).  Measured, with medians over --runs alternating rounds
+(quota, none, quota, none, ...), each ratio quota/none:
+
+- create, plain layout, from the Debian cache (the builder's, else busybox):
+  the image's mkfs and mount plus the unpack through the loop device;
+- create, overlay layout (the shared copy made beforehand);
+- a write-heavy workload in a running VE: dd of --write-mib MiB with fsync
+  (conv=fsync), and the same without fsync (page cache and writeback);
+- changing the limit of a running VE: ``Runtime.set`` lowering (balloon grows)
+  and raising (balloon shrinks), and the same through the vzctl command;
+- an offline resize (vzctl set --save of a stopped VE: e2fsck + resize2fs).
+
+Target (issue 14): quota overhead at most 5 % on create and on writes.  Needs
+root.  Writes bench/results/quota.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import median, write_results
+from tests.runtime_helpers import BUSYBOX_NAME, find_debian_cache, make_busybox_cache, sh
+from vzpkg.runtime.paths import VzPaths
+from vzpkg.runtime.ve import Runtime
+
+LIMIT = {"DISKSPACE": "4194304:4194304"}        # 4 GiB
+BASE = 14000
+
+
+def _ms(x: float) -> float:
+    return round(x * 1000, 1)
+
+
+def _timed(fn: Any) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def bench_create(rt: Runtime, cache: str, layout: str, runs: int) -> dict[str, Any]:
+    with_q: list[float] = []
+    without: list[float] = []
+    for i in range(runs):
+        for quota, out in ((True, with_q), (False, without)):
+            ctid = BASE + 2 * i + (0 if quota else 1)
+            vals = LIMIT if quota else None
+            out.append(_timed(lambda c=ctid, v=vals: rt.create(c, cache, layout_name=layout,
+                                                               values=v)))
+            rt.destroy(ctid)
+    q, n = median(with_q), median(without)
+    return {"quota_ms": _ms(q), "none_ms": _ms(n), "ratio": round(q / n, 3),
+            "runs_quota_ms": [_ms(x) for x in with_q],
+            "runs_none_ms": [_ms(x) for x in without]}
+
+
+def bench_write(rt: Runtime, cache: str, runs: int, mib: int) -> dict[str, Any]:
+    q_ctid, n_ctid = BASE + 100, BASE + 101
+    rt.create(q_ctid, cache, values={"DISKSPACE": f"{(mib + 256) * 1024}"})
+    rt.create(n_ctid, cache)
+    out: dict[str, Any] = {"mib": mib}
+    try:
+        rt.start(q_ctid)
+        rt.start(n_ctid)
+        for name, flags in (("dd_fsync", "conv=fsync"), ("dd_nofsync", "")):
+            res: dict[int, list[float]] = {q_ctid: [], n_ctid: []}
+            for _ in range(runs):
+                for ctid in (q_ctid, n_ctid):
+                    cmd = f"dd if=/dev/zero of=/w bs=1M count={mib} {flags} 2>/dev/null"
+                    t = _timed(lambda c=ctid, cm=cmd: _check(sh(rt, c, cm)))
+                    res[ctid].append(t)
+                    _check(sh(rt, ctid, "rm -f /w; sync"))
+            q, n = median(res[q_ctid]), median(res[n_ctid])
+            out[name] = {"quota_ms": _ms(q), "none_ms": _ms(n), "ratio": round(q / n, 3),
+                         "quota_mib_s": round(mib / q, 1), "none_mib_s": round(mib / n, 1)}
+        out["set_live"] = bench_set(rt, q_ctid, runs, mib)
+    finally:
+        for ctid in (q_ctid, n_ctid):
+            rt.destroy(ctid)
+    return out
+
+
+def bench_set(rt: Runtime, ctid: int, runs: int, mib: int) -> dict[str, Any]:
+    size_k = (mib + 256) * 1024
+    lower, raise_ = [], []
+    cli_lower, cli_raise = [], []
+    env = {**os.environ, "VZ_ROOT": str(rt.paths.root)}
+    argv = [sys.executable, "-m", "vzpkg.cli.vzctl", "set", str(ctid), "--diskspace"]
+    for _ in range(max(runs, 5)):
+        lower.append(_timed(lambda: rt.set(ctid, {"DISKSPACE": f"{size_k // 2}"})))
+        raise_.append(_timed(lambda: rt.set(ctid, {"DISKSPACE": f"{size_k}"})))
+        cli_lower.append(_timed(lambda: subprocess.run(
+            [*argv, f"{size_k // 2}"], env=env, check=True, capture_output=True)))
+        cli_raise.append(_timed(lambda: subprocess.run(
+            [*argv, f"{size_k}"], env=env, check=True, capture_output=True)))
+    rt.stop(ctid)
+    offline = []
+    for i in range(3):
+        k = size_k // 2 if i % 2 == 0 else size_k
+        offline.append(_timed(lambda k=k: rt.set(ctid, {"DISKSPACE": f"{k}"}, save=True)))
+    return {"lower_ms": _ms(median(lower)), "raise_ms": _ms(median(raise_)),
+            "cli_lower_ms": _ms(median(cli_lower)), "cli_raise_ms": _ms(median(cli_raise)),
+            "offline_resize_ms": _ms(median(offline)),
+            "lowered_by_mib": size_k // 2 // 1024}
+
+
+def _check(r: tuple[int, str]) -> None:
+    if r[0] != 0:
+        raise SystemExit(f"command in the VE failed: {r[1]}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--write-mib", type=int, default=256)
+    args = ap.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="vzbench-quota-", dir="/var/tmp"))
+    try:
+        caches = base / "caches"
+        found = find_debian_cache()
+        cache_dirs = [found[0]] if found else [caches]
+        cache = found[1] if found else BUSYBOX_NAME
+        make_busybox_cache(caches)
+        rt = Runtime(VzPaths(base / "vz"), [*cache_dirs, caches])
+        data: dict[str, Any] = {"cache": cache, "limit_kib": LIMIT["DISKSPACE"],
+                                "vz_root_fs": subprocess.run(
+                                    ["findmnt", "-n", "-o", "FSTYPE", "-T", str(base)],
+                                    capture_output=True, text=True).stdout.strip()}
+        rt.create(BASE - 1, cache, layout_name="overlay")    # the shared copy, once
+        data["create_plain"] = bench_create(rt, cache, "plain", args.runs)
+        data["create_overlay"] = bench_create(rt, cache, "overlay", args.runs)
+        rt.destroy(BASE - 1)
+        data["write"] = bench_write(rt, BUSYBOX_NAME, args.runs, args.write_mib)
+        out = write_results("quota", data)
+        for k in ("create_plain", "create_overlay"):
+            d = data[k]
+            print(f"{k:15} quota {d['quota_ms']:9.1f} ms  none {d['none_ms']:9.1f} ms  "
+                  f"ratio {d['ratio']}")
+        w = data["write"]
+        for k in ("dd_fsync", "dd_nofsync"):
+            d = w[k]
+            print(f"{k:15} quota {d['quota_ms']:9.1f} ms  none {d['none_ms']:9.1f} ms  "
+                  f"ratio {d['ratio']}  ({d['quota_mib_s']} vs {d['none_mib_s']} MiB/s)")
+        print("set live       ", w["set_live"])
+        print(f"results: {out}")
+    finally:
+        with_rt = Runtime(VzPaths(base / "vz"))
+        for ctid in with_rt.ctids():
+            try:
+                with_rt.destroy(ctid)
+            except Exception as exc:
+                print(f"cleanup of {ctid}: {exc}", file=sys.stderr)
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
