@@ -1,0 +1,229 @@
+"""Checkpoint and restore of a whole VE through CRIU (vzctl chkpnt / restore).
+
+``chkpnt`` freezes the VE's processes, saves their whole state (memory, open
+files, TCP connections with ``--tcp-established``, the network namespace's
+addresses and routes, the mount namespace) to a dump file (:mod:`dumpfile`) and
+stops the VE: its network, mount and cgroup go, as with ``vzctl stop``.
+``restore`` checks the dump file first (a changed or truncated one is refused
+before anything is touched), then sets up what vzctl start sets up (the cgroup
+with the VE's limits, the mounted root), lets CRIU re-create the processes, and
+puts the host end of the VE's network back.
+
+Three parts of a VE are not CRIU's to save, and are made again as at start: the
+VE's /dev (a tmpfs whose device nodes a user namespace cannot make; CRIU binds
+the one vzctl stages), its cgroup2 view (a bind of the VE's delegated leaf) and
+the host end of its veth pair.  Only VEs in a user namespace of their own
+(VE_USERNS=yes, the default) are checkpointed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vzpkg.core.errors import ChkpntError, RestoreError, VeNotRunningError, VeRunningError
+from vzpkg.runtime import criu as criu_mod
+from vzpkg.runtime import dumpfile, layout, net, ns, state
+from vzpkg.runtime.derived import addrs_of, ids_of, layout_of
+
+if TYPE_CHECKING:
+    from vzpkg.runtime.ve import Runtime
+
+DUMP_DIR = "dump"
+EXT_DEV = "vzdev"
+EXT_CG = "vzcg"
+EXT_CONSOLE = "vzconsole"
+
+
+def default_dumpfile(rt: Runtime, ctid: int) -> Path:
+    """OpenVZ's place: DUMPDIR (default VZ_ROOT/dump) / Dump.CTID."""
+    d = rt.global_conf().get("DUMPDIR") or str(rt.paths.root / DUMP_DIR)
+    return Path(d) / f"Dump.{ctid}"
+
+
+def _work(rt: Runtime, ctid: int, what: str) -> Path:
+    """A fresh, private directory for CRIU's images of VE *ctid*."""
+    base = rt.paths.root / DUMP_DIR
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    work = base / f".{what}.{ctid}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    work.chmod(0o711)     # CRIU opens some images as the VE's root (its parent is 0700)
+    return work
+
+
+def _log_copy(work: Path, log: str, dest: Path) -> Path:
+    with contextlib.suppress(OSError):
+        shutil.copyfile(work / log, dest)
+    return dest
+
+
+def chkpnt(rt: Runtime, ctid: int, dump: Path | None = None) -> tuple[Path, float]:
+    """Dump VE *ctid* to *dump* and stop it; (the dump file, seconds the VE was
+    frozen until CRIU had its state)."""
+    dump = dump or default_dumpfile(rt, ctid)
+    with rt.locked(ctid):
+        cfg = rt.config(ctid)
+        pid = state.running_pid(rt.paths.pidfile(ctid))
+        if pid is None:
+            raise VeNotRunningError(f"VE {ctid} is not running: there is nothing to "
+                                    "checkpoint", hint=f"start it: vzctl start {ctid}")
+        ids = ids_of(cfg)
+        if ids is None:
+            raise ChkpntError(f"VE {ctid} runs without a user namespace "
+                              "(VE_USERNS=no); only VEs in a user namespace of their "
+                              "own are checkpointed",
+                              hint="recreate it with --userns yes")
+        criu = criu_mod.find()
+        dump.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        work = _work(rt, ctid, "chkpnt")
+        owner = criu_mod.ns_owner(pid)
+        if owner and criu_mod.has_cap(criu_mod.CAP_SYS_RESOURCE):
+            owner = 0
+        args = ["dump", "-t", str(pid), "-D", str(work), "-o", "dump.log", "-v4",
+                "--tcp-established", "--manage-cgroups=ignore",
+                "--external", f"mnt[/dev]:{EXT_DEV}",
+                "--external", f"mnt[/sys/fs/cgroup]:{EXT_CG}",
+                "--external", f"mnt[/dev/console]:{EXT_CONSOLE}"]
+        if owner:
+            args.append("--unprivileged")
+        t0 = time.monotonic()
+        r = criu.run(args, owner=owner)
+        frozen = time.monotonic() - t0
+        if r.returncode != 0:
+            log = _log_copy(work, "dump.log", dump.with_name(f"{dump.name}.log"))
+            shutil.rmtree(work, ignore_errors=True)
+            alive = state.running_pid(rt.paths.pidfile(ctid)) is not None
+            why = criu_mod.errors_of(log) or r.stderr.strip()
+            raise ChkpntError(
+                f"VE {ctid}: CRIU could not dump it ({why})",
+                hint=f"the VE {'is still running' if alive else 'stopped'}; "
+                     f"CRIU's log: {log}")
+        try:
+            dumpfile.pack(work, dump, {"ctid": ctid, "criu": criu.version,
+                                       "ve_idmap": cfg.get("VE_IDMAP") or "",
+                                       "ip_address": cfg.get("IP_ADDRESS") or ""})
+        except OSError as exc:
+            raise ChkpntError(f"VE {ctid}: cannot write the dump file {dump}: "
+                              f"{exc.strerror}",
+                              hint=f"CRIU's images are kept in {work}; the VE stopped"
+                              ) from None
+        shutil.rmtree(work, ignore_errors=True)
+        state.wait_exit(pid, 10)
+        rt.cleanup(ctid)        # network, mount, cgroup, pid file: as vzctl stop
+        return dump, frozen
+
+
+def restore(rt: Runtime, ctid: int, dump: Path | None = None) -> int:
+    """Bring VE *ctid* back from *dump*; its init's host pid."""
+    dump = dump or default_dumpfile(rt, ctid)
+    with rt.locked(ctid):
+        cfg = rt.config(ctid)
+        if state.running_pid(rt.paths.pidfile(ctid)) is not None:
+            raise VeRunningError(f"VE {ctid} is already running",
+                                 hint=f"stop it first: vzctl stop {ctid}")
+        if not dump.is_file():
+            raise RestoreError(f"VE {ctid}: no dump file {dump}",
+                               hint=f"take one with vzctl chkpnt {ctid}, or name it with "
+                                    "--dumpfile")
+        ids = ids_of(cfg)
+        if ids is None:
+            raise RestoreError(f"VE {ctid} runs without a user namespace (VE_USERNS=no); "
+                               "only VEs in a user namespace are restored")
+        head = dumpfile.read_manifest(dump)
+        if head.get("ctid") != ctid:
+            raise RestoreError(f"dump file {dump} is of VE {head.get('ctid')}, not {ctid}",
+                               hint="name the right one with --dumpfile")
+        if head.get("ve_idmap") != (cfg.get("VE_IDMAP") or ""):
+            raise RestoreError(f"dump file {dump} was taken with VE_IDMAP="
+                               f"{head.get('ve_idmap')!r}, and VE {ctid} now has "
+                               f"{cfg.get('VE_IDMAP')!r}: its files would not match",
+                               hint="restore it where its id range is the same")
+        criu = criu_mod.find(RestoreError)
+        work = _work(rt, ctid, "restore")
+        try:
+            dumpfile.extract(dump, work)   # refuses a changed dump: nothing touched yet
+            rt.cleanup(ctid)               # whatever a crashed VE left behind
+            try:
+                return _restore(rt, ctid, cfg, criu, work, dump)
+            except BaseException:
+                rt.cleanup(ctid)
+                raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _restore(rt: Runtime, ctid: int, cfg: Any, criu: criu_mod.Criu, work: Path,
+             dump: Path) -> int:
+    ids = ids_of(cfg)
+    assert ids is not None
+    cg = rt.cgroups
+    cg.create(str(ctid))
+    cg.apply(str(ctid), cfg.layered_on(rt.global_conf()))
+    cg.delegate(str(ctid), ids.base)
+    root = layout.mount(rt.paths, ctid, layout_of(cfg), ids)
+    stage = rt.stage(ctid)
+    leaves = cg.v2_leaves(str(ctid))
+    hif = rt.paths.host_ifname(ctid)
+    addrs = addrs_of(cfg)
+    args = ["restore", "-D", str(work), "-o", "restore.log", "-v4",
+            "--tcp-established", "--restore-detached", "--manage-cgroups=ignore",
+            "--root", str(root), "--pidfile", str(work / "init.pid"),
+            "--external", f"mnt[{EXT_DEV}]:{stage / 'dev'}",
+            # the console's pty master was the event helper's and went with the old
+            # init: a restored VE's console leads nowhere (as with VZCTL_EVENTD=no)
+            "--external", f"mnt[{EXT_CONSOLE}]:{stage / 'dev' / 'null'}"]
+    if leaves:
+        args += ["--external", f"mnt[{EXT_CG}]:{leaves[0]}"]
+    if addrs:
+        args += ["--external", f"veth[{net.VE_IF}]:{hif}"]
+    if net.link_exists(hif):
+        net.teardown(hif)
+    r = _run_in_ve_context(rt, ctid, ids, stage, criu, args)
+    if r != 0:
+        log = _log_copy(work, "restore.log", dump.with_name(f"{dump.name}.restore.log"))
+        raise RestoreError(f"VE {ctid}: CRIU could not restore it "
+                           f"({criu_mod.errors_of(log) or 'see its log'})",
+                           hint=f"the VE stays stopped; CRIU's log: {log}")
+    pid = int((work / "init.pid").read_text().split()[0])
+    try:
+        if addrs:
+            net.attach_restored(hif, addrs)
+        state.write_pidfile(rt.paths.pidfile(ctid), pid)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        state.wait_exit(pid, 10)
+        raise
+    return pid
+
+
+def _run_in_ve_context(rt: Runtime, ctid: int, ids: Any, stage: Path,
+                       criu: criu_mod.Criu, args: list[str]) -> int:
+    """Run CRIU from where a VE's init starts: in the VE's cgroup, in a mount
+    namespace of its own with the VE's /dev staged, and in a cgroup namespace
+    rooted at the VE's cgroup (the restored processes inherit all three)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            rt.cgroups.attach(str(ctid), 0)
+            from vzpkg.runtime import libc
+            libc.unshare(libc.CLONE_NEWNS)
+            libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
+            ns._stage_dev(stage / "dev", ids)
+            libc.unshare(libc.CLONE_NEWCGROUP)
+            devnull = os.open("/dev/null", os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            os.execv(criu.argv[0], [*criu.argv, *args])
+        except BaseException:
+            code = 127
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128
