@@ -205,9 +205,12 @@ def _restore(rt: Runtime, ctid: int, cfg: Any, criu: criu_mod.Criu, work: Path,
 
 def _run_in_ve_context(rt: Runtime, ctid: int, ids: Any, stage: Path,
                        criu: criu_mod.Criu, args: list[str]) -> int:
-    """Run CRIU from where a VE's init starts: in the VE's cgroup, in a mount
-    namespace of its own with the VE's /dev staged, and in a cgroup namespace
-    rooted at the VE's cgroup (the restored processes inherit all three)."""
+    """Run CRIU from where a VE's init starts: in the VE's cgroup and in a mount
+    namespace of its own with the VE's /dev staged (the restored processes inherit
+    the cgroup).  Not in a cgroup namespace of the VE's: one made here would belong
+    to the host's user namespace, and the VE's root (and vzctl exec, which joins
+    as the VE's root) could not enter it; a restored VE shares the host's cgroup
+    namespace, and sees its own cgroup2 subtree at /sys/fs/cgroup as before."""
     pid = os.fork()
     if pid == 0:
         code = 1
@@ -217,7 +220,6 @@ def _run_in_ve_context(rt: Runtime, ctid: int, ids: Any, stage: Path,
             libc.unshare(libc.CLONE_NEWNS)
             libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
             ns._stage_dev(stage / "dev", ids)
-            libc.unshare(libc.CLONE_NEWCGROUP)
             devnull = os.open("/dev/null", os.O_RDWR)
             for fd in (0, 1, 2):
                 os.dup2(devnull, fd)
