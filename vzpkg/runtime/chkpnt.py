@@ -23,6 +23,7 @@ import os
 import shutil
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,7 @@ from vzpkg.core.errors import ChkpntError, RestoreError, VeNotRunningError, VeRu
 from vzpkg.runtime import criu as criu_mod
 from vzpkg.runtime import dumpfile, layout, net, ns, state
 from vzpkg.runtime.derived import addrs_of, ids_of, layout_of
+from vzpkg.runtime.ve import shutdown_signal
 
 if TYPE_CHECKING:
     from vzpkg.runtime.ve import Runtime
@@ -90,6 +92,11 @@ def chkpnt(rt: Runtime, ctid: int, dump: Path | None = None) -> tuple[Path, floa
                 "--external", f"mnt[/dev]:{EXT_DEV}",
                 "--external", f"mnt[/sys/fs/cgroup]:{EXT_CG}",
                 "--external", f"mnt[/dev/console]:{EXT_CONSOLE}"]
+        ttys = _console_ttys(pid)
+        dev_dirs = _dev_mountpoints(pid)
+        systemd = shutdown_signal(pid) != signal.SIGTERM
+        for key in ttys:
+            args += ["--external", key]
         if owner:
             args.append("--unprivileged")
         t0 = time.monotonic()
@@ -105,7 +112,8 @@ def chkpnt(rt: Runtime, ctid: int, dump: Path | None = None) -> tuple[Path, floa
                 hint=f"the VE {'is still running' if alive else 'stopped'}; "
                      f"CRIU's log: {log}")
         try:
-            dumpfile.pack(work, dump, {"ctid": ctid, "criu": criu.version,
+            dumpfile.pack(work, dump, {"ctid": ctid, "criu": criu.version, "ttys": ttys,
+                                       "dev_dirs": dev_dirs, "systemd": systemd,
                                        "ve_idmap": cfg.get("VE_IDMAP") or "",
                                        "ip_address": cfg.get("IP_ADDRESS") or ""})
         except OSError as exc:
@@ -117,6 +125,63 @@ def chkpnt(rt: Runtime, ctid: int, dump: Path | None = None) -> tuple[Path, floa
         state.wait_exit(pid, 10)
         rt.cleanup(ctid)        # network, mount, cgroup, pid file: as vzctl stop
         return dump, frozen
+
+
+@dataclass(frozen=True)
+class _DevExtra:
+    """What a restored VE's fresh /dev needs beyond the standard set."""
+
+    ttys: list[str]       # CRIU's keys of the console terminal (now /dev/null)
+    dirs: list[str]       # mount points the VE made directly in /dev (mqueue, ...)
+    systemd: bool         # its init is systemd: /dev/log leads to journald
+
+
+def _plain(name: object) -> bool:
+    return (isinstance(name, str) and bool(name) and "/" not in name
+            and name not in (".", "..") and len(name) < 64)
+
+
+def _dev_mountpoints(pid: int) -> list[str]:
+    """Names of the mounts directly in the VE's /dev other than vzctl's own, from
+    the kernel's mountinfo of its init (mqueue, hugepages under systemd)."""
+    names: set[str] = set()
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/mountinfo").read_text(errors="replace").splitlines():
+            fields = line.split()
+            if len(fields) > 4 and fields[4].startswith("/dev/"):
+                name = fields[4][5:].encode().decode("unicode_escape")
+                if _plain(name) and name not in ("console", "pts", "shm"):
+                    names.add(name)
+    return sorted(names)
+
+
+def _console_ttys(pid: int) -> list[str]:
+    """CRIU's names (``tty[RDEV:DEV]``) of the VE's console terminal, as its
+    processes hold it: pty 0 of the VE's own devpts, made by its init at start,
+    whose master the event helper holds outside the VE (CRIU cannot dump a pty
+    without its master; it is marked external, and a restored VE gets /dev/null
+    in its place).  Found through the processes' open files (the kernel's own
+    links in /proc, never a path in the VE)."""
+    try:
+        ns = os.stat(f"/proc/{pid}/ns/pid").st_ino
+    except OSError:
+        return []
+    keys: set[str] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}/ns/pid").st_ino != ns:
+                continue
+            fds = os.listdir(f"/proc/{entry}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                st = os.stat(f"/proc/{entry}/fd/{fd}")
+                if 136 <= os.major(st.st_rdev) <= 143 and os.minor(st.st_rdev) == 0:
+                    keys.add(f"tty[{st.st_rdev:x}:{st.st_dev:x}]")
+    return sorted(keys)
 
 
 def restore(rt: Runtime, ctid: int, dump: Path | None = None) -> int:
@@ -150,7 +215,10 @@ def restore(rt: Runtime, ctid: int, dump: Path | None = None) -> int:
             dumpfile.extract(dump, work)   # refuses a changed dump: nothing touched yet
             rt.cleanup(ctid)               # whatever a crashed VE left behind
             try:
-                return _restore(rt, ctid, cfg, criu, work, dump)
+                extra = _DevExtra([str(t) for t in head.get("ttys") or []],
+                                  [d for d in head.get("dev_dirs") or [] if _plain(d)],
+                                  bool(head.get("systemd")))
+                return _restore(rt, ctid, cfg, criu, work, dump, extra)
             except BaseException:
                 rt.cleanup(ctid)
                 raise
@@ -159,7 +227,7 @@ def restore(rt: Runtime, ctid: int, dump: Path | None = None) -> int:
 
 
 def _restore(rt: Runtime, ctid: int, cfg: Any, criu: criu_mod.Criu, work: Path,
-             dump: Path) -> int:
+             dump: Path, extra: _DevExtra) -> int:
     ids = ids_of(cfg)
     assert ids is not None
     cg = rt.cgroups
@@ -184,7 +252,7 @@ def _restore(rt: Runtime, ctid: int, cfg: Any, criu: criu_mod.Criu, work: Path,
         args += ["--external", f"veth[{net.VE_IF}]:{hif}"]
     if net.link_exists(hif):
         net.teardown(hif)
-    r = _run_in_ve_context(rt, ctid, ids, stage, criu, args)
+    r = _run_in_ve_context(rt, ctid, ids, stage, criu, args, extra)
     if r != 0:
         log = _log_copy(work, "restore.log", dump.with_name(f"{dump.name}.restore.log"))
         raise RestoreError(f"VE {ctid}: CRIU could not restore it "
@@ -204,7 +272,7 @@ def _restore(rt: Runtime, ctid: int, cfg: Any, criu: criu_mod.Criu, work: Path,
 
 
 def _run_in_ve_context(rt: Runtime, ctid: int, ids: Any, stage: Path,
-                       criu: criu_mod.Criu, args: list[str]) -> int:
+                       criu: criu_mod.Criu, args: list[str], extra: _DevExtra) -> int:
     """Run CRIU from where a VE's init starts: in the VE's cgroup and in a mount
     namespace of its own with the VE's /dev staged (the restored processes inherit
     the cgroup).  Not in a cgroup namespace of the VE's: one made here would belong
@@ -220,9 +288,21 @@ def _run_in_ve_context(rt: Runtime, ctid: int, ids: Any, stage: Path,
             libc.unshare(libc.CLONE_NEWNS)
             libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
             ns._stage_dev(stage / "dev", ids)
+            for name in extra.dirs:     # mount points the VE made in its /dev
+                (stage / "dev" / name).mkdir(mode=0o755, exist_ok=True)
+                os.chown(stage / "dev" / name, ids.base, ids.base)
+            if extra.systemd:           # journald's, made once at its start
+                os.symlink("/run/systemd/journal/dev-log", stage / "dev" / "log")
+                os.lchown(stage / "dev" / "log", ids.base, ids.base)
             devnull = os.open("/dev/null", os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(devnull, fd)
+            os.set_inheritable(devnull, True)
+            os.dup2(devnull, 0)
+            out = os.open(str(Path(args[args.index("-D") + 1]) / "restore.log"),
+                          os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+            os.dup2(out, 1)
+            os.dup2(out, 2)
+            for key in extra.ttys:     # the console's terminal: now /dev/null
+                args = [*args, "--inherit-fd", f"fd[{devnull}]:{key}"]
             os.execv(criu.argv[0], [*criu.argv, *args])
         except BaseException:
             code = 127
