@@ -52,7 +52,10 @@ def vzctl_command() -> str:
 def second_host(base: Path, name: str = "vzmig") -> Iterator[SecondHost]:
     netns = f"{name}{os.getpid() % 10000}"
     hif, pif = f"{netns}a"[:15], f"{netns}b"[:15]
-    run = lambda *a: subprocess.run(list(a), check=True, capture_output=True)  # noqa: E731
+
+    def run(*a: str) -> None:
+        subprocess.run(list(a), check=True, capture_output=True)
+
     run("ip", "netns", "add", netns)
     sshd: subprocess.Popen[bytes] | None = None
     try:
