@@ -65,9 +65,12 @@ def _log_copy(work: Path, log: str, dest: Path) -> Path:
     return dest
 
 
-def chkpnt(rt: Runtime, ctid: int, dump: Path | None = None) -> tuple[Path, float]:
+def chkpnt(rt: Runtime, ctid: int, dump: Path | None = None, *, tidy: bool = True
+           ) -> tuple[Path, float]:
     """Dump VE *ctid* to *dump* and stop it; (the dump file, seconds the VE was
-    frozen until CRIU had its state)."""
+    frozen until CRIU had its state).  Without *tidy* the stopped VE's network,
+    mount and cgroup are left for the event helper (or the next vzctl command on
+    the VE) to undo: a migration does not wait for that inside its freeze."""
     dump = dump or default_dumpfile(rt, ctid)
     with rt.locked(ctid):
         cfg = rt.config(ctid)
@@ -92,7 +95,7 @@ def chkpnt(rt: Runtime, ctid: int, dump: Path | None = None) -> tuple[Path, floa
                 "--external", f"mnt[/dev]:{EXT_DEV}",
                 "--external", f"mnt[/sys/fs/cgroup]:{EXT_CG}",
                 "--external", f"mnt[/dev/console]:{EXT_CONSOLE}"]
-        ttys = _console_ttys(pid)
+        ttys = _console_ttys(pid, rt.cgroups.procs(str(ctid)))
         dev_dirs = _dev_mountpoints(pid)
         systemd = shutdown_signal(pid) != signal.SIGTERM
         for key in ttys:
@@ -123,7 +126,8 @@ def chkpnt(rt: Runtime, ctid: int, dump: Path | None = None) -> tuple[Path, floa
                               ) from None
         shutil.rmtree(work, ignore_errors=True)
         state.wait_exit(pid, 10)
-        rt.cleanup(ctid)        # network, mount, cgroup, pid file: as vzctl stop
+        if tidy:
+            rt.cleanup(ctid)    # network, mount, cgroup, pid file: as vzctl stop
         return dump, frozen
 
 
@@ -155,7 +159,7 @@ def _dev_mountpoints(pid: int) -> list[str]:
     return sorted(names)
 
 
-def _console_ttys(pid: int) -> list[str]:
+def _console_ttys(pid: int, procs: list[int]) -> list[str]:
     """CRIU's names (``tty[RDEV:DEV]``) of the VE's console terminal, as its
     processes hold it: pty 0 of the VE's own devpts, made by its init at start,
     whose master the event helper holds outside the VE (CRIU cannot dump a pty
@@ -167,9 +171,7 @@ def _console_ttys(pid: int) -> list[str]:
     except OSError:
         return []
     keys: set[str] = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for entry in map(str, procs or [pid]):
         try:
             if os.stat(f"/proc/{entry}/ns/pid").st_ino != ns:
                 continue

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -96,10 +97,49 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in m.group(1).split(".") if x) if m else ()
 
 
+CHECKED = Path("/run/vzctl/criu-checked.json")
+
+
+def _stamp(argv: tuple[str, ...]) -> str:
+    """What a passed check holds for: the binary (and loader) as they are, this
+    kernel, this boot."""
+    parts = [os.uname().release]
+    with contextlib.suppress(OSError):
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+    for a in argv:
+        if a.startswith("/"):
+            with contextlib.suppress(OSError):
+                st = os.stat(a)
+                parts.append(f"{a}:{st.st_size}:{st.st_mtime_ns}")
+    return "|".join(parts)
+
+
+def _cached(argv: tuple[str, ...], where: str) -> Criu | None:
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        data = json.loads(CHECKED.read_text())
+        if tuple(data["argv"]) == argv and data["stamp"] == _stamp(argv):
+            return Criu(argv, str(data["version"]), where)
+    return None
+
+
+def _remember(c: Criu) -> None:
+    with contextlib.suppress(OSError):
+        CHECKED.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        tmp = CHECKED.with_name(f".{CHECKED.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"argv": c.argv, "version": c.version,
+                                   "stamp": _stamp(c.argv)}))
+        os.replace(tmp, CHECKED)
+
+
 def find(error: type[VeError] = ChkpntError) -> Criu:
-    """The CRIU to use; *error* (with what is missing and how to get it) if none."""
+    """The CRIU to use; *error* (with what is missing and how to get it) if none.
+    A candidate that passed ``criu check`` on this boot is not checked again
+    (the check takes half a second, inside a migration's freeze)."""
     tried: list[str] = []
     for argv, where in _candidates():
+        hit = _cached(argv, where)
+        if hit is not None:
+            return hit
         try:
             ver = subprocess.run([*argv, "--version"], capture_output=True, text=True,
                                  timeout=30, check=False)
@@ -118,7 +158,9 @@ def find(error: type[VeError] = ChkpntError) -> Criu:
             last = (chk.stderr or chk.stdout).strip().splitlines()[-1:] or ["no output"]
             tried.append(f"{where}: 'criu check' fails: {last[0]}")
             continue
-        return Criu(argv, shown, where)
+        found = Criu(argv, shown, where)
+        _remember(found)
+        return found
     what = "; ".join(tried) if tried else f"no criu on PATH, no tools tree in {TREE}, no $CRIU"
     raise error(f"no working CRIU on this host ({what})", hint=HOW_TO_GET)
 

@@ -20,8 +20,10 @@ again), and what was copied to the destination is removed unless ``keep_dst``.
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -45,8 +47,17 @@ class Remote:
     root: str | None = None            # the destination's VZ_ROOT
     vzctl: str = "vzctl"               # the destination's vzctl command (shell words)
 
+    control: str | None = None         # ssh's shared connection (one handshake)
+
     def ssh_argv(self) -> list[str]:
-        return ["ssh", "-o", "BatchMode=yes", *self.ssh]
+        share = (["-o", "ControlMaster=auto", "-o", f"ControlPath={self.control}",
+                  "-o", "ControlPersist=30"] if self.control else [])
+        return ["ssh", "-o", "BatchMode=yes", *share, *self.ssh]
+
+    def close(self) -> None:
+        if self.control and os.path.exists(self.control):
+            subprocess.run([*self.ssh_argv(), "-O", "exit", self.dest], capture_output=True,
+                           check=False, timeout=30)
 
     def run(self, words: Sequence[str], *, check: bool = True, timeout: float = 600
             ) -> subprocess.CompletedProcess[str]:
@@ -92,6 +103,30 @@ class Report:
         self.steps[name] = round(time.monotonic() - t, 3)
 
 
+def _both(first: Callable[[], None], second: Callable[[], None] | None) -> None:
+    """Run *first* and *second* at once (two copies over the one ssh connection)."""
+    if second is None:
+        first()
+        return
+    import threading
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            second()
+        except BaseException as exc:
+            failed.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        first()
+    finally:
+        t.join()
+    if failed:
+        raise failed[0]
+
+
 def _conf_for(rt: Runtime, ctid: int, remote: Remote) -> str:
     """CTID.conf with the destination's VE_ROOT and VE_PRIVATE."""
     out = []
@@ -107,6 +142,19 @@ def _conf_for(rt: Runtime, ctid: int, remote: Remote) -> str:
 
 def migrate(rt: Runtime, remote: Remote, ctid: int, *, online: bool,
             keep_dst: bool = False, say: Callable[[str], None] = lambda s: None) -> Report:
+    """Move VE *ctid* to *remote* (see the module's text).  Every ssh and rsync of
+    one migration shares one ssh connection."""
+    with tempfile.TemporaryDirectory(prefix="vzmigrate-") as tmp:
+        remote.control = os.path.join(tmp, "ssh")
+        try:
+            return _migrate(rt, remote, ctid, online=online, keep_dst=keep_dst, say=say)
+        finally:
+            remote.close()
+            remote.control = None
+
+
+def _migrate(rt: Runtime, remote: Remote, ctid: int, *, online: bool,
+             keep_dst: bool, say: Callable[[str], None]) -> Report:
     cfg = rt.config(ctid)
     if layout_of(cfg) is not Layout.PLAIN:
         raise UsageError(f"VE {ctid} has the overlay layout: its files are partly the "
@@ -140,16 +188,16 @@ def migrate(rt: Runtime, remote: Remote, ctid: int, *, online: bool,
     try:
         if online:
             say(f"Checkpointing VE {ctid} ...")
-            rep.timed("chkpnt", lambda: chkpnt.chkpnt(rt, ctid, dump))
+            rep.timed("chkpnt", lambda: chkpnt.chkpnt(rt, ctid, dump, tidy=False))
         elif running:
             say(f"Stopping VE {ctid} ...")
             rep.timed("stop", lambda: rt.stop(ctid))
         stopped_here = running
-        say("Copying the private area (second pass) ...")
-        rep.timed("rsync2", lambda: remote.rsync(f"{rt.paths.private(ctid)}/", f"{priv}/",
-                                                 delete=True))
-        if online:
-            rep.timed("copy_dump", lambda: remote.rsync(str(dump), rdump))
+        say("Copying the private area (second pass)" + (" and the dump" if online else "")
+            + " ...")
+        rep.timed("rsync2", lambda: _both(
+            lambda: remote.rsync(f"{rt.paths.private(ctid)}/", f"{priv}/", delete=True),
+            (lambda: remote.rsync(str(dump), rdump)) if online else None))
         conf = rt.paths.root / "dump" / f".{ctid}.conf.migrate"
         conf.write_text(_conf_for(rt, ctid, remote))
         try:
