@@ -97,6 +97,9 @@ def chkpnt(rt: Runtime, ctid: int, dump: Path | None = None, *, tidy: bool = Tru
                 "--external", f"mnt[/dev/console]:{EXT_CONSOLE}"]
         ttys = _console_ttys(pid, rt.cgroups.procs(str(ctid)))
         dev_dirs = _dev_mountpoints(pid)
+        leaves = rt.cgroups.v2_leaves(str(ctid))
+        cg_tree, cg_procs = (_cgroup_tree(leaves[0], rt.cgroups.procs(str(ctid)))
+                             if leaves else ([], {}))
         systemd = shutdown_signal(pid) != signal.SIGTERM
         for key in ttys:
             args += ["--external", key]
@@ -117,6 +120,7 @@ def chkpnt(rt: Runtime, ctid: int, dump: Path | None = None, *, tidy: bool = Tru
         try:
             dumpfile.pack(work, dump, {"ctid": ctid, "criu": criu.version, "ttys": ttys,
                                        "dev_dirs": dev_dirs, "systemd": systemd,
+                                       "cgroups": cg_tree, "cgroup_procs": cg_procs,
                                        "ve_idmap": cfg.get("VE_IDMAP") or "",
                                        "ip_address": cfg.get("IP_ADDRESS") or ""})
         except OSError as exc:
@@ -138,6 +142,53 @@ class _DevExtra:
     ttys: list[str]       # CRIU's keys of the console terminal (now /dev/null)
     dirs: list[str]       # mount points the VE made directly in /dev (mqueue, ...)
     systemd: bool         # its init is systemd: /dev/log leads to journald
+    cgroups: list[str]    # the VE's own cgroup2 groups below its leaf (systemd's)
+    procs: dict[str, str]  # the VE's pid (in the VE) -> its group, relative
+
+
+def _relpath(p: object) -> bool:
+    return isinstance(p, str) and bool(p) and all(_plain(c) for c in p.split("/"))
+
+
+def _regroup(leaf: Path, procs: list[int], where: dict[str, str]) -> None:
+    """Put each restored process back in the group of the VE's own it was in."""
+    for pid in procs:
+        with contextlib.suppress(OSError, StopIteration):
+            status = Path(f"/proc/{pid}/status").read_text()
+            nspid = next(ln for ln in status.splitlines() if ln.startswith("NSpid:")
+                         ).split()[-1]
+            rel = where.get(nspid)
+            if rel:
+                (leaf / rel / "cgroup.procs").write_text(str(pid))
+
+
+def _cgroup_tree(leaf: Path, procs: list[int]) -> tuple[list[str], dict[str, str]]:
+    """The groups the VE made below its cgroup2 leaf (kernel directories, walked on
+    the host's cgroup2 file system), and which group each VE process is in (by its
+    pid in the VE, which CRIU keeps)."""
+    tree = sorted(str(d.relative_to(leaf)) for d in leaf.rglob("*")
+                  if d.is_dir() and not d.is_symlink())
+    where: dict[str, str] = {}
+    prefix = "0::" + str(leaf.relative_to(_cg2_mount(leaf))).strip(".")
+    for pid in procs:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+            line = next(ln for ln in lines if ln.startswith("0::"))
+            status = Path(f"/proc/{pid}/status").read_text()
+            nspid = next(ln for ln in status.splitlines() if ln.startswith("NSpid:")
+                         ).split()[-1]
+            rel = line[len(prefix):].strip("/") if line.startswith(prefix) else ""
+            if rel:
+                where[nspid] = rel
+    return tree, where
+
+
+def _cg2_mount(path: Path) -> Path:
+    """The cgroup2 mount *path* is in (/sys/fs/cgroup or /sys/fs/cgroup/unified)."""
+    for cand in (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup")):
+        if path.is_relative_to(cand) and (cand / "cgroup.procs").exists():
+            return cand
+    return Path("/sys/fs/cgroup")
 
 
 def _plain(name: object) -> bool:
@@ -219,7 +270,11 @@ def restore(rt: Runtime, ctid: int, dump: Path | None = None) -> int:
             try:
                 extra = _DevExtra([str(t) for t in head.get("ttys") or []],
                                   [d for d in head.get("dev_dirs") or [] if _plain(d)],
-                                  bool(head.get("systemd")))
+                                  bool(head.get("systemd")),
+                                  [d for d in head.get("cgroups") or [] if _relpath(d)],
+                                  {str(k): str(v) for k, v in
+                                   (head.get("cgroup_procs") or {}).items()
+                                   if str(k).isdigit() and _relpath(v)})
                 return _restore(rt, ctid, cfg, criu, work, dump, extra)
             except BaseException:
                 rt.cleanup(ctid)
@@ -254,6 +309,12 @@ def _restore(rt: Runtime, ctid: int, cfg: Any, criu: criu_mod.Criu, work: Path,
         args += ["--external", f"veth[{net.VE_IF}]:{hif}"]
     if net.link_exists(hif):
         net.teardown(hif)
+    for rel in extra.cgroups if leaves else []:     # systemd's groups, the VE's own
+        d = leaves[0] / rel
+        d.mkdir(parents=True, exist_ok=True)
+        for f in (d, d / "cgroup.procs", d / "cgroup.subtree_control", d / "cgroup.threads"):
+            with contextlib.suppress(OSError):
+                os.chown(f, ids.base, ids.base)
     r = _run_in_ve_context(rt, ctid, ids, stage, criu, args, extra)
     if r != 0:
         log = _log_copy(work, "restore.log", dump.with_name(f"{dump.name}.restore.log"))
@@ -261,6 +322,8 @@ def _restore(rt: Runtime, ctid: int, cfg: Any, criu: criu_mod.Criu, work: Path,
                            f"({criu_mod.errors_of(log) or 'see its log'})",
                            hint=f"the VE stays stopped; CRIU's log: {log}")
     pid = int((work / "init.pid").read_text().split()[0])
+    if leaves and extra.procs:
+        _regroup(leaves[0], cg.procs(str(ctid)), extra.procs)
     try:
         if addrs:
             net.attach_restored(hif, addrs)
@@ -271,6 +334,29 @@ def _restore(rt: Runtime, ctid: int, cfg: Any, criu: criu_mod.Criu, work: Path,
         state.wait_exit(pid, 10)
         raise
     return pid
+
+
+def _console_stand_in(stage: Path, ids: Any) -> int:
+    """In the restoring process: a terminal for the VE's processes that had the
+    console open, from a devpts instance of its own (never the host's), its slave
+    the VE root's.  Its master goes with CRIU when the restore is done: those
+    processes see a hang-up, as on a console whose terminal went away."""
+    import fcntl
+    import struct
+
+    from vzpkg.runtime import libc
+    where = stage / "console-pts"
+    where.mkdir(mode=0o700, exist_ok=True)
+    libc.mount("devpts", str(where), "devpts", libc.MS_NOSUID | libc.MS_NOEXEC,
+               "newinstance,ptmxmode=0600,mode=620")
+    master = os.open(str(where / "ptmx"), os.O_RDWR | os.O_NOCTTY)
+    fcntl.ioctl(master, ns.TIOCSPTLCK, struct.pack("i", 0))
+    n = struct.unpack("I", fcntl.ioctl(master, ns.TIOCGPTN, b"\0" * 4))[0]
+    slave = os.open(str(where / str(n)), os.O_RDWR | os.O_NOCTTY)
+    os.fchown(slave, ids.base, ids.base + 5)
+    os.set_inheritable(master, True)
+    os.set_inheritable(slave, True)
+    return slave
 
 
 def _run_in_ve_context(rt: Runtime, ctid: int, ids: Any, stage: Path,
@@ -303,8 +389,10 @@ def _run_in_ve_context(rt: Runtime, ctid: int, ids: Any, stage: Path,
                           os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
             os.dup2(out, 1)
             os.dup2(out, 2)
-            for key in extra.ttys:     # the console's terminal: now /dev/null
-                args = [*args, "--inherit-fd", f"fd[{devnull}]:{key}"]
+            if extra.ttys:
+                slave = _console_stand_in(stage, ids)
+                for key in extra.ttys:
+                    args = [*args, "--inherit-fd", f"fd[{slave}]:{key}"]
             os.execv(criu.argv[0], [*criu.argv, *args])
         except BaseException:
             code = 127
