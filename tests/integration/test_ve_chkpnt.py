@@ -154,3 +154,41 @@ def test_without_a_working_criu_chkpnt_says_what_is_missing(rt: Runtime) -> None
     assert "tools/criu-tree" in res.stderr
     assert rt.state(CTID).running       # nothing happened to the VE
     vzctl_cli(rt, "stop", str(CTID), "--fast")
+
+
+def test_a_systemd_ve_is_restored_with_its_services(tmp_path_factory: pytest.TempPathFactory
+                                                    ) -> None:
+    from tests.runtime_helpers import find_debian_cache
+    _criu_or_skip()
+    found = find_debian_cache()
+    if found is None:
+        pytest.skip("no Debian cache built here (the network tests build one)")
+    caches, name = found
+    from vzpkg.runtime.paths import VzPaths
+    rt = Runtime(VzPaths(tmp_path_factory.mktemp("chkpnt-systemd") / "vz"), [caches])
+    ctid = 1553
+    try:
+        rt.create(ctid, name, ipadd=["10.215.0.53"])
+        res = vzctl_cli(rt, "start", str(ctid), "--wait")
+        assert res.returncode == 0, res.stderr
+        code, out = sh(rt, ctid, "systemd-run --unit=vzcounter sh -c 'i=0; while :; do "
+                                 "i=$((i+1)); echo $i > /run/cnt; sleep 0.1; done' "
+                                 ">/dev/null 2>&1; sleep 0.5; cat /run/cnt")
+        assert code == 0, out
+        res = vzctl_cli(rt, "chkpnt", str(ctid))
+        assert res.returncode == 0, res.stderr
+        res = vzctl_cli(rt, "restore", str(ctid))
+        assert res.returncode == 0, res.stderr
+        code, out = sh(rt, ctid, "cat /run/cnt; systemctl is-active vzcounter; "
+                                 "tail -n1 /proc/1/cgroup; systemctl daemon-reload && "
+                                 "systemctl is-system-running; "
+                                 "systemctl --failed --plain --no-legend")
+        lines = out.split()
+        assert int(lines[0]) > 1, out          # the unit's shell went on counting
+        assert "active" in lines and lines[2].endswith("/init.scope"), out
+        assert "running" in out or "degraded" in out, out
+        failed = {ln.split()[0] for ln in out.splitlines() if ".service" in ln}
+        # the console's terminal went away with the event helper's pty master
+        assert failed <= {"console-getty.service"}, out
+    finally:
+        destroy_all(rt)

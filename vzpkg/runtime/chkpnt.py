@@ -169,7 +169,7 @@ def _cgroup_tree(leaf: Path, procs: list[int]) -> tuple[list[str], dict[str, str
     tree = sorted(str(d.relative_to(leaf)) for d in leaf.rglob("*")
                   if d.is_dir() and not d.is_symlink())
     where: dict[str, str] = {}
-    prefix = "0::" + str(leaf.relative_to(_cg2_mount(leaf))).strip(".")
+    prefix = "0::/" + str(leaf.relative_to(_cg2_mount(leaf)))
     for pid in procs:
         with contextlib.suppress(OSError, ValueError, IndexError):
             lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
