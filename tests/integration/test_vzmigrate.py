@@ -104,3 +104,23 @@ def test_migrating_to_a_host_that_has_the_ctid_is_refused(
     assert "already exists" in r.stderr
     assert rt.paths.conf(CTID).exists() and rt.paths.private(CTID).exists()
     vzctl_cli(rt, "destroy", str(CTID))
+
+
+def test_offline_migration_moves_a_running_ve_and_starts_it_there(
+        hosts: tuple[Runtime, SecondHost]) -> None:
+    rt, h2 = hosts
+    ctid = CTID + 1
+    rt.create(ctid, "busybox-1", ipadd=["10.215.0.54"])
+    (rt.paths.private(ctid) / "root" / "marker").write_text("moved\n")
+    assert vzctl_cli(rt, "start", str(ctid)).returncode == 0
+    try:
+        r = vzmigrate(rt, h2, h2.dest, str(ctid))
+        assert r.returncode == 0, r.stderr
+        assert remote_status(h2, ctid) == f"CTID {ctid} exist mounted running"
+        assert not rt.paths.conf(ctid).exists()
+        conf = (h2.vzroot / "etc" / "vz" / "conf" / f"{ctid}.conf").read_text()
+        assert f'VE_PRIVATE="{h2.vzroot}/private/{ctid}"' in conf
+        assert (h2.vzroot / "private" / str(ctid) / "root" / "marker").read_text() == "moved\n"
+    finally:
+        subprocess.run(h2.vzctl_argv("destroy", str(ctid), "--force"), capture_output=True,
+                       check=False)
