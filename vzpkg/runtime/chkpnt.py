@@ -65,8 +65,8 @@ def _log_copy(work: Path, log: str, dest: Path) -> Path:
     return dest
 
 
-def chkpnt(rt: Runtime, ctid: int, dump: Path | None = None, *, tidy: bool = True
-           ) -> tuple[Path, float]:
+def chkpnt(rt: Runtime, ctid: int, dump: Path | None = None, *, tidy: bool = True,
+           as_dir: bool = False) -> tuple[Path, float]:
     """Dump VE *ctid* to *dump* and stop it; (the dump file, seconds the VE was
     frozen until CRIU had its state).  Without *tidy* the stopped VE's network,
     mount and cgroup are left for the event helper (or the next vzctl command on
@@ -117,12 +117,17 @@ def chkpnt(rt: Runtime, ctid: int, dump: Path | None = None, *, tidy: bool = Tru
                 f"VE {ctid}: CRIU could not dump it ({why})",
                 hint=f"the VE {'is still running' if alive else 'stopped'}; "
                      f"CRIU's log: {log}")
+        meta = {"ctid": ctid, "criu": criu.version, "ttys": ttys, "dev_dirs": dev_dirs,
+                "systemd": systemd, "cgroups": cg_tree, "cgroup_procs": cg_procs,
+                "ve_idmap": cfg.get("VE_IDMAP") or "",
+                "ip_address": cfg.get("IP_ADDRESS") or ""}
         try:
-            dumpfile.pack(work, dump, {"ctid": ctid, "criu": criu.version, "ttys": ttys,
-                                       "dev_dirs": dev_dirs, "systemd": systemd,
-                                       "cgroups": cg_tree, "cgroup_procs": cg_procs,
-                                       "ve_idmap": cfg.get("VE_IDMAP") or "",
-                                       "ip_address": cfg.get("IP_ADDRESS") or ""})
+            if as_dir:
+                dumpfile.seal_dir(work, meta)
+                shutil.rmtree(dump, ignore_errors=True)
+                os.replace(work, dump)
+            else:
+                dumpfile.pack(work, dump, meta)
         except OSError as exc:
             raise ChkpntError(f"VE {ctid}: cannot write the dump file {dump}: "
                               f"{exc.strerror}",
@@ -245,7 +250,7 @@ def restore(rt: Runtime, ctid: int, dump: Path | None = None) -> int:
         if state.running_pid(rt.paths.pidfile(ctid)) is not None:
             raise VeRunningError(f"VE {ctid} is already running",
                                  hint=f"stop it first: vzctl stop {ctid}")
-        if not dump.is_file():
+        if not dump.is_file() and not dump.is_dir():
             raise RestoreError(f"VE {ctid}: no dump file {dump}",
                                hint=f"take one with vzctl chkpnt {ctid}, or name it with "
                                     "--dumpfile")
@@ -263,9 +268,16 @@ def restore(rt: Runtime, ctid: int, dump: Path | None = None) -> int:
                                f"{cfg.get('VE_IDMAP')!r}: its files would not match",
                                hint="restore it where its id range is the same")
         criu = criu_mod.find(RestoreError)
-        work = _work(rt, ctid, "restore")
+        in_place = dump.is_dir()
+        work = dump if in_place else _work(rt, ctid, "restore")
         try:
-            dumpfile.extract(dump, work)   # refuses a changed dump: nothing touched yet
+            if in_place:                   # refuses a changed dump: nothing touched yet
+                for name in ("restore.log", "init.pid"):
+                    (dump / name).unlink(missing_ok=True)
+                dumpfile.check_dir(dump)
+                dump.chmod(0o711)
+            else:
+                dumpfile.extract(dump, work)
             rt.cleanup(ctid)               # whatever a crashed VE left behind
             try:
                 extra = _DevExtra([str(t) for t in head.get("ttys") or []],
@@ -280,7 +292,8 @@ def restore(rt: Runtime, ctid: int, dump: Path | None = None) -> int:
                 rt.cleanup(ctid)
                 raise
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            if not in_place:
+                shutil.rmtree(work, ignore_errors=True)
 
 
 def _restore(rt: Runtime, ctid: int, cfg: Any, criu: criu_mod.Criu, work: Path,

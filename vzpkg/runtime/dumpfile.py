@@ -1,5 +1,7 @@
 """A VE's dump file: CRIU's images in one tar file, with a manifest that names the
-sha256 and size of every image.
+sha256 and size of every image.  (Or a dump directory: the same images and
+``manifest.json`` side by side, which a migration copies and restores without
+packing and unpacking them.)
 
 ``manifest.json`` is the first member; every other member is a regular file with a
 plain name (no directories, links or devices) that the manifest lists.  Reading a
@@ -36,15 +38,53 @@ def _hash(path: Path) -> tuple[int, str]:
     return size, h.hexdigest()
 
 
+def _manifest(images: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    files = {}
+    for p in sorted(images.iterdir()):
+        if p.is_file() and not p.is_symlink() and p.name != MANIFEST:
+            size, digest = _hash(p)
+            files[p.name] = {"size": size, "sha256": digest}
+    return {"format": FORMAT, "created": int(time.time()), **meta, "files": files}
+
+
+def seal_dir(images: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """Write ``manifest.json`` into the image directory *images* (a dump directory)."""
+    manifest = _manifest(images, meta)
+    tmp = images / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    tmp.chmod(0o600)
+    os.replace(tmp, images / MANIFEST)
+    return manifest
+
+
+_OURS = {"restore.log", "init.pid"}     # what a restore writes beside the images
+
+
+def check_dir(dump: Path) -> dict[str, Any]:
+    """The manifest of the dump directory *dump*, once every image in it matches
+    it; RestoreError if one is missing, extra, changed or cut short."""
+    data = read_manifest(dump)
+    files: dict[str, Any] = data["files"]
+    for p in dump.iterdir():
+        if p.name == MANIFEST or p.name in _OURS:
+            continue
+        if p.name not in files or p.is_symlink() or not p.is_file():
+            raise _bad(dump, f"{p.name!r} is not one of its images")
+    for name, want in files.items():
+        p = dump / name
+        if not p.is_file() or p.is_symlink():
+            raise _bad(dump, f"image {name} is missing")
+        size, digest = _hash(p)
+        if size != want.get("size") or digest != want.get("sha256"):
+            raise _bad(dump, f"image {name} does not match its sha256 in the manifest")
+    return data
+
+
 def pack(images: Path, out: Path, meta: dict[str, Any]) -> dict[str, Any]:
     """Write the images in directory *images* to the dump file *out* (through a
     temporary name, fsynced, then renamed); the manifest it wrote."""
-    files = {}
-    for p in sorted(images.iterdir()):
-        if p.is_file() and not p.is_symlink():
-            size, digest = _hash(p)
-            files[p.name] = {"size": size, "sha256": digest}
-    manifest = {"format": FORMAT, "created": int(time.time()), **meta, "files": files}
+    manifest = _manifest(images, meta)
+    files = manifest["files"]
     raw = json.dumps(manifest, indent=1, sort_keys=True).encode()
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.unlink(missing_ok=True)
@@ -76,6 +116,14 @@ def _bad(dump: Path, why: str) -> RestoreError:
 
 def read_manifest(dump: Path) -> dict[str, Any]:
     """The manifest of *dump*, without checking the images."""
+    if dump.is_dir():
+        try:
+            data: dict[str, Any] = json.loads((dump / MANIFEST).read_text())
+        except (OSError, ValueError) as exc:
+            raise _bad(dump, f"no readable {MANIFEST} ({exc})") from None
+        if data.get("format") != FORMAT or not isinstance(data.get("files"), dict):
+            raise _bad(dump, f"its manifest is not a format {FORMAT} vzpkg dump manifest")
+        return data
     try:
         with tarfile.open(dump, mode="r|") as tar:
             first = tar.next()
@@ -83,7 +131,7 @@ def read_manifest(dump: Path) -> dict[str, Any]:
                 raise _bad(dump, f"its first member is not {MANIFEST}")
             f = tar.extractfile(first)
             assert f is not None
-            data: dict[str, Any] = json.loads(f.read(1 << 22))
+            data = json.loads(f.read(1 << 22))
     except (tarfile.TarError, OSError, ValueError, EOFError) as exc:
         raise _bad(dump, str(exc)) from None
     if data.get("format") != FORMAT or not isinstance(data.get("files"), dict):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import shutil
 import subprocess
 import tempfile
 import time
@@ -52,7 +53,9 @@ class Remote:
     def ssh_argv(self) -> list[str]:
         share = (["-o", "ControlMaster=auto", "-o", f"ControlPath={self.control}",
                   "-o", "ControlPersist=30"] if self.control else [])
-        return ["ssh", "-o", "BatchMode=yes", *share, *self.ssh]
+        # AES-GCM: the CPU's AES instructions carry the dump (unless -c was given)
+        cipher = [] if "-c" in self.ssh else ["-c", "aes128-gcm@openssh.com"]
+        return ["ssh", "-o", "BatchMode=yes", *share, *cipher, *self.ssh]
 
     def close(self) -> None:
         if self.control and os.path.exists(self.control):
@@ -180,15 +183,17 @@ def _migrate(rt: Runtime, remote: Remote, ctid: int, *, online: bool,
                                               ("private", "etc/vz/conf", "dump")))
     say("Copying the private area (first pass) ...")
     rep.timed("rsync1", lambda: remote.rsync(f"{rt.paths.private(ctid)}/", f"{priv}/"))
-    dump = chkpnt.default_dumpfile(rt, ctid)
-    rdump = f"{base}/dump/Dump.{ctid}"
+    # a dump directory: copied and restored as CRIU wrote it, never packed
+    dump = chkpnt.default_dumpfile(rt, ctid).with_name(f"Dump.{ctid}.d")
+    rdump = f"{base}/dump/Dump.{ctid}.d"
     conf_sent = False
     stopped_here = False
     t_freeze = time.monotonic()
     try:
         if online:
             say(f"Checkpointing VE {ctid} ...")
-            rep.timed("chkpnt", lambda: chkpnt.chkpnt(rt, ctid, dump, tidy=False))
+            rep.timed("chkpnt", lambda: chkpnt.chkpnt(rt, ctid, dump, tidy=False,
+                                                             as_dir=True))
         elif running:
             say(f"Stopping VE {ctid} ...")
             rep.timed("stop", lambda: rt.stop(ctid))
@@ -197,7 +202,7 @@ def _migrate(rt: Runtime, remote: Remote, ctid: int, *, online: bool,
             + " ...")
         rep.timed("rsync2", lambda: _both(
             lambda: remote.rsync(f"{rt.paths.private(ctid)}/", f"{priv}/", delete=True),
-            (lambda: remote.rsync(str(dump), rdump)) if online else None))
+            (lambda: remote.rsync(f"{dump}/", f"{rdump}/")) if online else None))
         conf = rt.paths.root / "dump" / f".{ctid}.conf.migrate"
         conf.write_text(_conf_for(rt, ctid, remote))
         try:
@@ -226,9 +231,9 @@ def _migrate(rt: Runtime, remote: Remote, ctid: int, *, online: bool,
         raise
     say(f"Removing VE {ctid} here ...")
     rt.destroy(ctid, stop=False)
-    dump.unlink(missing_ok=True)
+    shutil.rmtree(dump, ignore_errors=True)
     with contextlib.suppress(MigrateError):
-        remote.shell(f"rm -f {shlex.quote(rdump)}")
+        remote.shell(f"rm -rf {shlex.quote(rdump)}")
     return rep
 
 
@@ -240,12 +245,12 @@ def _undo(rt: Runtime, remote: Remote, ctid: int, *, online: bool, stopped_here:
         if " running" in st.stdout:
             remote.run(["stop", str(ctid), "--fast"], check=False)
     if stopped_here and state.running_pid(rt.paths.pidfile(ctid)) is None:
-        if online and dump.is_file():
+        if online and dump.is_dir():
             chkpnt.restore(rt, ctid, dump)
         else:
             rt.start(ctid)
     if online:
-        dump.unlink(missing_ok=True)
+        shutil.rmtree(dump, ignore_errors=True)
     if keep_dst:
         return
     with contextlib.suppress(Exception):
