@@ -136,6 +136,28 @@ def test_a_changed_or_truncated_dump_is_refused_and_nothing_changes(
     vzctl_cli(rt, "stop", str(CTID), "--fast")
 
 
+def test_a_changed_dump_directory_is_refused(rt: Runtime, tmp_path: Path) -> None:
+    """The form vzmigrate copies: CRIU's images beside the manifest, checked in place."""
+    from vzpkg.runtime import chkpnt
+    start_counter(rt, CTID)
+    d = tmp_path / "Dump.d"
+    chkpnt.chkpnt(rt, CTID, d, as_dir=True)
+    page = next(p for p in sorted(d.glob("pages-*.img")) if p.stat().st_size)
+    good = page.read_bytes()
+    page.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    res = vzctl_cli(rt, "restore", str(CTID), "--dumpfile", str(d))
+    assert res.returncode == 17 and "sha256" in res.stderr, res.stderr
+    page.write_bytes(good)
+    (d / "extra.img").write_bytes(b"x")
+    res = vzctl_cli(rt, "restore", str(CTID), "--dumpfile", str(d))
+    assert res.returncode == 17 and "extra.img" in res.stderr, res.stderr
+    assert not rt.state(CTID).running and not rt.state(CTID).mounted
+    (d / "extra.img").unlink()
+    res = vzctl_cli(rt, "restore", str(CTID), "--dumpfile", str(d))
+    assert res.returncode == 0, res.stderr
+    vzctl_cli(rt, "stop", str(CTID), "--fast")
+
+
 def test_without_a_working_criu_chkpnt_says_what_is_missing(rt: Runtime) -> None:
     start_counter(rt, CTID)
     env_bad = {"CRIU": "/nonexistent/criu"}
