@@ -12,6 +12,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 # vzerror.h of OpenVZ's vzctl: name -> value, for the errors vzctl here raises
 VZERROR_H = {"VZ_COMMAND_EXECUTION_ERROR": 8, "VZ_LOCKED": 9, "VZ_NOVECONFIG": 14,
+             "VZ_CHKPNT_ERROR": 16, "VZ_RESTORE_ERROR": 17,
              "VZ_VE_NOT_RUNNING": 31, "VZ_VE_RUNNING": 32, "VZ_FS_PRVT_AREA_EXIST": 44,
              "VZ_CHANGEPASS": 74, "VZ_IP_INUSE": 78, "VZ_INVALID_CONFIG": 85,
              "VZ_OSTEMPLATE_NOT_FOUND": 91, "VZ_SET_NAME_ERROR": 131}

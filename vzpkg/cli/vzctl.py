@@ -137,6 +137,26 @@ def cmd_restart(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_chkpnt(args: argparse.Namespace) -> int:
+    from vzpkg.runtime import chkpnt
+    rt = _rt(args)
+    _say(args, f"Setting up checkpoint of VE {args.ctid} ...")
+    dump, frozen = chkpnt.chkpnt(rt, args.ctid, Path(args.dumpfile) if args.dumpfile else None)
+    _say(args, f"Checkpointing completed successfully: VE {args.ctid} is stopped, its "
+               f"state is in {dump} (dumped in {frozen:.2f} s)")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from vzpkg.runtime import chkpnt
+    rt = _rt(args)
+    _say(args, f"Restoring VE {args.ctid} ...")
+    pid = chkpnt.restore(rt, args.ctid, Path(args.dumpfile) if args.dumpfile else None)
+    _say(args, f"Restoring completed successfully: VE {args.ctid} runs again "
+               f"(init pid {pid} on the host)")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     print(_rt(args).state(args.ctid).line())
     return 0
@@ -315,6 +335,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, metavar="SEC",
                    help="wait this long for init (default: VE_STOP_TIMEOUT in vz.conf)")
     cmd("restart", cmd_restart, "stop (if running) and start a VE")
+    for name, func, what in (
+            ("chkpnt", cmd_chkpnt, "checkpoint a running VE: freeze it, save its whole "
+                                   "state (processes, memory, files, TCP connections, "
+                                   "addresses) to the dump file, stop it (exit 16 on "
+                                   "failure)"),
+            ("suspend", cmd_chkpnt, "the same as chkpnt"),
+            ("restore", cmd_restore, "bring a VE back from its dump file; the dump is "
+                                     "checked first and a changed or truncated one is "
+                                     "refused (exit 17 on failure)"),
+            ("resume", cmd_restore, "the same as restore")):
+        ck = cmd(name, func, what)
+        ck.add_argument("--dumpfile", metavar="FILE",
+                        help="where the state goes / comes from (default: DUMPDIR of "
+                             "vz.conf, else $VZ_ROOT/dump, /Dump.CTID)")
     cmd("status", cmd_status, "print: CTID N exist|deleted mounted|unmounted running|down")
     for name, what in (("exec", "run a command line in a VE through /bin/sh -c ('-': "
                                 "read it from stdin); exit status is the command's"),

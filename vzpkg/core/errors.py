@@ -133,6 +133,18 @@ class ExecError(VeError):
     exit_code = 8
 
 
+class ChkpntError(VeError):
+    """A checkpoint failed or cannot be taken (VZ_CHKPNT_ERROR)."""
+
+    exit_code = 16
+
+
+class RestoreError(VeError):
+    """A restore failed or cannot be done (VZ_RESTORE_ERROR)."""
+
+    exit_code = 17
+
+
 class VeLockedError(VeError):
     """Another vzctl holds the VE's lock (VZ_LOCKED)."""
 

@@ -80,6 +80,14 @@ def _fork_into(pidns: int) -> int:
         os.close(own)
 
 
+def _same_ns(pid: int, name: str) -> bool:
+    """Whether *pid* is in this process's namespace *name* (nothing to join)."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/{name}").st_ino == os.stat(f"/proc/self/ns/{name}").st_ino
+    except OSError:
+        return False
+
+
 def spawn(spec: JoinSpec) -> Joined:
     """Start *spec.argv* in the VE; the host pid to :func:`wait` for."""
     fds: list[int] = []
@@ -87,6 +95,8 @@ def spawn(spec: JoinSpec) -> Joined:
         pidns = os.open(f"/proc/{spec.pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         fds.append(pidns)
         for name in ("user", *_NSES) if spec.userns else _NSES:
+            if name == "cgroup" and _same_ns(spec.pid, name):
+                continue    # a restored VE shares the host's cgroup namespace (CRIU)
             fds.append(os.open(f"/proc/{spec.pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC))
     except OSError as exc:
         for fd in fds:

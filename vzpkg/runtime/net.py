@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import os
+import socket
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,6 +35,11 @@ if TYPE_CHECKING:
 GW4 = "169.254.0.1"
 GW6 = "fe80::1"
 VE_IF = "eth0"
+# the VE's end of its veth pair is this interface number in the VE: never one the
+# host's own interfaces have (CRIU re-creates the pair from the host's network
+# namespace, and a link the host already has under that number is "changed"
+# instead, which a veth refuses: the restore failed with EOPNOTSUPP for eth0 = 2)
+VE_IFINDEX = 0x7FFF0000
 
 Addr = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -181,8 +186,15 @@ def _failed(exc: OSError) -> VeError:
 
 
 def link_exists(name: str) -> bool:
-    """Whether the host has interface *name* (in the caller's network namespace)."""
-    return os.path.exists(f"/sys/class/net/{name}")
+    """Whether the host has interface *name* in the caller's network namespace (asked
+    of the kernel: /sys shows the namespace it was mounted in, which a vzctl run in
+    another network namespace, as the second host of the migration tests, does not
+    share)."""
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True
 
 
 def _host_end_sysctls(hif: str) -> None:
@@ -226,13 +238,8 @@ def setup(hif: str, pid: int, addrs: Iterable[Addr]) -> None:
             netfilter.allow(hif, addrs)
             try:
                 with rtnl.Link() as host:
-                    host.add_veth(hif, VE_IF, pid)
-                    hidx = host.index(hif)
-                    host.add_addr(hidx, ipaddress.ip_interface(f"{GW4}/32"))
-                    host.add_addr(hidx, ipaddress.ip_interface(f"{GW6}/64"), nodad=True)
-                    host.up(hidx)
-                    for a in addrs:
-                        host.replace_host_route(a.ip, hidx)
+                    host.add_veth(hif, VE_IF, pid, VE_IFINDEX)
+                    _host_end(host, hif, addrs)
                 # the host end's sysctls are set before the VE runs at all (its init
                 # waits until this returns), so nothing can pass the pair before them
                 _host_end_sysctls(hif)
@@ -292,6 +299,36 @@ def delete(hif: str, pid: int, addrs: Iterable[Addr]) -> None:
         for a in addrs:
             with contextlib.suppress(OSError):
                 ve.delete_addr(vidx, a)
+
+
+def _host_end(host: rtnl.Link, hif: str, addrs: Iterable[Addr]) -> None:
+    """The host end *hif*: the gateway addresses, up, a host route per VE address."""
+    hidx = host.index(hif)
+    host.add_addr(hidx, ipaddress.ip_interface(f"{GW4}/32"))
+    host.add_addr(hidx, ipaddress.ip_interface(f"{GW6}/64"), nodad=True)
+    host.up(hidx)
+    for a in addrs:
+        host.replace_host_route(a.ip, hidx)
+
+
+def attach_restored(hif: str, addrs: Iterable[Addr]) -> None:
+    """The host end of a VE that CRIU restored: the pair exists (CRIU made it, the
+    host end down and bare, so nothing passes yet); the filter, the gateway
+    addresses, the routes and the sysctls are set as :func:`setup` sets them, and
+    only then does the link come up.  On failure the pair is removed."""
+    addrs = list(addrs)
+    try:
+        _claimed(addrs, hif)
+        netfilter.allow(hif, addrs)
+        try:
+            _host_end_sysctls(hif)
+            with rtnl.Link() as host:
+                _host_end(host, hif, addrs)
+        except BaseException:
+            teardown(hif)
+            raise
+    except OSError as exc:
+        raise _failed(exc) from None
 
 
 def teardown(hif: str) -> None:

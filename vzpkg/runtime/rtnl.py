@@ -120,13 +120,17 @@ class Link:
                 off += max(size + (-size % 4), 16)
 
     # -- links -------------------------------------------------------------------
-    def add_veth(self, name: str, peer: str, peer_netns_pid: int) -> None:
-        """A veth pair: *name* here, *peer* made straight in *peer_netns_pid*'s network."""
-        peer_msg = (_ifinfo() + _attr(IFLA_IFNAME, peer.encode() + b"\0")
-                    + _attr(IFLA_NET_NS_PID, struct.pack("=I", peer_netns_pid)))
+    def add_veth(self, name: str, peer: str, peer_netns_pid: int, peer_index: int = 0) -> None:
+        """A veth pair: *name* here, *peer* made straight in *peer_netns_pid*'s network
+        (as interface number *peer_index* there, when given).  The request makes *peer*
+        and names *name* its peer: the kernel takes a given number only for the end
+        the request makes."""
+        here = _ifinfo() + _attr(IFLA_IFNAME, name.encode() + b"\0")
         info = (_attr(IFLA_INFO_KIND, b"veth\0")
-                + _attr(IFLA_INFO_DATA, _attr(VETH_INFO_PEER, peer_msg)))
-        body = _ifinfo() + _attr(IFLA_IFNAME, name.encode() + b"\0") + _attr(IFLA_LINKINFO, info)
+                + _attr(IFLA_INFO_DATA, _attr(VETH_INFO_PEER, here)))
+        body = (_ifinfo(peer_index) + _attr(IFLA_IFNAME, peer.encode() + b"\0")
+                + _attr(IFLA_NET_NS_PID, struct.pack("=I", peer_netns_pid))
+                + _attr(IFLA_LINKINFO, info))
         self._request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, f"link add {name}")
 
     def delete_link(self, name: str) -> None:

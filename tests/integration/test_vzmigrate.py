@@ -1,0 +1,126 @@
+"""vzmigrate between two hosts on this machine: the second one is a VZ_ROOT of its own
+in a network namespace of its own, reached over a real ssh connection."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_ve_chkpnt import Client, _criu_or_skip, start_counter
+from tests.migrate_helpers import HOST_IP, SecondHost, second_host, vzctl_command
+from tests.runtime_helpers import destroy_all, runtime_for, vzctl_cli
+from vzpkg.runtime.ve import Runtime
+
+pytestmark = [pytest.mark.root,
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
+
+CTID = 1552
+IP = "10.215.0.52"
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runtime, SecondHost]]:
+    _criu_or_skip()
+    for tool in ("sshd", "rsync", "ssh"):
+        if not any(Path(d, tool).exists() for d in ("/usr/sbin", "/usr/bin")):
+            pytest.skip(f"{tool} is not installed (tools/install-system-deps installs it)")
+    base = tmp_path_factory.mktemp("migrate")
+    rt = runtime_for(base)
+    with second_host(base) as h2:
+        yield rt, h2
+        subprocess.run(h2.vzctl_argv("destroy", str(CTID), "--force"), capture_output=True,
+                       check=False)
+    destroy_all(rt)
+
+
+def vzmigrate(rt: Runtime, h2: SecondHost, *args: str,
+              remote_vzctl: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "VZ_ROOT": str(rt.paths.root)}
+    return subprocess.run([sys.executable, "-P", "-m", "vzpkg.cli.vzmigrate",
+                           "--ssh", " ".join(h2.ssh_opts), "--remote-vzroot", str(h2.vzroot),
+                           "--remote-vzctl", remote_vzctl or h2.vzctl, *args],
+                          env=env, capture_output=True, text=True, check=False, timeout=300)
+
+
+def remote_status(h2: SecondHost, ctid: int) -> str:
+    return subprocess.run(h2.vzctl_argv("status", str(ctid)), capture_output=True,
+                          text=True, check=False).stdout.strip()
+
+
+def test_online_migration_keeps_processes_connection_and_address(
+        hosts: tuple[Runtime, SecondHost]) -> None:
+    rt, h2 = hosts
+    rt.create(CTID, "busybox-1", ipadd=[IP])
+    start_counter(rt, CTID)
+    c = Client(IP, source=HOST_IP)
+    try:
+        assert [c.ask(), c.ask()] == [1, 2]
+        # a destination whose vzctl cannot restore (no CRIU there): the VE runs here
+        # again, same processes, same connection; the destination keeps nothing
+        bad = f"env CRIU=/nonexistent/criu {vzctl_command()}"
+        r = vzmigrate(rt, h2, "--online", h2.dest, str(CTID), remote_vzctl=bad)
+        assert r.returncode != 0 and "migration" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+        assert rt.state(CTID).running
+        assert c.ask() == 3
+        assert remote_status(h2, CTID).endswith("deleted unmounted down")
+        assert not (h2.vzroot / "private" / str(CTID)).exists()
+
+        r = vzmigrate(rt, h2, "--online", "--json", h2.dest, str(CTID))
+        assert r.returncode == 0, r.stderr
+        assert remote_status(h2, CTID) == f"CTID {CTID} exist mounted running"
+        assert not rt.paths.conf(CTID).exists()
+        assert not rt.paths.private(CTID).exists()
+        h2.route_to(IP)                    # the address now lives over there
+        assert c.ask() == 4                # same connection, same process
+        # the VE has its address at the destination
+        out = subprocess.run(h2.vzctl_argv("exec", str(CTID), "ip -4 addr show eth0"),
+                             capture_output=True, text=True, check=False).stdout
+        assert IP in out
+    finally:
+        c.close()
+
+
+def test_migrating_to_a_host_that_has_the_ctid_is_refused(
+        hosts: tuple[Runtime, SecondHost]) -> None:
+    rt, h2 = hosts
+    if not rt.paths.conf(CTID).exists():
+        rt.create(CTID, "busybox-1")
+    if remote_status(h2, CTID).split()[2] != "exist":
+        r = subprocess.run(h2.vzctl_argv("create", str(CTID), "--ostemplate", "busybox-1"),
+                           capture_output=True, text=True, check=False,
+                           env={**os.environ})
+        if r.returncode != 0:   # the second host has no cache: give it the VE's files
+            r2 = vzmigrate(rt, h2, h2.dest, str(CTID))
+            assert r2.returncode == 0, r2.stderr
+            rt.create(CTID, "busybox-1")
+    r = vzmigrate(rt, h2, h2.dest, str(CTID))
+    assert r.returncode == 44, r.stderr
+    assert "already exists" in r.stderr
+    assert rt.paths.conf(CTID).exists() and rt.paths.private(CTID).exists()
+    vzctl_cli(rt, "destroy", str(CTID))
+
+
+def test_offline_migration_moves_a_running_ve_and_starts_it_there(
+        hosts: tuple[Runtime, SecondHost]) -> None:
+    rt, h2 = hosts
+    ctid = CTID + 1
+    rt.create(ctid, "busybox-1", ipadd=["10.215.0.54"])
+    (rt.paths.private(ctid) / "root" / "marker").write_text("moved\n")
+    assert vzctl_cli(rt, "start", str(ctid)).returncode == 0
+    try:
+        r = vzmigrate(rt, h2, h2.dest, str(ctid))
+        assert r.returncode == 0, r.stderr
+        assert remote_status(h2, ctid) == f"CTID {ctid} exist mounted running"
+        assert not rt.paths.conf(ctid).exists()
+        conf = (h2.vzroot / "etc" / "vz" / "conf" / f"{ctid}.conf").read_text()
+        assert f'VE_PRIVATE="{h2.vzroot}/private/{ctid}"' in conf
+        assert (h2.vzroot / "private" / str(ctid) / "root" / "marker").read_text() == "moved\n"
+    finally:
+        subprocess.run(h2.vzctl_argv("destroy", str(ctid), "--force"), capture_output=True,
+                       check=False)
