@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,8 +101,12 @@ def test_check_updates_shows_the_pending_update(setup: dict[str, Any]) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     assert results(r)[16103]["updates"] == []
     moving: Path = setup["moving"]
+    # the repository moves on: now it is v2 (a fresh copy: its files are newer)
+    newer = moving.with_name(moving.name + "-v2")
+    shutil.rmtree(newer, ignore_errors=True)
+    shutil.copytree(moving.with_name("v2"), newer, copy_function=shutil.copy)
     moving.unlink()
-    moving.symlink_to("v2")                        # the repository moves on
+    moving.symlink_to(newer.name)
     try:
         r = vzpkg(setup, "check-updates", "16103", "--json")
         assert r.returncode == 0, r.stdout + r.stderr
@@ -117,6 +122,7 @@ def test_check_updates_shows_the_pending_update(setup: dict[str, Any]) -> None:
     finally:
         moving.unlink()
         moving.symlink_to("good")
+        shutil.rmtree(newer, ignore_errors=True)
 
 
 def test_a_held_rpm_lock_is_reported_and_nothing_changes(setup: dict[str, Any]) -> None:
