@@ -24,6 +24,7 @@ from tests.runtime_helpers import (
     sh,
     vzctl_cli,
 )
+from vzpkg.runtime import vset
 from vzpkg.runtime.paths import VzPaths
 from vzpkg.runtime.ve import Runtime
 
@@ -75,7 +76,11 @@ def results(r: subprocess.CompletedProcess[str]) -> dict[int, dict[str, Any]]:
 
 def dpkg_state(rt: Runtime, ctid: int) -> tuple[str, str]:
     """What changes when a package is installed: dpkg's status, apt's lists."""
-    code, out = sh(rt, ctid, "cat /var/lib/dpkg/status | md5sum; ls /var/lib/apt/lists")
+    what = "md5sum </var/lib/dpkg/status; ls -l /var/lib/apt/lists"
+    if rt.state(ctid).running:
+        code, out = sh(rt, ctid, what)
+    else:
+        code, out = vset.run_stopped(rt, ctid, ["/bin/sh", "-c", what], b"")
     assert code == 0, out
     return out.split("\n", 1)[0], out
 
@@ -147,8 +152,8 @@ def test_failures_are_per_ve_and_change_nothing(env: dict[str, Any]) -> None:
     start(rt, locked)
     # dpkg's lock held by a process in the VE (dpkg and apt use fcntl locks)
     code, out = sh(rt, locked, "perl -e 'use Fcntl; open(F, \">>\", "
-                   "\"/var/lib/dpkg/lock-frontend\") or die; fcntl(F, F_SETLK, "
-                   "pack(\"ssx4qqix4\", F_WRLCK, 0, 0, 0, 0)) or die; sleep 120' "
+                   "\"/var/lib/dpkg/lock-frontend\") or die; my $l = pack(\"ssx4qqix4\", "
+                   "F_WRLCK, 0, 0, 0, 0); fcntl(F, F_SETLK, $l) or die; sleep 120' "
                    "</dev/null >/dev/null 2>&1 &")
     assert code == 0, out
     before = {c: dpkg_state(rt, c) for c in (nokeys, locked)}
@@ -160,7 +165,7 @@ def test_failures_are_per_ve_and_change_nothing(env: dict[str, Any]) -> None:
         assert res[good]["ok"]
         assert res[nokeys]["kind"] == "signature", res[nokeys]
         assert res[locked]["kind"] == "locked", res[locked]
-        assert "lock-frontend" in res[locked]["error"]
+        assert "lock-frontend (held by process" in res[locked]["error"], res[locked]
         assert res[busy]["kind"] == "no-package-manager", res[busy]
         assert res[ploop]["kind"] == "unusable-ve", res[ploop]
         for c in (nokeys, locked):

@@ -192,7 +192,8 @@ def classify(code: int, text: str) -> tuple[str, str]:
     if code == NO_MANAGER:
         return ("no-package-manager", "the VE has no package manager (no apt-get, dnf or "
                 "rpm database): software in it cannot be managed with vzpkg")
-    m = re.search(r"Could not get lock (\S+)(?:\. It is held by process (\d+)[^\n]*)?", text)
+    m = re.search(r"Could not get lock (/\S+?)\.?(?:\s|$)(?:It is held by process (\d+))?",
+                  text)
     if m:
         who = f" (held by process {m[2]} in the VE)" if m[2] else ""
         return ("locked", f"the package database is locked: {m[1]}{who}; another "
