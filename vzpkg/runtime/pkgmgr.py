@@ -98,10 +98,15 @@ if [ $pm = apt ]; then
     mv "$T" /var/lib/apt/lists && rm -rf /var/lib/apt/lists.old
     mkdir -p /var/lib/apt/lists/partial
   }
-  pending() { apt-get "$@" -s upgrade | sed -n 's/^Inst \([^ ]*\) \[\([^]]*\)\] (\([^ ]*\) \(.*\))$/UPDATE \1 \2 \3 \4/p'; }
+  pending() {
+    apt-get "$@" -s upgrade |
+      sed -n 's/^Inst \([^ ]*\) \[\([^]]*\)\] (\([^ ]*\) \(.*\))$/UPDATE \1 \2 \3 \4/p'
+  }
   case $op in
   list) dpkg-query -W -f='PKG ${db:Status-Abbrev} ${Package} ${Version} ${Architecture}\n' ;;
-  info) fetch "$@"; for p in $pkgs; do apt-cache "$@" policy "$p"; apt-cache "$@" show "$p" || exit 100; done ;;
+  info)
+    fetch "$@"
+    for p in $pkgs; do apt-cache "$@" policy "$p"; apt-cache "$@" show "$p" || exit 100; done ;;
   check-updates) fetch "$@"; pending "$@" ;;
   install) fetch "$@"; apt-get "$@" $sim install $pkgs || exit 100; [ -n "$sim" ] || commit ;;
   remove) apt-get "$@" $sim remove $pkgs || exit 100 ;;
