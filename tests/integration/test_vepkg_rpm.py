@@ -38,16 +38,21 @@ def setup(rpm_dist: ServedDistribution, tmp_path_factory: pytest.TempPathFactory
     moving.unlink(missing_ok=True)
     moving.symlink_to("good")
     ws = rpm_dist.workspace(base / "ws", url=f"{rpm_dist.base_url}/{moving.name}/")
+    tpl = ws / "metadata/vztest.yaml"       # a set that adds a package to minimal
+    tpl.write_text(tpl.read_text().replace(
+        "sets:\n", "sets:\n  tools:\n    extends: minimal\n    packages: [vztest-weak]\n", 1))
     caches = base / "caches"
     (ws / "vzpkg.yaml").write_text(f"cache_dir: {caches}\n")
     r = run_cli("vzpkg", ["--workspace", ws, "build", NAME])
     assert r.returncode == 0, r.stderr
     rt = Runtime(VzPaths(base / "vz"), [caches])
     try:
-        yield {"rt": rt, "ws": ws, "caches": caches, "moving": moving}
+        yield {"rt": rt, "ws": ws, "caches": caches, "moving": moving, "cleanup": []}
     finally:
         destroy_all(rt)
         moving.unlink(missing_ok=True)
+        for d in moving.parent.glob(moving.name + "-*"):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def vzpkg(s: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
@@ -119,10 +124,8 @@ def test_check_updates_shows_the_pending_update(setup: dict[str, Any]) -> None:
         assert r.returncode == 0, r.stderr
         r = vzpkg(setup, "check-updates", "16103", "--json")
         assert results(r)[16103]["updates"] == []
-    finally:
-        moving.unlink()
-        moving.symlink_to("good")
-        shutil.rmtree(newer, ignore_errors=True)
+    finally:   # (the repository stays at v2: repositories never go back in time)
+        setup["cleanup"].append(newer)
 
 
 def test_a_held_rpm_lock_is_reported_and_nothing_changes(setup: dict[str, Any]) -> None:
@@ -148,3 +151,19 @@ def test_old_mode_ve_is_refused_for_the_hosts_dnf(setup: dict[str, Any]) -> None
     res = results(r)[16105]
     assert "VE_USERNS=no" in res["error"] or "old mode" in res["error"], res
     assert rpm_qa(setup, 16105) == before
+
+
+def test_a_template_set_adds_its_packages_and_dry_run_changes_nothing(
+        setup: dict[str, Any]) -> None:
+    rt: Runtime = setup["rt"]
+    rt.create(16106, NAME)
+    before = rpm_qa(setup, 16106)
+    r = vzpkg(setup, "install", "16106", "--set", "tools", "--dry-run", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert rpm_qa(setup, 16106) == before
+    r = vzpkg(setup, "install", "16106", "--set", "tools")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert set(rpm_qa(setup, 16106)) - set(before) == {"vztest-weak"}
+    r = vzpkg(setup, "install", "16106", "--set", "nosuch", "--json")
+    assert r.returncode == 1
+    assert results(r)[16106]["kind"] == "no-such-set"

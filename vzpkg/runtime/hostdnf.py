@@ -258,7 +258,13 @@ def _inside(job: dict[str, Any]) -> int:
         return _check_updates(job, env)
     code = 0
     for argv in dnf_argv(job):
-        code = subprocess.run(argv, env=env, check=False).returncode
+        if not job["dry_run"]:
+            code = subprocess.run(argv, env=env, check=False).returncode
+            continue
+        # --assumeno: dnf shows the transaction, then says it aborted (status 1)
+        r = subprocess.run(argv, env=env, check=False, capture_output=True, text=True)
+        print(r.stdout + r.stderr, end="", flush=True)
+        code = 0 if "Operation aborted" in r.stdout + r.stderr else r.returncode
     return code
 
 

@@ -127,6 +127,13 @@ if [ $pm = apt ]; then
 fi
 set -- -y -q --setopt=proxy="$proxy" --setopt=keepcache=0
 [ "$dry" = 1 ] && set -- "$@" --assumeno
+dnf() {   # --assumeno shows the transaction, then says it aborted (status 1)
+  if [ "$dry" != 1 ]; then command dnf "$@"; return; fi
+  out=$(command dnf "$@" 2>&1); rc=$?
+  printf '%s\n' "$out"
+  case $out in *"Operation aborted"*) return 0 ;; esac
+  return $rc
+}
 case $op in
 list) rpm -qa --qf 'PKG ii %{NAME} %{VERSION}-%{RELEASE} %{ARCH}\n' ;;
 info) dnf "$@" info $pkgs ;;
