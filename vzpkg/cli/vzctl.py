@@ -257,6 +257,7 @@ def cmd_runscript(args: argparse.Namespace) -> int:
             raise UsageError("expected CTID SCRIPT", hint="vzctl runscript 101 ./fix.sh, "
                                                           "or vzctl runscript --all ./fix.sh")
         ctids = [_ctid(words[0])]
+        rt.config(ctids[0])     # a VE that does not exist: exit status 14, as OpenVZ
         words = words[1:]
     if not words:
         raise UsageError("no SCRIPT given", hint="vzctl runscript CTID SCRIPT [ARG...]")
