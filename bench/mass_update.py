@@ -1,7 +1,7 @@
 """Installing the same packages into many VEs: vzpkg against apt in each VE alone.
 
     python bench/mass_update.py [--sizes 1,10,50] [--jobs 8] [--packages hello,tree,jq]
-                                [--cache-dir DIR] [--no-baseline]
+                                [--cache-dir DIR] [--no-baseline] [--baseline-sizes 1,10]
 
 For each N in --sizes, N overlay VEs of the builder's Debian cache (stopped: each
 is mounted for its command only) get --packages installed:
@@ -99,6 +99,8 @@ def main() -> None:
     ap.add_argument("--packages", default="hello,tree,jq")
     ap.add_argument("--cache-dir", type=Path)
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--baseline-sizes", default="1,10",
+                    help="run the baseline (one VE after the other) for these N only")
     args = ap.parse_args()
     if args.cache_dir:
         os.environ["VZPKG_CACHE_DIR"] = str(args.cache_dir)
@@ -110,8 +112,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="vzbench-mass-") as tmp:
         for n in sizes:
-            rows.append(one_size(n, cache, packages, args.jobs, not args.no_baseline,
-                                 Path(tmp)))
+            base = not args.no_baseline and str(n) in args.baseline_sizes.split(",")
+            rows.append(one_size(n, cache, packages, args.jobs, base, Path(tmp)))
     first = rows[0]
     for r in rows:
         r["time_vs_one_ve"] = round(r["vzpkg_seconds"] / first["vzpkg_seconds"], 2)

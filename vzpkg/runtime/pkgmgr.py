@@ -79,7 +79,8 @@ if [ $pm = apt ]; then
   trap 'rm -rf "$T" "$A"' EXIT
   set -- -q -o "Acquire::http::Proxy=$proxy" -o "Acquire::https::Proxy=$proxy" \
     -o "Dir::State::Lists=$T" -o "Dir::Cache::Archives=$A" \
-    -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache= \
+    -o "Dir::Cache::pkgcache=$A/pkgcache.bin" -o Dir::Cache::srcpkgcache= \
+    -o Acquire::CompressionTypes::Order::=gz \
     -o Acquire::Languages=none -o Dpkg::Use-Pty=0 -o APT::Get::Assume-Yes=true \
     -o Dpkg::Options::=--force-confold -o Dpkg::Options::=--force-confdef \
     -o APT::Install-Recommends=false -o DPkg::Lock::Timeout=0
