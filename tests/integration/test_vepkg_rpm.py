@@ -43,7 +43,7 @@ def setup(rpm_dist: ServedDistribution, tmp_path_factory: pytest.TempPathFactory
         "sets:\n", "sets:\n  tools:\n    extends: minimal\n    packages: [vztest-weak]\n", 1))
     caches = base / "caches"
     (ws / "vzpkg.yaml").write_text(f"cache_dir: {caches}\n")
-    r = run_cli("vzpkg", ["--workspace", ws, "build", NAME])
+    r = run_cli("vzpkg", ["--workspace", ws, "--cache-dir", caches, "build", NAME])
     assert r.returncode == 0, r.stderr
     rt = Runtime(VzPaths(base / "vz"), [caches])
     try:
@@ -56,7 +56,7 @@ def setup(rpm_dist: ServedDistribution, tmp_path_factory: pytest.TempPathFactory
 
 
 def vzpkg(s: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
-    return run_cli("vzpkg", ["--workspace", s["ws"], *args],
+    return run_cli("vzpkg", ["--workspace", s["ws"], "--cache-dir", s["caches"], *args],
                    env={"VZ_ROOT": str(s["rt"].paths.root)}, timeout=600)
 
 
