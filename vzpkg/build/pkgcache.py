@@ -139,6 +139,11 @@ class CachingProxy:
         self._indexes: dict[str, list[Path]] = {}
         self._pool_sha256: dict[str, dict[str, str]] = {}
         self._index_lock = threading.Lock()
+        # one download per file at a time: concurrent clients asking for the same
+        # file wait for the first one's download and are then served from the cache
+        self._inflight: dict[Path, threading.Lock] = {}
+        # one line per request, when set: "fetched|hit|missing|refused <url> <bytes>"
+        self.log: Callable[[str], None] | None = None
 
     # -- public -----------------------------------------------------------------
     def url_for(self, upstream: str) -> str:
@@ -151,6 +156,20 @@ class CachingProxy:
                 self._start_server()
         assert self._server is not None
         return f"http://127.0.0.1:{self._server.server_address[1]}/{key}"
+
+    def allow(self, upstream: str) -> None:
+        """Serve *upstream* to forward-proxy requests (``GET http://…``, as apt's
+        ``Acquire::http::Proxy`` and dnf's ``proxy`` send them) as well."""
+        self.upstreams[upstream_key(upstream)] = upstream.rstrip("/")
+
+    def port(self) -> int:
+        """The proxy's port on 127.0.0.1 (starting it)."""
+        assert self._entered, "proxy not started"
+        with self._lock:
+            if self._server is None:
+                self._start_server()
+        assert self._server is not None
+        return int(self._server.server_address[1])
 
     def fetch(self, upstream: str, path: str) -> Path | None:
         """Get one file through the cache (also used directly, e.g. InRelease)."""
@@ -226,12 +245,36 @@ class CachingProxy:
             raise UnsafePath(path)
         return local
 
+    def _note(self, what: str, key: str, path: str, size: int = 0) -> None:
+        if self.log is not None:
+            with self._lock:
+                self.log(f"{what} {self.upstreams.get(key, key)}/{path} {size}")
+
+    def _forward_target(self, url: str) -> list[str] | None:
+        """[key, path] for an absolute ``http://`` URL below an allowed upstream."""
+        best: tuple[str, str] | None = None
+        for key, up in self.upstreams.items():
+            if url.startswith(up + "/") and (best is None or len(up) > len(best[1])):
+                best = (key, up)
+        if best is None:
+            return None
+        return [best[0], url[len(best[1]) + 1:]]
+
     def _serve(self, h: http.server.BaseHTTPRequestHandler, *, body: bool) -> None:
         target = h.path.split("?", 1)[0]
-        if not target.startswith("/"):
+        if target.startswith("http://"):
+            # a forward-proxy request: only for the upstreams this host serves
+            found = self._forward_target(target)
+            if found is None:
+                self._note("refused", "-", target)
+                h.send_error(403, "not a repository this host's package cache serves")
+                return
+            parts = found
+        elif not target.startswith("/"):
             h.send_error(400)
             return
-        parts = target[1:].split("/", 1)
+        else:
+            parts = target[1:].split("/", 1)
         if len(parts) != 2 or parts[0] not in self.upstreams:
             h.send_error(404)
             return
@@ -253,6 +296,7 @@ class CachingProxy:
             h.send_error(502, str(exc)[:200])
             return
         if local is None:
+            self._note("missing", parts[0], parts[1])
             h.send_error(404)
             return
         if self.on_package is not None and parts[1].endswith(".deb"):
@@ -272,14 +316,22 @@ class CachingProxy:
     def _get(self, key: str, path: str) -> Path | None:
         local = self._local(key, path)
         with self._lock:
+            gate = self._inflight.setdefault(local, threading.Lock())
+        with gate:
+            return self._get_one(key, path, local)
+
+    def _get_one(self, key: str, path: str, local: Path) -> Path | None:
+        with self._lock:
             fresh = self._fresh.get(local)
         if fresh is not None:
             with self._lock:
                 self.stats.hits += 1
+            self._note("hit", key, path)
             return fresh
         if immutable(path) and local.is_file():
             with self._lock:
                 self.stats.hits += 1
+            self._note("hit", key, path)
             return local
         if self.offline:
             if local.is_file():
@@ -394,6 +446,7 @@ class CachingProxy:
         with self._lock:
             self.stats.downloaded_bytes += n
             self.stats.fetched.append(path)
+        self._note("fetched", key, path, n)
         return local
 
     def _indexed_sha256(self, key: str, path: str) -> str | None:

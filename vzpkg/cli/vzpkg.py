@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from vzpkg import __version__
-from vzpkg.cli import cmd_build, cmd_cache, cmd_meta, cmd_mirror
+from vzpkg.cli import cmd_build, cmd_cache, cmd_meta, cmd_mirror, cmd_ve
 from vzpkg.cli.common import Parser, run_console, run_main
 from vzpkg.core.settings_table import settings_help
 
@@ -18,6 +18,12 @@ examples:
   vzpkg build debian-12              build debian-12-<host arch>-minimal
   vzpkg verify debian-12-x86_64-minimal
   vzpkg import rootfs.tar.xz --name mydist-1-x86_64-minimal
+
+software in VEs (vzpkg install --help says more):
+  vzpkg install|remove|update|list|info|check-updates CTID... | --all
+                         [--jobs N] [--json] [--dry-run]
+  vzpkg update --all --security      only the pending security updates
+  vzpkg install 101 --set default    what the set 'default' adds to VE 101
 
 Cache names are <distribution>-<release>-<arch>-<set>; the short form
 <distribution>-<release> means the host's architecture and the set 'minimal'.
@@ -41,7 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_main("vzpkg", build_parser, argv)
+    import sys
+    words = list(sys.argv[1:] if argv is None else argv)
+    if cmd_ve.is_ve_command(words):     # software in VEs: vzpkg install 101 ...
+        return run_main("vzpkg", cmd_ve.build_parser, words)
+    return run_main("vzpkg", build_parser, words)
 
 
 def entry() -> NoReturn:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from vzpkg.core.errors import NameInUseError, PasswordError, UsageError, VeError
@@ -24,40 +24,52 @@ LIVE_DIST_KEYS = ("HOSTNAME", "IP_ADDRESS", "NAMESERVER", "SEARCHDOMAIN")
 def capture(rt: Runtime, ctid: int, spec_argv: Sequence[str], stdin: bytes) -> tuple[int, str]:
     """Run a command in a running VE with *stdin*; (status, combined output)."""
     pid = rt.init_pid(ctid)
-    r_in, w_in = os.pipe()
+    r_in = stdin_fd(stdin)
     out = os.memfd_create("vzctl-out")
     try:
-        os.write(w_in, stdin)
-        os.close(w_in)
         cg = rt.cgroups
         code = join.join(join.JoinSpec(pid=pid, argv=list(spec_argv), stdio=(r_in, out, out),
                                        attach=lambda p: cg.attach(str(ctid), p),
                                        userns=rt.userns(ctid)))
-        os.lseek(out, 0, os.SEEK_SET)
-        text = os.read(out, 1 << 20).decode(errors="replace")
+        text = read_all(out)
     finally:
         os.close(r_in)
         os.close(out)
     return code, text
 
 
-def run_stopped(rt: Runtime, ctid: int, argv: Sequence[str], stdin: bytes
-                ) -> tuple[int, str]:
+def stdin_fd(data: bytes) -> int:
+    """A descriptor to read *data* from (a memfd: no size limit, no writer to wait for)."""
+    fd = os.memfd_create("vzctl-in")
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def read_all(fd: int) -> str:
+    """Everything written to the memfd *fd*."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def run_stopped(rt: Runtime, ctid: int, argv: Sequence[str], stdin: bytes,
+                ready: Callable[[int], None] | None = None) -> tuple[int, str]:
     """Run *argv* on a stopped VE's files, as the VE would: pid 1 of its own
     namespaces (no network but loopback), in the VE's cgroup with its limits,
     confined (ns.run_command); (status, combined output).  Nothing it starts
-    outlives it."""
+    outlives it.  *ready(pid)*, if given, runs on the host before the command
+    starts, with its host pid (to reach into its namespaces)."""
     cfg = rt.config(ctid)
     was = layout.is_mounted(rt.paths.ve_root(ctid))
     ids = ids_of(cfg)
     root = layout.mount(rt.paths, ctid, layout_of(cfg), mount_ids_of(cfg))
     cg = rt.cgroups
-    r_in, w_in = os.pipe()
+    r_in, w_in = stdin_fd(stdin), -1
     out = os.memfd_create("vzctl-out")
     try:
-        os.write(w_in, stdin)
-        os.close(w_in)
-        w_in = -1
         cg.create(str(ctid))
         cg.apply(str(ctid), cfg.layered_on(rt.global_conf()))
         if ids is not None:
@@ -66,9 +78,8 @@ def run_stopped(rt: Runtime, ctid: int, argv: Sequence[str], stdin: bytes
                             argv=list(argv), stdio=(r_in, out, out),
                             enter_cgroup=lambda: cg.attach(str(ctid), 0), ids=ids,
                             stage=rt.stage(ctid) if ids else None)
-        code = ns.run_command(spec, lambda pid: None)
-        os.lseek(out, 0, os.SEEK_SET)
-        text = os.read(out, 1 << 20).decode(errors="replace")
+        code = ns.run_command(spec, ready or (lambda pid: None))
+        text = read_all(out)
     finally:
         for fd in (r_in, w_in, out):
             if fd >= 0:
