@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from vzpkg.core.settings import Settings
 
 PUBLISH_EPILOG = """\
+In CI, each build job keeps its cache directory as an artifact and one last job
+merges them into the tree with one signed index:
+  vzpkg publish /srv/mirror --merge job1/caches --merge job2/caches --sign KEYID
+(see 'vzpkg matrix' and examples/ci/).
 The tree holds index.json (+ .asc) and caches/<name>/<serial>/ with the
 tarball, its manifest and its detached signature; serve it with any static
 web server.  The signing key comes from --sign or signing.key in vzpkg.yaml,
@@ -56,7 +60,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
                          hint="pass --gnupghome DIR with the keyring holding the signing key")
     with Keyring(home) as keyring:
         report = publish(CacheStore(settings.cache_dir), Path(args.dest), args.names,
-                         keyring=keyring, keyid=keyid, keep=args.keep)
+                         keyring=keyring, keyid=keyid, keep=args.keep,
+                         merge=[Path(d) for d in args.merge])
     if args.json:
         emit_json({"dest": str(report.dest), "index_written": report.index_written,
                    "pruned": list(report.pruned),
@@ -114,6 +119,11 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--gnupghome", metavar="DIR", help="GnuPG home with the secret key")
     p.add_argument("--keep", metavar="N", type=int,
                    help="keep only the N newest serials of each cache in the tree")
+    p.add_argument("--merge", metavar="DIR", action="append", default=[],
+                   help="publish the caches of DIR instead of the cache directory: the "
+                        "cache directory (or published tree) of one CI build job; "
+                        "repeat for each job.  Nothing is rebuilt; each tarball is "
+                        "checked against its manifest, the newest serial of a name wins")
     add_json_flag(p)
     p.set_defaults(func=cmd_publish)
 

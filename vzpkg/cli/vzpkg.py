@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from vzpkg import __version__
-from vzpkg.cli import cmd_build, cmd_cache, cmd_export, cmd_meta, cmd_mirror
+from vzpkg.cli import cmd_build, cmd_cache, cmd_export, cmd_matrix, cmd_meta, cmd_mirror
 from vzpkg.cli.common import Parser, run_console, run_main
 from vzpkg.core.settings_table import settings_help
 
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "from the current directory)")
     p.add_argument("--cache-dir", metavar="DIR", help="where caches are stored")
     sub = p.add_subparsers(title="commands", metavar="COMMAND")
-    for module in (cmd_meta, cmd_build, cmd_cache, cmd_export, cmd_mirror):
+    for module in (cmd_meta, cmd_build, cmd_cache, cmd_export, cmd_mirror, cmd_matrix):
         module.register(sub)
     return p
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from vzpkg.core.errors import GpgError, MirrorError
+from vzpkg.core.errors import GpgError, MirrorError, StoreError
 from vzpkg.core.files import fsync_path
 from vzpkg.core.gpg import Keyring
 from vzpkg.mirror.index import INDEX_NAME, INDEX_SIG_NAME, Index, IndexEntry
@@ -112,12 +112,8 @@ def read_index(dest: Path) -> Index:
     return Index.from_bytes(path.read_bytes(), source=str(path))
 
 
-def _publish_one(store: CacheStore, m: Manifest, dest: Path, keyring: Keyring,
+def _publish_one(m: Manifest, src: Path, dest: Path, keyring: Keyring,
                  keyid: str) -> IndexEntry:
-    src = store.tarball(m.name)
-    if src is None:
-        raise MirrorError(f"cache {m.name}: the manifest has no tarball beside it",
-                          hint=f"run 'vzpkg verify {m.name}' and rebuild or re-import it")
     rel = f"caches/{m.name}/{m.serial}"
     d = dest / rel
     d.mkdir(parents=True, exist_ok=True)
@@ -169,30 +165,97 @@ def _prune(dest: Path, index: Index, keep: int) -> list[str]:
     return removed
 
 
+def _from_store(store: CacheStore, names: Sequence[str]) -> list[tuple[Manifest, Path]]:
+    out: list[tuple[Manifest, Path]] = []
+    for name in names or [e.name for e in store.list()]:
+        m = store.manifest(name)
+        if m is None:
+            raise MirrorError(f"no cache named {name} in {store.dir}",
+                              hint="see 'vzpkg list' for the caches there")
+        src = store.tarball(m.name)
+        if src is None:
+            raise MirrorError(f"cache {m.name}: the manifest has no tarball beside it",
+                              hint=f"run 'vzpkg verify {m.name}' and rebuild or re-import it")
+        out.append((m, src))
+    return out
+
+
+def _from_tree(tree: Path) -> list[tuple[Manifest, Path]]:
+    """The caches a published tree's index names (each manifest checked against it)."""
+    index = read_index(tree)
+    out: list[tuple[Manifest, Path]] = []
+    for e in index.entries:
+        path = tree / e.manifest
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise MirrorError(f"{tree}: {e.manifest} named by its index.json cannot be "
+                              f"read: {exc.strerror}",
+                              hint="the tree is incomplete; publish it again") from None
+        if hashlib.sha256(data).hexdigest() != e.manifest_sha256:
+            raise MirrorError(f"{path}: sha256 differs from {tree / INDEX_NAME}",
+                              hint="the tree was altered; publish it again")
+        try:
+            m = Manifest.loads(data, source=str(path))
+        except StoreError as exc:
+            raise MirrorError(exc.message, hint=exc.hint) from None
+        out.append((m, tree / e.tarball))
+    return out
+
+
+def merge_sources(dirs: Sequence[Path], names: Sequence[str] = ()
+                  ) -> list[tuple[Manifest, Path]]:
+    """The caches in several job outputs (cache directories or published trees).
+
+    The newest serial of each name wins; one serial with two different contents
+    is refused (two jobs built the same cell differently).
+    """
+    best: dict[str, tuple[Manifest, Path, Path]] = {}
+    for d in dirs:
+        if not d.is_dir():
+            raise MirrorError(f"--merge {d}: not a directory",
+                              hint="pass the cache directories (or published trees) the "
+                                   "build jobs produced")
+        found = _from_tree(d) if (d / INDEX_NAME).is_file() else _from_store(CacheStore(d), ())
+        if not found:
+            raise MirrorError(f"--merge {d}: no caches in it",
+                              hint="is it the cache directory the build job wrote "
+                                   "(vzpkg --cache-dir DIR build ...)?")
+        for m, src in found:
+            cur = best.get(m.name)
+            if cur is not None and cur[0].serial == m.serial and cur[0].sha256 != m.sha256:
+                raise MirrorError(f"cache {m.name} serial {m.serial} differs between "
+                                  f"{cur[2]} and {d}; nothing was published",
+                                  hint="build each cache in one job only")
+            if cur is None or m.serial > cur[0].serial:
+                best[m.name] = (m, src, d)
+    missing = [n for n in names if n not in best]
+    if missing:
+        raise MirrorError(f"no cache named {', '.join(missing)} in "
+                          f"{', '.join(str(d) for d in dirs)}")
+    return [(m, src) for n, (m, src, _) in sorted(best.items()) if not names or n in names]
+
+
 def publish(store: CacheStore, dest: Path, names: Sequence[str], *, keyring: Keyring,
-            keyid: str, keep: int | None = None) -> PublishReport:
-    """Publish *names* (all caches when empty) from *store* into the tree at *dest*."""
+            keyid: str, keep: int | None = None, merge: Sequence[Path] = ()
+            ) -> PublishReport:
+    """Publish *names* (all caches when empty) from *store* into the tree at *dest*;
+    with *merge*, from those directories (the output of separate build jobs) instead."""
     if keep is not None and keep < 1:
         raise MirrorError(f"--keep {keep}: must keep at least the current serial (1)")
     if dest.exists() and not dest.is_dir():
         raise MirrorError(f"{dest} is not a directory",
                           hint="publish into a directory a web server serves")
     check_secret_key(keyring, keyid)
-    manifests: list[Manifest] = []
-    for name in names or [e.name for e in store.list()]:
-        m = store.manifest(name)
-        if m is None:
-            raise MirrorError(f"no cache named {name} in {store.dir}",
-                              hint="see 'vzpkg list' for the caches there")
-        manifests.append(m)
-    if not manifests:
+    sources = merge_sources(merge, names) if merge else _from_store(store, names)
+    if not sources:
         raise MirrorError(f"no caches to publish in {store.dir}",
                           hint="build or import a cache first")
     dest.mkdir(parents=True, exist_ok=True)
     old = read_index(dest)
     new: dict[str, IndexEntry] = {}
     done: list[Published] = []
-    for m in manifests:
+    for m, src in sources:
         cur = old.get(m.name)
         if cur is not None and cur.sha256 == m.sha256 and _in_place(dest, cur):
             done.append(Published(m.name, m.serial, m.sha256, m.size, "unchanged",
@@ -204,7 +267,7 @@ def publish(store: CacheStore, dest: Path, names: Sequence[str], *, keyring: Key
                 f"different content; the local cache is serial {m.serial}",
                 hint="clients take the newest serial: rebuild so the serial grows past "
                      "the published one, or publish into a fresh tree")
-        e = _publish_one(store, m, dest, keyring, keyid)
+        e = _publish_one(m, src, dest, keyring, keyid)
         new[m.name] = e
         done.append(Published(m.name, m.serial, m.sha256, m.size, "published", e.tarball))
     written = bool(new) or not (dest / INDEX_NAME).exists() \
