@@ -58,12 +58,25 @@ def cmd_publish(args: argparse.Namespace) -> int:
     if not home.is_dir():
         raise UsageError(f"GnuPG home {home} does not exist",
                          hint="pass --gnupghome DIR with the keyring holding the signing key")
+    store = CacheStore(settings.cache_dir)
+    merge = [Path(d) for d in args.merge]
+    s3 = args.dest.startswith("s3://")
+    if s3 and args.keep is not None:
+        raise UsageError("--keep is for directory trees: objects in a bucket are never "
+                         "deleted by publish",
+                         hint="expire old serials with the bucket's lifecycle rules")
     with Keyring(home) as keyring:
-        report = publish(CacheStore(settings.cache_dir), Path(args.dest), args.names,
-                         keyring=keyring, keyid=keyid, keep=args.keep,
-                         merge=[Path(d) for d in args.merge])
+        if s3:
+            from vzpkg.mirror.s3 import publish_s3
+            report = publish_s3(store, args.dest, args.names, keyring=keyring, keyid=keyid,
+                                merge=merge)
+        else:
+            report = publish(store, Path(args.dest), args.names, keyring=keyring,
+                             keyid=keyid, keep=args.keep, merge=merge)
+    where = f"{args.dest.rstrip('/')}/index.json" if s3 else str(report.dest / "index.json")
     if args.json:
-        emit_json({"dest": str(report.dest), "index_written": report.index_written,
+        emit_json({"dest": args.dest if s3 else str(report.dest),
+                   "index_written": report.index_written,
                    "pruned": list(report.pruned),
                    "caches": [vars(c) for c in report.caches]})
         return 0
@@ -71,8 +84,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         print(f"{c.name}: {c.status} serial {c.serial} ({human_size(c.size)}) {c.tarball}")
     for p in report.pruned:
         print(f"pruned {p}")
-    print(f"index: {'written' if report.index_written else 'unchanged'} "
-          f"({report.dest / 'index.json'})")
+    print(f"index: {'written' if report.index_written else 'unchanged'} ({where})")
     return 0
 
 
@@ -112,7 +124,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("publish", help="write caches into a signed static mirror tree",
                        epilog=PUBLISH_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dest", metavar="DEST", help="directory of the mirror tree")
+    p.add_argument("dest", metavar="DEST", help="directory of the mirror tree, or "
+                   "s3://BUCKET/PREFIX (credentials from the standard AWS environment "
+                   "and ~/.aws; an S3-compatible store's endpoint from AWS_ENDPOINT_URL)")
     p.add_argument("names", metavar="NAME", nargs="*",
                    help="caches to publish (default: every cache in the cache directory)")
     p.add_argument("--sign", metavar="KEYID", help="signing key (fingerprint, id or user id)")
