@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vzpkg.core.errors import GpgError, MirrorError, StoreError
 from vzpkg.core.files import fsync_path
@@ -27,6 +28,9 @@ from vzpkg.core.gpg import Keyring
 from vzpkg.mirror.index import INDEX_NAME, INDEX_SIG_NAME, Index, IndexEntry
 from vzpkg.store.cachestore import CacheStore
 from vzpkg.store.manifest import Manifest
+
+if TYPE_CHECKING:
+    from vzpkg.mirror.streams import StreamItem
 
 CHUNK = 1 << 20
 
@@ -67,12 +71,14 @@ def _atomic(dest: Path) -> Iterator[Path]:
 
 
 
-def _copy_hashed(src: Path, dst: Path) -> tuple[str, int]:
+def _copy_hashed(src: Path, dst: Path, also: hashlib._Hash | None = None) -> tuple[str, int]:
     h = hashlib.sha256()
     n = 0
     with src.open("rb") as fi, dst.open("wb") as fo:
         while chunk := fi.read(CHUNK):
             h.update(chunk)
+            if also is not None:
+                also.update(chunk)
             fo.write(chunk)
             n += len(chunk)
     return h.hexdigest(), n
@@ -113,13 +119,17 @@ def read_index(dest: Path) -> Index:
 
 
 def _publish_one(m: Manifest, src: Path, dest: Path, keyring: Keyring,
-                 keyid: str) -> IndexEntry:
+                 keyid: str) -> tuple[IndexEntry, StreamItem]:
+    from vzpkg.mirror.streams import item_for
+    from vzpkg.store.export.lxc import incus_metadata_tarball
     rel = f"caches/{m.name}/{m.serial}"
     d = dest / rel
     d.mkdir(parents=True, exist_ok=True)
     tar = d / m.tarball
+    meta = incus_metadata_tarball(m)
+    combined = hashlib.sha256(meta)
     with _atomic(tar) as tmp:
-        sha, size = _copy_hashed(src, tmp)
+        sha, size = _copy_hashed(src, tmp, combined)
         if sha != m.sha256 or size != m.size:
             raise MirrorError(f"cache {m.name}: {src} does not match its manifest "
                               f"(sha256 {sha[:16]}…, {size} bytes; manifest says "
@@ -130,14 +140,51 @@ def _publish_one(m: Manifest, src: Path, dest: Path, keyring: Keyring,
     manifest_bytes = m.dumps().encode()
     with _atomic(d / f"{m.name}.manifest.json") as tmp:
         tmp.write_bytes(manifest_bytes)
+    with _atomic(d / f"{m.name}.incus.tar.xz") as tmp:
+        tmp.write_bytes(meta)
     fsync_path(d)
-    return IndexEntry(
+    e = IndexEntry(
         name=m.name, distribution=m.distribution, release=m.release, arch=m.arch,
         set_name=m.set_name, serial=m.serial, size=m.size, sha256=m.sha256,
         compression=m.compression, tarball=f"{rel}/{m.tarball}",
         manifest=f"{rel}/{m.name}.manifest.json",
         manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(),
         signature=f"{rel}/{m.tarball}.asc", packages=len(m.packages), created=m.created)
+    return e, item_for(e, meta, combined.hexdigest())
+
+
+def _stream_items(dest: Path, index: Index, new: dict[str, StreamItem]
+                  ) -> dict[str, StreamItem]:
+    """An item for every entry: new, reused from the tree's images.json, or made
+    from the files in the tree (a tree published before streams existed)."""
+    from vzpkg.mirror.streams import STREAMS_IMAGES, combined_sha256, item_for, read_items
+    from vzpkg.store.export.lxc import incus_metadata_tarball
+    images = dest / STREAMS_IMAGES
+    old = read_items(images.read_bytes() if images.is_file() else None)
+    items: dict[str, StreamItem] = {}
+    for e in index.entries:
+        it = new.get(e.name) or old.get(e.name)
+        if it is None or it.sha256 != e.sha256 or not (dest / it.meta_path).is_file():
+            m = Manifest.loads((dest / e.manifest).read_bytes(), source=str(e.manifest))
+            meta = incus_metadata_tarball(m)
+            it = item_for(e, meta, combined_sha256(meta, dest / e.tarball))
+            with _atomic(dest / it.meta_path) as tmp:
+                tmp.write_bytes(meta)
+        items[e.name] = it
+    return items
+
+
+def _write_streams(dest: Path, index: Index, items: dict[str, StreamItem],
+                   keyring: Keyring, keyid: str) -> None:
+    from vzpkg.mirror.streams import render
+    for rel, data in render(index, items).items():
+        path = dest / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _atomic(path) as tmp:
+            tmp.write_bytes(data)
+            with _atomic(path.with_name(path.name + ".asc")) as sig:
+                _sign(keyring, keyid, tmp, sig)
+        fsync_path(path.parent)
 
 
 def _in_place(dest: Path, e: IndexEntry) -> bool:
@@ -254,6 +301,7 @@ def publish(store: CacheStore, dest: Path, names: Sequence[str], *, keyring: Key
     dest.mkdir(parents=True, exist_ok=True)
     old = read_index(dest)
     new: dict[str, IndexEntry] = {}
+    new_items: dict[str, StreamItem] = {}
     done: list[Published] = []
     for m, src in sources:
         cur = old.get(m.name)
@@ -267,13 +315,16 @@ def publish(store: CacheStore, dest: Path, names: Sequence[str], *, keyring: Key
                 f"different content; the local cache is serial {m.serial}",
                 hint="clients take the newest serial: rebuild so the serial grows past "
                      "the published one, or publish into a fresh tree")
-        e = _publish_one(m, src, dest, keyring, keyid)
+        e, new_items[m.name] = _publish_one(m, src, dest, keyring, keyid)
         new[m.name] = e
         done.append(Published(m.name, m.serial, m.sha256, m.size, "published", e.tarball))
+    from vzpkg.mirror.streams import STREAMS_INDEX
     written = bool(new) or not (dest / INDEX_NAME).exists() \
-        or not (dest / INDEX_SIG_NAME).exists()
+        or not (dest / INDEX_SIG_NAME).exists() or not (dest / STREAMS_INDEX).exists()
     index = old.with_entries(new, _now() if written else old.generated)
     if written:
+        # the simplestreams files name only files already there; index.json comes last
+        _write_streams(dest, index, _stream_items(dest, index, new_items), keyring, keyid)
         data = index.to_bytes()
         with _atomic(dest / INDEX_NAME) as idx:
             idx.write_bytes(data)

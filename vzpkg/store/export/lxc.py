@@ -112,16 +112,31 @@ def incus_metadata(m: Manifest) -> dict[str, object]:
     }
 
 
+def _metadata_entries(tar: tarfile.TarFile, m: Manifest) -> None:
+    import yaml
+    when = m.source_date or _epoch(m)
+    add_bytes(tar, "metadata.yaml",
+              yaml.safe_dump(incus_metadata(m), sort_keys=True).encode(), when)
+    tar.addfile(directory("templates", when))
+    add_bytes(tar, "templates/hostname.tpl", b"{{ instance.name }}\n", when)
+
+
+def incus_metadata_tarball(m: Manifest) -> bytes:
+    """The metadata half of a split Incus image (``incus.tar.xz``): metadata.yaml
+    and the hostname template; a function of the manifest alone."""
+    import io
+    import lzma
+    buf = io.BytesIO()
+    with lzma.LZMAFile(buf, "wb", format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64) as xz, \
+            tarfile.open(fileobj=xz, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        _metadata_entries(tar, m)
+    return buf.getvalue()
+
+
 def write_incus(src: Source, out: Path) -> tuple[str, tuple[str, ...]]:
     """The unified tarball (xz) at the new file *out*."""
-    import yaml
-    m = src.manifest
-    when = m.source_date or _epoch(m)
     with _tar(out) as tar:
-        add_bytes(tar, "metadata.yaml",
-                  yaml.safe_dump(incus_metadata(m), sort_keys=True).encode(), when)
-        tar.addfile(directory("templates", when))
-        add_bytes(tar, "templates/hostname.tpl", b"{{ instance.name }}\n", when)
+        _metadata_entries(tar, src.manifest)
         with src.tar_stream() as raw:
             copy_entries(raw, tar, prefix="rootfs/")
     return _sha256(out), (out.name,)
