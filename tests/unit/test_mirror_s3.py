@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import assert_user_error, run_cli
 from tests.mirror_helpers import Keys, config_for, dead_url, make_cache, make_keys
 from tests.s3_helpers import S3Server
+from tests.unit.test_mirror_streams import walk
 from vzpkg.mirror import Puller
 from vzpkg.store.cachestore import CacheStore
 
@@ -68,7 +69,11 @@ def test_publish_to_a_bucket_and_pull_over_http(tmp_path: Path, keys: Keys,
     assert {c["status"] for c in json.loads(r.stdout)["caches"]} == {"published"}
     keys_ = set(s3.objects())
     assert {"vz/index.json", "vz/index.json.asc", f"vz/caches/{A}/1/{A}.tar.zst",
-            f"vz/caches/{A}/1/{A}.tar.zst.asc", f"vz/caches/{A}/1/{A}.manifest.json"} == keys_
+            f"vz/caches/{A}/1/{A}.tar.zst.asc", f"vz/caches/{A}/1/{A}.manifest.json",
+            f"vz/caches/{A}/1/{A}.incus.tar.xz", "vz/streams/v1/index.json",
+            "vz/streams/v1/index.json.asc", "vz/streams/v1/images.json",
+            "vz/streams/v1/images.json.asc"} == keys_
+    assert list(walk(s3.http_base("vz"), keys)) == ["test:1:amd64:minimal"]
     dst = tmp_path / "host"
     pull(keys, s3.http_base("vz"), dst, A)
     got = CacheStore(dst).entry(A)
@@ -84,8 +89,11 @@ def test_publish_to_a_bucket_and_pull_over_http(tmp_path: Path, keys: Keys,
     r = publish(s3, keys, src, "s3://mirror/vz")
     assert r.returncode == 0, r.stderr
     after = state(s3)
-    assert all(after[k] == v for k, v in before.items() if "index.json" not in k)
+    assert all(after[k] == v for k, v in before.items()
+               if "index.json" not in k and not k.startswith("vz/streams/"))
     pull(keys, s3.http_base("vz"), tmp_path / "host2", A, B)
+    assert sorted(walk(s3.http_base("vz"), keys)) == ["test:1:amd64:minimal",
+                                                      "test:2:amd64:minimal"]
 
 
 def test_merge_of_job_outputs_into_a_bucket(tmp_path: Path, keys: Keys,

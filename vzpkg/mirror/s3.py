@@ -19,6 +19,8 @@ guarantees, kept by the object store's conditional writes instead of renames:
   signature before it merges, so it never signs an index it has not verified);
 * a remote index that is not valid or does not match its signature (a
   half-written upload, say) is refused before anything is written;
+* the simplestreams files (:mod:`vzpkg.mirror.streams`) are written, signed,
+  just before the index;
 * when nothing changed, nothing is written.
 
 Credentials and region come from the standard AWS sources (environment,
@@ -47,6 +49,15 @@ from vzpkg.mirror.publish import (
     _now,
     check_secret_key,
     merge_sources,
+)
+from vzpkg.mirror.streams import (
+    STREAMS_IMAGES,
+    STREAMS_INDEX,
+    StreamItem,
+    combined_sha256,
+    item_for,
+    read_items,
+    render,
 )
 from vzpkg.store.cachestore import CacheStore
 from vzpkg.store.manifest import Manifest
@@ -217,11 +228,14 @@ def _put_once(b: Bucket, rel: str, body: bytes | Path, sha: str, what: str) -> N
 
 
 def _upload(b: Bucket, m: Manifest, src: Path, keyring: Keyring, keyid: str,
-            tmp: Path) -> IndexEntry:
-    h = hashlib.sha256()
+            tmp: Path) -> tuple[IndexEntry, StreamItem]:
+    from vzpkg.store.export.lxc import incus_metadata_tarball
+    meta = incus_metadata_tarball(m)
+    h, combined = hashlib.sha256(), hashlib.sha256(meta)
     with src.open("rb") as f:
         while chunk := f.read(1 << 20):
             h.update(chunk)
+            combined.update(chunk)
     if h.hexdigest() != m.sha256 or src.stat().st_size != m.size:
         raise MirrorError(f"cache {m.name}: {src} does not match its manifest; not published",
                           hint=f"run 'vzpkg verify {m.name}'; rebuild or re-import it")
@@ -236,12 +250,38 @@ def _upload(b: Bucket, m: Manifest, src: Path, keyring: Keyring, keyid: str,
               if_none_match=True)
     _put_once(b, f"{rel}/{m.name}.manifest.json", manifest_bytes, manifest_sha,
               f"manifest of {m.name} serial {m.serial}")
-    return IndexEntry(
+    _put_once(b, f"{rel}/{m.name}.incus.tar.xz", meta, hashlib.sha256(meta).hexdigest(),
+              f"image metadata of {m.name} serial {m.serial}")
+    e = IndexEntry(
         name=m.name, distribution=m.distribution, release=m.release, arch=m.arch,
         set_name=m.set_name, serial=m.serial, size=m.size, sha256=m.sha256,
         compression=m.compression, tarball=f"{rel}/{m.tarball}",
         manifest=f"{rel}/{m.name}.manifest.json", manifest_sha256=manifest_sha,
         signature=f"{rel}/{m.tarball}.asc", packages=len(m.packages), created=m.created)
+    return e, item_for(e, meta, combined.hexdigest())
+
+
+def _stream_items(b: Bucket, index: Index, new: dict[str, StreamItem],
+                  local: dict[str, tuple[Manifest, Path]]) -> dict[str, StreamItem]:
+    """Items for the entries of *index*: ours, the bucket's images.json's, or made
+    from a local copy of an unchanged cache.  An entry with none of these (another
+    publisher's, whose images.json was replaced in a race) is left out of the
+    stream until it is published again; the stream never names a missing object."""
+    got = b.get(STREAMS_IMAGES)
+    old = read_items(got[0] if got else None)
+    items: dict[str, StreamItem] = {}
+    for e in index.entries:
+        it = new.get(e.name) or old.get(e.name)
+        if (it is None or it.sha256 != e.sha256) and e.name in local \
+                and local[e.name][0].sha256 == e.sha256:
+            from vzpkg.store.export.lxc import incus_metadata_tarball
+            m, src = local[e.name]
+            meta = incus_metadata_tarball(m)
+            it = item_for(e, meta, combined_sha256(meta, src))
+            _put_once(b, it.meta_path, meta, it.meta_sha256, f"image metadata of {e.name}")
+        if it is not None and it.sha256 == e.sha256:
+            items[e.name] = it
+    return items
 
 
 def _sign_file(keyring: Keyring, keyid: str, src: Path, tmp: Path) -> bytes:
@@ -292,6 +332,8 @@ def publish_s3(store: CacheStore, url: str, names: Sequence[str], *, keyring: Ke
     old, etag = _read_index(b, keyring, signer)
     done: list[Published] = []
     new: dict[str, IndexEntry] = {}
+    new_items: dict[str, StreamItem] = {}
+    local = {m.name: (m, src) for m, src in sources}
     with tempfile.TemporaryDirectory(prefix="vzpkg-s3-") as t:
         tmp = Path(t)
         for m, src in sources:
@@ -307,15 +349,21 @@ def publish_s3(store: CacheStore, url: str, names: Sequence[str], *, keyring: Ke
                     f"different content; the local cache is serial {m.serial}",
                     hint="clients take the newest serial: rebuild so the serial grows "
                          "past the published one, or publish into a fresh prefix")
-            e = _upload(b, m, src, keyring, keyid, tmp)
+            e, new_items[m.name] = _upload(b, m, src, keyring, keyid, tmp)
             new[m.name] = e
             done.append(Published(m.name, m.serial, m.sha256, m.size, "published",
                                   e.tarball))
-        written = bool(new) or etag is None
+        written = bool(new) or etag is None or b.get(STREAMS_INDEX) is None
         for _ in range(ATTEMPTS):
             if not written:
                 break
             index = old.with_entries(new, _now())
+            # the simplestreams files first: they name only objects already there
+            items = _stream_items(b, index, new_items, local)
+            for rel, body in render(index, items).items():
+                b.put(rel, body, sha256=hashlib.sha256(body).hexdigest())
+                asc = _sign(keyring, keyid, body, tmp)
+                b.put(rel + ".asc", asc, sha256=hashlib.sha256(asc).hexdigest())
             data = index.to_bytes()
             sig = _sign(keyring, keyid, data, tmp)
             try:
