@@ -82,8 +82,9 @@ class S3Server:
         self._setup()
         return self
 
-    def _setup(self) -> None:
-        import boto3
+    def new_bucket(self, name: str) -> None:
+        """Make *name* (readable by anyone) the bucket the helpers use."""
+        self.bucket = name
         c = self.client()
         c.create_bucket(Bucket=self.bucket)
         # what an operator does to serve a mirror from a bucket: anyone may read
@@ -91,6 +92,10 @@ class S3Server:
             {"Version": "2012-10-17",
              "Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject",
                             "Resource": f"arn:aws:s3:::{self.bucket}/*"}]}))
+
+    def _setup(self) -> None:
+        import boto3
+        self.new_bucket(self.bucket)
         if not self.auth:
             return
         iam = boto3.session.Session(aws_access_key_id="setup", aws_secret_access_key="x",

@@ -30,10 +30,17 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
     k.close()
 
 
-@pytest.fixture
-def s3(tmp_path: Path) -> Iterator[S3Server]:
-    with S3Server(tmp_path / "moto.log") as srv:
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    with S3Server(tmp_path_factory.mktemp("moto") / "moto.log") as srv:
         yield srv
+
+
+@pytest.fixture
+def s3(server: S3Server) -> S3Server:
+    """The shared server, with a new empty bucket named "mirror-<test>"."""
+    server.new_bucket(f"mirror-{len(server.client().list_buckets()['Buckets'])}")
+    return server
 
 
 def publish(srv: S3Server, keys: Keys, caches: Path, url: str, *args: str | Path,
@@ -64,7 +71,7 @@ def test_publish_to_a_bucket_and_pull_over_http(tmp_path: Path, keys: Keys,
                                                 s3: S3Server) -> None:
     src = tmp_path / "src"
     ma = make_cache(src, A, 300_000, seed=1)
-    r = publish(s3, keys, src, "s3://mirror/vz")
+    r = publish(s3, keys, src, f"s3://{s3.bucket}/vz")
     assert r.returncode == 0, r.stderr
     assert {c["status"] for c in json.loads(r.stdout)["caches"]} == {"published"}
     keys_ = set(s3.objects())
@@ -80,13 +87,13 @@ def test_publish_to_a_bucket_and_pull_over_http(tmp_path: Path, keys: Keys,
     assert got is not None and got.tarball.read_bytes() == (src / ma.tarball).read_bytes()
     # unchanged: not one object is written again
     before = state(s3)
-    r = publish(s3, keys, src, "s3://mirror/vz")
+    r = publish(s3, keys, src, f"s3://{s3.bucket}/vz")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["index_written"] is False
     assert state(s3) == before
     # a new cache: the index grows, the old objects stay as they were
     make_cache(src, B, 100_000, seed=2)
-    r = publish(s3, keys, src, "s3://mirror/vz")
+    r = publish(s3, keys, src, f"s3://{s3.bucket}/vz")
     assert r.returncode == 0, r.stderr
     after = state(s3)
     assert all(after[k] == v for k, v in before.items()
@@ -100,7 +107,7 @@ def test_merge_of_job_outputs_into_a_bucket(tmp_path: Path, keys: Keys,
                                             s3: S3Server) -> None:
     make_cache(tmp_path / "job1", A, 100_000, seed=1)
     make_cache(tmp_path / "job2", B, 100_000, seed=2)
-    r = publish(s3, keys, tmp_path / "empty", "s3://mirror", "--merge", tmp_path / "job1",
+    r = publish(s3, keys, tmp_path / "empty", f"s3://{s3.bucket}", "--merge", tmp_path / "job1",
                 "--merge", tmp_path / "job2")
     assert r.returncode == 0, r.stderr
     pull(keys, s3.http_base(), tmp_path / "host", A, B)
@@ -113,13 +120,13 @@ def test_concurrent_publishers_never_lose_or_dangle_an_entry(tmp_path: Path, key
         make_cache(tmp_path / f"job{i}", n, 50_000, seed=i)
     procs = [subprocess.Popen(
         [sys.executable, "-m", "vzpkg.cli.vzpkg", "--cache-dir", str(tmp_path / f"job{i}"),
-         "publish", "s3://mirror/vz", "--sign", keys.fpr, "--gnupghome", str(keys.home)],
+         "publish", f"s3://{s3.bucket}/vz", "--sign", keys.fpr, "--gnupghome", str(keys.home)],
         env={**os.environ, **s3.env()}, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True) for i in range(len(names))]
     for p in procs:
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
-    index = json.loads(s3.client().get_object(Bucket="mirror", Key="vz/index.json")
+    index = json.loads(s3.client().get_object(Bucket=s3.bucket, Key="vz/index.json")
                        ["Body"].read())
     assert sorted(c["name"] for c in index["caches"]) == names      # no update was lost
     present = set(s3.objects())
@@ -132,9 +139,9 @@ def test_concurrent_publishers_never_lose_or_dangle_an_entry(tmp_path: Path, key
 def test_unreachable_store_and_missing_bucket(tmp_path: Path, keys: Keys,
                                               s3: S3Server) -> None:
     make_cache(tmp_path / "src", A, 50_000)
-    r = publish(s3, keys, tmp_path / "src", "s3://mirror/vz",
+    r = publish(s3, keys, tmp_path / "src", f"s3://{s3.bucket}/vz",
                 AWS_ENDPOINT_URL=dead_url().rstrip("/"))
-    assert_user_error(r, "cannot reach the object store", "s3://mirror/vz",
+    assert_user_error(r, "cannot reach the object store", f"s3://{s3.bucket}/vz",
                       "AWS_ENDPOINT_URL")
     r = publish(s3, keys, tmp_path / "src", "s3://nosuchbucket/vz")
     assert_user_error(r, "bucket nosuchbucket does not exist")
@@ -144,14 +151,14 @@ def test_unreachable_store_and_missing_bucket(tmp_path: Path, keys: Keys,
 def test_wrong_credentials_write_nothing(tmp_path: Path, keys: Keys) -> None:
     make_cache(tmp_path / "src", A, 50_000)
     with S3Server(tmp_path / "moto.log", auth=True) as srv:
-        r = publish(srv, keys, tmp_path / "src", "s3://mirror/vz",
+        r = publish(srv, keys, tmp_path / "src", f"s3://{srv.bucket}/vz",
                     AWS_SECRET_ACCESS_KEY="not-the-secret")
         assert_user_error(r, "refused the credentials", "AWS_SECRET_ACCESS_KEY")
-        r = publish(srv, keys, tmp_path / "src", "s3://mirror/vz",
+        r = publish(srv, keys, tmp_path / "src", f"s3://{srv.bucket}/vz",
                     AWS_ACCESS_KEY_ID="AKIANOSUCHKEY0000000")
         assert_user_error(r, "refused the credentials")
         assert srv.objects() == {}
-        r = publish(srv, keys, tmp_path / "src", "s3://mirror/vz")       # the right key
+        r = publish(srv, keys, tmp_path / "src", f"s3://{srv.bucket}/vz")       # the right key
         assert r.returncode == 0, r.stderr
 
 
@@ -159,15 +166,15 @@ def test_half_written_remote_index_is_refused(tmp_path: Path, keys: Keys,
                                               s3: S3Server) -> None:
     src = tmp_path / "src"
     make_cache(src, A, 50_000)
-    assert publish(s3, keys, src, "s3://mirror/vz").returncode == 0
+    assert publish(s3, keys, src, f"s3://{s3.bucket}/vz").returncode == 0
     c = s3.client()
-    good = c.get_object(Bucket="mirror", Key="vz/index.json")["Body"].read()
+    good = c.get_object(Bucket=s3.bucket, Key="vz/index.json")["Body"].read()
     for bad in (good[: len(good) // 2],                       # cut off mid-upload
                 good.replace(b'"serial": 1', b'"serial": 7')):  # valid JSON, not signed
-        c.put_object(Bucket="mirror", Key="vz/index.json", Body=bad)
+        c.put_object(Bucket=s3.bucket, Key="vz/index.json", Body=bad)
         before = state(s3)
         make_cache(src, B, 50_000, seed=len(bad))
-        r = publish(s3, keys, src, "s3://mirror/vz")
+        r = publish(s3, keys, src, f"s3://{s3.bucket}/vz")
         assert_user_error(r, "vz/index.json", "nothing was written", "half-written")
         assert state(s3) == before
         with Puller(CacheStore(tmp_path / "host"), config_for(keys, [s3.http_base("vz")])) \
