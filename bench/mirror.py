@@ -59,14 +59,14 @@ def sh(*argv: str | Path, env: dict[str, str] | None = None) -> None:
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def launcher(base: Path) -> Path:
-    """A console script for this checkout (what pip writes for ``vzpkg``), its
-    modules byte-compiled as an installed package has them."""
+def launcher(base: Path, root: Path = ROOT, name: str = "vzpkg") -> Path:
+    """A console script for the checkout at *root* (what pip writes for ``vzpkg``),
+    its modules byte-compiled as an installed package has them."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "vzpkg")],
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(root / "vzpkg")],
                    check=True, env=env, capture_output=True)
-    script = base / "vzpkg"
-    script.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(ROOT)!r})\n"
+    script = base / name
+    script.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(root)!r})\n"
                       "from vzpkg.cli.vzpkg import entry\nentry()\n")
     script.chmod(0o755)
     return script
@@ -76,17 +76,30 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--size-mb", type=int, default=40)
+    ap.add_argument("--against", metavar="REV",
+                    help="also time 'vzpkg pull' of the vzpkg package at git revision REV "
+                         "(pull_cli_against), in the same rounds")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="vzpkg-bench-mirror-") as tmp:
         base = Path(tmp)
         keys = make_keys(base)
         try:
-            return run(base, keys, args.rounds, args.size_mb)
+            return run(base, keys, args.rounds, args.size_mb, args.against)
         finally:
             keys.close()
 
 
-def run(base: Path, keys: Keys, rounds: int, size_mb: int) -> int:
+def checkout(rev: str, dest: Path) -> Path:
+    """The vzpkg package of revision *rev* under *dest* (git archive)."""
+    dest.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "vzpkg"],
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
+def run(base: Path, keys: Keys, rounds: int, size_mb: int, against: str | None = None
+        ) -> int:
     m = make_cache(base / "src", NAME, size_mb << 20, seed=7)
     publish_tree(base / "src", base / "tree", keys)
     tar_rel = f"caches/{NAME}/{m.serial}/{NAME}.tar.zst"
@@ -99,6 +112,8 @@ def run(base: Path, keys: Keys, rounds: int, size_mb: int) -> int:
     (base / "verify-home").mkdir(mode=0o700)
     sh("gpg", "--batch", "--quiet", "--import", keys.pub, env=env)
     vzpkg = launcher(base)
+    old_vzpkg = (launcher(base, checkout(against, base / "against"), "vzpkg-against")
+                 if against else None)
     with MirrorServer(base / "tree") as srv:
         cfg_file.write_text(f"pull:\n  mirrors: [{srv.url}]\n  trusted_keys:\n"
                             f"    - {{file: {keys.pub}, fingerprint: {keys.fpr}}}\n")
@@ -138,9 +153,16 @@ def run(base: Path, keys: Keys, rounds: int, size_mb: int) -> int:
         def cli() -> None:
             sh(vzpkg, "--cache-dir", base / "cli", "pull", NAME, "--json", env=env)
 
+        def cli_against() -> None:
+            assert old_vzpkg is not None
+            sh(old_vzpkg, "--cache-dir", base / "cli", "pull", NAME, "--json", env=env)
+
         runs = {"curl": curl, "curl_durable": curl_durable, "curl_checked": curl_checked,
                 "durable_write": durable_write, "pull_api": api,
                 "pull_api_gpg": lambda: api(False), "pull_cli": cli}
+        if old_vzpkg is not None:
+            runs["pull_cli_against"] = cli_against
+            times["pull_cli_against"] = []
         keys_ = list(runs)
         for i in range(rounds):
             # rotate the order: no method always runs right after the same other one
@@ -156,7 +178,7 @@ def run(base: Path, keys: Keys, rounds: int, size_mb: int) -> int:
                 out.unlink(missing_ok=True)
     med = {k: median(v) for k, v in times.items()}
     result = {
-        "size_bytes": m.size, "rounds": rounds,
+        "size_bytes": m.size, "rounds": rounds, "against": against,
         "verifier": "sqv" if sqv_available() else "gpg",
         "median_seconds": med,
         "runs_seconds": times,
