@@ -183,5 +183,9 @@ def test_index_is_replaced_last(tmp_path: Path, keys: Keys,
     monkeypatch.setattr(os, "replace", spy)
     publish_tree(src, tree, keys)
     assert renames[-2:] == ["index.json.asc", "index.json"]
-    assert set(renames[:-2]) == {f"caches/{NAME}/2/{NAME}{s}" for s in
-                                 (".tar.zst", ".tar.zst.asc", ".manifest.json")}
+    streams = ["streams/v1/images.json", "streams/v1/images.json.asc",
+               "streams/v1/index.json", "streams/v1/index.json.asc"]
+    assert sorted(renames[-6:-2]) == streams      # the simplestreams files just before
+    assert set(renames[:-6]) == {f"caches/{NAME}/2/{NAME}{s}" for s in
+                                 (".tar.zst", ".tar.zst.asc", ".manifest.json",
+                                  ".incus.tar.xz")}

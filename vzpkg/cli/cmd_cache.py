@@ -13,12 +13,12 @@ from vzpkg.cli.common import add_json_flag, emit_json
 from vzpkg.core.errors import GpgError, UsageError
 from vzpkg.core.types import Compression
 from vzpkg.core.units import human_size
-from vzpkg.template.model import Key
 
 # The store (and through it libarchive), gpg and the configuration (yaml) are
 # imported by the commands: registering them must stay cheap.
 if TYPE_CHECKING:
     from vzpkg.store.cachestore import CacheStore
+    from vzpkg.template.model import Key
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -113,6 +113,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def _trusted_keys(specs: list[str]) -> list[Key]:
     from vzpkg.core.gpg import normalize_fingerprint
+    from vzpkg.template.model import Key
     keys: list[Key] = []
     for spec in specs:
         file, sep, fpr = spec.rpartition(":")

@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from vzpkg.core.settings import Settings
 
 PUBLISH_EPILOG = """\
+In CI, each build job keeps its cache directory as an artifact and one last job
+merges them into the tree with one signed index:
+  vzpkg publish /srv/mirror --merge job1/caches --merge job2/caches --sign KEYID
+(see 'vzpkg matrix' and examples/ci/).
 The tree holds index.json (+ .asc) and caches/<name>/<serial>/ with the
 tarball, its manifest and its detached signature; serve it with any static
 web server.  The signing key comes from --sign or signing.key in vzpkg.yaml,
@@ -54,11 +58,25 @@ def cmd_publish(args: argparse.Namespace) -> int:
     if not home.is_dir():
         raise UsageError(f"GnuPG home {home} does not exist",
                          hint="pass --gnupghome DIR with the keyring holding the signing key")
+    store = CacheStore(settings.cache_dir)
+    merge = [Path(d) for d in args.merge]
+    s3 = args.dest.startswith("s3://")
+    if s3 and args.keep is not None:
+        raise UsageError("--keep is for directory trees: objects in a bucket are never "
+                         "deleted by publish",
+                         hint="expire old serials with the bucket's lifecycle rules")
     with Keyring(home) as keyring:
-        report = publish(CacheStore(settings.cache_dir), Path(args.dest), args.names,
-                         keyring=keyring, keyid=keyid, keep=args.keep)
+        if s3:
+            from vzpkg.mirror.s3 import publish_s3
+            report = publish_s3(store, args.dest, args.names, keyring=keyring, keyid=keyid,
+                                merge=merge)
+        else:
+            report = publish(store, Path(args.dest), args.names, keyring=keyring,
+                             keyid=keyid, keep=args.keep, merge=merge)
+    where = f"{args.dest.rstrip('/')}/index.json" if s3 else str(report.dest / "index.json")
     if args.json:
-        emit_json({"dest": str(report.dest), "index_written": report.index_written,
+        emit_json({"dest": args.dest if s3 else str(report.dest),
+                   "index_written": report.index_written,
                    "pruned": list(report.pruned),
                    "caches": [vars(c) for c in report.caches]})
         return 0
@@ -66,8 +84,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         print(f"{c.name}: {c.status} serial {c.serial} ({human_size(c.size)}) {c.tarball}")
     for p in report.pruned:
         print(f"pruned {p}")
-    print(f"index: {'written' if report.index_written else 'unchanged'} "
-          f"({report.dest / 'index.json'})")
+    print(f"index: {'written' if report.index_written else 'unchanged'} ({where})")
     return 0
 
 
@@ -107,13 +124,20 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("publish", help="write caches into a signed static mirror tree",
                        epilog=PUBLISH_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dest", metavar="DEST", help="directory of the mirror tree")
+    p.add_argument("dest", metavar="DEST", help="directory of the mirror tree, or "
+                   "s3://BUCKET/PREFIX (credentials from the standard AWS environment "
+                   "and ~/.aws; an S3-compatible store's endpoint from AWS_ENDPOINT_URL)")
     p.add_argument("names", metavar="NAME", nargs="*",
                    help="caches to publish (default: every cache in the cache directory)")
     p.add_argument("--sign", metavar="KEYID", help="signing key (fingerprint, id or user id)")
     p.add_argument("--gnupghome", metavar="DIR", help="GnuPG home with the secret key")
     p.add_argument("--keep", metavar="N", type=int,
                    help="keep only the N newest serials of each cache in the tree")
+    p.add_argument("--merge", metavar="DIR", action="append", default=[],
+                   help="publish the caches of DIR instead of the cache directory: the "
+                        "cache directory (or published tree) of one CI build job; "
+                        "repeat for each job.  Nothing is rebuilt; each tarball is "
+                        "checked against its manifest, the newest serial of a name wins")
     add_json_flag(p)
     p.set_defaults(func=cmd_publish)
 

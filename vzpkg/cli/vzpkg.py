@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
 from vzpkg import __version__
-from vzpkg.cli import cmd_build, cmd_cache, cmd_meta, cmd_mirror, cmd_ve
+from vzpkg.cli import cmd_build, cmd_cache, cmd_export, cmd_matrix, cmd_meta, cmd_mirror, cmd_ve
 from vzpkg.cli.common import Parser, run_console, run_main
 from vzpkg.core.settings_table import settings_help
 
@@ -31,7 +32,32 @@ Cache names are <distribution>-<release>-<arch>-<set>; the short form
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+MODULES = (cmd_meta, cmd_build, cmd_cache, cmd_export, cmd_mirror, cmd_matrix)
+# command -> the module that registers it (tests/unit/test_cli_meta.py checks it)
+COMMANDS = {"list": cmd_meta, "show": cmd_meta, "validate": cmd_meta, "schema": cmd_meta,
+            "build": cmd_build, "update": cmd_build, "import": cmd_cache,
+            "verify": cmd_cache, "remove": cmd_cache, "prune": cmd_cache,
+            "export": cmd_export, "publish": cmd_mirror, "pull": cmd_mirror,
+            "matrix": cmd_matrix}
+VALUED = ("--workspace", "--cache-dir")
+
+
+def command_of(argv: Sequence[str]) -> str | None:
+    """The command named in *argv*, when nothing before it asks for help."""
+    it = iter(argv)
+    for a in it:
+        if a in ("-h", "--help", "--version"):
+            return None
+        if a in VALUED:
+            next(it, None)
+        elif not a.startswith("-"):
+            return a
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; given *argv* naming a known command, with that command's module
+    only (the others' options are never read: start-up of every command)."""
     p = Parser(prog="vzpkg", description=__doc__,
                epilog=EPILOG + settings_help(),
                formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,17 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "from the current directory)")
     p.add_argument("--cache-dir", metavar="DIR", help="where caches are stored")
     sub = p.add_subparsers(title="commands", metavar="COMMAND")
-    for module in (cmd_meta, cmd_build, cmd_cache, cmd_mirror):
+    only = COMMANDS.get(command_of(argv) or "") if argv is not None else None
+    for module in (only,) if only is not None else MODULES:
         module.register(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import sys
     words = list(sys.argv[1:] if argv is None else argv)
     if cmd_ve.is_ve_command(words):     # software in VEs: vzpkg install 101 ...
         return run_main("vzpkg", cmd_ve.build_parser, words)
-    return run_main("vzpkg", build_parser, words)
+    return run_main("vzpkg", lambda: build_parser(words), words)
 
 
 def entry() -> NoReturn:

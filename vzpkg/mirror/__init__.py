@@ -26,20 +26,43 @@ Other modules call:
 
 from __future__ import annotations
 
-from vzpkg.core.errors import MirrorError
-from vzpkg.core.settings import Settings
-from vzpkg.mirror.config import MirrorConfig, TrustedKey, mirror_config
-from vzpkg.mirror.fetch import NoProgress, Progress
-from vzpkg.mirror.index import Index, IndexEntry
-from vzpkg.mirror.progress import TextProgress
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# publish is imported now: its module shares the function's name, and importing the
+# submodule later would rebind vzpkg.mirror.publish to the module.  It costs a pull
+# little (its imports are the pull's too).  The rest is imported on first use
+# (PEP 562): a publish never pays for the HTTP client.
 from vzpkg.mirror.publish import PublishReport, publish
-from vzpkg.mirror.pull import Pulled, Puller, PullReport
-from vzpkg.store.cachestore import CacheEntry, CacheStore
-from vzpkg.store.manifest import expand_name
+
+if TYPE_CHECKING:
+    from vzpkg.core.settings import Settings
+    from vzpkg.mirror.config import MirrorConfig, TrustedKey, mirror_config
+    from vzpkg.mirror.fetch import NoProgress, Progress
+    from vzpkg.mirror.index import Index, IndexEntry
+    from vzpkg.mirror.progress import TextProgress
+    from vzpkg.mirror.pull import Pulled, Puller, PullReport
+    from vzpkg.store.cachestore import CacheEntry
+
+_LAZY = {
+    "MirrorConfig": "config", "TrustedKey": "config", "mirror_config": "config",
+    "NoProgress": "fetch", "Progress": "fetch", "Index": "index", "IndexEntry": "index",
+    "TextProgress": "progress",
+    "Pulled": "pull", "Puller": "pull", "PullReport": "pull",
+}
 
 __all__ = ["Index", "IndexEntry", "MirrorConfig", "NoProgress", "Progress", "PublishReport",
            "PullReport", "Pulled", "Puller", "TextProgress", "TrustedKey", "mirror_config",
            "publish", "pull_cache"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
 
 
 def pull_cache(name: str, settings: Settings, *, progress: Progress | None = None,
@@ -51,6 +74,12 @@ def pull_cache(name: str, settings: Settings, *, progress: Progress | None = Non
     MirrorError (naming every mirror's failure) when no mirror could supply
     it; in that case nothing already in the cache directory was replaced.
     """
+    from vzpkg.core.errors import MirrorError
+    from vzpkg.mirror.config import mirror_config
+    from vzpkg.mirror.pull import Puller
+    from vzpkg.store.cachestore import CacheStore
+    from vzpkg.store.manifest import expand_name
+
     store = CacheStore(settings.cache_dir)
     with Puller(store, config or mirror_config(settings), progress) as puller:
         report = puller.pull([name])

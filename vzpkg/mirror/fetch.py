@@ -17,13 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import requests
-import urllib3
-
 from vzpkg import __version__
 from vzpkg.core.errors import MirrorError
-from vzpkg.core.neterrors import describe
 from vzpkg.mirror.flush import Flusher
+from vzpkg.mirror.http import Client, HttpError, Response
+
+
+def describe(exc: BaseException) -> str:
+    from vzpkg.core.neterrors import describe as _describe
+    return _describe(exc)
 
 CHUNK = 1 << 20
 SMALL_LIMIT = 16 << 20
@@ -94,29 +96,21 @@ class Download:
 class Fetcher:
     def __init__(self, connect_timeout: float, read_timeout: float) -> None:
         self.timeout = (connect_timeout, read_timeout)
-        self.session = requests.Session()
-        self.session.headers.update({"User-Agent": f"vzpkg/{__version__}",
-                                     "Accept-Encoding": "identity"})
+        self.client = Client(connect_timeout, read_timeout,
+                             {"User-Agent": f"vzpkg/{__version__}",
+                              "Accept-Encoding": "identity"})
 
     def close(self) -> None:
-        self.session.close()
+        self.client.close()
 
-    def _get(self, url: str, headers: dict[str, str] | None = None) -> requests.Response:
+    def _get(self, url: str, headers: dict[str, str] | None = None) -> Response:
         try:
-            # redirects are followed (to https, to a CDN): every byte is checked
-            # against the signed index wherever it came from
-            return self.session.get(url, headers=headers, stream=True, timeout=self.timeout)
-        except requests.Timeout:
-            raise FetchError(f"{url}: timed out after {self.timeout[0]:g}s connect / "
-                             f"{self.timeout[1]:g}s read",
-                             hint="the mirror is down or stalled; raise pull.timeout if "
-                                  "it is just slow") from None
-        except requests.RequestException as exc:
-            raise FetchError(f"{url}: cannot connect: {describe(exc)}",
-                             hint="check the mirror URL and that the server is up") from None
+            return self.client.get(url, headers)
+        except HttpError as exc:
+            raise FetchError(exc.message, hint=exc.hint) from None
 
     @staticmethod
-    def _status_error(url: str, r: requests.Response) -> FetchError:
+    def _status_error(url: str, r: Response) -> FetchError:
         r.close()
         return FetchError(f"{url}: HTTP {r.status_code} {r.reason}",
                           hint="the file is missing on the mirror or the server failed")
@@ -129,11 +123,11 @@ class Fetcher:
         buf = bytearray()
         try:
             with r:
-                for chunk in r.iter_content(CHUNK):
+                while chunk := r.read1(CHUNK):
                     buf += chunk
                     if len(buf) > limit:
                         raise FetchError(f"{url}: larger than {limit} bytes; refused")
-        except requests.RequestException as exc:
+        except OSError as exc:
             raise FetchError(f"{url}: transfer failed: {describe(exc)}") from None
         return bytes(buf)
 
@@ -223,7 +217,7 @@ class Fetcher:
         progress.finish(True)
         return Download(hasher.hexdigest(), size, got - offset, offset)
 
-    def _receive(self, r: requests.Response, fd: int, url: str, offset: int, size: int,
+    def _receive(self, r: Response, fd: int, url: str, offset: int, size: int,
                  hasher: hashlib._Hash, sink: Sink, progress: Progress,
                  flusher: Flusher) -> int:
         """Write the body at *offset* of *fd*, hashing and feeding it; bytes now there."""
@@ -243,12 +237,11 @@ class Fetcher:
         return got
 
     @staticmethod
-    def _read(r: requests.Response, url: str, got: int, size: int, offset: int) -> bytes:
+    def _read(r: Response, url: str, got: int, size: int, offset: int) -> bytes:
         """What has arrived (read1: a cut loses nothing already received)."""
         try:
-            data: bytes = r.raw.read1(CHUNK, decode_content=False)
-            return data
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            return r.read1(CHUNK)
+        except OSError as exc:
             raise FetchError(f"{url}: transfer cut after {got} of {size} bytes: "
                              f"{describe(exc)}", partial=got > offset,
                              fetched=got - offset) from None

@@ -27,12 +27,12 @@ SYNC_FILE_RANGE_WRITE = 2
 
 @functools.cache
 def _libc_sync_file_range() -> ctypes._NamedFuncPointer | None:
-    """Looked up at the first writeback, not at import: find_library runs
-    ``ldconfig -p``, and a pull fetches its index before any tarball."""
+    """Looked up at the first writeback, not at import (ctypes costs a few ms).
+    The C library is already loaded into the interpreter: ``CDLL(None)`` finds
+    it without ``ctypes.util.find_library``, which runs ``ldconfig -p``."""
     import ctypes
-    import ctypes.util
     try:
-        fn = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).sync_file_range
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
     except (OSError, AttributeError):
         return None
     fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]

@@ -43,10 +43,10 @@ from vzpkg.store.lock import (
     write_synced,
 )
 from vzpkg.store.manifest import Manifest, parse_name, tarball_name
-from vzpkg.template.model import Key
 
 if TYPE_CHECKING:   # verifying needs libarchive: imported by verify() only
     from vzpkg.store.verify import VerifyReport
+    from vzpkg.template.model import Key  # a type only: pulls need not build it
 
 MANIFEST_SUFFIX = ".manifest.json"
 SIG_SUFFIX = ".asc"
