@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from vzpkg.core.errors import ChkpntError, RestoreError, VeNotRunningError, VeRunningError
 from vzpkg.runtime import criu as criu_mod
-from vzpkg.runtime import dumpfile, layout, net, ns, state
+from vzpkg.runtime import dumpfile, layout, lxcfs, net, ns, state
 from vzpkg.runtime.derived import addrs_of, ids_of, layout_of
 from vzpkg.runtime.ve import shutdown_signal
 
@@ -40,6 +40,33 @@ DUMP_DIR = "dump"
 EXT_DEV = "vzdev"
 EXT_CG = "vzcg"
 EXT_CONSOLE = "vzconsole"
+
+
+def _lxcfs_key(rel: str) -> str:
+    return "vzlxcfs-" + rel.replace("/", "-")
+
+
+def _lxcfs_dump_externals(pid: int) -> list[str]:
+    """lxcfs's files bound over the VE's /proc and /sys entries (lxcfs.FILES) are the
+    host's FUSE mount, not the VE's: CRIU is told they are external, keyed by name."""
+    try:
+        with open(f"/proc/{pid}/mountinfo", encoding="utf-8", errors="replace") as f:
+            points = {line.split()[4] for line in f if len(line.split()) > 4}
+    except OSError:
+        return []
+    return [a for rel in lxcfs.FILES if "/" + rel in points
+            for a in ("--external", f"mnt[/{rel}]:{_lxcfs_key(rel)}")]
+
+
+def _lxcfs_restore_externals() -> list[str]:
+    """Where each lxcfs key of a dump is bound again: lxcfs's file when lxcfs runs,
+    else the host's own entry (as a VE started without lxcfs sees it)."""
+    where = lxcfs.find()
+    out: list[str] = []
+    for rel in lxcfs.FILES:
+        src = where / rel if where is not None else Path("/") / rel
+        out += ["--external", f"mnt[{_lxcfs_key(rel)}]:{src}"]
+    return out
 
 
 def default_dumpfile(rt: Runtime, ctid: int) -> Path:
@@ -94,7 +121,8 @@ def chkpnt(rt: Runtime, ctid: int, dump: Path | None = None, *, tidy: bool = Tru
                 "--tcp-established", "--manage-cgroups=ignore",
                 "--external", f"mnt[/dev]:{EXT_DEV}",
                 "--external", f"mnt[/sys/fs/cgroup]:{EXT_CG}",
-                "--external", f"mnt[/dev/console]:{EXT_CONSOLE}"]
+                "--external", f"mnt[/dev/console]:{EXT_CONSOLE}",
+                *_lxcfs_dump_externals(pid)]
         ttys = _console_ttys(pid, rt.cgroups.procs(str(ctid)))
         dev_dirs = _dev_mountpoints(pid)
         leaves = rt.cgroups.v2_leaves(str(ctid))
@@ -315,7 +343,8 @@ def _restore(rt: Runtime, ctid: int, cfg: Any, criu: criu_mod.Criu, work: Path,
             "--external", f"mnt[{EXT_DEV}]:{stage / 'dev'}",
             # the console's pty master was the event helper's and went with the old
             # init: a restored VE's console leads nowhere (as with VZCTL_EVENTD=no)
-            "--external", f"mnt[{EXT_CONSOLE}]:{stage / 'dev' / 'null'}"]
+            "--external", f"mnt[{EXT_CONSOLE}]:{stage / 'dev' / 'null'}",
+            *_lxcfs_restore_externals()]
     if leaves:
         args += ["--external", f"mnt[{EXT_CG}]:{leaves[0]}"]
     if addrs:
