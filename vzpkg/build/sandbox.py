@@ -192,7 +192,8 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
             dst.shutdown(socket.SHUT_WR)
 
 
-def _relay(conn: socket.socket, port: int) -> None:
+def relay(conn: socket.socket, port: int) -> None:
+    """Copy both ways between *conn* and 127.0.0.1:*port* until both ends close."""
     with conn:
         try:
             up = socket.create_connection(("127.0.0.1", port), timeout=30)
@@ -213,7 +214,7 @@ def _accept(listener: socket.socket, port: int) -> None:
             conn, _ = listener.accept()
         except OSError:
             return                      # closed
-        threading.Thread(target=_relay, args=(conn, port), daemon=True,
+        threading.Thread(target=relay, args=(conn, port), daemon=True,
                          name="vzpkg-relay").start()
 
 

@@ -203,15 +203,9 @@ class Bucket:
 
 
 def _sign(keyring: Keyring, keyid: str, data: bytes, tmp: Path) -> bytes:
-    src, sig = tmp / "data", tmp / "data.asc"
+    src = tmp / "data"
     src.write_bytes(data)
-    sig.unlink(missing_ok=True)
-    try:
-        keyring.sign_detached(src, keyid, sig)
-    except GpgError as exc:
-        raise MirrorError(f"cannot sign with key {keyid}: {exc.message}",
-                          hint="check --sign / signing.key and the keyring") from None
-    return sig.read_bytes()
+    return _sign_file(keyring, keyid, src, tmp)
 
 
 def _put_once(b: Bucket, rel: str, body: bytes | Path, sha: str, what: str) -> None:

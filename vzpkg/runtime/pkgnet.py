@@ -18,6 +18,7 @@ import socket
 import struct
 import threading
 
+from vzpkg.build.sandbox import relay
 from vzpkg.runtime import libc
 
 SIOCGIFFLAGS = 0x8913
@@ -59,33 +60,6 @@ def _lo_up_and_listen(port: int) -> socket.socket:
     return listener
 
 
-def _pump(src: socket.socket, dst: socket.socket) -> None:
-    buf = bytearray(1 << 18)
-    view = memoryview(buf)
-    try:
-        while n := src.recv_into(buf):
-            dst.sendall(view[:n])
-    except OSError:
-        pass
-    finally:
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
-
-
-def _relay(conn: socket.socket, port: int) -> None:
-    with conn:
-        try:
-            up = socket.create_connection(("127.0.0.1", port), timeout=30)
-        except OSError:
-            return
-        with up:
-            up.settimeout(None)
-            back = threading.Thread(target=_pump, args=(up, conn), daemon=True)
-            back.start()
-            _pump(conn, up)
-            back.join()
-
-
 class ProxyDoor:
     """127.0.0.1:``port`` inside the namespace of *netns* (a descriptor) reaches
     127.0.0.1:*host_port* of the host, until :meth:`close`.  Loopback is brought
@@ -109,7 +83,7 @@ class ProxyDoor:
                 conn, _ = self._listener.accept()
             except OSError:
                 return                      # closed
-            threading.Thread(target=_relay, args=(conn, self.host_port), daemon=True,
+            threading.Thread(target=relay, args=(conn, self.host_port), daemon=True,
                              name="vzpkg-relay").start()
 
     def close(self) -> None:
