@@ -142,6 +142,21 @@ def test_the_kernel_log_is_refused_not_an_endless_eof(rt: Runtime) -> None:
     assert code != 0 and "not permitted" in out, out
 
 
+def test_a_console_mode_change_leaves_dev_null_writable(rt: Runtime) -> None:
+    """A VE started without a console pty (through the API, not vzctl) has a console
+    that discards output.  systemd chmods /dev/console 0620 at boot; when the console
+    was /dev/null's own inode, that made /dev/null unwritable to every user but root
+    (apt's _apt sandbox failed).  The console is a null device of its own."""
+    code, out = sh(rt, A, "chmod 620 /dev/console && echo hi > /dev/console && "
+                          "stat -c '%a %t:%T' /dev/null /dev/console")
+    assert code == 0, out
+    null, console = out.split()[-4:-2], out.split()[-2:]
+    assert null == ["666", "1:3"], out
+    assert console == ["620", "1:3"], out
+    code, out = sh(rt, A, "su nobody -s /bin/sh -c 'echo x > /dev/null' 2>&1; echo rc=$?")
+    assert "rc=0" in out, out
+
+
 def test_a_stopped_ve_leaves_no_stage_mount(rt: Runtime) -> None:
     rt.stop(B)
     try:

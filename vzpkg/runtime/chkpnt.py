@@ -343,7 +343,7 @@ def _restore(rt: Runtime, ctid: int, cfg: Any, criu: criu_mod.Criu, work: Path,
             "--external", f"mnt[{EXT_DEV}]:{stage / 'dev'}",
             # the console's pty master was the event helper's and went with the old
             # init: a restored VE's console leads nowhere (as with VZCTL_EVENTD=no)
-            "--external", f"mnt[{EXT_CONSOLE}]:{stage / 'dev' / 'null'}",
+            "--external", f"mnt[{EXT_CONSOLE}]:{stage / 'dev' / 'console'}",
             *_lxcfs_restore_externals()]
     if leaves:
         args += ["--external", f"mnt[{EXT_CG}]:{leaves[0]}"]

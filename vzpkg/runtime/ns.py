@@ -80,7 +80,11 @@ done
 
 INIT_PATH = "/run/vzctl/init"
 _DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
-            ("urandom", 1, 9), ("tty", 5, 0))
+            ("urandom", 1, 9), ("tty", 5, 0),
+            # a console that leads nowhere (when no pty is made for it): a null
+            # device of its own, never /dev/null's inode, which the VE's init
+            # chmods 0620 (systemd does), so that /dev/null stays writable to all
+            ("console", 1, 3))
 _RO_PROC = ("sys", "sysrq-trigger", "irq", "bus", "fs")
 _MASK_PROC = ("kcore", "keys", "timer_list", "kmsg")
 # In a user namespace the kernel itself refuses /proc/kmsg (CAP_SYSLOG over the
@@ -114,7 +118,8 @@ class StartSpec:
     stage: Path | None = None
     init: str | None = None        # the VE's own init ("/sbin/init"); None: MINIMAL_INIT
     # a unix socket fd: pid 1 makes the VE's console a pty of the VE's own devpts and
-    # sends its master back through it (vzctl console); None: the console is /dev/null
+    # sends its master back through it (vzctl console); None: the console is a null
+    # device of its own
     console: int | None = None
     # where lxcfs is mounted on the host (runtime.lxcfs): its files cover the VE's
     # /proc/meminfo, cpuinfo, ... so the VE sees its own figures; None: the host's
@@ -150,9 +155,6 @@ def _mount_dev() -> None:
     finally:
         for _, fd in nodes:
             os.close(fd)
-    # The console leads nowhere: init's output is discarded.
-    open(f"{dev}/console", "w").close()
-    libc.mount(f"{dev}/null", f"{dev}/console", None, libc.MS_BIND)
     os.mkdir(f"{dev}/pts")
     libc.mount("devpts", f"{dev}/pts", "devpts", libc.MS_NOSUID | libc.MS_NOEXEC,
                "newinstance,ptmxmode=0666,mode=620,gid=5")
@@ -209,7 +211,6 @@ def _stage_dev(stage: Path, ids: IdRange) -> None:
     for name in ("pts", "shm"):
         (stage / name).mkdir()
         os.chown(stage / name, ids.base, ids.base)
-    (stage / "console").touch()
     os.symlink("pts/ptmx", stage / "ptmx")
     for i, name in enumerate(("stdin", "stdout", "stderr")):
         os.symlink(f"/proc/self/fd/{i}", stage / name)
@@ -240,7 +241,8 @@ def _setup_mounts_userns(root: Path, run_size: str, stage: Path,
     libc.pivot_root(".", ".")
     libc.umount2(".", libc.MNT_DETACH)
     os.chdir("/")
-    libc.mount("/dev/null", "/dev/console", None, libc.MS_BIND)
+    # a mount (CRIU names it as an external one; a pty may be bound over it)
+    libc.mount("/dev/console", "/dev/console", None, libc.MS_BIND)
     libc.mount("devpts", "/dev/pts", "devpts", libc.MS_NOSUID | libc.MS_NOEXEC,
                "newinstance,ptmxmode=0666,mode=620,gid=5")
     libc.mount("shm", "/dev/shm", "tmpfs", libc.MS_NOSUID | libc.MS_NODEV,
