@@ -18,6 +18,8 @@ In one run, alternating, N rounds (default 7), from one HTTP server on 127.0.0.1
   vzpkg pull (a new process)              the same from the command line, with the
                                           Python start-up (its modules byte-compiled
                                           first, as an installed package has them)
+  python -c pass                          the interpreter's own start-up (the floor of
+                                          any command line: pull_api + this)
 The order of the methods rotates from round to round.  Medians and ratios
 against curl go to bench/results/mirror.json.
 
@@ -106,7 +108,7 @@ def run(base: Path, keys: Keys, rounds: int, size_mb: int, against: str | None =
     cfg_file = base / "vzpkg.yaml"
     times: dict[str, list[float]] = {"curl": [], "curl_durable": [], "curl_checked": [],
                                      "durable_write": [], "pull_api": [],
-                                     "pull_api_gpg": [], "pull_cli": []}
+                                     "pull_api_gpg": [], "pull_cli": [], "python_start": []}
     env = {**os.environ, "VZPKG_CONFIG": str(cfg_file), "VZ_ROOT": str(base / "vz"),
            "GNUPGHOME": str(base / "verify-home")}
     (base / "verify-home").mkdir(mode=0o700)
@@ -159,7 +161,8 @@ def run(base: Path, keys: Keys, rounds: int, size_mb: int, against: str | None =
 
         runs = {"curl": curl, "curl_durable": curl_durable, "curl_checked": curl_checked,
                 "durable_write": durable_write, "pull_api": api,
-                "pull_api_gpg": lambda: api(False), "pull_cli": cli}
+                "pull_api_gpg": lambda: api(False), "pull_cli": cli,
+                "python_start": lambda: sh(sys.executable, "-c", "pass")}
         if old_vzpkg is not None:
             runs["pull_cli_against"] = cli_against
             times["pull_cli_against"] = []
@@ -194,7 +197,8 @@ def run(base: Path, keys: Keys, rounds: int, size_mb: int, against: str | None =
         print(f"{k:13s} median {v:6.3f}s  {mb / v:7.1f} MiB/s  "
               f"x{v / med['curl']:.2f} of curl  x{v / med['curl_checked']:.2f} of checked curl")
     print(f"vzpkg pull (CLI) x{med['pull_cli'] / med['curl_durable']:.2f} of curl + sync; "
-          f"in-process x{med['pull_api'] / med['curl_durable']:.2f}")
+          f"in-process x{med['pull_api'] / med['curl_durable']:.2f}; floor (in-process + "
+          f"python -c pass) x{(med['pull_api'] + med['python_start']) / med['curl_durable']:.2f}")
     print(f"results: {path}")
     return 0
 

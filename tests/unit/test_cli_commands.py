@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from vzpkg.cli.vzpkg import COMMANDS, MODULES, build_parser, command_of
+from vzpkg.cli.vzpkg import COMMANDS, MODULES, build_parser, command_module, command_of
 
 
 def _commands(p: argparse.ArgumentParser) -> set[str]:
@@ -17,7 +17,7 @@ def test_the_command_table_matches_the_modules() -> None:
     assert _commands(build_parser()) == set(COMMANDS)
     for module in MODULES:
         p = argparse.ArgumentParser()
-        module.register(p.add_subparsers())
+        command_module(module).register(p.add_subparsers())
         assert _commands(p) == {c for c, m in COMMANDS.items() if m is module}
 
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from vzpkg.mirror.http import Client, HttpError
+from vzpkg.mirror.http import Client, ClosedEarly, HttpError
 
 
 class RawServer:
@@ -87,6 +87,32 @@ def test_chunked_and_close_delimited_bodies(client: Client) -> None:
         assert body(client, srv.url + "c") == (200, b"all of it")
     assert srv.connections == 1                         # one kept-alive connection
     assert srv.requests == ["GET /a HTTP/1.1", "GET /b HTTP/1.1", "GET /c HTTP/1.1"]
+
+
+def into(c: Client, url: str, size: int) -> bytes:
+    """The body read with readinto1 through one reused buffer of *size* bytes."""
+    buf = memoryview(bytearray(size))
+    out = bytearray()
+    with c.get(url) as r:
+        while n := r.readinto1(buf):
+            out += buf[:n]
+        assert r.complete
+    return bytes(out)
+
+
+def test_downloads_read_each_framing_into_one_buffer(client: Client) -> None:
+    chunked = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+    plain = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcEXTRA"
+    until_close = b"HTTP/1.0 200 OK\r\n\r\nall of it"
+    cut = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"
+    with RawServer([chunked, plain], close_after={1}) as srv:
+        assert into(client, srv.url + "a", 4) == b"hello world"
+        assert into(client, srv.url + "b", 64) == b"abc"      # never past Content-Length
+    with RawServer([until_close], close_after={0}) as srv:
+        assert into(client, srv.url + "c", 2) == b"all of it"
+    with RawServer([cut], close_after={0}) as srv, pytest.raises(ClosedEarly):
+        into(client, srv.url + "d", 64)
 
 
 def test_a_dropped_idle_connection_is_reopened(client: Client) -> None:

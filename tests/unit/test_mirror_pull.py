@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -287,3 +290,46 @@ def test_imported_cache_round_trip_verifies(tmp_path: Path, keys: Keys,
     assert report.ok, report.problems
     assert report.signer == keys.fpr
     capsys.readouterr()
+
+
+# what a `vzpkg pull` process loads: none of the layers a pull does not use, and no
+# PyYAML once its configuration file was parsed (vzpkg.core.configcache)
+NOT_FOR_PULL = ("yaml", "jinja2", "jsonschema", "libarchive", "requests", "urllib3",
+                "gnupg", "boto3", "email", "vzpkg.archive", "vzpkg.template",
+                "vzpkg.build", "vzpkg.runtime", "vzpkg.cli.cmd_build", "vzpkg.cli.cmd_meta",
+                "vzpkg.cli.cmd_cache", "vzpkg.cli.cmd_export", "vzpkg.cli.cmd_matrix",
+                "vzpkg.mirror.s3", "vzpkg.mirror.streams", "vzpkg.store.export")
+
+
+def test_cli_pull_imports_no_other_layer(tmp_path: Path, keys: Keys, tree: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    probe = (
+        "import json, sys\n"
+        "import vzpkg.core.configcache as cc\n"
+        "cc.RACY_NS = 0          # keep the parse of the vzpkg.yaml written just now\n"
+        "from vzpkg.cli.vzpkg import main\n"
+        "rc = main(sys.argv[1:])\n"
+        "print(json.dumps([rc, sorted(m for m in sys.modules if m.startswith("
+        f"{NOT_FOR_PULL!r}) or m == 'vzpkg.mirror.pull')]))\n")
+    env = {**os.environ, "VZ_ROOT": str(tmp_path / "vz"), "XDG_CACHE_HOME": str(tmp_path),
+           "VZPKG_CONFIG": str(tmp_path / "none.yaml")}
+    env.pop("VZPKG_CACHE_DIR", None)
+    env.pop("VZPKG_NO_PLAN_CACHE", None)
+
+    def pull(dest: str) -> list[str]:
+        r = subprocess.run([sys.executable, "-c", probe, "--workspace", str(ws),
+                            "--cache-dir", str(tmp_path / dest), "pull", NAME, "--json"],
+                           env=env, capture_output=True, text=True, check=True)
+        rc, modules = json.loads(r.stdout.splitlines()[-1])
+        assert rc == 0, r.stderr
+        assert CacheStore(tmp_path / dest).entry(NAME) is not None
+        return list(modules)
+
+    with MirrorServer(tree) as srv:
+        (ws / "vzpkg.yaml").write_text(
+            f"pull:\n  mirrors: [{srv.url}]\n  trusted_keys:\n"
+            f"    - {{file: {keys.pub}, fingerprint: {keys.fpr}}}\n")
+        first = pull("one")
+        assert "yaml" in first and "vzpkg.mirror.pull" in first     # the probe works
+        assert pull("two") == ["vzpkg.mirror.pull"]

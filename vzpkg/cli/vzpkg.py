@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 from typing import NoReturn
 
 from vzpkg import __version__
-from vzpkg.cli import cmd_build, cmd_cache, cmd_export, cmd_matrix, cmd_meta, cmd_mirror, cmd_ve
+from vzpkg.cli import cmd_ve
 from vzpkg.cli.common import Parser, run_console, run_main
 from vzpkg.core.settings_table import settings_help
 
@@ -32,14 +34,22 @@ Cache names are <distribution>-<release>-<arch>-<set>; the short form
 """
 
 
-MODULES = (cmd_meta, cmd_build, cmd_cache, cmd_export, cmd_mirror, cmd_matrix)
-# command -> the module that registers it (tests/unit/test_cli_meta.py checks it)
-COMMANDS = {"list": cmd_meta, "show": cmd_meta, "validate": cmd_meta, "schema": cmd_meta,
-            "build": cmd_build, "update": cmd_build, "import": cmd_cache,
-            "verify": cmd_cache, "remove": cmd_cache, "prune": cmd_cache,
-            "export": cmd_export, "publish": cmd_mirror, "pull": cmd_mirror,
-            "matrix": cmd_matrix}
+# The modules under vzpkg.cli that register the commands, in --help order.  They are
+# imported by name when needed: a command imports its own module only (start-up of
+# every command; tests/unit/test_startup_imports.py checks it).
+MODULES = ("cmd_meta", "cmd_build", "cmd_cache", "cmd_export", "cmd_mirror", "cmd_matrix")
+# command -> the module that registers it (tests/unit/test_cli_commands.py checks it)
+COMMANDS = {"list": "cmd_meta", "show": "cmd_meta", "validate": "cmd_meta",
+            "schema": "cmd_meta", "build": "cmd_build", "update": "cmd_build",
+            "import": "cmd_cache", "verify": "cmd_cache", "remove": "cmd_cache",
+            "prune": "cmd_cache", "export": "cmd_export", "publish": "cmd_mirror",
+            "pull": "cmd_mirror", "matrix": "cmd_matrix"}
 VALUED = ("--workspace", "--cache-dir")
+
+
+def command_module(name: str) -> ModuleType:
+    """The module ``vzpkg.cli.<name>`` of :data:`MODULES`, imported now."""
+    return importlib.import_module(f"vzpkg.cli.{name}")
 
 
 def command_of(argv: Sequence[str]) -> str | None:
@@ -55,21 +65,29 @@ def command_of(argv: Sequence[str]) -> str | None:
     return None
 
 
+class TopParser(Parser):
+    """vzpkg's own parser: its epilog (the settings table) is made only for --help."""
+
+    def format_help(self) -> str:
+        if self.epilog is None:
+            self.epilog = EPILOG + settings_help()
+        return super().format_help()
+
+
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The parser; given *argv* naming a known command, with that command's module
     only (the others' options are never read: start-up of every command)."""
-    p = Parser(prog="vzpkg", description=__doc__,
-               epilog=EPILOG + settings_help(),
-               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = TopParser(prog="vzpkg", description=__doc__,
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"vzpkg {__version__}")
     p.add_argument("--workspace", metavar="DIR",
                    help="directory with metadata/, hooks/ and caches/ (default: found "
                         "from the current directory)")
     p.add_argument("--cache-dir", metavar="DIR", help="where caches are stored")
-    sub = p.add_subparsers(title="commands", metavar="COMMAND")
+    sub = p.add_subparsers(title="commands", metavar="COMMAND", parser_class=Parser)
     only = COMMANDS.get(command_of(argv) or "") if argv is not None else None
     for module in (only,) if only is not None else MODULES:
-        module.register(sub)
+        command_module(module).register(sub)
     return p
 
 

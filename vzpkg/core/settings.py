@@ -125,7 +125,13 @@ def find_workspace(start: Path) -> Path | None:
 
 
 def _parse_yaml(path: Path) -> tuple[dict[Any, Any], dict[Any, int]]:
-    """The mapping in the YAML file *path*, and the line of each of its keys."""
+    """The mapping in the YAML file *path*, and the line of each of its keys (kept
+    between runs by :mod:`vzpkg.core.configcache`: an unchanged file costs no yaml)."""
+    from vzpkg.core.configcache import parsed
+    return parsed(path, _parse_yaml_file)
+
+
+def _parse_yaml_file(path: Path) -> tuple[dict[Any, Any], dict[Any, int]]:
     import yaml  # here: needed only when a configuration file exists
     lines: dict[Any, int] = {}
     try:

@@ -119,8 +119,10 @@ SETTINGS: tuple[Setting, ...] = (
             "the template's own", env="VZPKG_SET_" + FAMILY, option="--set NAME=VALUE",
             in_file=False),
     Setting("plan_cache", Kind.FLAG,
-            "keep build plans (`VZPKG_NO_PLAN_CACHE=1` turns it off)",
-            "on, in `$XDG_CACHE_HOME/vzpkg/plans`, else `~/.cache/vzpkg/plans`",
+            "keep build plans and parsed configuration files (`VZPKG_NO_PLAN_CACHE=1` "
+            "turns it off)",
+            "on, in `plans/` and `config/` of `$XDG_CACHE_HOME/vzpkg`, else of "
+            "`~/.cache/vzpkg`",
             env="VZPKG_NO_PLAN_CACHE", in_file=False),
 )
 

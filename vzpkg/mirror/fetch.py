@@ -222,25 +222,28 @@ class Fetcher:
                  flusher: Flusher) -> int:
         """Write the body at *offset* of *fd*, hashing and feeding it; bytes now there."""
         got = offset
-        while chunk := self._read(r, url, got, size, offset):
-            if got + len(chunk) > size:
+        buf = memoryview(bytearray(CHUNK))      # one buffer for every chunk
+        while n := self._read(r, url, got, size, offset, buf):
+            if got + n > size:
                 raise FetchError(f"{url}: more data than the {size} bytes the index "
                                  "names; refused", corrupt=True)
-            view = memoryview(chunk)
+            chunk = buf[:n]
+            view = chunk
             while view:
-                view = view[os.pwrite(fd, view, got + len(chunk) - len(view)):]
+                view = view[os.pwrite(fd, view, got + n - len(view)):]
             hasher.update(chunk)
-            got += len(chunk)
+            got += n
             sink.feed(fd, got)
             flusher.wrote(got)
             progress.update(got)
         return got
 
     @staticmethod
-    def _read(r: Response, url: str, got: int, size: int, offset: int) -> bytes:
-        """What has arrived (read1: a cut loses nothing already received)."""
+    def _read(r: Response, url: str, got: int, size: int, offset: int,
+              buf: memoryview) -> int:
+        """What has arrived, into *buf* (read1: a cut loses nothing already received)."""
         try:
-            return r.read1(CHUNK)
+            return r.readinto1(buf)
         except OSError as exc:
             raise FetchError(f"{url}: transfer cut after {got} of {size} bytes: "
                              f"{describe(exc)}", partial=got > offset,

@@ -33,6 +33,7 @@ BUFFER = 1 << 16
 class _Reader(Protocol):
     def readline(self, size: int = -1, /) -> bytes: ...
     def read1(self, size: int = -1, /) -> bytes: ...
+    def readinto1(self, buffer: memoryview, /) -> int: ...
     def close(self) -> None: ...
 
 
@@ -200,16 +201,37 @@ class Response:
             return self._read_chunked(n)
         want = n if self.length is None else min(n, self.length)
         data = self._rf.read1(want)
-        if not data:
+        self._got(len(data))
+        return bytes(data)
+
+    def readinto1(self, buf: memoryview) -> int:
+        """read1() into *buf* (a download reuses one buffer: no allocation, no new
+        pages per chunk): the number of bytes put at its start, 0 at the end of the
+        body.  OSError as for read1()."""
+        if self._done or not len(buf):
+            return 0
+        if self._chunked:
+            data = self._read_chunked(len(buf))
+            buf[:len(data)] = data
+            return len(data)
+        if self.length is not None and len(buf) > self.length:
+            buf = buf[:self.length]
+        n = self._rf.readinto1(buf)
+        self._got(n)
+        return n
+
+    def _got(self, n: int) -> None:
+        """*n* bytes of a body framed by Content-Length or by the connection's end
+        were read (0: the connection ended)."""
+        if not n:
             if self.length is None:
                 self._done = True
-                return b""
+                return
             raise ClosedEarly(self.length)
         if self.length is not None:
-            self.length -= len(data)
+            self.length -= n
             if self.length == 0:
                 self._done = True
-        return bytes(data)
 
     def _read_chunked(self, n: int) -> bytes:
         if self._chunk_left == 0:
