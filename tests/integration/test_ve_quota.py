@@ -239,6 +239,24 @@ def test_destroy_leaves_no_image_loop_or_mount(rt: Runtime) -> None:
     assert not [m for m in _mounts(rt) if "/private/" in m]
 
 
+def test_an_overlay_ve_on_an_image_keeps_its_shared_copy(rt: Runtime) -> None:
+    """A stopped overlay VE's image is not mounted; destroying another VE of the same
+    cache must still see that the shared copy is in use, and destroying the VE on
+    the image must let the copy go."""
+    ok(vzctl_cli(rt, "create", "310", "--ostemplate", "busybox-1", "--layout", "overlay",
+                 "--diskspace", "32M"))
+    ok(vzctl_cli(rt, "create", "311", "--ostemplate", "busybox-1", "--layout", "overlay"))
+    shared = sorted((rt.paths.root / "shared").glob("*[0-9a-f]"))
+    assert len(shared) == 1 and shared[0].is_dir(), shared
+    ok(vzctl_cli(rt, "destroy", "311", "--force"))
+    assert shared[0].is_dir(), "the shared copy of a stopped VE on an image was removed"
+    ok(vzctl_cli(rt, "start", "310"))
+    code, out = sh(rt, 310, "echo hi > /f && cat /f && ls /bin/sh")
+    assert code == 0 and "hi" in out, out
+    ok(vzctl_cli(rt, "destroy", "310", "--force"))
+    assert not shared[0].exists(), "the shared copy outlived its last VE"
+
+
 def test_past_the_soft_limit_for_longer_than_quotatime_the_soft_limit_holds(
         rt: Runtime) -> None:
     """The event helper looks at soft limits about every second (quota.grace_tick)."""

@@ -82,7 +82,9 @@ def create(paths: VzPaths, ctid: int, cache: CacheRef, layout: Layout,
                                        "that takes one) needs no shift") from None
         else:
             shared = ensure_shared(paths, cache)
-            # on an image, mkfs writes these three (never mounted at create)
+            # on an image, mkfs writes these three (never mounted at create); the
+            # link stays under the mount point too, so that a stopped VE's shared
+            # copy is seen in use (_shared_in_use) and found by destroy
             (private / "upper").mkdir(0o755)
             (private / "work").mkdir(0o755)
             (private / "lower").symlink_to(os.path.relpath(shared, private))
@@ -93,7 +95,6 @@ def create(paths: VzPaths, ctid: int, cache: CacheRef, layout: Layout,
                 finally:
                     for name in ("upper", "work"):
                         (private / name).rmdir()
-                    (private / "lower").unlink()
         quota.detach(paths, ctid)
     except BaseException:
         with contextlib.suppress(VeError, OSError):
