@@ -142,7 +142,7 @@ def bench_fio(root: Path, runs: int, mib: int) -> dict[str, Any]:
     lim = quota.of_config(LIMIT.get)
     img.write_bytes(b"")
     os.truncate(img, lim.image_bytes())
-    subprocess.run([*quota.mkfs_argv(0, lim), str(img)], check=True, capture_output=True)
+    subprocess.run([*quota.mkfs_argv("fio", lim), str(img)], check=True, capture_output=True)
     quota._mount(img, mnt, 0)
     jobs = {"fio_seq_fsync": ["--rw=write", "--bs=1M", f"--size={mib}M"],
             "fio_rand4k_fsync": ["--rw=randwrite", "--bs=4k", f"--size={max(mib // 4, 16)}M"]}

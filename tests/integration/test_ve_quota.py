@@ -256,10 +256,23 @@ def test_a_new_image_is_clean_and_leaves_nothing_to_write_later(rt: Runtime) -> 
     assert lines and all("ITABLE_ZEROED" in g for g in lines), lines[:3]
     # only metadata was written: the sparse image holds well under 1 MiB
     assert img.stat().st_blocks * 512 < 1 << 20, img.stat().st_blocks
-    ok(vzctl_cli(rt, "start", "312"))
-    code, out = sh(rt, 312, "ls -d /bin && echo x > /f && cat /f")
-    assert code == 0 and "x" in out, out
-    ok(vzctl_cli(rt, "destroy", "312", "--force"))
+    # a second VE of the same size is a copy of the same pristine image, with a
+    # UUID and label of its own (blkid, fsid) and just as clean
+    ok(vzctl_cli(rt, "create", "313", "--ostemplate", "busybox-1", "--layout", "overlay",
+                 "--diskspace", "256M"))
+    img2 = quota.image_path(rt.paths, 313)
+    fsck = subprocess.run(["e2fsck", "-fn", str(img2)], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    ids = [subprocess.run(["blkid", "-o", "export", str(i)], capture_output=True,
+                          text=True).stdout for i in (img, img2)]
+    uuids = [re.search(r"^UUID=(\S+)", t, re.M) for t in ids]
+    assert uuids[0] and uuids[1] and uuids[0][1] != uuids[1][1], ids
+    assert "LABEL=ve312" in ids[0] and "LABEL=ve313" in ids[1], ids
+    for ctid in ("312", "313"):
+        ok(vzctl_cli(rt, "start", ctid))
+        code, out = sh(rt, int(ctid), "ls -d /bin && echo x > /f && cat /f")
+        assert code == 0 and "x" in out, out
+        ok(vzctl_cli(rt, "destroy", ctid, "--force"))
 
 
 def test_an_overlay_ve_on_an_image_keeps_its_shared_copy(rt: Runtime) -> None:
