@@ -9,7 +9,9 @@ the hard DISKSPACE limit and its inode count the hard DISKINODES limit, so:
   image is touched;
 * ``df`` and ``df -i`` in the VE show the image: its limits and usage;
 * the layouts are unchanged: plain unpacks onto the image, overlay keeps its
-  ``upper``/``work`` there.
+  ``upper``/``work`` there;
+* mkfs runs once per size, inode count and layout tree: each VE's image is a
+  sparse copy of that *pristine* image with a UUID of its own (:func:`make_image`).
 
 Live changes (``vzctl set --diskspace`` on a running VE):
 
