@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import median, write_results
 from tests.runtime_helpers import BUSYBOX_NAME, find_debian_cache, make_busybox_cache, sh
+from vzpkg.runtime import quota
 from vzpkg.runtime.paths import VzPaths
 from vzpkg.runtime.ve import Runtime
 
@@ -52,15 +53,41 @@ def _timed(fn: Any) -> float:
     return time.perf_counter() - t0
 
 
-def bench_create(rt: Runtime, cache: str, layout: str, runs: int) -> dict[str, Any]:
+def _syncfs(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        libc_syncfs(fd)
+    finally:
+        os.close(fd)
+
+
+def libc_syncfs(fd: int) -> None:
+    import ctypes
+    if ctypes.CDLL(None, use_errno=True).syncfs(fd) != 0:
+        raise OSError(ctypes.get_errno(), "syncfs")
+
+
+def bench_create(rt: Runtime, cache: str, layout: str, runs: int,
+                 durable: bool = False) -> dict[str, Any]:
+    """With *durable*, each create is followed by syncfs of VZ_ROOT's file system
+    (and one before it), so both runs pay for writing their tree out: without it,
+    the VE without quota leaves its tree dirty in the page cache while the image's
+    unmount writes it."""
     with_q: list[float] = []
     without: list[float] = []
+    root = rt.paths.root
+
+    def one(c: int, v: dict[str, str] | None) -> None:
+        rt.create(c, cache, layout_name=layout, values=v)
+        if durable:
+            _syncfs(root)
     for i in range(runs):
-        for quota, out in ((True, with_q), (False, without)):
-            ctid = BASE + 2 * i + (0 if quota else 1)
-            vals = LIMIT if quota else None
-            out.append(_timed(lambda c=ctid, v=vals: rt.create(c, cache, layout_name=layout,
-                                                               values=v)))
+        for with_quota, out in ((True, with_q), (False, without)):
+            ctid = BASE + 2 * i + (0 if with_quota else 1)
+            vals = LIMIT if with_quota else None
+            if durable:
+                _syncfs(root)
+            out.append(_timed(lambda c=ctid, v=vals: one(c, v)))
             rt.destroy(ctid)
     q, n = median(with_q), median(without)
     return {"quota_ms": _ms(q), "none_ms": _ms(n), "ratio": round(q / n, 3),
@@ -69,28 +96,73 @@ def bench_create(rt: Runtime, cache: str, layout: str, runs: int) -> dict[str, A
 
 
 def bench_write(rt: Runtime, cache: str, runs: int, mib: int) -> dict[str, Any]:
-    q_ctid, n_ctid = BASE + 100, BASE + 101
-    rt.create(q_ctid, cache, values={"DISKSPACE": f"{(mib + 256) * 1024}"})
+    """The same writes in a VE on an image of the create benchmark's size (LIMIT)
+    and in one without quota; plus the near-full case: an image only 256 MiB larger
+    than what is written (ext4 starts writeback early when dirty data nears the
+    free space, as it would on any small file system)."""
+    q_ctid, n_ctid, s_ctid = BASE + 100, BASE + 101, BASE + 102
+    rt.create(q_ctid, cache, values=LIMIT)
     rt.create(n_ctid, cache)
+    rt.create(s_ctid, cache, values={"DISKSPACE": f"{(mib + 256) * 1024}"})
+    out: dict[str, Any] = {"mib": mib}
+    dd = f"dd if=/dev/zero of=/w bs=1M count={mib}"
+    jobs = [("dd_fsync", f"{dd} conv=fsync 2>/dev/null"), ("dd_nofsync", f"{dd} 2>/dev/null")]
+    try:
+        for ctid in (q_ctid, n_ctid, s_ctid):
+            rt.start(ctid)
+        for name, cmd in jobs:
+            res: dict[int, list[float]] = {q_ctid: [], n_ctid: [], s_ctid: []}
+            for _ in range(runs):
+                for ctid in (q_ctid, n_ctid, s_ctid):
+                    t = _timed(lambda c=ctid, cm=cmd: _check(sh(rt, c, cm)))
+                    _check(sh(rt, ctid, "rm -f /w; sync"))
+                    res[ctid].append(t)
+            q, n, sm = median(res[q_ctid]), median(res[n_ctid]), median(res[s_ctid])
+            out[name] = {"quota_ms": _ms(q), "none_ms": _ms(n), "ratio": round(q / n, 3),
+                         "quota_mib_s": round(mib / q, 1), "none_mib_s": round(mib / n, 1),
+                         "near_full_ms": _ms(sm), "near_full_ratio": round(sm / n, 3)}
+        rt.stop(q_ctid)
+        rt.stop(n_ctid)
+        out["set_live"] = bench_set(rt, s_ctid, runs, mib)
+    finally:
+        for ctid in (q_ctid, n_ctid, s_ctid):
+            rt.destroy(ctid)
+    return out
+
+
+def bench_fio(root: Path, runs: int, mib: int) -> dict[str, Any]:
+    """fio (when installed) on an image made and mounted as a VE's is (mkfs_argv,
+    the same loop set-up) against a directory of the host's file system beside it:
+    sequential 1 MiB writes and random 4 KiB writes, each ending with fsync."""
+    fio = shutil.which("fio")
+    if not fio:
+        return {"skipped": "fio is not installed"}
+    img, mnt, host = root / "fio.img", root / "fio.mnt", root / "fio.host"
+    host.mkdir()
+    lim = quota.of_config(LIMIT.get)
+    img.write_bytes(b"")
+    os.truncate(img, lim.image_bytes())
+    subprocess.run([*quota.mkfs_argv("fio", lim), str(img)], check=True, capture_output=True)
+    quota._mount(img, mnt, 0)
+    jobs = {"fio_seq_fsync": ["--rw=write", "--bs=1M", f"--size={mib}M"],
+            "fio_rand4k_fsync": ["--rw=randwrite", "--bs=4k", f"--size={max(mib // 4, 16)}M"]}
     out: dict[str, Any] = {"mib": mib}
     try:
-        rt.start(q_ctid)
-        rt.start(n_ctid)
-        for name, flags in (("dd_fsync", "conv=fsync"), ("dd_nofsync", "")):
-            res: dict[int, list[float]] = {q_ctid: [], n_ctid: []}
+        for name, args in jobs.items():
+            res: dict[str, list[float]] = {"quota": [], "none": []}
             for _ in range(runs):
-                for ctid in (q_ctid, n_ctid):
-                    cmd = f"dd if=/dev/zero of=/w bs=1M count={mib} {flags} 2>/dev/null"
-                    t = _timed(lambda c=ctid, cm=cmd: _check(sh(rt, c, cm)))
-                    res[ctid].append(t)
-                    _check(sh(rt, ctid, "rm -f /w; sync"))
-            q, n = median(res[q_ctid]), median(res[n_ctid])
-            out[name] = {"quota_ms": _ms(q), "none_ms": _ms(n), "ratio": round(q / n, 3),
-                         "quota_mib_s": round(mib / q, 1), "none_mib_s": round(mib / n, 1)}
-        out["set_live"] = bench_set(rt, q_ctid, runs, mib)
+                for k, d in (("quota", mnt), ("none", host)):
+                    argv = [fio, "--name=w", f"--directory={d}", "--ioengine=psync",
+                            "--end_fsync=1", "--output-format=terse", *args]
+                    res[k].append(_timed(lambda a=argv: subprocess.run(
+                        a, check=True, capture_output=True)))
+                    for f in d.glob("w.*"):
+                        f.unlink()
+                    _syncfs(d)
+            q, n = median(res["quota"]), median(res["none"])
+            out[name] = {"quota_ms": _ms(q), "none_ms": _ms(n), "ratio": round(q / n, 3)}
     finally:
-        for ctid in (q_ctid, n_ctid):
-            rt.destroy(ctid)
+        quota._umount(mnt)
     return out
 
 
@@ -143,19 +215,30 @@ def main() -> int:
                                     capture_output=True, text=True).stdout.strip()}
         rt.create(BASE - 1, cache, layout_name="overlay")    # the shared copy, once
         data["create_plain"] = bench_create(rt, cache, "plain", args.runs)
+        data["create_plain_durable"] = bench_create(rt, cache, "plain", args.runs,
+                                                    durable=True)
         data["create_overlay"] = bench_create(rt, cache, "overlay", args.runs)
+        data["create_overlay_durable"] = bench_create(rt, cache, "overlay", args.runs,
+                                                      durable=True)
         rt.destroy(BASE - 1)
         data["write"] = bench_write(rt, BUSYBOX_NAME, args.runs, args.write_mib)
+        data["fio"] = bench_fio(base, args.runs, args.write_mib)
         out = write_results("quota", data)
-        for k in ("create_plain", "create_overlay"):
+        for k in ("create_plain", "create_plain_durable", "create_overlay",
+                  "create_overlay_durable"):
             d = data[k]
             print(f"{k:15} quota {d['quota_ms']:9.1f} ms  none {d['none_ms']:9.1f} ms  "
                   f"ratio {d['ratio']}")
         w = data["write"]
         for k in ("dd_fsync", "dd_nofsync"):
             d = w[k]
-            print(f"{k:15} quota {d['quota_ms']:9.1f} ms  none {d['none_ms']:9.1f} ms  "
-                  f"ratio {d['ratio']}  ({d['quota_mib_s']} vs {d['none_mib_s']} MiB/s)")
+            print(f"{k:16} quota {d['quota_ms']:9.1f} ms  none {d['none_ms']:9.1f} ms  "
+                  f"ratio {d['ratio']}  ({d['quota_mib_s']} vs {d['none_mib_s']} MiB/s)"
+                  f"  near full {d['near_full_ratio']}")
+        for k, d in data["fio"].items():
+            if isinstance(d, dict):
+                print(f"{k:16} quota {d['quota_ms']:9.1f} ms  none {d['none_ms']:9.1f} ms  "
+                      f"ratio {d['ratio']}")
         print("set live       ", w["set_live"])
         print(f"results: {out}")
     finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -237,6 +238,59 @@ def test_destroy_leaves_no_image_loop_or_mount(rt: Runtime) -> None:
         assert not rt.paths.private(ctid).exists()
     assert not _loops(rt)
     assert not [m for m in _mounts(rt) if "/private/" in m]
+
+
+def test_a_new_image_is_clean_and_leaves_nothing_to_write_later(rt: Runtime) -> None:
+    """The image vzctl makes passes e2fsck, has its inode tables marked zeroed (no
+    lazyinit writes behind a VE's back after its first start) and a journal that
+    reads as zeros; an overlay VE's image is not even mounted at create."""
+    ok(vzctl_cli(rt, "create", "312", "--ostemplate", "busybox-1", "--layout", "overlay",
+                 "--diskspace", "256M"))
+    img = quota.image_path(rt.paths, 312)
+    assert not [m for m in _mounts(rt) if "/private/312 " in m], "mounted at create"
+    fsck = subprocess.run(["e2fsck", "-fn", str(img)], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    groups = subprocess.run(["dumpe2fs", str(img)], capture_output=True,
+                            text=True).stdout
+    lines = [g for g in groups.splitlines() if re.match(r"Group \d+:", g)]
+    assert lines and all("ITABLE_ZEROED" in g for g in lines), lines[:3]
+    # only metadata was written: the sparse image holds well under 1 MiB
+    assert img.stat().st_blocks * 512 < 1 << 20, img.stat().st_blocks
+    # a second VE of the same size is a copy of the same pristine image, with a
+    # UUID and label of its own (blkid, fsid) and just as clean
+    ok(vzctl_cli(rt, "create", "313", "--ostemplate", "busybox-1", "--layout", "overlay",
+                 "--diskspace", "256M"))
+    img2 = quota.image_path(rt.paths, 313)
+    fsck = subprocess.run(["e2fsck", "-fn", str(img2)], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    ids = [subprocess.run(["blkid", "-o", "export", str(i)], capture_output=True,
+                          text=True).stdout for i in (img, img2)]
+    uuids = [re.search(r"^UUID=(\S+)", t, re.M) for t in ids]
+    assert uuids[0] and uuids[1] and uuids[0][1] != uuids[1][1], ids
+    assert "LABEL=ve312" in ids[0] and "LABEL=ve313" in ids[1], ids
+    for ctid in ("312", "313"):
+        ok(vzctl_cli(rt, "start", ctid))
+        code, out = sh(rt, int(ctid), "ls -d /bin && echo x > /f && cat /f")
+        assert code == 0 and "x" in out, out
+        ok(vzctl_cli(rt, "destroy", ctid, "--force"))
+
+
+def test_an_overlay_ve_on_an_image_keeps_its_shared_copy(rt: Runtime) -> None:
+    """A stopped overlay VE's image is not mounted; destroying another VE of the same
+    cache must still see that the shared copy is in use, and destroying the VE on
+    the image must let the copy go."""
+    ok(vzctl_cli(rt, "create", "310", "--ostemplate", "busybox-1", "--layout", "overlay",
+                 "--diskspace", "32M"))
+    ok(vzctl_cli(rt, "create", "311", "--ostemplate", "busybox-1", "--layout", "overlay"))
+    shared = sorted((rt.paths.root / "shared").glob("*[0-9a-f]"))
+    assert len(shared) == 1 and shared[0].is_dir(), shared
+    ok(vzctl_cli(rt, "destroy", "311", "--force"))
+    assert shared[0].is_dir(), "the shared copy of a stopped VE on an image was removed"
+    ok(vzctl_cli(rt, "start", "310"))
+    code, out = sh(rt, 310, "echo hi > /f && cat /f && ls /bin/sh")
+    assert code == 0 and "hi" in out, out
+    ok(vzctl_cli(rt, "destroy", "310", "--force"))
+    assert not shared[0].exists(), "the shared copy outlived its last VE"
 
 
 def test_past_the_soft_limit_for_longer_than_quotatime_the_soft_limit_holds(

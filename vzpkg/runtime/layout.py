@@ -63,7 +63,9 @@ def create(paths: VzPaths, ctid: int, cache: CacheRef, layout: Layout,
         raise VeError(f"private area {private} already exists",
                       hint=f"destroy VE {ctid} first, or remove that directory") from None
     try:
-        if disk is not None and disk.limited:
+        image = disk is not None and disk.limited
+        if image and layout is Layout.PLAIN:
+            assert disk is not None
             quota.make_image(paths, ctid, disk)
             quota.attach(paths, ctid)
             (private / "lost+found").rmdir()    # unpacking wants an empty directory
@@ -80,9 +82,19 @@ def create(paths: VzPaths, ctid: int, cache: CacheRef, layout: Layout,
                                        "that takes one) needs no shift") from None
         else:
             shared = ensure_shared(paths, cache)
-            (private / "upper").mkdir()
-            (private / "work").mkdir()
+            # on an image, mkfs writes these three (never mounted at create); the
+            # link stays under the mount point too, so that a stopped VE's shared
+            # copy is seen in use (_shared_in_use) and found by destroy
+            (private / "upper").mkdir(0o755)
+            (private / "work").mkdir(0o755)
             (private / "lower").symlink_to(os.path.relpath(shared, private))
+            if image:
+                assert disk is not None
+                try:
+                    quota.make_image(paths, ctid, disk, tree=private)
+                finally:
+                    for name in ("upper", "work"):
+                        (private / name).rmdir()
         quota.detach(paths, ctid)
     except BaseException:
         with contextlib.suppress(VeError, OSError):

@@ -44,6 +44,12 @@ def _check(ret: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
+def sync_file_range(fd: int, offset: int, nbytes: int, flags: int) -> None:
+    _check(_libc.sync_file_range(ctypes.c_int(fd), ctypes.c_int64(offset),
+                                 ctypes.c_int64(nbytes), ctypes.c_uint(flags)),
+           "sync_file_range")
+
+
 def unshare(flags: int) -> None:
     _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
 
