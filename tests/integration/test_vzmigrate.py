@@ -3,7 +3,9 @@ in a network namespace of its own, reached over a real ssh connection."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -124,3 +126,47 @@ def test_offline_migration_moves_a_running_ve_and_starts_it_there(
     finally:
         subprocess.run(h2.vzctl_argv("destroy", str(ctid), "--force"), capture_output=True,
                        check=False)
+
+
+def test_lazy_migration_keeps_the_counter_and_removes_the_source_after_the_last_page(
+        hosts: tuple[Runtime, SecondHost]) -> None:
+    """Post-copy (--lazy): a failed restore there leaves the VE running here (restored
+    from its own page server); then the VE runs there, its memory follows, and only
+    once every page has arrived is it removed here."""
+    rt, h2 = hosts
+    ctid, ip = CTID + 2, "10.215.0.55"
+    rt.create(ctid, "busybox-1", ipadd=[ip])
+    start_counter(rt, ctid)
+    c = Client(ip, source=HOST_IP)
+    try:
+        assert [c.ask(), c.ask()] == [1, 2]
+        bad = f"env CRIU=/nonexistent/criu {vzctl_command()}"
+        r = vzmigrate(rt, h2, "--online", "--lazy", h2.dest, str(ctid), remote_vzctl=bad)
+        assert r.returncode == 1 and "migration" in r.stderr, r.stderr
+        assert "no working CRIU" in r.stderr and "Traceback" not in r.stderr
+        assert rt.state(ctid).running
+        assert c.ask() == 3                # the same processes, from the same memory
+        assert remote_status(h2, ctid).endswith("deleted unmounted down")
+
+        r = vzmigrate(rt, h2, "--online", "--lazy", "--json", h2.dest, str(ctid))
+        assert r.returncode == 0, r.stderr
+        rep = json.loads(r.stdout)
+        assert rep["lazy"] and "pages" in rep["steps"] and rep["frozen_seconds"] < 30
+        assert remote_status(h2, ctid) == f"CTID {ctid} exist mounted running"
+        assert not rt.paths.conf(ctid).exists() and not rt.paths.private(ctid).exists()
+        # every page of every process arrived before the source went
+        log = (h2.vzroot / "dump" / f"Dump.{ctid}.d.lazy-pages.log").read_text()
+        counts = re.findall(r"UFFD transferred pages: \((\d+)/(\d+)\)", log)
+        assert counts and all(a == b for a, b in counts), log[-2000:]
+        src = (rt.paths.root / "dump" / f"Dump.{ctid}.d.log").read_text()
+        assert "Lazy pages transfer finished successfully" in src
+        h2.route_to(ip)
+        assert c.ask() == 4                # same connection, same process
+        assert (ip in subprocess.run(h2.vzctl_argv("exec", str(ctid), "ip -4 addr show eth0"),
+                                     capture_output=True, text=True, check=False).stdout)
+        assert Path("/proc/sys/vm/unprivileged_userfaultfd").read_text().strip() == "0"
+    finally:
+        c.close()
+        subprocess.run(h2.vzctl_argv("destroy", str(ctid), "--force"), capture_output=True,
+                       check=False)
+        subprocess.run(["ip", "route", "del", f"{ip}/32"], capture_output=True, check=False)
