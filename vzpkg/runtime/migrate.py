@@ -6,12 +6,16 @@ VZ_ROOT (``remote_root``; when not given, the destination's default /vz, or what
 ssh environment sets).  The order keeps the VE whole at one end at every moment:
 
 1. refuse if the destination has that CTID;
-2. copy the private area while the VE runs (the bulk of the bytes);
+2. copy the private area while the VE runs (the bulk of the bytes), then CTID.conf
+   (its VE_ROOT and VE_PRIVATE made the destination's);
 3. online: ``vzctl chkpnt`` here (the VE freezes and stops), copy again (only what
    changed since) and the dump; offline: stop, copy again;
-4. copy CTID.conf (its VE_ROOT and VE_PRIVATE made the destination's), then
-   ``vzctl restore`` (online) or ``vzctl start`` there;
+4. ``vzctl restore`` (online) or ``vzctl start`` there;
 5. only once the VE runs there: remove it here.
+
+With ``lazy`` (post-copy, :mod:`lazy`) step 3 dumps all but the memory, and the
+source's CRIU serves the memory through the remote ``vzctl restore --page-stream``
+(started before the freeze) until the last page is there; only then step 5.
 
 When a step fails the VE is brought back here (restored from the dump, or started
 again), and what was copied to the destination is removed unless ``keep_dst``.
