@@ -364,7 +364,7 @@ def _online_lazy(rt: Runtime, remote: Remote, ctid: int, rep: Report, w: _Where,
             rt.cleanup(ctid)
         if ld.proc.poll() is None:
             ld.proc.kill()
-            ld.wait()
+        ld.wait()                           # (also gives fs.pipe-max-size back)
         raise PostCopyError(
             f"VE {ctid}: post-copy migration to {remote.dest} failed after the VE "
             f"started there: its memory stopped arriving ({' '.join(said[-3:]) or code}). "
@@ -397,6 +397,8 @@ def _undo_lazy(rt: Runtime, remote: Remote, ctid: int, ld: chkpnt.LazyDump | Non
             chkpnt.restore_lazy(rt, ctid, ld.dump, theirs).wait()
             ld.wait(60)
     finally:
+        if ld is not None and ld.proc.poll() is not None:
+            ld.wait()                       # gives fs.pipe-max-size back
         theirs.close()
         shutil.rmtree(w.dump, ignore_errors=True)
         _clean_remote(remote, ctid, w, conf_sent=True, keep_dst=keep_dst)
