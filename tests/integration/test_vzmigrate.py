@@ -3,7 +3,9 @@ in a network namespace of its own, reached over a real ssh connection."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,7 +15,7 @@ import pytest
 
 from tests.integration.test_ve_chkpnt import Client, _criu_or_skip, start_counter
 from tests.migrate_helpers import HOST_IP, SecondHost, second_host, vzctl_command
-from tests.runtime_helpers import destroy_all, runtime_for, vzctl_cli
+from tests.runtime_helpers import destroy_all, runtime_for, sh, vzctl_cli
 from vzpkg.runtime.ve import Runtime
 
 pytestmark = [pytest.mark.root,
@@ -124,3 +126,110 @@ def test_offline_migration_moves_a_running_ve_and_starts_it_there(
     finally:
         subprocess.run(h2.vzctl_argv("destroy", str(ctid), "--force"), capture_output=True,
                        check=False)
+
+
+def test_lazy_migration_keeps_the_counter_and_removes_the_source_after_the_last_page(
+        hosts: tuple[Runtime, SecondHost]) -> None:
+    """Post-copy (--lazy): a failed restore there leaves the VE running here (restored
+    from its own page server); then the VE runs there, its memory follows, and only
+    once every page has arrived is it removed here."""
+    rt, h2 = hosts
+    ctid, ip = CTID + 2, "10.215.0.55"
+    rt.create(ctid, "busybox-1", ipadd=[ip])
+    start_counter(rt, ctid)
+    c = Client(ip, source=HOST_IP)
+    try:
+        assert [c.ask(), c.ask()] == [1, 2]
+        bad = f"env CRIU=/nonexistent/criu {vzctl_command()}"
+        r = vzmigrate(rt, h2, "--online", "--lazy", h2.dest, str(ctid), remote_vzctl=bad)
+        assert r.returncode == 1 and "migration" in r.stderr, r.stderr
+        assert "no working CRIU" in r.stderr and "Traceback" not in r.stderr
+        assert rt.state(ctid).running
+        assert c.ask() == 3                # the same processes, from the same memory
+        assert remote_status(h2, ctid).endswith("deleted unmounted down")
+
+        r = vzmigrate(rt, h2, "--online", "--lazy", "--json", h2.dest, str(ctid))
+        assert r.returncode == 0, r.stderr
+        rep = json.loads(r.stdout)
+        assert rep["lazy"] and "pages" in rep["steps"] and rep["frozen_seconds"] < 30
+        assert remote_status(h2, ctid) == f"CTID {ctid} exist mounted running"
+        assert not rt.paths.conf(ctid).exists() and not rt.paths.private(ctid).exists()
+        # every page of every process arrived before the source went
+        log = (h2.vzroot / "dump" / f"Dump.{ctid}.d.lazy-pages.log").read_text()
+        counts = re.findall(r"UFFD transferred pages: \((\d+)/(\d+)\)", log)
+        assert counts and all(a == b for a, b in counts), log[-2000:]
+        src = (rt.paths.root / "dump" / f"Dump.{ctid}.d.log").read_text()
+        assert "Lazy pages transfer finished successfully" in src
+        h2.route_to(ip)
+        assert c.ask() == 4                # same connection, same process
+        assert (ip in subprocess.run(h2.vzctl_argv("exec", str(ctid), "ip -4 addr show eth0"),
+                                     capture_output=True, text=True, check=False).stdout)
+        assert Path("/proc/sys/vm/unprivileged_userfaultfd").read_text().strip() == "0"
+    finally:
+        c.close()
+        subprocess.run(h2.vzctl_argv("destroy", str(ctid), "--force"), capture_output=True,
+                       check=False)
+        subprocess.run(["ip", "route", "del", f"{ip}/32"], capture_output=True, check=False)
+
+
+def _kill_page_server(root: Path, ctid: int) -> bool:
+    """SIGKILL the source's CRIU (the page server of VE *ctid*'s lazy dump)."""
+    want = f"{root}/dump/.chkpnt.{ctid}".encode()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--lazy-pages" in argv and want in argv:
+            os.kill(int(pid), 9)
+            return True
+    return False
+
+
+def test_a_lazy_migration_whose_pages_stop_coming_stops_the_ve_at_both_ends(
+        hosts: tuple[Runtime, SecondHost]) -> None:
+    """The post-copy failure model: the source goes while pages are pending; the VE
+    is stopped there (never left running on missing memory) and here, exit 45."""
+    rt, h2 = hosts
+    ctid = CTID + 3
+    rt.create(ctid, "busybox-1")
+    assert vzctl_cli(rt, "start", str(ctid)).returncode == 0
+    # 160 MB in a shell's memory: some time for its pages to travel
+    code, out = sh(rt, ctid, "setsid sh -c 'x=$(head -c 160000000 /dev/zero | tr "
+                             "\"\\\\000\" a); echo held > /tmp/held; sleep 1000' "
+                             "</dev/null >/dev/null 2>&1 & "
+                             "for i in $(seq 150); do [ -e /tmp/held ] && exit 0; "
+                             "sleep 0.2; done; exit 1")
+    assert code == 0, out
+    env = {**os.environ, "VZ_ROOT": str(rt.paths.root)}
+    pipe_max = Path("/proc/sys/fs/pipe-max-size").read_text().strip()
+    p = subprocess.Popen([sys.executable, "-P", "-m", "vzpkg.cli.vzmigrate", "--ssh",
+                          " ".join(h2.ssh_opts), "--remote-vzroot", str(h2.vzroot),
+                          "--remote-vzctl", h2.vzctl, "--online", "--lazy", h2.dest,
+                          str(ctid)], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None
+        killed = False
+        for line in p.stdout:
+            if "its memory follows" in line:
+                killed = _kill_page_server(rt.paths.root, ctid)
+                break
+        _, err = p.communicate(timeout=120)
+        if p.returncode == 0 or not killed:
+            pytest.skip("every page arrived before the page server was killed (a race "
+                        "this test lost); nothing to check this time")
+        assert p.returncode == 45, err
+        assert "stopped on both hosts" in err and "Traceback" not in err
+        assert remote_status(h2, ctid) == f"CTID {ctid} exist unmounted down"
+        st = rt.state(ctid)
+        assert st.exists and not st.running and not rt.cgroups.procs(str(ctid))
+        # the host settings opened for the page server and the restore are closed
+        assert Path("/proc/sys/fs/pipe-max-size").read_text().strip() == pipe_max
+        assert Path("/proc/sys/vm/unprivileged_userfaultfd").read_text().strip() == "0"
+    finally:
+        if p.poll() is None:
+            p.kill()
+        subprocess.run(h2.vzctl_argv("destroy", str(ctid), "--force"), capture_output=True,
+                       check=False)
+        vzctl_cli(rt, "destroy", str(ctid), "--force")

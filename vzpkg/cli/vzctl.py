@@ -150,6 +150,12 @@ def cmd_chkpnt(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     from vzpkg.runtime import chkpnt
     rt = _rt(args)
+    if getattr(args, "page_stream", False):
+        from vzpkg.runtime import migrate
+        if not args.dumpfile:
+            raise UsageError("--page-stream needs --dumpfile DIR (the lazy dump directory)")
+        migrate.receive_lazy(rt, args.ctid, Path(args.dumpfile))
+        return 0
     _say(args, f"Restoring VE {args.ctid} ...")
     pid = chkpnt.restore(rt, args.ctid, Path(args.dumpfile) if args.dumpfile else None)
     _say(args, f"Restoring completed successfully: VE {args.ctid} runs again "
@@ -386,6 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
         ck.add_argument("--dumpfile", metavar="FILE",
                         help="where the state goes / comes from (default: DUMPDIR of "
                              "vz.conf, else $VZ_ROOT/dump, /Dump.CTID)")
+        if func is cmd_restore:
+            ck.add_argument("--page-stream", action="store_true",
+                            help="vzmigrate --lazy's side at the destination: wait for "
+                                 "'go' on stdin, restore from the lazy dump directory "
+                                 "--dumpfile, then carry the VE's memory, which comes "
+                                 "later, from the source's CRIU on stdin/stdout; "
+                                 "messages go to stderr; exit 0 once every page is here")
     cmd("status", cmd_status, "print: CTID N exist|deleted mounted|unmounted running|down")
     for name, what in (("exec", "run a command line in a VE through /bin/sh -c ('-': "
                                 "read it from stdin); exit status is the command's"),

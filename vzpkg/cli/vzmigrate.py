@@ -17,6 +17,9 @@ EPILOG = """\
 examples:
   vzmigrate --online root@host2 101      live: the VE freezes for a moment, its
                                          processes and TCP connections go on there
+  vzmigrate --online --lazy host2 101    post-copy: the VE runs there after a
+                                         short freeze whatever its memory size;
+                                         the memory follows (see below)
   vzmigrate host2 101                    offline: stop, copy, start there
   vzmigrate --remote-vzroot /srv/vz --ssh "-p 2222 -i key" host2 101
 
@@ -25,7 +28,19 @@ at DEST); the destination runs its own vzctl (--remote-vzctl) with its own VZ_RO
 (--remote-vzroot; default: the destination's own default).  The VE is removed here
 only once it runs there; if a step fails it runs here again, and the destination's
 copy is removed (kept with --keep-dst).  A destination that has the CTID is refused.
-Exit status: 0 done; 44 the CTID exists there; 1 another failure (the VE is back).
+
+--lazy (post-copy): the dump leaves the memory here, served by CRIU from the frozen
+processes; the VE runs there as soon as the rest is restored, and each page goes
+when it is first touched, the others in the background.  Until the last page has
+arrived the VE needs both hosts and the ssh connection: if the transfer breaks
+then, the VE is stopped at both ends (its processes are lost; its files are at
+both) and vzmigrate exits 45.  A failure before the VE runs there leaves it
+running here, as without --lazy.  Without --lazy the whole memory is written,
+copied and read inside the freeze (a longer freeze; any failure leaves the VE
+here).  The restore there briefly sets vm.unprivileged_userfaultfd=1 (CRIU makes
+the userfaultfd inside the VE's user namespace); see docs/SECURITY.md.
+Exit status: 0 done; 44 the CTID exists there; 45 --lazy failed after the VE
+started there (stopped at both ends); 1 another failure (the VE is back).
 """
 
 
@@ -41,10 +56,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         if not (args.quiet or args.json):
             print(text, flush=True)
 
-    rep = migrate(rt, remote, args.ctid, online=args.online, keep_dst=args.keep_dst, say=say)
+    rep = migrate(rt, remote, args.ctid, online=args.online, keep_dst=args.keep_dst,
+                  lazy=args.lazy, say=say)
     if args.json:
         print(json.dumps({"ctid": rep.ctid, "dest": rep.dest, "online": rep.online,
-                          "frozen_seconds": rep.frozen, "steps": rep.steps}))
+                          "lazy": rep.lazy, "frozen_seconds": rep.frozen,
+                          "steps": rep.steps}))
     else:
         say(f"VE {args.ctid} migrated to {args.dest}")
     return 0
@@ -55,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--online", action="store_true",
                    help="live migration: checkpoint here, restore there (CRIU)")
+    p.add_argument("--lazy", "--post-copy", action="store_true",
+                   help="with --online: post-copy, the memory follows after the VE runs "
+                        "there (short freeze; a broken transfer stops the VE, exit 45)")
     p.add_argument("--keep-dst", action="store_true",
                    help="on failure, keep what was copied to the destination")
     p.add_argument("--ssh", metavar="OPTIONS", help='extra ssh options, e.g. "-p 2222 -i KEY"')

@@ -22,6 +22,8 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from vzpkg.core.errors import ChkpntError, RestoreError, VeNotRunningError, VeRunningError
 from vzpkg.runtime import criu as criu_mod
-from vzpkg.runtime import dumpfile, layout, lxcfs, net, ns, state
+from vzpkg.runtime import dumpfile, layout, lazy, lxcfs, net, ns, state
 from vzpkg.runtime.derived import addrs_of, ids_of, layout_of
 from vzpkg.runtime.ve import shutdown_signal
 
@@ -98,7 +100,43 @@ def chkpnt(rt: Runtime, ctid: int, dump: Path | None = None, *, tidy: bool = Tru
     frozen until CRIU had its state).  Without *tidy* the stopped VE's network,
     mount and cgroup are left for the event helper (or the next vzctl command on
     the VE) to undo: a migration does not wait for that inside its freeze."""
-    dump = dump or default_dumpfile(rt, ctid)
+    out, frozen, _ = _chkpnt(rt, ctid, dump or default_dumpfile(rt, ctid), tidy=tidy,
+                             as_dir=as_dir, pages=None)
+    return out, frozen
+
+
+@dataclass
+class LazyDump:
+    """A dump without the VE's memory (:mod:`lazy`): CRIU still runs, serving the
+    pages from the frozen processes on its socket until the restore has them all;
+    then it ends and the processes are killed."""
+
+    dump: Path                          # the images (a dump directory), sealed
+    frozen: float                       # seconds until the images were written
+    proc: subprocess.Popen[bytes]       # CRIU, now the page server
+    log: Path
+    pipe_max: str | None = None         # fs.pipe-max-size to give back at the end
+
+    def wait(self, timeout: float | None = None) -> int:
+        """CRIU's exit status, once the page server is done."""
+        code = self.proc.wait(timeout)
+        lazy.put_pipe_max(self.pipe_max)
+        self.pipe_max = None
+        return code
+
+
+def chkpnt_lazy(rt: Runtime, ctid: int, dump: Path, pages: socket.socket) -> LazyDump:
+    """Freeze VE *ctid* and write its images to the dump directory *dump*, all but
+    its memory, which CRIU then serves on *pages* (one end of a stream socket; a
+    ``criu lazy-pages`` daemon reads the other end).  Returns once the images are
+    written; the VE's processes stay frozen until the page server ends."""
+    _, _, lazy_dump = _chkpnt(rt, ctid, dump, tidy=False, as_dir=True, pages=pages)
+    assert lazy_dump is not None
+    return lazy_dump
+
+
+def _chkpnt(rt: Runtime, ctid: int, dump: Path, *, tidy: bool, as_dir: bool,
+            pages: socket.socket | None) -> tuple[Path, float, LazyDump | None]:
     with rt.locked(ctid):
         cfg = rt.config(ctid)
         pid = state.running_pid(rt.paths.pidfile(ctid))
@@ -134,13 +172,38 @@ def chkpnt(rt: Runtime, ctid: int, dump: Path | None = None, *, tidy: bool = Tru
         if owner:
             args.append("--unprivileged")
         t0 = time.monotonic()
-        r = criu.run(args, owner=owner)
+        proc = None
+        lazy_log = dump.with_name(f"{dump.name}.log")
+        pipe_max: str | None = None
+        if pages is None:
+            r = criu.run(args, owner=owner)
+            code, stderr = r.returncode, r.stderr
+        else:
+            # the images are all written once CRIU says so on the status pipe; the
+            # log goes beside the dump, since CRIU writes to it until it ends
+            lazy_log.unlink(missing_ok=True)
+            st_r, st_w = os.pipe()
+            args[args.index("-o") + 1] = str(lazy_log)
+            args += ["--lazy-pages", "--ps-socket", str(pages.fileno()),
+                     "--status-fd", str(st_w)]
+            pipe_max = lazy.raise_pipe_max()
+            try:
+                proc = criu.popen(args, owner=owner, pass_fds=(pages.fileno(), st_w))
+            except BaseException:
+                lazy.put_pipe_max(pipe_max)
+                raise
+            finally:
+                os.close(st_w)
+            code, stderr = (0 if lazy.read_status(st_r) else proc.wait() or 1), ""
+            if code != 0:
+                lazy.put_pipe_max(pipe_max)
         frozen = time.monotonic() - t0
-        if r.returncode != 0:
-            log = _log_copy(work, "dump.log", dump.with_name(f"{dump.name}.log"))
+        if code != 0:
+            log = (_log_copy(work, "dump.log", dump.with_name(f"{dump.name}.log"))
+                   if pages is None else lazy_log)
             shutil.rmtree(work, ignore_errors=True)
             alive = state.running_pid(rt.paths.pidfile(ctid)) is not None
-            why = criu_mod.errors_of(log) or r.stderr.strip()
+            why = criu_mod.errors_of(log) or stderr.strip()
             raise ChkpntError(
                 f"VE {ctid}: CRIU could not dump it ({why})",
                 hint=f"the VE {'is still running' if alive else 'stopped'}; "
@@ -157,15 +220,21 @@ def chkpnt(rt: Runtime, ctid: int, dump: Path | None = None, *, tidy: bool = Tru
             else:
                 dumpfile.pack(work, dump, meta)
         except OSError as exc:
+            if proc is not None:    # CRIU lets the processes go (their network may
+                proc.kill()         # stay locked: stop and start the VE)
+                lazy.put_pipe_max(pipe_max)
+                proc.wait()
             raise ChkpntError(f"VE {ctid}: cannot write the dump file {dump}: "
                               f"{exc.strerror}",
                               hint=f"CRIU's images are kept in {work}; the VE stopped"
                               ) from None
         shutil.rmtree(work, ignore_errors=True)
+        if proc is not None:
+            return dump, frozen, LazyDump(dump, frozen, proc, lazy_log, pipe_max)
         state.wait_exit(pid, 10)
         if tidy:
             rt.cleanup(ctid)    # network, mount, cgroup, pid file: as vzctl stop
-        return dump, frozen
+        return dump, frozen, None
 
 
 @dataclass(frozen=True)
@@ -272,7 +341,50 @@ def _console_ttys(pid: int, procs: list[int]) -> list[str]:
 
 def restore(rt: Runtime, ctid: int, dump: Path | None = None) -> int:
     """Bring VE *ctid* back from *dump*; its init's host pid."""
-    dump = dump or default_dumpfile(rt, ctid)
+    pid, _ = _restore_checked(rt, ctid, dump or default_dumpfile(rt, ctid), None)
+    return pid
+
+
+@dataclass
+class LazyRestore:
+    """A VE restored from a lazy dump: it runs, and CRIU's lazy-pages daemon still
+    fills its memory from the source's page server."""
+
+    rt: Runtime
+    ctid: int
+    pid: int                            # the VE's init on the host
+    daemon: subprocess.Popen[bytes]
+    log: Path
+
+    def wait(self) -> None:
+        """Return once every page has arrived.  If the stream broke first the VE is
+        killed at once (a page it never got would read as zeros) and RestoreError
+        says so."""
+        code = self.daemon.wait()
+        if code == 0:
+            return
+        with contextlib.suppress(Exception):
+            self.rt.cgroups.kill_all(str(self.ctid))
+        with contextlib.suppress(Exception):
+            self.rt.stop(self.ctid, fast=True)
+        why = criu_mod.errors_of(self.log) or f"exit status {code}"
+        raise RestoreError(f"VE {self.ctid}: its memory stopped arriving from the source "
+                           f"before the last page ({why}); the VE was stopped here",
+                           hint=f"its files are here and at the source; start it on one "
+                                f"of them (vzctl start {self.ctid}); CRIU's log: {self.log}")
+
+
+def restore_lazy(rt: Runtime, ctid: int, dump: Path, pages: socket.socket) -> LazyRestore:
+    """Restore VE *ctid* from the lazy dump directory *dump*, its memory coming from
+    the page server at the other end of *pages*.  Returns once the VE runs; its
+    :meth:`LazyRestore.wait` returns once all its memory is here."""
+    pid, daemon = _restore_checked(rt, ctid, dump, pages)
+    assert daemon is not None
+    return LazyRestore(rt, ctid, pid, daemon, dump.with_name(f"{dump.name}.lazy-pages.log"))
+
+
+def _restore_checked(rt: Runtime, ctid: int, dump: Path, pages: socket.socket | None
+                     ) -> tuple[int, subprocess.Popen[bytes] | None]:
     with rt.locked(ctid):
         cfg = rt.config(ctid)
         if state.running_pid(rt.paths.pidfile(ctid)) is not None:
@@ -297,6 +409,9 @@ def restore(rt: Runtime, ctid: int, dump: Path | None = None) -> int:
                                hint="restore it where its id range is the same")
         criu = criu_mod.find(RestoreError)
         in_place = dump.is_dir()
+        if pages is not None and not in_place:
+            raise RestoreError(f"{dump} is a dump file: memory that comes later needs a "
+                               "dump directory (vzmigrate --lazy makes one)")
         work = dump if in_place else _work(rt, ctid, "restore")
         try:
             if in_place:                   # refuses a changed dump: nothing touched yet
@@ -315,7 +430,7 @@ def restore(rt: Runtime, ctid: int, dump: Path | None = None) -> int:
                                   {str(k): str(v) for k, v in
                                    (head.get("cgroup_procs") or {}).items()
                                    if str(k).isdigit() and _relpath(v)})
-                return _restore(rt, ctid, cfg, criu, work, dump, extra)
+                return _restore(rt, ctid, cfg, criu, work, dump, extra, pages)
             except BaseException:
                 rt.cleanup(ctid)
                 raise
@@ -324,8 +439,30 @@ def restore(rt: Runtime, ctid: int, dump: Path | None = None) -> int:
                 shutil.rmtree(work, ignore_errors=True)
 
 
+def _lazy_daemon(criu: criu_mod.Criu, work: Path, dump: Path, pages: socket.socket
+                 ) -> subprocess.Popen[bytes]:
+    """``criu lazy-pages`` on the images in *work*, reading pages from *pages*; it
+    listens on ``lazy-pages.socket`` there for the restore."""
+    log = dump.with_name(f"{dump.name}.lazy-pages.log")
+    log.unlink(missing_ok=True)
+    st_r, st_w = os.pipe()
+    try:
+        proc = criu.popen(["lazy-pages", "--page-server", "--ps-socket", str(pages.fileno()),
+                           "-D", str(work), "-o", str(log), "-v4", "--status-fd", str(st_w)],
+                          pass_fds=(pages.fileno(), st_w))
+    finally:
+        os.close(st_w)
+    if not lazy.read_status(st_r):
+        code = proc.wait()
+        raise RestoreError(f"CRIU's lazy-pages daemon did not start ("
+                           f"{criu_mod.errors_of(log) or f'exit status {code}'})",
+                           hint=f"the VE stays stopped; CRIU's log: {log}")
+    return proc
+
+
 def _restore(rt: Runtime, ctid: int, cfg: Any, criu: criu_mod.Criu, work: Path,
-             dump: Path, extra: _DevExtra) -> int:
+             dump: Path, extra: _DevExtra, pages: socket.socket | None = None
+             ) -> tuple[int, subprocess.Popen[bytes] | None]:
     ids = ids_of(cfg)
     assert ids is not None
     cg = rt.cgroups
@@ -357,8 +494,19 @@ def _restore(rt: Runtime, ctid: int, cfg: Any, criu: criu_mod.Criu, work: Path,
         for f in (d, d / "cgroup.procs", d / "cgroup.subtree_control", d / "cgroup.threads"):
             with contextlib.suppress(OSError):
                 os.chown(f, ids.base, ids.base)
-    r = _run_in_ve_context(rt, ctid, ids, stage, criu, args, extra)
+    daemon = None
+    if pages is not None:
+        (work / "lazy-pages.socket").unlink(missing_ok=True)
+        daemon = _lazy_daemon(criu, work, dump, pages)
+        args.append("--lazy-pages")
+    try:
+        with lazy.uffd_window() if daemon is not None else contextlib.nullcontext():
+            r = _run_in_ve_context(rt, ctid, ids, stage, criu, args, extra)
+    except BaseException:
+        _stop_daemon(daemon)
+        raise
     if r != 0:
+        _stop_daemon(daemon)
         log = _log_copy(work, "restore.log", dump.with_name(f"{dump.name}.restore.log"))
         raise RestoreError(f"VE {ctid}: CRIU could not restore it "
                            f"({criu_mod.errors_of(log) or 'see its log'})",
@@ -374,8 +522,15 @@ def _restore(rt: Runtime, ctid: int, cfg: Any, criu: criu_mod.Criu, work: Path,
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         state.wait_exit(pid, 10)
+        _stop_daemon(daemon)
         raise
-    return pid
+    return pid, daemon
+
+
+def _stop_daemon(daemon: subprocess.Popen[bytes] | None) -> None:
+    if daemon is not None and daemon.poll() is None:
+        daemon.kill()
+        daemon.wait()
 
 
 def _console_stand_in(stage: Path, ids: Any) -> int:

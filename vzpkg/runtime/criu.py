@@ -61,6 +61,16 @@ class Criu:
                               preexec_fn=(lambda: _as_owner(owner)) if owner else None)
 
 
+    def popen(self, args: Sequence[str], *, owner: int = 0, pass_fds: Sequence[int] = ()
+              ) -> subprocess.Popen[bytes]:
+        """criu *args* in the background (as :meth:`run`), given the descriptors
+        *pass_fds*; its output is discarded (it logs to its ``-o`` file)."""
+        return subprocess.Popen([*self.argv, *args], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                pass_fds=tuple(pass_fds), start_new_session=True,
+                                preexec_fn=(lambda: _as_owner(owner)) if owner else None)
+
+
 def _tree_argv(tree: Path) -> tuple[str, ...] | None:
     binary = tree / "usr/sbin/criu"
     for loader in ("usr/lib64/ld-linux-x86-64.so.2", "lib64/ld-linux-x86-64.so.2",

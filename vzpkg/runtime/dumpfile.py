@@ -57,7 +57,8 @@ def seal_dir(images: Path, meta: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
-_OURS = {"restore.log", "init.pid"}     # what a restore writes beside the images
+# what a restore (and a lazy one's daemon) writes beside the images
+_OURS = {"restore.log", "init.pid", "lazy-pages.socket", "stats-restore"}
 
 
 def check_dir(dump: Path) -> dict[str, Any]:

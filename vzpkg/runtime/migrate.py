@@ -6,12 +6,16 @@ VZ_ROOT (``remote_root``; when not given, the destination's default /vz, or what
 ssh environment sets).  The order keeps the VE whole at one end at every moment:
 
 1. refuse if the destination has that CTID;
-2. copy the private area while the VE runs (the bulk of the bytes);
+2. copy the private area while the VE runs (the bulk of the bytes), then CTID.conf
+   (its VE_ROOT and VE_PRIVATE made the destination's);
 3. online: ``vzctl chkpnt`` here (the VE freezes and stops), copy again (only what
    changed since) and the dump; offline: stop, copy again;
-4. copy CTID.conf (its VE_ROOT and VE_PRIVATE made the destination's), then
-   ``vzctl restore`` (online) or ``vzctl start`` there;
+4. ``vzctl restore`` (online) or ``vzctl start`` there;
 5. only once the VE runs there: remove it here.
+
+With ``lazy`` (post-copy, :mod:`lazy`) step 3 dumps all but the memory, and the
+source's CRIU serves the memory through the remote ``vzctl restore --page-stream``
+(started before the freeze) until the last page is there; only then step 5.
 
 When a step fails the VE is brought back here (restored from the dump, or started
 again), and what was copied to the destination is removed unless ``keep_dst``.
@@ -23,6 +27,7 @@ import contextlib
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -31,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vzpkg.core.errors import UsageError, VeError, VeExistsError
-from vzpkg.runtime import chkpnt, state
+from vzpkg.runtime import chkpnt, lazy, net, state
 from vzpkg.runtime.derived import layout_of
 from vzpkg.runtime.layout import Layout
 from vzpkg.runtime.ve import Runtime
@@ -39,6 +44,13 @@ from vzpkg.runtime.ve import Runtime
 
 class MigrateError(VeError):
     """A migration failed (the VE is back at the source)."""
+
+
+class PostCopyError(MigrateError):
+    """A post-copy migration (--lazy) failed after the VE ran at the destination: its
+    memory stopped arriving, so it is stopped at both ends."""
+
+    exit_code = 45
 
 
 @dataclass
@@ -64,9 +76,11 @@ class Remote:
 
     def run(self, words: Sequence[str], *, check: bool = True, timeout: float = 600
             ) -> subprocess.CompletedProcess[str]:
+        return self.shell(self.vzctl_line(words), check=check, timeout=timeout)
+
+    def vzctl_line(self, words: Sequence[str]) -> str:
         env = f"VZ_ROOT={shlex.quote(self.root)} " if self.root else ""
-        line = env + self.vzctl + " " + " ".join(shlex.quote(w) for w in words)
-        return self.shell(line, check=check, timeout=timeout)
+        return env + self.vzctl + " " + " ".join(shlex.quote(w) for w in words)
 
     def shell(self, line: str, *, check: bool = True, timeout: float = 600
               ) -> subprocess.CompletedProcess[str]:
@@ -99,6 +113,7 @@ class Report:
     online: bool
     steps: dict[str, float] = field(default_factory=dict)
     frozen: float | None = None        # online: chkpnt started .. restore done
+    lazy: bool = False
 
     def timed(self, name: str, func: Callable[[], object]) -> None:
         t = time.monotonic()
@@ -144,20 +159,35 @@ def _conf_for(rt: Runtime, ctid: int, remote: Remote) -> str:
 
 
 def migrate(rt: Runtime, remote: Remote, ctid: int, *, online: bool,
-            keep_dst: bool = False, say: Callable[[str], None] = lambda s: None) -> Report:
+            keep_dst: bool = False, lazy: bool = False,
+            say: Callable[[str], None] = lambda s: None) -> Report:
     """Move VE *ctid* to *remote* (see the module's text).  Every ssh and rsync of
-    one migration shares one ssh connection."""
+    one migration shares one ssh connection.  *lazy* (with *online*): post-copy, the
+    VE's memory follows after it runs there (:mod:`lazy`)."""
+    if lazy and not online:
+        raise UsageError("--lazy is a kind of live migration: it needs --online")
     with tempfile.TemporaryDirectory(prefix="vzmigrate-") as tmp:
         remote.control = os.path.join(tmp, "ssh")
         try:
-            return _migrate(rt, remote, ctid, online=online, keep_dst=keep_dst, say=say)
+            return _migrate(rt, remote, ctid, online=online, keep_dst=keep_dst, lazy=lazy,
+                            say=say)
         finally:
             remote.close()
             remote.control = None
 
 
+@dataclass
+class _Where:
+    """One migration's paths at both ends."""
+
+    priv: str               # the private area there
+    dump: Path              # the dump directory here
+    rdump: str              # and there
+    rconf: str              # CTID.conf there
+
+
 def _migrate(rt: Runtime, remote: Remote, ctid: int, *, online: bool,
-             keep_dst: bool, say: Callable[[str], None]) -> Report:
+             keep_dst: bool, lazy: bool, say: Callable[[str], None]) -> Report:
     cfg = rt.config(ctid)
     if layout_of(cfg) is not Layout.PLAIN:
         raise UsageError(f"VE {ctid} has the overlay layout: its files are partly the "
@@ -167,7 +197,7 @@ def _migrate(rt: Runtime, remote: Remote, ctid: int, *, online: bool,
     if online and not running:
         raise UsageError(f"VE {ctid} is not running: --online needs a running VE",
                          hint=f"vzmigrate {remote.dest} {ctid} (offline)")
-    rep = Report(ctid, remote.dest, online)
+    rep = Report(ctid, remote.dest, online, lazy=lazy)
     say(f"Checking the destination {remote.dest} ...")
     st = remote.run(["status", str(ctid)], check=False)
     if st.returncode != 0 or not st.stdout.startswith(f"CTID {ctid}"):
@@ -178,21 +208,46 @@ def _migrate(rt: Runtime, remote: Remote, ctid: int, *, online: bool,
         raise VeExistsError(f"VE {ctid} already exists on {remote.dest}; nothing was done",
                             hint="destroy it there first, or migrate another CTID")
     base = remote.base
-    priv = f"{base}/private/{ctid}"
+    # a dump directory: copied and restored as CRIU wrote it, never packed
+    w = _Where(f"{base}/private/{ctid}",
+               chkpnt.default_dumpfile(rt, ctid).with_name(f"Dump.{ctid}.d"),
+               f"{base}/dump/Dump.{ctid}.d", f"{base}/etc/vz/conf/{ctid}.conf")
     remote.shell("mkdir -p -m 700 " + " ".join(shlex.quote(f"{base}/{d}") for d in
                                               ("private", "etc/vz/conf", "dump")))
     say("Copying the private area (first pass) ...")
-    rep.timed("rsync1", lambda: remote.rsync(f"{rt.paths.private(ctid)}/", f"{priv}/"))
-    # a dump directory: copied and restored as CRIU wrote it, never packed
-    dump = chkpnt.default_dumpfile(rt, ctid).with_name(f"Dump.{ctid}.d")
-    rdump = f"{base}/dump/Dump.{ctid}.d"
     conf_sent = False
+    try:
+        rep.timed("rsync1", lambda: remote.rsync(f"{rt.paths.private(ctid)}/", f"{w.priv}/"))
+        # CTID.conf goes before the freeze (it does not change meanwhile)
+        conf = rt.paths.root / "dump" / f".{ctid}.conf.migrate"
+        conf.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        conf.write_text(_conf_for(rt, ctid, remote))
+        try:
+            conf_sent = True
+            rep.timed("copy_conf", lambda: remote.rsync(str(conf), w.rconf))
+        finally:
+            conf.unlink(missing_ok=True)
+    except BaseException:
+        _clean_remote(remote, ctid, w, conf_sent=conf_sent, keep_dst=keep_dst)
+        raise
+    if lazy:
+        _online_lazy(rt, remote, ctid, rep, w, keep_dst=keep_dst, say=say)
+    else:
+        _copy_and_start(rt, remote, ctid, rep, w, online=online, running=running,
+                        keep_dst=keep_dst, say=say)
+    return rep
+
+
+def _copy_and_start(rt: Runtime, remote: Remote, ctid: int, rep: Report, w: _Where, *,
+                    online: bool, running: bool, keep_dst: bool,
+                    say: Callable[[str], None]) -> None:
+    """The whole dump (or a stop), copied, then restore (or start) there."""
     stopped_here = False
     t_freeze = time.monotonic()
     try:
         if online:
             say(f"Checkpointing VE {ctid} ...")
-            rep.timed("chkpnt", lambda: chkpnt.chkpnt(rt, ctid, dump, tidy=False,
+            rep.timed("chkpnt", lambda: chkpnt.chkpnt(rt, ctid, w.dump, tidy=False,
                                                              as_dir=True))
         elif running:
             say(f"Stopping VE {ctid} ...")
@@ -201,44 +256,195 @@ def _migrate(rt: Runtime, remote: Remote, ctid: int, *, online: bool,
         say("Copying the private area (second pass)" + (" and the dump" if online else "")
             + " ...")
         rep.timed("rsync2", lambda: _both(
-            lambda: remote.rsync(f"{rt.paths.private(ctid)}/", f"{priv}/", delete=True),
-            (lambda: remote.rsync(f"{dump}/", f"{rdump}/")) if online else None))
-        conf = rt.paths.root / "dump" / f".{ctid}.conf.migrate"
-        conf.write_text(_conf_for(rt, ctid, remote))
-        try:
-            rep.timed("copy_conf", lambda: remote.rsync(
-                str(conf), f"{base}/etc/vz/conf/{ctid}.conf"))
-        finally:
-            conf.unlink(missing_ok=True)
-        conf_sent = True
+            lambda: remote.rsync(f"{rt.paths.private(ctid)}/", f"{w.priv}/", delete=True),
+            (lambda: remote.rsync(f"{w.dump}/", f"{w.rdump}/")) if online else None))
         if online:
             say(f"Restoring VE {ctid} on {remote.dest} ...")
             rep.timed("restore", lambda: remote.run(["restore", str(ctid), "--dumpfile",
-                                                     rdump]))
+                                                     w.rdump]))
             rep.frozen = round(time.monotonic() - t_freeze, 3)
         elif running:
             say(f"Starting VE {ctid} on {remote.dest} ...")
             rep.timed("start", lambda: remote.run(["start", str(ctid)]))
     except BaseException as exc:
-        _undo(rt, remote, ctid, online=online, stopped_here=stopped_here, dump=dump,
-              conf_sent=conf_sent, keep_dst=keep_dst, priv=priv, rdump=rdump)
+        _undo(rt, remote, ctid, online=online, stopped_here=stopped_here, dump=w.dump,
+              keep_dst=keep_dst, w=w)
         if isinstance(exc, VeError):
-            raise MigrateError(f"VE {ctid}: migration to {remote.dest} failed: "
-                               f"{exc.message}",
-                               hint=f"VE {ctid} is {'running' if stopped_here else 'left'} "
-                                    f"here as before" + ("" if keep_dst else
-                                    "; what was copied there was removed")) from None
+            raise _failed(ctid, remote, exc, stopped_here, keep_dst) from None
         raise
-    say(f"Removing VE {ctid} here ...")
+    _remove_here(rt, remote, ctid, w)
+
+
+def _failed(ctid: int, remote: Remote, exc: VeError, stopped_here: bool,
+            keep_dst: bool) -> MigrateError:
+    return MigrateError(f"VE {ctid}: migration to {remote.dest} failed: {exc.message}",
+                        hint=f"VE {ctid} is {'running' if stopped_here else 'left'} "
+                             f"here as before" + ("" if keep_dst else
+                             "; what was copied there was removed"))
+
+
+def _remove_here(rt: Runtime, remote: Remote, ctid: int, w: _Where) -> None:
     rt.destroy(ctid, stop=False)
-    shutil.rmtree(dump, ignore_errors=True)
+    shutil.rmtree(w.dump, ignore_errors=True)
     with contextlib.suppress(MigrateError):
-        remote.shell(f"rm -rf {shlex.quote(rdump)}")
-    return rep
+        remote.shell(f"rm -rf {shlex.quote(w.rdump)}")
+
+
+def _online_lazy(rt: Runtime, remote: Remote, ctid: int, rep: Report, w: _Where, *,
+                 keep_dst: bool, say: Callable[[str], None]) -> None:
+    """Post-copy: the dump without memory, copied; restore there while the source's
+    CRIU serves the memory through the remote vzctl's stdin and stdout."""
+    ours, theirs = socket.socketpair()      # ours: CRIU's page server; theirs: ssh's
+    line = remote.vzctl_line(["restore", str(ctid), "--dumpfile", w.rdump,
+                              "--page-stream"])
+    ssh = subprocess.Popen([*remote.ssh_argv(), remote.dest, line], stdin=theirs.fileno(),
+                           stdout=theirs.fileno(), stderr=subprocess.PIPE)
+    assert ssh.stderr is not None
+    said: list[str] = []
+
+    def until(mark: str) -> bool:
+        assert ssh.stderr is not None
+        for raw in ssh.stderr:
+            text = raw.decode(errors="replace").rstrip("\n")
+            if text.startswith(mark):
+                return True
+            said.append(text)
+        return False
+
+    ld: chkpnt.LazyDump | None = None
+    restored = False
+    t_freeze = 0.0
+    try:
+        # the remote vzctl starts (and is found able to) before anything freezes
+        if not until(lazy.READY):
+            ssh.wait()
+            raise MigrateError(f"on {remote.dest}: vzctl restore --page-stream: "
+                               f"{' '.join(said) or f'exit status {ssh.returncode}'}",
+                               hint="the destination's vzctl needs --page-stream "
+                                    "(this vzpkg); or migrate without --lazy")
+        t_freeze = time.monotonic()
+        say(f"Checkpointing VE {ctid} (its memory stays here for now) ...")
+        t = time.monotonic()
+        ld = chkpnt.chkpnt_lazy(rt, ctid, w.dump, ours)
+        rep.steps["chkpnt"] = round(time.monotonic() - t, 3)
+        say("Copying the private area (second pass) and the dump ...")
+        rep.timed("rsync2", lambda: _both(
+            lambda: remote.rsync(f"{rt.paths.private(ctid)}/", f"{w.priv}/", delete=True),
+            lambda: remote.rsync(f"{w.dump}/", f"{w.rdump}/")))
+        say(f"Restoring VE {ctid} on {remote.dest} ...")
+        t = time.monotonic()
+        ours.sendall(lazy.GO)
+        ours.close()
+        restored = until(lazy.RESTORED)
+        if not restored:
+            ssh.wait()
+            raise MigrateError(f"on {remote.dest}: vzctl restore: "
+                               f"{' '.join(said) or f'exit status {ssh.returncode}'}")
+        rep.steps["restore"] = round(time.monotonic() - t, 3)
+        rep.frozen = round(time.monotonic() - t_freeze, 3)
+    except BaseException as exc:
+        ours.close()
+        _undo_lazy(rt, remote, ctid, ld, ssh, theirs, w, keep_dst=keep_dst)
+        if isinstance(exc, VeError):
+            raise _failed(ctid, remote, exc, True, keep_dst) from None
+        raise
+    # the point of no return: the VE runs there.  Its address is there now; here its
+    # frozen processes only serve their memory.
+    net.teardown(rt.paths.host_ifname(ctid))
+    say(f"VE {ctid} runs on {remote.dest}; its memory follows ...")
+    t = time.monotonic()
+    until("\0")                  # (no such line) what else it says, to its end
+    code = ssh.wait()
+    theirs.close()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        ld.wait(60)
+    rep.steps["pages"] = round(time.monotonic() - t, 3)
+    if code != 0:
+        with contextlib.suppress(Exception), rt.locked(ctid):
+            rt.cleanup(ctid)
+        if ld.proc.poll() is None:
+            ld.proc.kill()
+        ld.wait()                           # (also gives fs.pipe-max-size back)
+        raise PostCopyError(
+            f"VE {ctid}: post-copy migration to {remote.dest} failed after the VE "
+            f"started there: its memory stopped arriving ({' '.join(said[-3:]) or code}). "
+            f"The VE is stopped on both hosts; its processes are lost",
+            hint=f"its files are on both hosts ({remote.dest} has the newer ones): start "
+                 f"it on one, e.g. there: vzctl start {ctid}; then destroy the other copy")
+    say(f"Removing VE {ctid} here ...")
+    _remove_here(rt, remote, ctid, w)
+
+
+def _undo_lazy(rt: Runtime, remote: Remote, ctid: int, ld: chkpnt.LazyDump | None,
+               ssh: subprocess.Popen[bytes], theirs: socket.socket, w: _Where, *,
+               keep_dst: bool) -> None:
+    """Before the VE ran there: it runs here again.  If its processes were dumped,
+    they are restored here from the same dump, their memory from the same page
+    server (the frozen originals are killed first)."""
+    if ssh.poll() is None:
+        with contextlib.suppress(Exception):
+            ssh.kill()
+        ssh.wait()
+    with contextlib.suppress(Exception):
+        st = remote.run(["status", str(ctid)], check=False)
+        if " running" in st.stdout:
+            remote.run(["stop", str(ctid), "--fast"], check=False)
+    try:
+        if ld is not None and ld.proc.poll() is None:
+            with rt.locked(ctid):
+                rt.cleanup(ctid)
+            _drain(theirs)
+            chkpnt.restore_lazy(rt, ctid, ld.dump, theirs).wait()
+            ld.wait(60)
+    finally:
+        if ld is not None and ld.proc.poll() is not None:
+            ld.wait()                       # gives fs.pipe-max-size back
+        theirs.close()
+        shutil.rmtree(w.dump, ignore_errors=True)
+        _clean_remote(remote, ctid, w, conf_sent=True, keep_dst=keep_dst)
+
+
+def _drain(sock: socket.socket) -> None:
+    """Drop what the page server sent to a reader that is gone."""
+    sock.setblocking(False)
+    try:
+        while sock.recv(1 << 20):
+            pass
+    except OSError:
+        pass
+    finally:
+        sock.setblocking(True)
+
+
+def receive_lazy(rt: Runtime, ctid: int, dump: Path) -> None:
+    """``vzctl restore --page-stream`` (the destination of ``vzmigrate --lazy``):
+    say READY on stderr, wait for GO on stdin, restore the VE from the lazy dump
+    directory *dump* and say RESTORED, while stdin and stdout carry the page
+    server's stream to CRIU's lazy-pages daemon; return once every page is here."""
+    import signal
+    import sys
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)    # ssh going must not stop the wait
+    print(lazy.READY, file=sys.stderr, flush=True)
+    got = b""
+    while not got.endswith(b"\n") and len(got) < len(lazy.GO):
+        chunk = os.read(0, 1)
+        if not chunk:
+            break
+        got += chunk
+    if got != lazy.GO:
+        raise MigrateError("the source gave up before the restore; nothing was done")
+    mine, daemon_end = socket.socketpair()
+    lazy.relay(0, 1, mine)
+    try:
+        lr = chkpnt.restore_lazy(rt, ctid, dump, daemon_end)
+    finally:
+        daemon_end.close()
+    print(f"{lazy.RESTORED} {lr.pid}", file=sys.stderr, flush=True)
+    lr.wait()
 
 
 def _undo(rt: Runtime, remote: Remote, ctid: int, *, online: bool, stopped_here: bool,
-          dump: Path, conf_sent: bool, keep_dst: bool, priv: str, rdump: str) -> None:
+          dump: Path, keep_dst: bool, w: _Where) -> None:
     """After a failed step: the VE runs here again; the destination is cleaned."""
     with contextlib.suppress(Exception):
         st = remote.run(["status", str(ctid)], check=False)
@@ -251,10 +457,15 @@ def _undo(rt: Runtime, remote: Remote, ctid: int, *, online: bool, stopped_here:
             rt.start(ctid)
     if online:
         shutil.rmtree(dump, ignore_errors=True)
+    _clean_remote(remote, ctid, w, conf_sent=True, keep_dst=keep_dst)
+
+
+def _clean_remote(remote: Remote, ctid: int, w: _Where, *, conf_sent: bool,
+                  keep_dst: bool) -> None:
     if keep_dst:
         return
     with contextlib.suppress(Exception):
         if conf_sent:
             remote.run(["destroy", str(ctid)], check=False)
         remote.shell("rm -rf " + " ".join(shlex.quote(p) for p in (
-            priv, rdump, f"{remote.base}/etc/vz/conf/{ctid}.conf")), check=False)
+            w.priv, w.rdump, w.rconf)), check=False)
