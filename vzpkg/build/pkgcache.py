@@ -138,6 +138,8 @@ class CachingProxy:
         # package indexes served in this session, and what they say of pool files
         self._indexes: dict[str, list[Path]] = {}
         self._pool_sha256: dict[str, dict[str, str]] = {}
+        self._indexes_read: set[Path] = set()   # each read once, however many clients
+        self.indexes_read = 0                   # how many index files were parsed
         self._index_lock = threading.Lock()
         # one download per file at a time: concurrent clients asking for the same
         # file wait for the first one's download and are then served from the cache
@@ -303,7 +305,11 @@ class CachingProxy:
             self.on_package(local)
         if INDEX.fullmatch(parts[1]):
             with self._index_lock:
-                self._indexes.setdefault(parts[0], []).append(local)
+                # many VEs' package managers ask for the same index: it is read
+                # once (about 0.7 s for Debian's main), not once per client
+                if local not in self._indexes_read:
+                    self._indexes_read.add(local)
+                    self._indexes.setdefault(parts[0], []).append(local)
         size = local.stat().st_size
         h.send_response(200)
         h.send_header("Content-Length", str(size))
@@ -458,6 +464,7 @@ class CachingProxy:
             known = self._pool_sha256.setdefault(key, {})
             for index in self._indexes.pop(key, []):
                 known.update(pool_sha256(index))
+                self.indexes_read += 1
             return known.get(urllib.parse.unquote(path))
 
 
