@@ -114,9 +114,14 @@ def test_many_ves_at_once_download_each_package_once(env: dict[str, Any]) -> Non
     code, out = sh(rt, FIRST, "hello")
     assert (code, out) == (0, "Hello, world!\n")
     print(f"{MANY} VEs: install hello in {took:.1f} s")
-    # a second run downloads no package at all
+    # a second run downloads no package at all, and the VE's lists are current: apt
+    # gets a 'Hit' for each repository and asks for no index again
     r = vzpkg(env, "install", str(FIRST + 1), "hello", "--json")
     assert r.returncode == 0, r.stderr
+    run = Path(json.loads(r.stdout)["proxy"]["log"]).read_text().split("\n# ")[-1]
+    assert "unchanged " in run and "InRelease" in run, run
+    assert "/by-hash/" not in run and "Packages" not in run, run
+    assert "Hit:" in Path(results(r)[FIRST + 1]["log"]).read_text()
     for c in ctids[1:]:
         rt.destroy(c)
 

@@ -187,3 +187,56 @@ def test_a_package_that_does_not_match_the_index_is_served_but_never_kept(
             assert r.content == good and proxy.stats.rejected == []
         assert [p.read_bytes() for p in cache.glob("*/pool/main/h/hello/*.deb")] == [good]
         assert not list(cache.rglob(".part-*")) and not list(cache.rglob("rejected-*"))
+
+
+def test_an_index_served_to_many_clients_is_read_once(tmp_path: Path) -> None:
+    """Fifty VEs' apt ask for the same Packages index: the proxy reads it once to
+    check the packages it downloads (reading it per client cost 0.7 s each for
+    Debian's main), and the check still holds for every client."""
+    good = b"the real package" * 100
+    up = _indexed_upstream(tmp_path, good)
+    (up / "pool/main/h/hello/hello_1.0%2Bb1_amd64.deb").write_bytes(b"damaged")
+    index = next(up.glob("dists/stable/main/binary-amd64/by-hash/SHA256/*"))
+    with MirrorServer(up) as srv, CachingProxy(tmp_path / "cache") as proxy:
+        base = proxy.url_for(srv.url.rstrip("/"))
+        for _ in range(5):
+            requests.get(f"{base}/{index.relative_to(up)}", timeout=10).raise_for_status()
+        for _ in range(2):
+            r = requests.get(f"{base}/pool/main/h/hello/hello_1.0%2Bb1_amd64.deb",
+                             timeout=10)
+            assert r.content == b"damaged"
+        assert proxy.indexes_read == 1
+        assert proxy.stats.rejected == ["pool/main/h/hello/hello_1.0%2Bb1_amd64.deb"] * 2
+
+
+def test_a_client_whose_index_is_current_gets_304(tmp_path: Path) -> None:
+    """apt asks again with If-Modified-Since (the Last-Modified it was given): while
+    the proxy's copy is the same it answers 304, and apt keeps its lists and the
+    cache built from them ('Hit'); once the index changed it gets the new one."""
+    up = _upstream(tmp_path)
+    with MirrorServer(up) as srv, CachingProxy(tmp_path / "cache") as proxy:
+        base = proxy.url_for(srv.url.rstrip("/"))
+        first = requests.get(f"{base}/dists/stable/InRelease", timeout=10)
+        stamp = first.headers["Last-Modified"]
+        again = requests.get(f"{base}/dists/stable/InRelease", timeout=10,
+                             headers={"If-Modified-Since": stamp})
+        assert again.status_code == 304 and again.content == b""
+        assert proxy.stats.client_not_modified == 1
+        older = requests.get(f"{base}/dists/stable/InRelease", timeout=10,
+                             headers={"If-Modified-Since": "Thu, 01 Jan 1970 00:00:00 GMT"})
+        assert older.status_code == 200 and older.text == "Date: one\n"
+        junk = requests.get(f"{base}/dists/stable/InRelease", timeout=10,
+                            headers={"If-Modified-Since": "yesterday"})
+        assert junk.status_code == 200
+        # pool files are immutable: served as they are, whatever the client says
+        deb = requests.get(f"{base}/pool/main/h/hello_1.0_amd64.deb", timeout=10,
+                           headers={"If-Modified-Since": stamp})
+        assert deb.status_code == 200
+    (up / "dists/stable/InRelease").write_text("Date: two\n")
+    import time
+    time.sleep(1.1)                 # a new session, a changed index: a newer date
+    with MirrorServer(up) as srv, CachingProxy(tmp_path / "cache") as proxy:
+        base = proxy.url_for(srv.url.rstrip("/"))
+        r = requests.get(f"{base}/dists/stable/InRelease", timeout=10,
+                         headers={"If-Modified-Since": stamp})
+        assert r.status_code == 200 and r.text == "Date: two\n"

@@ -9,9 +9,14 @@ manager and runs it:
   (``Acquire::http::Proxy``, for this command only; the VE's sources and keys
   are its own), packages are downloaded into a private archive directory, and
   only when the whole operation succeeded do the fresh indexes replace the
-  VE's.  A failure (a held dpkg lock, a signature apt refuses, a package it
-  cannot find) leaves the VE as it was: apt takes dpkg's lock before it
-  changes anything, and apt-get refuses at once when another process holds it.
+  VE's.  The private directory starts as hard links to the VE's lists, so that
+  an unchanged repository is a 'Hit' for apt (the proxy answers
+  ``If-Modified-Since``): no index is downloaded or unpacked again (apt still
+  checks the signature with the VE's keys, and its update still rebuilds its
+  cache, ``/var/cache/apt/vzpkg/srcpkgcache.bin``, the VE's own).  A failure
+  (a held dpkg lock, a signature apt refuses, a package it cannot find)
+  leaves the VE as it was: apt takes dpkg's lock before it changes anything,
+  and apt-get refuses at once when another process holds it.
 * **dnf** in the VE: the same, with ``--setopt=proxy=``.
 * an **rpm database without dnf** (a minimal RPM VE): exit status
   :data:`NEED_HOST_DNF`; the host's dnf serves it (:mod:`vzpkg.runtime.hostdnf`).
@@ -75,17 +80,27 @@ echo "vzpkg: package manager: $pm" >&2
 if [ $pm = apt ]; then
   T=/var/lib/apt/lists.vzpkg
   A=/var/cache/apt/archives.vzpkg
+  C=/var/cache/apt/vzpkg
   rm -rf "$T" "$A"
   trap 'rm -rf "$T" "$A"' EXIT
   set -- -q -o "Acquire::http::Proxy=$proxy" -o "Acquire::https::Proxy=$proxy" \
     -o "Dir::State::Lists=$T" -o "Dir::Cache::Archives=$A" \
-    -o "Dir::Cache::pkgcache=$A/pkgcache.bin" -o Dir::Cache::srcpkgcache= \
+    -o Dir::Cache::pkgcache= -o "Dir::Cache::srcpkgcache=$C/srcpkgcache.bin" \
     -o Acquire::CompressionTypes::Order::=gz \
     -o Acquire::Languages=none -o Dpkg::Use-Pty=0 -o APT::Get::Assume-Yes=true \
     -o Dpkg::Options::=--force-confold -o Dpkg::Options::=--force-confdef \
     -o APT::Install-Recommends=false -o DPkg::Lock::Timeout=0
   [ "$dry" = 1 ] && sim=-s || sim=
-  mkdir -p "$T/partial" "$A/partial" || exit 1
+  mkdir -p "$T/partial" "$A/partial" "$C" || exit 1
+  # the VE's lists seed the private ones, as hard links (apt never writes into a
+  # list file: it renames a new one over it): where the proxy's copy of a
+  # repository is the one the VE has, apt's update is a 'Hit' (it still checks
+  # the signature with the VE's keys) and downloads and unpacks no index, and
+  # the cache apt built from these lists last time ($C) is still valid
+  for f in /var/lib/apt/lists/*; do
+    case $f in */lock) continue ;; esac
+    [ -f "$f" ] && [ ! -L "$f" ] && ln "$f" "$T/"
+  done
   fetch() {
     out=$(apt-get "$@" update 2>&1); rc=$?
     printf '%s\n' "$out" >&2
@@ -108,7 +123,7 @@ if [ $pm = apt ]; then
   info)
     fetch "$@"
     for p in $pkgs; do apt-cache "$@" policy "$p"; apt-cache "$@" show "$p" || exit 100; done ;;
-  check-updates) fetch "$@"; pending "$@" ;;
+  check-updates) fetch "$@"; pending "$@"; commit ;;
   install) fetch "$@"; apt-get "$@" $sim install $pkgs || exit 100; [ -n "$sim" ] || commit ;;
   remove) apt-get "$@" $sim remove $pkgs || exit 100 ;;
   update)
