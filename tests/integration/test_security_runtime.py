@@ -403,3 +403,21 @@ def test_an_address_is_never_given_to_two_ves(rt: Runtime) -> None:
         rt.destroy(9509)
         with contextlib.suppress(Exception):
             rt.destroy(9510)
+
+
+def test_the_kernel_log_is_refused_in_the_old_mode_too(rt: Runtime) -> None:
+    """A VE in the old mode (VE_USERNS=no) cannot read the host's kernel log, and is
+    told so: the kernel refuses /proc/kmsg (CAP_SYSLOG and CAP_SYS_ADMIN are out of
+    its bounding set).  Masked with /dev/null, it read as an endless EOF, on which
+    rsyslog's imklog spins."""
+    ctid = 9511
+    rt.create(ctid, "busybox-1", userns=False)
+    rt.start(ctid)
+    try:
+        _, out = sh(rt, ctid, "grep -c ' /proc/kmsg ' /proc/mounts; "
+                                 "head -c1 /proc/kmsg; echo rc=$?")
+        assert out.splitlines()[0] == "0", out         # nothing mounted over it
+        assert "rc=0" not in out, out
+        assert "not permitted" in out or "ermission denied" in out, out
+    finally:
+        rt.destroy(ctid)

@@ -86,12 +86,12 @@ _DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
             # chmods 0620 (systemd does), so that /dev/null stays writable to all
             ("console", 1, 3))
 _RO_PROC = ("sys", "sysrq-trigger", "irq", "bus", "fs")
-_MASK_PROC = ("kcore", "keys", "timer_list", "kmsg")
-# In a user namespace the kernel itself refuses /proc/kmsg (CAP_SYSLOG over the
-# initial namespace, and the file is host root's): masking it with /dev/null would
-# turn that refusal into an endless EOF, on which rsyslog's imklog spins (4 % of a
-# CPU per VE, measured)
-_MASK_PROC_USERNS = tuple(n for n in _MASK_PROC if n != "kmsg")
+# /proc/kmsg is not masked: the kernel itself refuses it to a VE (opening it needs
+# CAP_SYSLOG, or CAP_SYS_ADMIN, over the initial user namespace: a user-namespaced
+# VE's root has neither there, and the old mode drops both from the bounding set).
+# Masked with /dev/null, that refusal became an endless EOF on which rsyslog's imklog
+# spins (4 % of a CPU per VE, measured)
+_MASK_PROC = ("kcore", "keys", "timer_list")
 
 
 SETUP_TIMEOUT = 30.0   # seconds pid 1 may take from its namespaces to exec
@@ -250,7 +250,7 @@ def _setup_mounts_userns(root: Path, run_size: str, stage: Path,
     for name in _RO_PROC:
         if os.path.exists(f"/proc/{name}"):
             _mount_ro_bind(f"/proc/{name}")
-    for name in _MASK_PROC_USERNS:
+    for name in _MASK_PROC:
         if os.path.exists(f"/proc/{name}"):
             libc.mount("/dev/null", f"/proc/{name}", None, libc.MS_BIND)
     # the VE's own cgroup2 subtree (its cgroup namespace's root), for its init
