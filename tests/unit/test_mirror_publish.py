@@ -189,3 +189,31 @@ def test_index_is_replaced_last(tmp_path: Path, keys: Keys,
     assert set(renames[:-6]) == {f"caches/{NAME}/2/{NAME}{s}" for s in
                                  (".tar.zst", ".tar.zst.asc", ".manifest.json",
                                   ".incus.tar.xz")}
+
+
+def test_concurrent_publishers_into_one_tree_lose_no_entry(tmp_path: Path, keys: Keys) -> None:
+    """Jobs publishing at the same time into one directory each add their cache:
+    none overwrites another's index entry, and with --keep 1 none prunes a serial
+    the final index names."""
+    import subprocess
+    import sys
+    names = [f"test-{i}-x86_64-minimal" for i in range(1, 5)]
+    tree = tmp_path / "tree"
+    for i, n in enumerate(names):
+        make_cache(tmp_path / f"job{i}", n, 200_000, seed=i)
+    publish_tree(tmp_path / "job0", tree, keys)
+    make_cache(tmp_path / "job0", names[0], 200_000, seed=9)        # serial 2 of test-1
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "vzpkg.cli.vzpkg", "--cache-dir", str(tmp_path / f"job{i}"),
+         "publish", str(tree), "--sign", keys.fpr, "--gnupghome", str(keys.home),
+         "--keep", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(len(names))]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    index = json.loads((tree / "index.json").read_text())
+    assert sorted(c["name"] for c in index["caches"]) == names      # no update was lost
+    for c in index["caches"]:
+        for k in ("tarball", "manifest", "signature"):
+            assert (tree / c[k]).is_file(), c[k]                       # none dangles
+    assert {c["name"]: c["serial"] for c in index["caches"]}[names[0]] == 2

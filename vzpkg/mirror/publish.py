@@ -6,7 +6,9 @@ each new cache, its tarball, manifest and signature go into
 renamed); then the index signature and finally ``index.json`` itself are
 replaced by rename.  ``--keep N`` prunes after that, and never the serial the
 index names.  A cache whose sha256 is already in the index is not
-written again; when nothing changed, not even the index is touched.
+written again; when nothing changed, not even the index is touched.  Publishers
+into one tree take turns (a flock on its directory), so concurrent jobs lose no
+entry and none prunes what another's index names.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -299,6 +302,31 @@ def publish(store: CacheStore, dest: Path, names: Sequence[str], *, keyring: Key
         raise MirrorError(f"no caches to publish in {store.dir}",
                           hint="build or import a cache first")
     dest.mkdir(parents=True, exist_ok=True)
+    with _publisher_lock(dest):
+        return _publish_locked(dest, sources, keyring, keyid, keep)
+
+
+@contextmanager
+def _publisher_lock(dest: Path) -> Iterator[None]:
+    """One publisher at a time in a tree: the next one reads the index the last one
+    wrote (no entry lost) and no --keep prunes a serial another's index names.  The
+    lock is a flock on the directory itself: no file is added to the tree."""
+    import fcntl
+    fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"vzpkg: waiting for another publisher of {dest}", file=sys.stderr,
+                  flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _publish_locked(dest: Path, sources: list[tuple[Manifest, Path]], keyring: Keyring,
+                    keyid: str, keep: int | None) -> PublishReport:
     old = read_index(dest)
     new: dict[str, IndexEntry] = {}
     new_items: dict[str, StreamItem] = {}
