@@ -298,7 +298,9 @@ NOT_FOR_PULL = ("yaml", "jinja2", "jsonschema", "libarchive", "requests", "urlli
                 "gnupg", "boto3", "email", "vzpkg.archive", "vzpkg.template",
                 "vzpkg.build", "vzpkg.runtime", "vzpkg.cli.cmd_build", "vzpkg.cli.cmd_meta",
                 "vzpkg.cli.cmd_cache", "vzpkg.cli.cmd_export", "vzpkg.cli.cmd_matrix",
-                "vzpkg.mirror.s3", "vzpkg.mirror.streams", "vzpkg.store.export")
+                "vzpkg.mirror.s3", "vzpkg.mirror.streams", "vzpkg.store.export",
+                # the publisher (and with it the store's writers of trees, gpg's keyring)
+                "vzpkg.mirror.publish")
 
 
 def test_cli_pull_imports_no_other_layer(tmp_path: Path, keys: Keys, tree: Path) -> None:
