@@ -56,6 +56,8 @@ class TrustedKey:
 
 @dataclass(frozen=True)
 class MirrorConfig:
+    """The mirrors to pull from, the keys to trust, timeouts, the signing key."""
+
     mirrors: tuple[str, ...] = ()
     trusted_keys: tuple[TrustedKey, ...] = ()
     connect_timeout: float = 10.0

@@ -87,6 +87,8 @@ class FetchError(MirrorError):
 
 @dataclass(frozen=True)
 class Download:
+    """What a download left in its .part file."""
+
     sha256: str
     size: int
     fetched: int        # bytes received in this call

@@ -36,6 +36,8 @@ PARTIAL_DIR = ".partial"
 
 @dataclass(frozen=True)
 class Pulled:
+    """One cache a pull made current."""
+
     name: str
     serial: int
     sha256: str
@@ -48,6 +50,8 @@ class Pulled:
 
 @dataclass(frozen=True)
 class PullReport:
+    """What a pull did: the caches pulled or current, and why the others failed."""
+
     pulled: tuple[Pulled, ...]
     failed: tuple[tuple[str, str], ...]   # (cache name or "*", why)
 
