@@ -23,17 +23,35 @@ In one run, alternating, N rounds (default 7), from one HTTP server on 127.0.0.1
 The order of the methods rotates from round to round.  Medians and ratios
 against curl go to bench/results/mirror.json.
 
+Then, where the time of ``vzpkg pull`` goes (``phases_ms``): the same command run
+through a driver that notes the time at the start of the interpreter's own code,
+after the imports, and around the pull's steps (each a wrapper on the method, no
+change to vzpkg); medians over the rounds, in milliseconds:
+  start        exec to the first line of the program (the interpreter, site)
+  imports      the command line and every module a pull uses
+  setup        argument parsing, vzpkg.yaml (a kept parse), mirror config, keys
+  index        index.json and its signature fetched, the signature checked (sqv)
+  manifest     the manifest fetched and checked, the tarball's signature fetched,
+               sqv started on a pipe
+  download     the tarball received, written, hashed and fed to sqv
+  fsync        the last fdatasync once the last byte is written
+  verdict      waiting for sqv's verdict on the tarball's signature
+  commit       the store's atomic replace (manifest, rename, directory fsync)
+  exit         the report printed, the process gone
+
     python bench/mirror.py [--rounds N] [--size-mb M]
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -89,6 +107,74 @@ def main() -> int:
             return run(base, keys, args.rounds, args.size_mb, args.against)
         finally:
             keys.close()
+
+
+PHASE_DRIVER = """\
+import sys, time
+T = {"main": time.time()}
+sys.path.insert(0, ROOT)
+import vzpkg.cli.vzpkg as cli
+cli.defer_import("inspect")          # what main() does for a pull, before any import
+import vzpkg.cli.cmd_mirror, vzpkg.mirror.pull, vzpkg.mirror.fetch, vzpkg.mirror.flush
+import vzpkg.mirror.verify, vzpkg.mirror.config, vzpkg.mirror.progress
+import vzpkg.cli.common as common
+T["imported"] = time.time()
+SPANS = {}
+
+
+def wrap(owner, attr, key):
+    fn = getattr(owner, attr)
+
+    def timed(*a, **k):
+        t = time.time()
+        try:
+            return fn(*a, **k)
+        finally:
+            SPANS.setdefault(key, []).append((t, time.time()))
+    setattr(owner, attr, timed)
+
+
+M = vzpkg.mirror
+wrap(M.pull.Puller, "pull", "pull")
+wrap(M.pull.Puller, "index", "index")
+wrap(M.pull.Puller, "_fetch_and_commit", "fetch_and_commit")
+wrap(M.fetch.Fetcher, "download", "download")
+wrap(M.flush.Flusher, "finish", "fsync")
+wrap(M.verify.Check, "result", "verdict")
+wrap(M.pull.Puller, "_commit", "commit")
+exit_fast = common.exit_fast
+
+
+def report(code):
+    T["end"] = time.time()
+    sys.stderr.write("PHASES " + repr((T, SPANS)) + "\\n")
+    exit_fast(code)
+
+
+common.exit_fast = report
+cli.entry()
+"""
+
+
+def phases(t_spawn: float, t_done: float, stderr: str) -> dict[str, float]:
+    """The phases (ms) of one run of PHASE_DRIVER (see the module docstring)."""
+    line = next(x for x in stderr.splitlines() if x.startswith("PHASES "))
+    marks, spans = ast.literal_eval(line[len("PHASES "):])
+
+    def span(key: str) -> float:
+        return float(sum(b - a for a, b in spans.get(key, [])))
+
+    (pull_start, pull_end), = spans["pull"]
+    (fc_start, _), = spans["fetch_and_commit"]
+    (dl_start, _), = spans["download"]
+    out = {"start": marks["main"] - t_spawn, "imports": marks["imported"] - marks["main"],
+           "setup": pull_start - marks["imported"], "index": span("index"),
+           "manifest": dl_start - fc_start, "download": span("download") - span("fsync"),
+           "fsync": span("fsync"), "verdict": span("verdict"), "commit": span("commit"),
+           "exit": t_done - pull_end}
+    out["other"] = (t_done - t_spawn) - sum(out.values())   # the pull's own bookkeeping
+    out["total"] = t_done - t_spawn
+    return {k: v * 1000 for k, v in out.items()}
 
 
 def checkout(rev: str, dest: Path) -> Path:
@@ -179,11 +265,23 @@ def run(base: Path, keys: Keys, rounds: int, size_mb: int, against: str | None =
                         assert got is not None and got.manifest.sha256 == m.sha256
                         shutil.rmtree(d)
                 out.unlink(missing_ok=True)
+        driver = base / "phases.py"
+        driver.write_text(f"ROOT = {str(ROOT)!r}\n" + PHASE_DRIVER)
+        runs_phases: list[dict[str, float]] = []
+        for _ in range(rounds):
+            t0 = time.time()
+            r = subprocess.run([sys.executable, str(driver), "--cache-dir", str(base / "cli"),
+                                "pull", NAME, "--json"], env=env, capture_output=True,
+                               text=True, check=True)
+            runs_phases.append(phases(t0, time.time(), r.stderr))
+            shutil.rmtree(base / "cli")
     med = {k: median(v) for k, v in times.items()}
+    phases_ms = {k: round(median([p[k] for p in runs_phases]), 2) for k in runs_phases[0]}
     result = {
         "size_bytes": m.size, "rounds": rounds, "against": against,
         "verifier": "sqv" if sqv_available() else "gpg",
         "median_seconds": med,
+        "phases_ms": phases_ms,
         "runs_seconds": times,
         "ratio_vs_curl": {k: med[k] / med["curl"] for k in med},
         "ratio_vs_curl_checked": {k: med[k] / med["curl_checked"] for k in med},
@@ -199,6 +297,8 @@ def run(base: Path, keys: Keys, rounds: int, size_mb: int, against: str | None =
     print(f"vzpkg pull (CLI) x{med['pull_cli'] / med['curl_durable']:.2f} of curl + sync; "
           f"in-process x{med['pull_api'] / med['curl_durable']:.2f}; floor (in-process + "
           f"python -c pass) x{(med['pull_api'] + med['python_start']) / med['curl_durable']:.2f}")
+    print("vzpkg pull, where the time goes (median ms): " +
+          ", ".join(f"{k} {v:.1f}" for k, v in phases_ms.items()))
     print(f"results: {path}")
     return 0
 
