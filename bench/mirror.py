@@ -23,10 +23,10 @@ In one run, alternating, N rounds (default 7), from one HTTP server on 127.0.0.1
 The order of the methods rotates from round to round.  Medians and ratios
 against curl go to bench/results/mirror.json.
 
-Then, where the time of ``vzpkg pull`` goes (``phases_ms``): the same command run
-through a driver that notes the time at the start of the interpreter's own code,
-after the imports, and around the pull's steps (each a wrapper on the method, no
-change to vzpkg); medians over the rounds, in milliseconds:
+And where the time of ``vzpkg pull`` goes (``phases_ms``): the same command, run in
+the rounds as pull_cli_phases through a driver that notes the time at the start of
+the interpreter's own code, after the imports, and around the pull's steps (each a
+wrapper on the method, no change to vzpkg); medians, in milliseconds:
   start        exec to the first line of the program (the interpreter, site)
   imports      the command line and every module a pull uses
   setup        argument parsing, vzpkg.yaml (a kept parse), mirror config, keys
@@ -161,12 +161,14 @@ def phases(t_spawn: float, t_done: float, stderr: str) -> dict[str, float]:
     line = next(x for x in stderr.splitlines() if x.startswith("PHASES "))
     marks, spans = ast.literal_eval(line[len("PHASES "):])
 
-    def span(key: str) -> float:
-        return float(sum(b - a for a, b in spans.get(key, [])))
-
     (pull_start, pull_end), = spans["pull"]
     (fc_start, _), = spans["fetch_and_commit"]
     (dl_start, _), = spans["download"]
+
+    def span(key: str) -> float:
+        if key == "verdict":        # the tarball's (the index's is inside "index")
+            return float(sum(b - a for a, b in spans[key] if a >= dl_start))
+        return float(sum(b - a for a, b in spans.get(key, [])))
     out = {"start": marks["main"] - t_spawn, "imports": marks["imported"] - marks["main"],
            "setup": pull_start - marks["imported"], "index": span("index"),
            "manifest": dl_start - fc_start, "download": span("download") - span("fsync"),
@@ -194,7 +196,8 @@ def run(base: Path, keys: Keys, rounds: int, size_mb: int, against: str | None =
     cfg_file = base / "vzpkg.yaml"
     times: dict[str, list[float]] = {"curl": [], "curl_durable": [], "curl_checked": [],
                                      "durable_write": [], "pull_api": [],
-                                     "pull_api_gpg": [], "pull_cli": [], "python_start": []}
+                                     "pull_api_gpg": [], "pull_cli": [], "python_start": [],
+                                     "pull_cli_phases": []}
     env = {**os.environ, "VZPKG_CONFIG": str(cfg_file), "VZ_ROOT": str(base / "vz"),
            "GNUPGHOME": str(base / "verify-home")}
     (base / "verify-home").mkdir(mode=0o700)
@@ -245,9 +248,21 @@ def run(base: Path, keys: Keys, rounds: int, size_mb: int, against: str | None =
             assert old_vzpkg is not None
             sh(old_vzpkg, "--cache-dir", base / "cli", "pull", NAME, "--json", env=env)
 
+        driver = base / "phases.py"
+        driver.write_text(f"ROOT = {str(ROOT)!r}\n" + PHASE_DRIVER)
+        runs_phases: list[dict[str, float]] = []
+
+        def cli_phases() -> None:
+            t0 = time.time()
+            r = subprocess.run([sys.executable, str(driver), "--cache-dir", str(base / "cli"),
+                                "pull", NAME, "--json"], env=env, capture_output=True,
+                               text=True, check=True)
+            runs_phases.append(phases(t0, time.time(), r.stderr))
+
         runs = {"curl": curl, "curl_durable": curl_durable, "curl_checked": curl_checked,
                 "durable_write": durable_write, "pull_api": api,
                 "pull_api_gpg": lambda: api(False), "pull_cli": cli,
+                "pull_cli_phases": cli_phases,
                 "python_start": lambda: sh(sys.executable, "-c", "pass")}
         if old_vzpkg is not None:
             runs["pull_cli_against"] = cli_against
@@ -265,16 +280,6 @@ def run(base: Path, keys: Keys, rounds: int, size_mb: int, against: str | None =
                         assert got is not None and got.manifest.sha256 == m.sha256
                         shutil.rmtree(d)
                 out.unlink(missing_ok=True)
-        driver = base / "phases.py"
-        driver.write_text(f"ROOT = {str(ROOT)!r}\n" + PHASE_DRIVER)
-        runs_phases: list[dict[str, float]] = []
-        for _ in range(rounds):
-            t0 = time.time()
-            r = subprocess.run([sys.executable, str(driver), "--cache-dir", str(base / "cli"),
-                                "pull", NAME, "--json"], env=env, capture_output=True,
-                               text=True, check=True)
-            runs_phases.append(phases(t0, time.time(), r.stderr))
-            shutil.rmtree(base / "cli")
     med = {k: median(v) for k, v in times.items()}
     phases_ms = {k: round(median([p[k] for p in runs_phases]), 2) for k in runs_phases[0]}
     result = {
