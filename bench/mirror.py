@@ -23,10 +23,11 @@ In one run, alternating, N rounds (default 7), from one HTTP server on 127.0.0.1
 The order of the methods rotates from round to round.  Medians and ratios
 against curl go to bench/results/mirror.json.
 
-And where the time of ``vzpkg pull`` goes (``phases_ms``): the same command, run in
-the rounds as pull_cli_phases through a driver that notes the time at the start of
-the interpreter's own code, after the imports, and around the pull's steps (each a
-wrapper on the method, no change to vzpkg); medians, in milliseconds:
+And where the time of ``vzpkg pull`` goes (``phases_ms``; ``phases_against_ms`` for
+--against): the same command, run in the rounds as pull_cli_phases through a driver
+that notes the time at the start of the interpreter's own code, after the imports,
+and around the pull's steps (each a wrapper on the method, no change to vzpkg);
+medians, in milliseconds:
   start        exec to the first line of the program (the interpreter, site)
   imports      the command line and every module a pull uses
   setup        argument parsing, vzpkg.yaml (a kept parse), mirror config, keys
@@ -114,7 +115,8 @@ import sys, time
 T = {"main": time.time()}
 sys.path.insert(0, ROOT)
 import vzpkg.cli.vzpkg as cli
-cli.defer_import("inspect")          # what main() does for a pull, before any import
+if hasattr(cli, "defer_import"):     # what main() does for a pull, before any import
+    cli.defer_import("inspect")
 import vzpkg.cli.cmd_mirror, vzpkg.mirror.pull, vzpkg.mirror.fetch, vzpkg.mirror.flush
 import vzpkg.mirror.verify, vzpkg.mirror.config, vzpkg.mirror.progress
 import vzpkg.cli.common as common
@@ -203,8 +205,8 @@ def run(base: Path, keys: Keys, rounds: int, size_mb: int, against: str | None =
     (base / "verify-home").mkdir(mode=0o700)
     sh("gpg", "--batch", "--quiet", "--import", keys.pub, env=env)
     vzpkg = launcher(base)
-    old_vzpkg = (launcher(base, checkout(against, base / "against"), "vzpkg-against")
-                 if against else None)
+    old_root = checkout(against, base / "against") if against else None
+    old_vzpkg = launcher(base, old_root, "vzpkg-against") if old_root else None
     with MirrorServer(base / "tree") as srv:
         cfg_file.write_text(f"pull:\n  mirrors: [{srv.url}]\n  trusted_keys:\n"
                             f"    - {{file: {keys.pub}, fingerprint: {keys.fpr}}}\n")
@@ -248,25 +250,28 @@ def run(base: Path, keys: Keys, rounds: int, size_mb: int, against: str | None =
             assert old_vzpkg is not None
             sh(old_vzpkg, "--cache-dir", base / "cli", "pull", NAME, "--json", env=env)
 
-        driver = base / "phases.py"
-        driver.write_text(f"ROOT = {str(ROOT)!r}\n" + PHASE_DRIVER)
-        runs_phases: list[dict[str, float]] = []
+        runs_phases: dict[str, list[dict[str, float]]] = {"": [], "_against": []}
 
-        def cli_phases() -> None:
+        def cli_phases(root: Path, suffix: str = "") -> None:
+            driver = base / f"phases{suffix}.py"
+            if not driver.exists():
+                driver.write_text(f"ROOT = {str(root)!r}\n" + PHASE_DRIVER)
             t0 = time.time()
             r = subprocess.run([sys.executable, str(driver), "--cache-dir", str(base / "cli"),
                                 "pull", NAME, "--json"], env=env, capture_output=True,
                                text=True, check=True)
-            runs_phases.append(phases(t0, time.time(), r.stderr))
+            runs_phases[suffix].append(phases(t0, time.time(), r.stderr))
 
         runs = {"curl": curl, "curl_durable": curl_durable, "curl_checked": curl_checked,
                 "durable_write": durable_write, "pull_api": api,
                 "pull_api_gpg": lambda: api(False), "pull_cli": cli,
-                "pull_cli_phases": cli_phases,
+                "pull_cli_phases": lambda: cli_phases(ROOT),
                 "python_start": lambda: sh(sys.executable, "-c", "pass")}
-        if old_vzpkg is not None:
+        if old_root is not None:
             runs["pull_cli_against"] = cli_against
+            runs["pull_cli_phases_against"] = lambda: cli_phases(old_root, "_against")
             times["pull_cli_against"] = []
+            times["pull_cli_phases_against"] = []
         keys_ = list(runs)
         for i in range(rounds):
             # rotate the order: no method always runs right after the same other one
@@ -281,12 +286,15 @@ def run(base: Path, keys: Keys, rounds: int, size_mb: int, against: str | None =
                         shutil.rmtree(d)
                 out.unlink(missing_ok=True)
     med = {k: median(v) for k, v in times.items()}
-    phases_ms = {k: round(median([p[k] for p in runs_phases]), 2) for k in runs_phases[0]}
+    phases_ms, phases_against_ms = (
+        {k: round(median([p[k] for p in runs]), 2) for k in runs[0]} if runs else {}
+        for runs in (runs_phases[""], runs_phases["_against"]))
     result = {
         "size_bytes": m.size, "rounds": rounds, "against": against,
         "verifier": "sqv" if sqv_available() else "gpg",
         "median_seconds": med,
         "phases_ms": phases_ms,
+        "phases_against_ms": phases_against_ms,
         "runs_seconds": times,
         "ratio_vs_curl": {k: med[k] / med["curl"] for k in med},
         "ratio_vs_curl_checked": {k: med[k] / med["curl_checked"] for k in med},
@@ -304,6 +312,9 @@ def run(base: Path, keys: Keys, rounds: int, size_mb: int, against: str | None =
           f"python -c pass) x{(med['pull_api'] + med['python_start']) / med['curl_durable']:.2f}")
     print("vzpkg pull, where the time goes (median ms): " +
           ", ".join(f"{k} {v:.1f}" for k, v in phases_ms.items()))
+    if phases_against_ms:
+        print(f"the same at {against}: " +
+              ", ".join(f"{k} {v:.1f}" for k, v in phases_against_ms.items()))
     print(f"results: {path}")
     return 0
 
