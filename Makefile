@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml tools/install-system-deps
 	./tools/install-system-deps
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test]' --config-settings editable_mode=compat
 	touch $@
 
 # The main job on the built-in default: build a Debian 12 cache, create a VE from it,

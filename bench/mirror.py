@@ -23,17 +23,36 @@ In one run, alternating, N rounds (default 7), from one HTTP server on 127.0.0.1
 The order of the methods rotates from round to round.  Medians and ratios
 against curl go to bench/results/mirror.json.
 
+And where the time of ``vzpkg pull`` goes (``phases_ms``; ``phases_against_ms`` for
+--against): the same command, run in the rounds as pull_cli_phases through a driver
+that notes the time at the start of the interpreter's own code, after the imports,
+and around the pull's steps (each a wrapper on the method, no change to vzpkg);
+medians, in milliseconds:
+  start        exec to the first line of the program (the interpreter, site)
+  imports      the command line and every module a pull uses
+  setup        argument parsing, vzpkg.yaml (a kept parse), mirror config, keys
+  index        index.json and its signature fetched, the signature checked (sqv)
+  manifest     the manifest fetched and checked, the tarball's signature fetched,
+               sqv started on a pipe
+  download     the tarball received, written, hashed and fed to sqv
+  fsync        the last fdatasync once the last byte is written
+  verdict      waiting for sqv's verdict on the tarball's signature
+  commit       the store's atomic replace (manifest, rename, directory fsync)
+  exit         the report printed, the process gone
+
     python bench/mirror.py [--rounds N] [--size-mb M]
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -91,6 +110,77 @@ def main() -> int:
             keys.close()
 
 
+PHASE_DRIVER = """\
+import sys, time
+T = {"main": time.time()}
+sys.path.insert(0, ROOT)
+import vzpkg.cli.vzpkg as cli
+if hasattr(cli, "defer_import"):     # what main() does for a pull, before any import
+    cli.defer_import("inspect")
+import vzpkg.cli.cmd_mirror, vzpkg.mirror.pull, vzpkg.mirror.fetch, vzpkg.mirror.flush
+import vzpkg.mirror.verify, vzpkg.mirror.config, vzpkg.mirror.progress
+import vzpkg.cli.common as common
+T["imported"] = time.time()
+SPANS = {}
+
+
+def wrap(owner, attr, key):
+    fn = getattr(owner, attr)
+
+    def timed(*a, **k):
+        t = time.time()
+        try:
+            return fn(*a, **k)
+        finally:
+            SPANS.setdefault(key, []).append((t, time.time()))
+    setattr(owner, attr, timed)
+
+
+M = vzpkg.mirror
+wrap(M.pull.Puller, "pull", "pull")
+wrap(M.pull.Puller, "index", "index")
+wrap(M.pull.Puller, "_fetch_and_commit", "fetch_and_commit")
+wrap(M.fetch.Fetcher, "download", "download")
+wrap(M.flush.Flusher, "finish", "fsync")
+wrap(M.verify.Check, "result", "verdict")
+wrap(M.pull.Puller, "_commit", "commit")
+exit_fast = common.exit_fast
+
+
+def report(code):
+    T["end"] = time.time()
+    sys.stderr.write("PHASES " + repr((T, SPANS)) + "\\n")
+    exit_fast(code)
+
+
+common.exit_fast = report
+cli.entry()
+"""
+
+
+def phases(t_spawn: float, t_done: float, stderr: str) -> dict[str, float]:
+    """The phases (ms) of one run of PHASE_DRIVER (see the module docstring)."""
+    line = next(x for x in stderr.splitlines() if x.startswith("PHASES "))
+    marks, spans = ast.literal_eval(line[len("PHASES "):])
+
+    (pull_start, pull_end), = spans["pull"]
+    (fc_start, _), = spans["fetch_and_commit"]
+    (dl_start, _), = spans["download"]
+
+    def span(key: str) -> float:
+        if key == "verdict":        # the tarball's (the index's is inside "index")
+            return float(sum(b - a for a, b in spans[key] if a >= dl_start))
+        return float(sum(b - a for a, b in spans.get(key, [])))
+    out = {"start": marks["main"] - t_spawn, "imports": marks["imported"] - marks["main"],
+           "setup": pull_start - marks["imported"], "index": span("index"),
+           "manifest": dl_start - fc_start, "download": span("download") - span("fsync"),
+           "fsync": span("fsync"), "verdict": span("verdict"), "commit": span("commit"),
+           "exit": t_done - pull_end}
+    out["other"] = (t_done - t_spawn) - sum(out.values())   # the pull's own bookkeeping
+    out["total"] = t_done - t_spawn
+    return {k: v * 1000 for k, v in out.items()}
+
+
 def checkout(rev: str, dest: Path) -> Path:
     """The vzpkg package of revision *rev* under *dest* (git archive)."""
     dest.mkdir()
@@ -108,14 +198,15 @@ def run(base: Path, keys: Keys, rounds: int, size_mb: int, against: str | None =
     cfg_file = base / "vzpkg.yaml"
     times: dict[str, list[float]] = {"curl": [], "curl_durable": [], "curl_checked": [],
                                      "durable_write": [], "pull_api": [],
-                                     "pull_api_gpg": [], "pull_cli": [], "python_start": []}
+                                     "pull_api_gpg": [], "pull_cli": [], "python_start": [],
+                                     "pull_cli_phases": []}
     env = {**os.environ, "VZPKG_CONFIG": str(cfg_file), "VZ_ROOT": str(base / "vz"),
            "GNUPGHOME": str(base / "verify-home")}
     (base / "verify-home").mkdir(mode=0o700)
     sh("gpg", "--batch", "--quiet", "--import", keys.pub, env=env)
     vzpkg = launcher(base)
-    old_vzpkg = (launcher(base, checkout(against, base / "against"), "vzpkg-against")
-                 if against else None)
+    old_root = checkout(against, base / "against") if against else None
+    old_vzpkg = launcher(base, old_root, "vzpkg-against") if old_root else None
     with MirrorServer(base / "tree") as srv:
         cfg_file.write_text(f"pull:\n  mirrors: [{srv.url}]\n  trusted_keys:\n"
                             f"    - {{file: {keys.pub}, fingerprint: {keys.fpr}}}\n")
@@ -159,13 +250,28 @@ def run(base: Path, keys: Keys, rounds: int, size_mb: int, against: str | None =
             assert old_vzpkg is not None
             sh(old_vzpkg, "--cache-dir", base / "cli", "pull", NAME, "--json", env=env)
 
+        runs_phases: dict[str, list[dict[str, float]]] = {"": [], "_against": []}
+
+        def cli_phases(root: Path, suffix: str = "") -> None:
+            driver = base / f"phases{suffix}.py"
+            if not driver.exists():
+                driver.write_text(f"ROOT = {str(root)!r}\n" + PHASE_DRIVER)
+            t0 = time.time()
+            r = subprocess.run([sys.executable, str(driver), "--cache-dir", str(base / "cli"),
+                                "pull", NAME, "--json"], env=env, capture_output=True,
+                               text=True, check=True)
+            runs_phases[suffix].append(phases(t0, time.time(), r.stderr))
+
         runs = {"curl": curl, "curl_durable": curl_durable, "curl_checked": curl_checked,
                 "durable_write": durable_write, "pull_api": api,
                 "pull_api_gpg": lambda: api(False), "pull_cli": cli,
+                "pull_cli_phases": lambda: cli_phases(ROOT),
                 "python_start": lambda: sh(sys.executable, "-c", "pass")}
-        if old_vzpkg is not None:
+        if old_root is not None:
             runs["pull_cli_against"] = cli_against
+            runs["pull_cli_phases_against"] = lambda: cli_phases(old_root, "_against")
             times["pull_cli_against"] = []
+            times["pull_cli_phases_against"] = []
         keys_ = list(runs)
         for i in range(rounds):
             # rotate the order: no method always runs right after the same other one
@@ -180,10 +286,15 @@ def run(base: Path, keys: Keys, rounds: int, size_mb: int, against: str | None =
                         shutil.rmtree(d)
                 out.unlink(missing_ok=True)
     med = {k: median(v) for k, v in times.items()}
+    phases_ms, phases_against_ms = (
+        {k: round(median([p[k] for p in runs]), 2) for k in runs[0]} if runs else {}
+        for runs in (runs_phases[""], runs_phases["_against"]))
     result = {
         "size_bytes": m.size, "rounds": rounds, "against": against,
         "verifier": "sqv" if sqv_available() else "gpg",
         "median_seconds": med,
+        "phases_ms": phases_ms,
+        "phases_against_ms": phases_against_ms,
         "runs_seconds": times,
         "ratio_vs_curl": {k: med[k] / med["curl"] for k in med},
         "ratio_vs_curl_checked": {k: med[k] / med["curl_checked"] for k in med},
@@ -199,6 +310,11 @@ def run(base: Path, keys: Keys, rounds: int, size_mb: int, against: str | None =
     print(f"vzpkg pull (CLI) x{med['pull_cli'] / med['curl_durable']:.2f} of curl + sync; "
           f"in-process x{med['pull_api'] / med['curl_durable']:.2f}; floor (in-process + "
           f"python -c pass) x{(med['pull_api'] + med['python_start']) / med['curl_durable']:.2f}")
+    print("vzpkg pull, where the time goes (median ms): " +
+          ", ".join(f"{k} {v:.1f}" for k, v in phases_ms.items()))
+    if phases_against_ms:
+        print(f"the same at {against}: " +
+              ", ".join(f"{k} {v:.1f}" for k, v in phases_against_ms.items()))
     print(f"results: {path}")
     return 0
 

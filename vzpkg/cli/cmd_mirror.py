@@ -102,7 +102,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     with Puller(CacheStore(settings.cache_dir), cfg, progress) as puller:
         report = puller.pull(args.names, everything=args.all)
     if args.json:
-        out: dict[str, Any] = {"pulled": [vars(p) for p in report.pulled],
+        out: dict[str, Any] = {"pulled": [p._asdict() for p in report.pulled],
                                "failed": [{"name": n, "error": e} for n, e in report.failed]}
         emit_json(out)
     else:

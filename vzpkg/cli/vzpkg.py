@@ -12,7 +12,6 @@ from typing import NoReturn
 from vzpkg import __version__
 from vzpkg.cli import cmd_ve
 from vzpkg.cli.common import Parser, run_console, run_main
-from vzpkg.core.settings_table import settings_help
 
 EPILOG = """\
 examples:
@@ -70,6 +69,7 @@ class TopParser(Parser):
 
     def format_help(self) -> str:
         if self.epilog is None:
+            from vzpkg.core.settings_table import settings_help
             self.epilog = EPILOG + settings_help()
         return super().format_help()
 
@@ -91,8 +91,41 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return p
 
 
+# Standard modules a command imports through others but does not use: a stand-in
+# takes their place in sys.modules and imports them on first use.  dataclasses
+# imports inspect (about 7 ms here: ast, dis, tokenize, linecache) only to write a
+# signature into the docstring of a dataclass that has none; the dataclasses a pull
+# defines all have one (tests/unit/test_mirror_pull.py checks that inspect stays
+# out).  Only for commands whose threads import nothing.
+DEFERRED = {"pull": ("inspect",)}
+
+
+class Deferred(ModuleType):
+    """Stands in for the module of its name until an attribute of it is asked for.
+
+    (importlib.util.LazyLoader does not do here: the import statement reads the
+    module's ``__spec__``, and on 3.11 any attribute read loads a lazy module.)
+    """
+
+    def __getattr__(self, attr: str) -> object:
+        name = self.__name__
+        if sys.modules.get(name) is self:
+            del sys.modules[name]
+        real = importlib.import_module(name)
+        self.__dict__.update(real.__dict__)
+        return getattr(real, attr)
+
+
+def defer_import(name: str) -> None:
+    """Make ``import name`` give a stand-in that imports the module when used."""
+    if name not in sys.modules:
+        sys.modules[name] = Deferred(name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
+    for name in DEFERRED.get(command_of(words) or "", ()):
+        defer_import(name)
     if cmd_ve.is_ve_command(words):     # software in VEs: vzpkg install 101 ...
         return run_main("vzpkg", cmd_ve.build_parser, words)
     return run_main("vzpkg", lambda: build_parser(words), words)

@@ -84,6 +84,8 @@ def dearmor(text: str) -> bytes:
 
 @dataclass(frozen=True)
 class Packet:
+    """Where one OpenPGP packet lies in a buffer, and its tag."""
+
     tag: int
     start: int      # offset of the packet header
     body: int       # offset of the body

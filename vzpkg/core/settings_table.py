@@ -22,8 +22,8 @@ runs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 FAMILY = "<NAME>"  # how an environment variable ending in a name is written
 
@@ -46,8 +46,7 @@ EXPECTED = {
 }
 
 
-@dataclass(frozen=True)
-class Setting:
+class Setting(NamedTuple):
     """One setting: its ``vzpkg.yaml`` key, its variable, option and default."""
 
     key: str                     # the key in vzpkg.yaml (for in_file=False a name only)

@@ -19,6 +19,8 @@ _FIX = 'write it as KEY="value", or start the line with # to make it a comment'
 
 @dataclass(frozen=True)
 class ConfLine:
+    """One line of a ``KEY="value"`` file: a setting, a comment or a blank."""
+
     text: str               # the line as read (rewritten when its value changes)
     key: str | None = None  # None for comments and blank lines
     value: str | None = None

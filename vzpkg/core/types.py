@@ -23,6 +23,8 @@ class Compression(StrEnum):
 
 @dataclass(frozen=True)
 class InstalledPackage:
+    """A package installed in a cache: name, version, architecture."""
+
     name: str
     version: str
     arch: str

@@ -29,25 +29,24 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-# publish is imported now: its module shares the function's name, and importing the
-# submodule later would rebind vzpkg.mirror.publish to the module.  It costs a pull
-# little (its imports are the pull's too).  The rest is imported on first use
-# (PEP 562): a publish never pays for the HTTP client.
-from vzpkg.mirror.publish import PublishReport, publish
-
 if TYPE_CHECKING:
     from vzpkg.core.settings import Settings
     from vzpkg.mirror.config import MirrorConfig, TrustedKey, mirror_config
     from vzpkg.mirror.fetch import NoProgress, Progress
     from vzpkg.mirror.index import Index, IndexEntry
     from vzpkg.mirror.progress import TextProgress
+    from vzpkg.mirror.publisher import PublishReport, publish
     from vzpkg.mirror.pull import Pulled, Puller, PullReport
     from vzpkg.store.cachestore import CacheEntry
 
+# Every name is imported on first use (PEP 562): a pull never pays for the publisher
+# (its store writes, gpg and dates), a publish never for the HTTP client.  (The
+# publisher's module is not called ``publish``: importing it would rebind
+# vzpkg.mirror.publish, the function, to the module.)
 _LAZY = {
     "MirrorConfig": "config", "TrustedKey": "config", "mirror_config": "config",
     "NoProgress": "fetch", "Progress": "fetch", "Index": "index", "IndexEntry": "index",
-    "TextProgress": "progress",
+    "TextProgress": "progress", "PublishReport": "publisher", "publish": "publisher",
     "Pulled": "pull", "Puller": "pull", "PullReport": "pull",
 }
 

@@ -31,9 +31,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from vzpkg.core.errors import ConfigError
@@ -46,16 +45,16 @@ DEFAULT_VZ_ROOT = Path("/vz")
 VZ_CONF = Path("etc/vz/vz.conf")
 
 
-@dataclass(frozen=True)
-class TrustedKey:
+class TrustedKey(NamedTuple):
     """An armored public key file and the fingerprint pinned for it."""
 
     file: Path
     fingerprint: str
 
 
-@dataclass(frozen=True)
-class MirrorConfig:
+class MirrorConfig(NamedTuple):
+    """The mirrors to pull from, the keys to trust, timeouts, the signing key."""
+
     mirrors: tuple[str, ...] = ()
     trusted_keys: tuple[TrustedKey, ...] = ()
     connect_timeout: float = 10.0

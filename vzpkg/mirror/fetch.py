@@ -13,9 +13,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from vzpkg import __version__
 from vzpkg.core.errors import MirrorError
@@ -85,8 +84,9 @@ class FetchError(MirrorError):
         self.fetched = fetched
 
 
-@dataclass(frozen=True)
-class Download:
+class Download(NamedTuple):
+    """What a download left in its .part file."""
+
     sha256: str
     size: int
     fetched: int        # bytes received in this call

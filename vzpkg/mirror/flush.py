@@ -3,47 +3,23 @@
 On a virtual disk the cost of ``fsync`` is mostly the cache flush the device
 does for all the data written since the last one, about the time it took the
 network to deliver it: done only at the end, it doubles a pull.  A
-:class:`Flusher` starts writeback of each new stretch (``sync_file_range``)
-and lets a thread ``fdatasync`` behind the writer, so that when the last byte
-arrives only the tail is left to flush.  The final :meth:`Flusher.finish` is a
-real ``fdatasync`` of the whole file: durability does not depend on the
-thread, which only moves work earlier.
+:class:`Flusher` lets a thread ``fdatasync`` behind the writer every few
+megabytes (the writer only counts; the kernel starts the writeback when the
+thread asks), so that when the last byte arrives only the tail is left to
+flush.  The final :meth:`Flusher.finish` is a real ``fdatasync`` of the whole
+file: durability does not depend on the thread, which only moves work earlier.
+
+(Starting the writeback from the writer with ``sync_file_range`` as well made
+no difference in bench/mirror.py's pulls and cost ctypes at start-up.)
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
 from types import TracebackType
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import ctypes
 
 STEP = 8 << 20              # flush behind the writer after this many new bytes
-SYNC_FILE_RANGE_WRITE = 2
-
-
-@functools.cache
-def _libc_sync_file_range() -> ctypes._NamedFuncPointer | None:
-    """Looked up at the first writeback, not at import (ctypes costs a few ms).
-    The C library is already loaded into the interpreter: ``CDLL(None)`` finds
-    it without ``ctypes.util.find_library``, which runs ``ldconfig -p``."""
-    import ctypes
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-def start_writeback(fd: int, offset: int, count: int) -> None:
-    """Start writing [offset, offset + count) of *fd* to disk, without waiting."""
-    if count > 0 and (fn := _libc_sync_file_range()) is not None:
-        fn(fd, offset, count, SYNC_FILE_RANGE_WRITE)
 
 
 class Flusher:
@@ -72,10 +48,9 @@ class Flusher:
         self._stop()
 
     def wrote(self, upto: int) -> None:
-        """Bytes up to *upto* are written: start their writeback, wake the thread."""
+        """Bytes up to *upto* are written: every *step* bytes, wake the thread."""
         self.written = upto
         if upto - self.kicked >= self.step:
-            start_writeback(self.fd, self.kicked, upto - self.kicked)
             self.kicked = upto
             with self.cond:
                 self.cond.notify()

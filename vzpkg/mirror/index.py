@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from vzpkg.core.errors import MirrorError
 
@@ -55,8 +54,7 @@ def safe_relpath(value: object, *, where: str) -> str:
     return value
 
 
-@dataclass(frozen=True)
-class IndexEntry:
+class IndexEntry(NamedTuple):
     """One published cache (the newest serial of one name)."""
 
     name: str
@@ -124,8 +122,7 @@ class IndexEntry:
         )
 
 
-@dataclass(frozen=True)
-class Index:
+class Index(NamedTuple):
     """The whole index: entries sorted by name, at most one per name."""
 
     entries: tuple[IndexEntry, ...]

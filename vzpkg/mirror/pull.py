@@ -18,9 +18,9 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import NamedTuple
 
 from vzpkg.core.errors import ConfigError, MirrorError, StoreError
 from vzpkg.core.types import Compression
@@ -34,8 +34,9 @@ from vzpkg.store.manifest import Manifest, expand_name
 PARTIAL_DIR = ".partial"
 
 
-@dataclass(frozen=True)
-class Pulled:
+class Pulled(NamedTuple):
+    """One cache a pull made current."""
+
     name: str
     serial: int
     sha256: str
@@ -46,8 +47,9 @@ class Pulled:
     resumed_from: int    # bytes of an earlier attempt that were kept
 
 
-@dataclass(frozen=True)
-class PullReport:
+class PullReport(NamedTuple):
+    """What a pull did: the caches pulled or current, and why the others failed."""
+
     pulled: tuple[Pulled, ...]
     failed: tuple[tuple[str, str], ...]   # (cache name or "*", why)
 

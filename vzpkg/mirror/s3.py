@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from vzpkg.core.errors import GpgError, MirrorError
 from vzpkg.core.gpg import Keyring
 from vzpkg.mirror.index import INDEX_NAME, INDEX_SIG_NAME, Index, IndexEntry
-from vzpkg.mirror.publish import (
+from vzpkg.mirror.publisher import (
     Published,
     PublishReport,
     _from_store,
