@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from vzpkg.core.errors import ChkpntError, RestoreError, VeNotRunningError, VeRunningError
 from vzpkg.runtime import criu as criu_mod
-from vzpkg.runtime import dumpfile, layout, lazy, lxcfs, net, ns, state
+from vzpkg.runtime import dumpfile, layout, lazy, lazyguard, lxcfs, net, ns, state
 from vzpkg.runtime.derived import addrs_of, ids_of, layout_of
 from vzpkg.runtime.ve import shutdown_signal
 
@@ -348,12 +348,14 @@ def restore(rt: Runtime, ctid: int, dump: Path | None = None) -> int:
 @dataclass
 class LazyRestore:
     """A VE restored from a lazy dump: it runs, and CRIU's lazy-pages daemon still
-    fills its memory from the source's page server."""
+    fills its memory from the source's page server, under a guard
+    (:mod:`lazyguard`) that stops the VE if the daemon ends before the last page,
+    whether or not this vzctl is still there."""
 
     rt: Runtime
     ctid: int
     pid: int                            # the VE's init on the host
-    daemon: subprocess.Popen[bytes]
+    daemon: lazyguard.Guard
     log: Path
 
     def wait(self) -> None:
@@ -361,30 +363,49 @@ class LazyRestore:
         killed at once (a page it never got would read as zeros) and RestoreError
         says so."""
         code = self.daemon.wait()
-        if code == 0:
+        if code == lazyguard.COMPLETE:
             return
-        with contextlib.suppress(Exception):
-            self.rt.cgroups.kill_all(str(self.ctid))
-        with contextlib.suppress(Exception):
-            self.rt.stop(self.ctid, fast=True)
-        why = criu_mod.errors_of(self.log) or f"exit status {code}"
+        if code != lazyguard.KILLED:        # the guard did not stop it (killed itself?)
+            with contextlib.suppress(Exception):
+                self.rt.cgroups.kill_all(str(self.ctid))
+            with contextlib.suppress(Exception):
+                self.rt.stop(self.ctid, fast=True)
+        why = criu_mod.errors_of(self.log) or f"guard status {code}"
         raise RestoreError(f"VE {self.ctid}: its memory stopped arriving from the source "
                            f"before the last page ({why}); the VE was stopped here",
                            hint=f"its files are here and at the source; start it on one "
-                                f"of them (vzctl start {self.ctid}); CRIU's log: {self.log}")
+                                f"of them (vzctl start {self.ctid}); CRIU's log: {self.log}; "
+                                f"the guard's: {self.daemon.log}")
 
 
-def restore_lazy(rt: Runtime, ctid: int, dump: Path, pages: socket.socket) -> LazyRestore:
+def guard_for(rt: Runtime, ctid: int, dump: Path) -> lazyguard.Guard:
+    """A guard for restoring VE *ctid* from the lazy dump *dump* (start it before
+    the source freezes: a Python process takes a moment to start)."""
+    return lazyguard.Guard(rt.paths.root, ctid, dump.with_name(f"{dump.name}.guard.log"))
+
+
+def restore_lazy(rt: Runtime, ctid: int, dump: Path, pages: socket.socket,
+                 guard: lazyguard.Guard | None = None) -> LazyRestore:
     """Restore VE *ctid* from the lazy dump directory *dump*, its memory coming from
-    the page server at the other end of *pages*.  Returns once the VE runs; its
-    :meth:`LazyRestore.wait` returns once all its memory is here."""
-    pid, daemon = _restore_checked(rt, ctid, dump, pages)
+    the page server at the other end of *pages*, under *guard* (a new one if None).
+    Returns once the VE runs; its :meth:`LazyRestore.wait` returns once all its
+    memory is here."""
+    guard = guard or guard_for(rt, ctid, dump)
+    try:
+        pid, daemon = _restore_checked(rt, ctid, dump, (pages, guard))
+    except BaseException:
+        if guard.poll() is None:
+            guard.stand_down()
+        raise
     assert daemon is not None
     return LazyRestore(rt, ctid, pid, daemon, dump.with_name(f"{dump.name}.lazy-pages.log"))
 
 
-def _restore_checked(rt: Runtime, ctid: int, dump: Path, pages: socket.socket | None
-                     ) -> tuple[int, subprocess.Popen[bytes] | None]:
+_Lazy = tuple[socket.socket, lazyguard.Guard]
+
+
+def _restore_checked(rt: Runtime, ctid: int, dump: Path, pages: _Lazy | None
+                     ) -> tuple[int, lazyguard.Guard | None]:
     with rt.locked(ctid):
         cfg = rt.config(ctid)
         if state.running_pid(rt.paths.pidfile(ctid)) is not None:
@@ -439,30 +460,32 @@ def _restore_checked(rt: Runtime, ctid: int, dump: Path, pages: socket.socket | 
                 shutil.rmtree(work, ignore_errors=True)
 
 
-def _lazy_daemon(criu: criu_mod.Criu, work: Path, dump: Path, pages: socket.socket
-                 ) -> subprocess.Popen[bytes]:
-    """``criu lazy-pages`` on the images in *work*, reading pages from *pages*; it
-    listens on ``lazy-pages.socket`` there for the restore."""
+def _lazy_daemon(criu: criu_mod.Criu, work: Path, dump: Path, pages: _Lazy
+                 ) -> lazyguard.Guard:
+    """``criu lazy-pages`` on the images in *work*, reading pages from *pages*, run
+    by its guard; it listens on ``lazy-pages.socket`` there for the restore."""
     log = dump.with_name(f"{dump.name}.lazy-pages.log")
     log.unlink(missing_ok=True)
+    sock, guard = pages
     st_r, st_w = os.pipe()
     try:
-        proc = criu.popen(["lazy-pages", "--page-server", "--ps-socket", str(pages.fileno()),
-                           "-D", str(work), "-o", str(log), "-v4", "--status-fd", str(st_w)],
-                          pass_fds=(pages.fileno(), st_w))
+        guard.start(criu.argv, ["lazy-pages", "--page-server", "--ps-socket", "{pages}",
+                                "-D", str(work), "-o", str(log), "-v4",
+                                "--status-fd", "{status}"], sock, st_w)
     finally:
         os.close(st_w)
     if not lazy.read_status(st_r):
-        code = proc.wait()
+        guard.stand_down()
         raise RestoreError(f"CRIU's lazy-pages daemon did not start ("
-                           f"{criu_mod.errors_of(log) or f'exit status {code}'})",
-                           hint=f"the VE stays stopped; CRIU's log: {log}")
-    return proc
+                           f"{criu_mod.errors_of(log) or 'see its log'})",
+                           hint=f"the VE stays stopped; CRIU's log: {log}; the guard's: "
+                                f"{guard.log}")
+    return guard
 
 
 def _restore(rt: Runtime, ctid: int, cfg: Any, criu: criu_mod.Criu, work: Path,
-             dump: Path, extra: _DevExtra, pages: socket.socket | None = None
-             ) -> tuple[int, subprocess.Popen[bytes] | None]:
+             dump: Path, extra: _DevExtra, pages: _Lazy | None = None
+             ) -> tuple[int, lazyguard.Guard | None]:
     ids = ids_of(cfg)
     assert ids is not None
     cg = rt.cgroups
@@ -518,6 +541,8 @@ def _restore(rt: Runtime, ctid: int, cfg: Any, criu: criu_mod.Criu, work: Path,
         if addrs:
             net.attach_restored(hif, addrs)
         state.write_pidfile(rt.paths.pidfile(ctid), pid)
+        if daemon is not None:
+            daemon.arm()
     except BaseException:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -527,10 +552,9 @@ def _restore(rt: Runtime, ctid: int, cfg: Any, criu: criu_mod.Criu, work: Path,
     return pid, daemon
 
 
-def _stop_daemon(daemon: subprocess.Popen[bytes] | None) -> None:
+def _stop_daemon(daemon: lazyguard.Guard | None) -> None:
     if daemon is not None and daemon.poll() is None:
-        daemon.kill()
-        daemon.wait()
+        daemon.stand_down()
 
 
 def _console_stand_in(stage: Path, ids: Any) -> int:
