@@ -316,3 +316,69 @@ def test_a_killed_destination_vzctl_never_leaves_the_ve_running_on_missing_pages
             subprocess.run(h2.vzctl_argv("destroy", str(ctid), "--force"), capture_output=True,
                            check=False)
             vzctl_cli(rt, "destroy", str(ctid), "--force")
+
+
+PIPE_MAX = Path("/proc/sys/fs/pipe-max-size")
+UFFD = Path("/proc/sys/vm/unprivileged_userfaultfd")
+
+
+def test_a_killed_vzmigrate_leaves_no_host_setting_changed_after_the_next_vzctl(
+        hosts: tuple[Runtime, SecondHost]) -> None:
+    """vzmigrate SIGKILLed while its page server runs leaves fs.pipe-max-size at
+    4 MiB (nothing of it runs to put it back); the next vzctl command puts the
+    host's value back, from the record written before the change."""
+    rt, h2 = hosts
+    ctid = CTID + 5
+    before = PIPE_MAX.read_text().strip()
+    if int(before) >= 4 << 20:
+        pytest.skip(f"fs.pipe-max-size is {before} here: vzmigrate does not raise it")
+    rt.create(ctid, "busybox-1")
+    assert vzctl_cli(rt, "start", str(ctid)).returncode == 0
+    _hold_memory(rt, ctid)
+    with h2.slow_link():            # 160 MB take seconds: the page server runs on
+        p = _lazy_vzmigrate(rt, h2, ctid)
+        try:
+            assert p.stdout is not None
+            for line in p.stdout:
+                if "its memory follows" in line:
+                    p.kill()
+                    break
+            p.wait()
+            assert PIPE_MAX.read_text().strip() == str(4 << 20)    # left by the kill
+            r = vzctl_cli(rt, "status", str(ctid))
+            assert r.returncode == 0, r.stderr
+            assert PIPE_MAX.read_text().strip() == before
+        finally:
+            if p.poll() is None:
+                p.kill()
+            _kill_page_server(rt.paths.root, ctid)   # the VE stops there, as above
+            deadline = time.monotonic() + 30
+            while " running" in remote_status(h2, ctid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            subprocess.run(h2.vzctl_argv("destroy", str(ctid), "--force"),
+                           capture_output=True, check=False)
+            vzctl_cli(rt, "destroy", str(ctid), "--force")
+
+
+def test_a_userfaultfd_window_left_open_is_closed_by_the_next_vzctl(
+        hosts: tuple[Runtime, SecondHost]) -> None:
+    """A vzctl killed inside the restore's userfaultfd window leaves
+    vm.unprivileged_userfaultfd=1 and its record (made here as it leaves them, its
+    pid long gone); any vzctl command closes the window."""
+    from vzpkg.runtime import hostset
+    rt, _ = hosts
+    if UFFD.read_text().strip() != "0":
+        pytest.skip("vm.unprivileged_userfaultfd is not 0 here: nothing to close")
+    hostset.DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (hostset.DIR / "unprivileged_userfaultfd.orig").write_text("0")
+    (hostset.DIR / "unprivileged_userfaultfd.999999999.1").write_text("")
+    try:
+        UFFD.write_text("1")
+        r = vzctl_cli(rt, "status", str(CTID))
+        assert r.returncode == 0, r.stderr
+        assert UFFD.read_text().strip() == "0"
+        assert not (hostset.DIR / "unprivileged_userfaultfd.orig").exists()
+    finally:
+        UFFD.write_text("0")
+        (hostset.DIR / "unprivileged_userfaultfd.999999999.1").unlink(missing_ok=True)
+        (hostset.DIR / "unprivileged_userfaultfd.orig").unlink(missing_ok=True)

@@ -13,7 +13,7 @@ from vzpkg import __version__
 from vzpkg.cli.common import Parser, run_console, run_main
 from vzpkg.core.errors import UsageError, VeError, VeRunningError
 from vzpkg.core.settings import load_settings
-from vzpkg.runtime import console, params
+from vzpkg.runtime import console, hostset, params
 from vzpkg.runtime.paths import VzPaths, check_ctid
 from vzpkg.runtime.ve import Runtime, by_name
 
@@ -49,6 +49,7 @@ def _rt(args: argparse.Namespace) -> Runtime:
     if os.geteuid() != 0 and args.cmd != "status":
         raise VeError(f"vzctl {args.cmd} needs root (namespaces, mounts, cgroups)",
                       hint=f"run it as root: sudo vzctl {args.cmd} ...")
+    hostset.repair()        # host settings a killed vzctl left changed go back
     settings = load_settings(cache_dir=args.cache_dir)
     return Runtime(VzPaths.from_env(), [settings.cache_dir], settings=settings,
                    wait_lock=args.wait_lock)

@@ -11,6 +11,7 @@ from typing import NoReturn
 
 from vzpkg.cli.common import Parser, run_console, run_main
 from vzpkg.core.errors import VeError
+from vzpkg.runtime import hostset
 from vzpkg.runtime.paths import VzPaths
 
 EPILOG = """\
@@ -49,6 +50,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from vzpkg.runtime.ve import Runtime
     if os.geteuid() != 0:
         raise VeError("vzmigrate needs root", hint="run it as root")
+    hostset.repair()        # host settings a killed vzmigrate left changed go back
     rt = Runtime(VzPaths.from_env(), wait_lock=True)
     remote = Remote(args.dest, shlex.split(args.ssh or ""), args.remote_vzroot,
                     args.remote_vzctl)

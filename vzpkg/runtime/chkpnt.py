@@ -115,13 +115,13 @@ class LazyDump:
     frozen: float                       # seconds until the images were written
     proc: subprocess.Popen[bytes]       # CRIU, now the page server
     log: Path
-    pipe_max: str | None = None         # fs.pipe-max-size to give back at the end
+    pipe_max: bool = False              # fs.pipe-max-size to give back at the end
 
     def wait(self, timeout: float | None = None) -> int:
         """CRIU's exit status, once the page server is done."""
         code = self.proc.wait(timeout)
         lazy.put_pipe_max(self.pipe_max)
-        self.pipe_max = None
+        self.pipe_max = False
         return code
 
 
@@ -174,7 +174,7 @@ def _chkpnt(rt: Runtime, ctid: int, dump: Path, *, tidy: bool, as_dir: bool,
         t0 = time.monotonic()
         proc = None
         lazy_log = dump.with_name(f"{dump.name}.log")
-        pipe_max: str | None = None
+        pipe_max = False
         if pages is None:
             r = criu.run(args, owner=owner)
             code, stderr = r.returncode, r.stderr
