@@ -382,3 +382,35 @@ def test_a_userfaultfd_window_left_open_is_closed_by_the_next_vzctl(
         UFFD.write_text("0")
         (hostset.DIR / "unprivileged_userfaultfd.999999999.1").unlink(missing_ok=True)
         (hostset.DIR / "unprivileged_userfaultfd.orig").unlink(missing_ok=True)
+
+
+def test_a_destination_whose_criu_fails_its_check_is_refused_before_the_freeze(
+        hosts: tuple[Runtime, SecondHost], tmp_path: Path) -> None:
+    """The destination's CRIU is new enough but fails 'criu check': vzmigrate
+    --online, with or without --lazy, says so and stops before the VE freezes (its
+    init is the same process, nothing is dumped here or copied there)."""
+    rt, h2 = hosts
+    ctid = CTID + 6
+    fake = tmp_path / "criu"
+    fake.write_text("#!/bin/sh\ncase \"$1\" in\n--version) echo 'Version: 4.2';;\n"
+                    "check) echo 'Error (criu/cr-check.c:1): not on this kernel' >&2; "
+                    "exit 1;;\n*) exit 1;;\nesac\n")
+    fake.chmod(0o755)
+    rt.create(ctid, "busybox-1")
+    assert vzctl_cli(rt, "start", str(ctid)).returncode == 0
+    try:
+        init = state.running_pid(rt.paths.pidfile(ctid))
+        assert init is not None
+        for how in (["--online"], ["--online", "--lazy"]):
+            r = vzmigrate(rt, h2, *how, h2.dest, str(ctid),
+                          remote_vzctl=f"env CRIU={fake} {vzctl_command()}")
+            assert r.returncode == 1, (how, r.stderr)
+            assert state.running_pid(rt.paths.pidfile(ctid)) == init, how
+            assert "refused before the freeze" in r.stderr, r.stderr
+            assert "'criu check' fails: Error (criu/cr-check.c:1)" in r.stderr, r.stderr
+            assert "Traceback" not in r.stderr
+            assert not list((rt.paths.root / "dump").glob(f"*{ctid}*")), how
+            assert not (h2.vzroot / "private" / str(ctid)).exists(), how
+            assert remote_status(h2, ctid).endswith("deleted unmounted down")
+    finally:
+        vzctl_cli(rt, "destroy", str(ctid), "--force")

@@ -207,6 +207,8 @@ def _migrate(rt: Runtime, remote: Remote, ctid: int, *, online: bool,
     if " exist " in st.stdout:
         raise VeExistsError(f"VE {ctid} already exists on {remote.dest}; nothing was done",
                             hint="destroy it there first, or migrate another CTID")
+    if online:
+        _check_restore_there(remote, ctid)
     base = remote.base
     # a dump directory: copied and restored as CRIU wrote it, never packed
     w = _Where(f"{base}/private/{ctid}",
@@ -236,6 +238,20 @@ def _migrate(rt: Runtime, remote: Remote, ctid: int, *, online: bool,
         _copy_and_start(rt, remote, ctid, rep, w, online=online, running=running,
                         keep_dst=keep_dst, say=say)
     return rep
+
+
+def _check_restore_there(remote: Remote, ctid: int) -> None:
+    """Before anything is copied or frozen: can the destination restore (a working
+    CRIU there)?  A destination vzctl without ``restore --check`` (an older one) is
+    not asked."""
+    r = remote.run(["restore", str(ctid), "--check"], check=False)
+    if r.returncode == 0 or "unrecognized arguments: --check" in r.stderr:
+        return
+    why = r.stderr.strip() or r.stdout.strip() or f"exit status {r.returncode}"
+    raise MigrateError(f"VE {ctid}: migration to {remote.dest} refused before the freeze: "
+                       f"it cannot restore there: {why}",
+                       hint=f"VE {ctid} runs here untouched, and nothing was copied; "
+                            f"make CRIU work there, or migrate offline")
 
 
 def _copy_and_start(rt: Runtime, remote: Remote, ctid: int, rep: Report, w: _Where, *,
@@ -443,6 +459,9 @@ def receive_lazy(rt: Runtime, ctid: int, dump: Path) -> None:
     import signal
     import sys
     signal.signal(signal.SIGHUP, signal.SIG_IGN)    # ssh going must not stop the wait
+    from vzpkg.core.errors import RestoreError
+    from vzpkg.runtime import criu
+    criu.find(RestoreError)     # before READY: a failure here freezes nothing there
     # the guard that stops the VE if its pages stop coming, even with this vzctl
     # killed, starts now: before the source freezes
     guard = chkpnt.guard_for(rt, ctid, dump)
