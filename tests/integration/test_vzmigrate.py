@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -412,5 +413,38 @@ def test_a_destination_whose_criu_fails_its_check_is_refused_before_the_freeze(
             assert not list((rt.paths.root / "dump").glob(f"*{ctid}*")), how
             assert not (h2.vzroot / "private" / str(ctid)).exists(), how
             assert remote_status(h2, ctid).endswith("deleted unmounted down")
+    finally:
+        vzctl_cli(rt, "destroy", str(ctid), "--force")
+
+
+def test_a_restore_that_hangs_is_killed_after_its_bound_and_the_dump_still_restores(
+        hosts: tuple[Runtime, SecondHost], tmp_path: Path) -> None:
+    """CRIU's restore that never ends (as one whose page server died did) is killed
+    after $VZCTL_RESTORE_TIMEOUT: vzctl says so (exit 17), nothing of the VE is left
+    running, and the same dump restores afterwards."""
+    from vzpkg.runtime import criu
+    rt, _ = hosts
+    ctid = CTID + 7
+    real = criu.find()
+    hang = tmp_path / "criu"
+    hang.write_text("#!/bin/sh\n[ \"$1\" = restore ] && exec sleep 1000\n"
+                    f"exec {shlex.join(real.argv)} \"$@\"\n")
+    hang.chmod(0o755)
+    rt.create(ctid, "busybox-1")
+    assert vzctl_cli(rt, "start", str(ctid)).returncode == 0
+    try:
+        assert vzctl_cli(rt, "chkpnt", str(ctid)).returncode == 0
+        env = {**os.environ, "VZ_ROOT": str(rt.paths.root), "CRIU": str(hang),
+               "VZCTL_RESTORE_TIMEOUT": "3"}
+        r = subprocess.run([str(Path(sys.executable).parent / "vzctl"), "restore",
+                            str(ctid)], env=env, capture_output=True, text=True,
+                           check=False, timeout=120)
+        assert r.returncode == 17, r.stderr
+        assert "did not finish within 3 s" in r.stderr and "Traceback" not in r.stderr
+        # the hung "CRIU" ran in the VE's cgroup: nothing is left there
+        assert not rt.state(ctid).running and not rt.cgroups.procs(str(ctid))
+        r = vzctl_cli(rt, "restore", str(ctid))
+        assert r.returncode == 0, r.stderr
+        assert rt.state(ctid).running
     finally:
         vzctl_cli(rt, "destroy", str(ctid), "--force")

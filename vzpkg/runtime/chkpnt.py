@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shutil
 import signal
 import socket
@@ -522,12 +523,21 @@ def _restore(rt: Runtime, ctid: int, cfg: Any, criu: criu_mod.Criu, work: Path,
         (work / "lazy-pages.socket").unlink(missing_ok=True)
         daemon = _lazy_daemon(criu, work, dump, pages)
         args.append("--lazy-pages")
+    timeout = restore_timeout(work, lazy=daemon is not None)
     try:
         with lazy.uffd_window() if daemon is not None else contextlib.nullcontext():
-            r = _run_in_ve_context(rt, ctid, ids, stage, criu, args, extra)
+            r = _run_in_ve_context(rt, ctid, ids, stage, criu, args, extra, timeout)
     except BaseException:
         _stop_daemon(daemon)
         raise
+    if r is None:
+        _stop_daemon(daemon)
+        log = _log_copy(work, "restore.log", dump.with_name(f"{dump.name}.restore.log"))
+        raise RestoreError(f"VE {ctid}: CRIU's restore did not finish within {timeout:.0f} s "
+                           "and was killed" + (" (is the source's page server gone?)"
+                                               if daemon is not None else ""),
+                           hint=f"the VE stays stopped; CRIU's log: {log}; a slow host "
+                                f"may need more time: {TIMEOUT_ENV}=SECONDS")
     if r != 0:
         _stop_daemon(daemon)
         log = _log_copy(work, "restore.log", dump.with_name(f"{dump.name}.restore.log"))
@@ -580,14 +590,49 @@ def _console_stand_in(stage: Path, ids: Any) -> int:
     return slave
 
 
+TIMEOUT_ENV = "VZCTL_RESTORE_TIMEOUT"
+
+
+def restore_timeout(work: Path, *, lazy: bool) -> float:
+    """How long CRIU's restore may take before it is taken as hung (seconds):
+    $VZCTL_RESTORE_TIMEOUT, else 2 minutes plus the memory images read at 10 MB/s
+    (far slower than any disk; a lazy restore reads none of them)."""
+    with contextlib.suppress(KeyError, ValueError):
+        value = float(os.environ[TIMEOUT_ENV])
+        if value > 0:
+            return value
+    pages = 0 if lazy else sum(f.stat().st_size for f in work.glob("pages-*.img"))
+    return 120.0 + pages / 10e6
+
+
+def wait_bounded(pid: int, timeout: float) -> int | None:
+    """Wait for child *pid* at most *timeout* seconds: its exit status (128 if a
+    signal ended it), or None if it still ran (it is then killed and reaped)."""
+    fd = os.pidfd_open(pid)
+    try:
+        ready = select.select([fd], [], [], timeout)[0]
+    finally:
+        os.close(fd)
+    if not ready:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        return None
+    _, status = os.waitpid(pid, 0)
+    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128
+
+
 def _run_in_ve_context(rt: Runtime, ctid: int, ids: Any, stage: Path,
-                       criu: criu_mod.Criu, args: list[str], extra: _DevExtra) -> int:
+                       criu: criu_mod.Criu, args: list[str], extra: _DevExtra,
+                       timeout: float) -> int | None:
     """Run CRIU from where a VE's init starts: in the VE's cgroup and in a mount
     namespace of its own with the VE's /dev staged (the restored processes inherit
     the cgroup).  Not in a cgroup namespace of the VE's: one made here would belong
     to the host's user namespace, and the VE's root (and vzctl exec, which joins
     as the VE's root) could not enter it; a restored VE shares the host's cgroup
-    namespace, and sees its own cgroup2 subtree at /sys/fs/cgroup as before."""
+    namespace, and sees its own cgroup2 subtree at /sys/fs/cgroup as before.
+    CRIU's exit status, or None if it ran past *timeout* seconds (then it was killed:
+    a restore whose page server died once waited there for ever)."""
     pid = os.fork()
     if pid == 0:
         code = 1
@@ -618,5 +663,4 @@ def _run_in_ve_context(rt: Runtime, ctid: int, ids: Any, stage: Path,
         except BaseException:
             code = 127
         os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128
+    return wait_bounded(pid, timeout)     # None: hung (a page server gone), killed
