@@ -171,6 +171,9 @@ def main(argv: Sequence[str]) -> int:
         signal.signal(sig, signal.SIG_IGN)
     with contextlib.suppress(OSError):          # the OOM killer takes others first
         Path("/proc/self/oom_score_adj").write_text("-1000")
+    # imported now, while the source still runs (vzctl starts the guard before
+    # the freeze): neither the daemon's start nor a kill later waits for imports
+    import vzpkg.runtime.ve  # noqa: F401
     ctl = socket.socket(fileno=ctl_fd)
     buf = bytearray()
     msg, fds, alive = _read_line(ctl, buf)
@@ -178,8 +181,6 @@ def main(argv: Sequence[str]) -> int:
         for fd in fds:
             os.close(fd)
         return STOOD_DOWN                       # vzctl went before anything ran
-    # imported now, before the daemon runs: a kill later must not wait for imports
-    import vzpkg.runtime.ve  # noqa: F401
     pages, status = fds
     words = msg["argv"]
     assert isinstance(words, list)
