@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -222,6 +222,26 @@ def _lazy_vzmigrate(rt: Runtime, h2: SecondHost, ctid: int) -> subprocess.Popen[
                             stderr=subprocess.PIPE, text=True)
 
 
+def _when_it_runs_there(p: subprocess.Popen[str], act: Callable[[], object]) -> None:
+    """Call *act* once vzmigrate *p* says the VE runs at the destination (its
+    memory still on the way)."""
+    assert p.stdout is not None
+    for line in p.stdout:
+        if "its memory follows" in line:
+            act()
+            return
+
+
+def _end_both(rt: Runtime, h2: SecondHost, ctid: int,
+              p: subprocess.Popen[str] | None = None) -> None:
+    """After a test: vzmigrate *p* ended, VE *ctid* gone from both hosts."""
+    if p is not None and p.poll() is None:
+        p.kill()
+    subprocess.run(h2.vzctl_argv("destroy", str(ctid), "--force"), capture_output=True,
+                   check=False)
+    vzctl_cli(rt, "destroy", str(ctid), "--force")
+
+
 def test_a_lazy_migration_whose_pages_stop_coming_stops_the_ve_at_both_ends(
         hosts: tuple[Runtime, SecondHost]) -> None:
     """The post-copy failure model: the source goes while pages are pending; the VE
@@ -234,14 +254,10 @@ def test_a_lazy_migration_whose_pages_stop_coming_stops_the_ve_at_both_ends(
     pipe_max = Path("/proc/sys/fs/pipe-max-size").read_text().strip()
     p = _lazy_vzmigrate(rt, h2, ctid)
     try:
-        assert p.stdout is not None
-        killed = False
-        for line in p.stdout:
-            if "its memory follows" in line:
-                killed = _kill_page_server(rt.paths.root, ctid)
-                break
+        killed: list[bool] = []
+        _when_it_runs_there(p, lambda: killed.append(_kill_page_server(rt.paths.root, ctid)))
         _, err = p.communicate(timeout=120)
-        if p.returncode == 0 or not killed:
+        if p.returncode == 0 or not any(killed):
             pytest.skip("every page arrived before the page server was killed (a race "
                         "this test lost); nothing to check this time")
         assert p.returncode == 45, err
@@ -253,11 +269,7 @@ def test_a_lazy_migration_whose_pages_stop_coming_stops_the_ve_at_both_ends(
         assert Path("/proc/sys/fs/pipe-max-size").read_text().strip() == pipe_max
         assert Path("/proc/sys/vm/unprivileged_userfaultfd").read_text().strip() == "0"
     finally:
-        if p.poll() is None:
-            p.kill()
-        subprocess.run(h2.vzctl_argv("destroy", str(ctid), "--force"), capture_output=True,
-                       check=False)
-        vzctl_cli(rt, "destroy", str(ctid), "--force")
+        _end_both(rt, h2, ctid, p)
 
 
 def test_a_killed_destination_vzctl_never_leaves_the_ve_running_on_missing_pages(
@@ -280,26 +292,26 @@ def test_a_killed_destination_vzctl_never_leaves_the_ve_running_on_missing_pages
     with h2.slow_link():            # 160 MB take seconds: pages are pending
         p = _lazy_vzmigrate(rt, h2, ctid)
         try:
-            assert p.stdout is not None
-            init = None
-            for line in p.stdout:
-                if "its memory follows" in line:
-                    init = state.running_pid(there.paths.pidfile(ctid))
-                    vzctl = _find_process(b"vzpkg.cli.vzctl", b"--page-stream",
-                                          f"{h2.vzroot}/dump/Dump.{ctid}.d".encode())
-                    assert vzctl is not None
-                    os.kill(vzctl, signal.SIGKILL)
-                    break
+            init: list[int | None] = []
+
+            def kill_vzctl_there() -> None:
+                init.append(state.running_pid(there.paths.pidfile(ctid)))
+                vzctl = _find_process(b"vzpkg.cli.vzctl", b"--page-stream",
+                                      f"{h2.vzroot}/dump/Dump.{ctid}.d".encode())
+                assert vzctl is not None
+                os.kill(vzctl, signal.SIGKILL)
+            _when_it_runs_there(p, kill_vzctl_there)
             _, err = p.communicate(timeout=120)
             if p.returncode == 0 or "complete" in guard_log():
                 pytest.skip("every page arrived before the destination's vzctl was killed "
                             "(a race this test lost); nothing to check this time")
-            assert init is not None
+            assert init and init[0] is not None
+            pid = init[0]
             assert p.returncode == 45, err
             assert "stopped on both hosts" in err and "Traceback" not in err
             # there: no process of the VE is left, and it is recorded as stopped
             deadline = time.monotonic() + 30
-            while (state.proc_start_time(init) is not None or there.cgroups.procs(str(ctid))
+            while (state.proc_start_time(pid) is not None or there.cgroups.procs(str(ctid))
                    or remote_status(h2, ctid) != f"CTID {ctid} exist unmounted down"):
                 assert time.monotonic() < deadline, (
                     remote_status(h2, ctid), there.cgroups.procs(str(ctid)), guard_log())
@@ -312,11 +324,7 @@ def test_a_killed_destination_vzctl_never_leaves_the_ve_running_on_missing_pages
             assert (h2.vzroot / "private" / str(ctid)).is_dir()
             assert Path("/proc/sys/vm/unprivileged_userfaultfd").read_text().strip() == "0"
         finally:
-            if p.poll() is None:
-                p.kill()
-            subprocess.run(h2.vzctl_argv("destroy", str(ctid), "--force"), capture_output=True,
-                           check=False)
-            vzctl_cli(rt, "destroy", str(ctid), "--force")
+            _end_both(rt, h2, ctid, p)
 
 
 PIPE_MAX = Path("/proc/sys/fs/pipe-max-size")
@@ -339,11 +347,7 @@ def test_a_killed_vzmigrate_leaves_no_host_setting_changed_after_the_next_vzctl(
     with h2.slow_link():            # 160 MB take seconds: the page server runs on
         p = _lazy_vzmigrate(rt, h2, ctid)
         try:
-            assert p.stdout is not None
-            for line in p.stdout:
-                if "its memory follows" in line:
-                    p.kill()
-                    break
+            _when_it_runs_there(p, p.kill)
             p.wait()
             assert PIPE_MAX.read_text().strip() == str(4 << 20)    # left by the kill
             r = vzctl_cli(rt, "status", str(ctid))
@@ -356,9 +360,7 @@ def test_a_killed_vzmigrate_leaves_no_host_setting_changed_after_the_next_vzctl(
             deadline = time.monotonic() + 30
             while " running" in remote_status(h2, ctid) and time.monotonic() < deadline:
                 time.sleep(0.2)
-            subprocess.run(h2.vzctl_argv("destroy", str(ctid), "--force"),
-                           capture_output=True, check=False)
-            vzctl_cli(rt, "destroy", str(ctid), "--force")
+            _end_both(rt, h2, ctid)
 
 
 def test_a_userfaultfd_window_left_open_is_closed_by_the_next_vzctl(
