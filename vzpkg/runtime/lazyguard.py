@@ -205,8 +205,11 @@ def main(argv: Sequence[str]) -> int:
                 msg, extra, alive = _read_line(ctl, buf)
                 for fd in extra:
                     os.close(fd)
-                if not alive:
-                    _log("vzctl is gone; watching the daemon still")
+                if not alive:            # killed, maybe inside the restore: hold
+                    armed = True            # what userfaultfds there are from now
+                    _copy_uffds(daemon.pid, pidfd, held)
+                    _log(f"vzctl is gone; watching the daemon still, holding "
+                         f"{len(held)} userfaultfd(s)")
                 elif msg is not None and msg.get("do") == "arm":
                     armed = True
                     _copy_uffds(daemon.pid, pidfd, held)
