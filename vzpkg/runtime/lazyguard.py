@@ -16,7 +16,8 @@ copies of the daemon's userfaultfds (``pidfd_getfd``): a process that touches a
 missing page after the daemon died then waits in the fault instead of getting a
 zero page.  When the daemon ends:
 
-- exit status 0 (CRIU's lazy-pages ends 0 only once every page was copied): the
+- exit status 0 (CRIU's lazy-pages ends 0 only once no process is left with a page
+  to copy; an error, such as the page stream's end, is a non-zero status): the
   copies are closed, and ``complete`` is logged;
 - anything else, unless vzctl told it to stand down (a restore vzctl undoes
   itself): the VE's cgroup is killed at once (``cgroup.kill``, or freeze and kill
