@@ -25,6 +25,7 @@ class SecondHost:
     vzroot: Path
     ssh_opts: list[str]
     vzctl: str                    # the vzctl command line there
+    link: str = ""                # this host's end of the veth pair to it
 
     @property
     def dest(self) -> str:
@@ -34,6 +35,19 @@ class SecondHost:
         """Run vzctl on the second host (through ssh, as vzmigrate does)."""
         line = f"VZ_ROOT={shlex.quote(str(self.vzroot))} {self.vzctl} " + shlex.join(args)
         return ["ssh", "-o", "BatchMode=yes", *self.ssh_opts, self.dest, line]
+
+    @contextlib.contextmanager
+    def slow_link(self, rate: str = "200mbit") -> Iterator[None]:
+        """Bytes to the second host go at *rate* at most (a token bucket on this
+        end): a VE's memory then takes seconds to travel, whatever the CPU."""
+        subprocess.run(["tc", "qdisc", "replace", "dev", self.link, "root", "tbf", "rate",
+                        rate, "burst", "256kb", "latency", "400ms"], check=True,
+                       capture_output=True)
+        try:
+            yield
+        finally:
+            subprocess.run(["tc", "qdisc", "del", "dev", self.link, "root"],
+                           capture_output=True, check=False)
 
     def route_to(self, ip: str) -> None:
         """The VE's address now lives behind the second host (what ARP would say)."""
@@ -88,7 +102,7 @@ def second_host(base: Path, name: str = "vzmig") -> Iterator[SecondHost]:
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         opts = ["-i", str(keys / "client"), "-o", f"UserKnownHostsFile={keys / 'known_hosts'}",
                 "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=10"]
-        host = SecondHost(netns, base / "vz2", opts, vzctl_command())
+        host = SecondHost(netns, base / "vz2", opts, vzctl_command(), hif)
         deadline = time.monotonic() + 15
         while subprocess.run(["ssh", "-o", "BatchMode=yes", *opts, host.dest, "true"],
                              capture_output=True, check=False).returncode != 0:

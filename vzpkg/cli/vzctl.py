@@ -13,7 +13,7 @@ from vzpkg import __version__
 from vzpkg.cli.common import Parser, run_console, run_main
 from vzpkg.core.errors import UsageError, VeError, VeRunningError
 from vzpkg.core.settings import load_settings
-from vzpkg.runtime import console, params
+from vzpkg.runtime import console, hostset, params
 from vzpkg.runtime.paths import VzPaths, check_ctid
 from vzpkg.runtime.ve import Runtime, by_name
 
@@ -49,6 +49,7 @@ def _rt(args: argparse.Namespace) -> Runtime:
     if os.geteuid() != 0 and args.cmd != "status":
         raise VeError(f"vzctl {args.cmd} needs root (namespaces, mounts, cgroups)",
                       hint=f"run it as root: sudo vzctl {args.cmd} ...")
+    hostset.repair()        # host settings a killed vzctl left changed go back
     settings = load_settings(cache_dir=args.cache_dir)
     return Runtime(VzPaths.from_env(), [settings.cache_dir], settings=settings,
                    wait_lock=args.wait_lock)
@@ -150,6 +151,13 @@ def cmd_chkpnt(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     from vzpkg.runtime import chkpnt
     rt = _rt(args)
+    if getattr(args, "check", False):
+        from vzpkg.core.errors import RestoreError
+        from vzpkg.runtime import criu
+        found = criu.find(RestoreError)
+        _say(args, f"VE {args.ctid} can be restored here: criu {found.version} "
+                   f"({found.where})")
+        return 0
     if getattr(args, "page_stream", False):
         from vzpkg.runtime import migrate
         if not args.dumpfile:
@@ -399,6 +407,10 @@ def build_parser() -> argparse.ArgumentParser:
                                  "--dumpfile, then carry the VE's memory, which comes "
                                  "later, from the source's CRIU on stdin/stdout; "
                                  "messages go to stderr; exit 0 once every page is here")
+            ck.add_argument("--check", action="store_true",
+                            help="restore nothing: check that this host can restore "
+                                 "(a working CRIU); vzmigrate --online asks this before "
+                                 "the VE freezes")
     cmd("status", cmd_status, "print: CTID N exist|deleted mounted|unmounted running|down")
     for name, what in (("exec", "run a command line in a VE through /bin/sh -c ('-': "
                                 "read it from stdin); exit status is the command's"),

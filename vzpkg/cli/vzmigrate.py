@@ -11,6 +11,7 @@ from typing import NoReturn
 
 from vzpkg.cli.common import Parser, run_console, run_main
 from vzpkg.core.errors import VeError
+from vzpkg.runtime import hostset
 from vzpkg.runtime.paths import VzPaths
 
 EPILOG = """\
@@ -34,8 +35,12 @@ processes; the VE runs there as soon as the rest is restored, and each page goes
 when it is first touched, the others in the background.  Until the last page has
 arrived the VE needs both hosts and the ssh connection: if the transfer breaks
 then, the VE is stopped at both ends (its processes are lost; its files are at
-both) and vzmigrate exits 45.  A failure before the VE runs there leaves it
-running here, as without --lazy.  Without --lazy the whole memory is written,
+both) and vzmigrate exits 45 (if the last page had arrived when the session
+broke, the VE runs there and only the copy here is stopped: it says so).  A
+guard at the destination stops the VE there even if its vzctl is killed.  A
+failure before the VE runs there leaves it running here, as without --lazy.
+--online first asks the destination whether it can restore (a working CRIU):
+if not, nothing is copied or frozen.  Without --lazy the whole memory is written,
 copied and read inside the freeze (a longer freeze; any failure leaves the VE
 here).  The restore there briefly sets vm.unprivileged_userfaultfd=1 (CRIU makes
 the userfaultfd inside the VE's user namespace); see docs/SECURITY.md.
@@ -49,6 +54,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from vzpkg.runtime.ve import Runtime
     if os.geteuid() != 0:
         raise VeError("vzmigrate needs root", hint="run it as root")
+    hostset.repair()        # host settings a killed vzmigrate left changed go back
     rt = Runtime(VzPaths.from_env(), wait_lock=True)
     remote = Remote(args.dest, shlex.split(args.ssh or ""), args.remote_vzroot,
                     args.remote_vzctl)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shutil
 import signal
 import socket
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from vzpkg.core.errors import ChkpntError, RestoreError, VeNotRunningError, VeRunningError
 from vzpkg.runtime import criu as criu_mod
-from vzpkg.runtime import dumpfile, layout, lazy, lxcfs, net, ns, state
+from vzpkg.runtime import dumpfile, layout, lazy, lazyguard, lxcfs, net, ns, state
 from vzpkg.runtime.derived import addrs_of, ids_of, layout_of
 from vzpkg.runtime.ve import shutdown_signal
 
@@ -115,13 +116,13 @@ class LazyDump:
     frozen: float                       # seconds until the images were written
     proc: subprocess.Popen[bytes]       # CRIU, now the page server
     log: Path
-    pipe_max: str | None = None         # fs.pipe-max-size to give back at the end
+    pipe_max: bool = False              # fs.pipe-max-size to give back at the end
 
     def wait(self, timeout: float | None = None) -> int:
         """CRIU's exit status, once the page server is done."""
         code = self.proc.wait(timeout)
         lazy.put_pipe_max(self.pipe_max)
-        self.pipe_max = None
+        self.pipe_max = False
         return code
 
 
@@ -174,7 +175,7 @@ def _chkpnt(rt: Runtime, ctid: int, dump: Path, *, tidy: bool, as_dir: bool,
         t0 = time.monotonic()
         proc = None
         lazy_log = dump.with_name(f"{dump.name}.log")
-        pipe_max: str | None = None
+        pipe_max = False
         if pages is None:
             r = criu.run(args, owner=owner)
             code, stderr = r.returncode, r.stderr
@@ -348,12 +349,14 @@ def restore(rt: Runtime, ctid: int, dump: Path | None = None) -> int:
 @dataclass
 class LazyRestore:
     """A VE restored from a lazy dump: it runs, and CRIU's lazy-pages daemon still
-    fills its memory from the source's page server."""
+    fills its memory from the source's page server, under a guard
+    (:mod:`lazyguard`) that stops the VE if the daemon ends before the last page,
+    whether or not this vzctl is still there."""
 
     rt: Runtime
     ctid: int
     pid: int                            # the VE's init on the host
-    daemon: subprocess.Popen[bytes]
+    daemon: lazyguard.Guard
     log: Path
 
     def wait(self) -> None:
@@ -361,30 +364,49 @@ class LazyRestore:
         killed at once (a page it never got would read as zeros) and RestoreError
         says so."""
         code = self.daemon.wait()
-        if code == 0:
+        if code == lazyguard.COMPLETE:
             return
-        with contextlib.suppress(Exception):
-            self.rt.cgroups.kill_all(str(self.ctid))
-        with contextlib.suppress(Exception):
-            self.rt.stop(self.ctid, fast=True)
-        why = criu_mod.errors_of(self.log) or f"exit status {code}"
+        if code != lazyguard.KILLED:        # the guard did not stop it (killed itself?)
+            with contextlib.suppress(Exception):
+                self.rt.cgroups.kill_all(str(self.ctid))
+            with contextlib.suppress(Exception):
+                self.rt.stop(self.ctid, fast=True)
+        why = criu_mod.errors_of(self.log) or f"guard status {code}"
         raise RestoreError(f"VE {self.ctid}: its memory stopped arriving from the source "
                            f"before the last page ({why}); the VE was stopped here",
                            hint=f"its files are here and at the source; start it on one "
-                                f"of them (vzctl start {self.ctid}); CRIU's log: {self.log}")
+                                f"of them (vzctl start {self.ctid}); CRIU's log: {self.log}; "
+                                f"the guard's: {self.daemon.log}")
 
 
-def restore_lazy(rt: Runtime, ctid: int, dump: Path, pages: socket.socket) -> LazyRestore:
+def guard_for(rt: Runtime, ctid: int, dump: Path) -> lazyguard.Guard:
+    """A guard for restoring VE *ctid* from the lazy dump *dump* (start it before
+    the source freezes: a Python process takes a moment to start)."""
+    return lazyguard.Guard(rt.paths.root, ctid, dump.with_name(f"{dump.name}.guard.log"))
+
+
+def restore_lazy(rt: Runtime, ctid: int, dump: Path, pages: socket.socket,
+                 guard: lazyguard.Guard | None = None) -> LazyRestore:
     """Restore VE *ctid* from the lazy dump directory *dump*, its memory coming from
-    the page server at the other end of *pages*.  Returns once the VE runs; its
-    :meth:`LazyRestore.wait` returns once all its memory is here."""
-    pid, daemon = _restore_checked(rt, ctid, dump, pages)
+    the page server at the other end of *pages*, under *guard* (a new one if None).
+    Returns once the VE runs; its :meth:`LazyRestore.wait` returns once all its
+    memory is here."""
+    guard = guard or guard_for(rt, ctid, dump)
+    try:
+        pid, daemon = _restore_checked(rt, ctid, dump, (pages, guard))
+    except BaseException:
+        if guard.poll() is None:
+            guard.stand_down()
+        raise
     assert daemon is not None
     return LazyRestore(rt, ctid, pid, daemon, dump.with_name(f"{dump.name}.lazy-pages.log"))
 
 
-def _restore_checked(rt: Runtime, ctid: int, dump: Path, pages: socket.socket | None
-                     ) -> tuple[int, subprocess.Popen[bytes] | None]:
+_Lazy = tuple[socket.socket, lazyguard.Guard]
+
+
+def _restore_checked(rt: Runtime, ctid: int, dump: Path, pages: _Lazy | None
+                     ) -> tuple[int, lazyguard.Guard | None]:
     with rt.locked(ctid):
         cfg = rt.config(ctid)
         if state.running_pid(rt.paths.pidfile(ctid)) is not None:
@@ -439,30 +461,32 @@ def _restore_checked(rt: Runtime, ctid: int, dump: Path, pages: socket.socket | 
                 shutil.rmtree(work, ignore_errors=True)
 
 
-def _lazy_daemon(criu: criu_mod.Criu, work: Path, dump: Path, pages: socket.socket
-                 ) -> subprocess.Popen[bytes]:
-    """``criu lazy-pages`` on the images in *work*, reading pages from *pages*; it
-    listens on ``lazy-pages.socket`` there for the restore."""
+def _lazy_daemon(criu: criu_mod.Criu, work: Path, dump: Path, pages: _Lazy
+                 ) -> lazyguard.Guard:
+    """``criu lazy-pages`` on the images in *work*, reading pages from *pages*, run
+    by its guard; it listens on ``lazy-pages.socket`` there for the restore."""
     log = dump.with_name(f"{dump.name}.lazy-pages.log")
     log.unlink(missing_ok=True)
+    sock, guard = pages
     st_r, st_w = os.pipe()
     try:
-        proc = criu.popen(["lazy-pages", "--page-server", "--ps-socket", str(pages.fileno()),
-                           "-D", str(work), "-o", str(log), "-v4", "--status-fd", str(st_w)],
-                          pass_fds=(pages.fileno(), st_w))
+        guard.start(criu.argv, ["lazy-pages", "--page-server", "--ps-socket", "{pages}",
+                                "-D", str(work), "-o", str(log), "-v4",
+                                "--status-fd", "{status}"], sock, st_w)
     finally:
         os.close(st_w)
     if not lazy.read_status(st_r):
-        code = proc.wait()
+        guard.stand_down()
         raise RestoreError(f"CRIU's lazy-pages daemon did not start ("
-                           f"{criu_mod.errors_of(log) or f'exit status {code}'})",
-                           hint=f"the VE stays stopped; CRIU's log: {log}")
-    return proc
+                           f"{criu_mod.errors_of(log) or 'see its log'})",
+                           hint=f"the VE stays stopped; CRIU's log: {log}; the guard's: "
+                                f"{guard.log}")
+    return guard
 
 
 def _restore(rt: Runtime, ctid: int, cfg: Any, criu: criu_mod.Criu, work: Path,
-             dump: Path, extra: _DevExtra, pages: socket.socket | None = None
-             ) -> tuple[int, subprocess.Popen[bytes] | None]:
+             dump: Path, extra: _DevExtra, pages: _Lazy | None = None
+             ) -> tuple[int, lazyguard.Guard | None]:
     ids = ids_of(cfg)
     assert ids is not None
     cg = rt.cgroups
@@ -499,12 +523,21 @@ def _restore(rt: Runtime, ctid: int, cfg: Any, criu: criu_mod.Criu, work: Path,
         (work / "lazy-pages.socket").unlink(missing_ok=True)
         daemon = _lazy_daemon(criu, work, dump, pages)
         args.append("--lazy-pages")
+    timeout = restore_timeout(work, lazy=daemon is not None)
     try:
         with lazy.uffd_window() if daemon is not None else contextlib.nullcontext():
-            r = _run_in_ve_context(rt, ctid, ids, stage, criu, args, extra)
+            r = _run_in_ve_context(rt, ctid, ids, stage, criu, args, extra, timeout)
     except BaseException:
         _stop_daemon(daemon)
         raise
+    if r is None:
+        _stop_daemon(daemon)
+        log = _log_copy(work, "restore.log", dump.with_name(f"{dump.name}.restore.log"))
+        raise RestoreError(f"VE {ctid}: CRIU's restore did not finish within {timeout:.0f} s "
+                           "and was killed" + (" (is the source's page server gone?)"
+                                               if daemon is not None else ""),
+                           hint=f"the VE stays stopped; CRIU's log: {log}; a slow host "
+                                f"may need more time: {TIMEOUT_ENV}=SECONDS")
     if r != 0:
         _stop_daemon(daemon)
         log = _log_copy(work, "restore.log", dump.with_name(f"{dump.name}.restore.log"))
@@ -518,6 +551,8 @@ def _restore(rt: Runtime, ctid: int, cfg: Any, criu: criu_mod.Criu, work: Path,
         if addrs:
             net.attach_restored(hif, addrs)
         state.write_pidfile(rt.paths.pidfile(ctid), pid)
+        if daemon is not None:
+            daemon.arm()
     except BaseException:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -527,10 +562,9 @@ def _restore(rt: Runtime, ctid: int, cfg: Any, criu: criu_mod.Criu, work: Path,
     return pid, daemon
 
 
-def _stop_daemon(daemon: subprocess.Popen[bytes] | None) -> None:
+def _stop_daemon(daemon: lazyguard.Guard | None) -> None:
     if daemon is not None and daemon.poll() is None:
-        daemon.kill()
-        daemon.wait()
+        daemon.stand_down()
 
 
 def _console_stand_in(stage: Path, ids: Any) -> int:
@@ -556,14 +590,49 @@ def _console_stand_in(stage: Path, ids: Any) -> int:
     return slave
 
 
+TIMEOUT_ENV = "VZCTL_RESTORE_TIMEOUT"
+
+
+def restore_timeout(work: Path, *, lazy: bool) -> float:
+    """How long CRIU's restore may take before it is taken as hung (seconds):
+    $VZCTL_RESTORE_TIMEOUT, else 2 minutes plus the memory images read at 10 MB/s
+    (far slower than any disk; a lazy restore reads none of them)."""
+    with contextlib.suppress(KeyError, ValueError):
+        value = float(os.environ[TIMEOUT_ENV])
+        if value > 0:
+            return value
+    pages = 0 if lazy else sum(f.stat().st_size for f in work.glob("pages-*.img"))
+    return 120.0 + pages / 10e6
+
+
+def wait_bounded(pid: int, timeout: float) -> int | None:
+    """Wait for child *pid* at most *timeout* seconds: its exit status (128 if a
+    signal ended it), or None if it still ran (it is then killed and reaped)."""
+    fd = os.pidfd_open(pid)
+    try:
+        ready = select.select([fd], [], [], timeout)[0]
+    finally:
+        os.close(fd)
+    if not ready:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        return None
+    _, status = os.waitpid(pid, 0)
+    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128
+
+
 def _run_in_ve_context(rt: Runtime, ctid: int, ids: Any, stage: Path,
-                       criu: criu_mod.Criu, args: list[str], extra: _DevExtra) -> int:
+                       criu: criu_mod.Criu, args: list[str], extra: _DevExtra,
+                       timeout: float) -> int | None:
     """Run CRIU from where a VE's init starts: in the VE's cgroup and in a mount
     namespace of its own with the VE's /dev staged (the restored processes inherit
     the cgroup).  Not in a cgroup namespace of the VE's: one made here would belong
     to the host's user namespace, and the VE's root (and vzctl exec, which joins
     as the VE's root) could not enter it; a restored VE shares the host's cgroup
-    namespace, and sees its own cgroup2 subtree at /sys/fs/cgroup as before."""
+    namespace, and sees its own cgroup2 subtree at /sys/fs/cgroup as before.
+    CRIU's exit status, or None if it ran past *timeout* seconds (then it was killed:
+    a restore whose page server died once waited there for ever)."""
     pid = os.fork()
     if pid == 0:
         code = 1
@@ -594,5 +663,4 @@ def _run_in_ve_context(rt: Runtime, ctid: int, ids: Any, stage: Path,
         except BaseException:
             code = 127
         os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128
+    return wait_bounded(pid, timeout)     # None: hung (a page server gone), killed

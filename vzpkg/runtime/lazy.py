@@ -23,22 +23,22 @@ userfaultfd: CRIU opens it inside each restored process, which is in the VE's us
 namespace already; there the kernel allows a userfaultfd that also handles faults
 the kernel takes on the process's behalf only when ``vm.unprivileged_userfaultfd`` is
 1 (CAP_SYS_PTRACE counts only in the host's user namespace).  :func:`uffd_window`
-sets it for the duration of CRIU's restore only, under a host-wide lock, and puts
-the old value back.
+sets it for the duration of CRIU's restore only, and puts the old value back; a
+vzctl killed meanwhile leaves a record that the next vzctl acts on (:mod:`hostset`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from vzpkg.runtime import hostset
+
 UFFD_SYSCTL = Path("/proc/sys/vm/unprivileged_userfaultfd")
-UFFD_LOCK = Path("/run/vzctl/uffd.lock")
 # what the remote vzctl restore --page-stream says on stderr once the VE runs there
 RESTORED = "vzctl: page-stream: restored"
 READY = "vzctl: page-stream: ready"
@@ -47,71 +47,43 @@ GO = b"go\n"
 
 @contextlib.contextmanager
 def uffd_window() -> Iterator[None]:
-    """vm.unprivileged_userfaultfd=1 for the body (see the module's text)."""
-    close_stale_window()
+    """vm.unprivileged_userfaultfd=1 for the body (see the module's text), recorded
+    first so that a vzctl killed inside the window does not leave it open: the next
+    vzctl or vzmigrate closes it (:mod:`hostset`)."""
     try:
-        old = UFFD_SYSCTL.read_text().strip()
-    except OSError:         # a kernel without userfaultfd: CRIU says so itself
-        yield
-        return
-    if old != "0":
-        yield
-        return
-    UFFD_LOCK.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    fd = os.open(UFFD_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        held = hostset.hold("unprivileged_userfaultfd", UFFD_SYSCTL, "1",
+                            lambda now: now != "0")
+    except OSError:         # no record, no change: CRIU says what it misses
+        held = False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        # the lock file says a window is open: a vzctl killed inside one left it
-        # open, and the next one closes it
-        os.pwrite(fd, b"open", 0)
-        UFFD_SYSCTL.write_text("1")
-        try:
-            yield
-        finally:
-            UFFD_SYSCTL.write_text("0")
-            os.ftruncate(fd, 0)
+        yield
     finally:
-        os.close(fd)
-
-
-def close_stale_window() -> None:
-    """Put vm.unprivileged_userfaultfd back to 0 if a vzctl was killed while it had
-    opened it (see :func:`uffd_window`)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(UFFD_LOCK, os.O_RDWR | os.O_CLOEXEC)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            if os.pread(fd, 4, 0) == b"open":
-                UFFD_SYSCTL.write_text("0")
-                os.ftruncate(fd, 0)
-        finally:
-            os.close(fd)
+        if held:
+            hostset.release("unprivileged_userfaultfd", UFFD_SYSCTL)
 
 
 PIPE_MAX = Path("/proc/sys/fs/pipe-max-size")
 PIPE_NEED = 4 << 20
 
 
-def raise_pipe_max() -> str | None:
+def raise_pipe_max() -> bool:
     """CRIU's page server sizes its read pipe to 819 pages (3.2 MiB) and, if the
     kernel refuses, serves nothing (a splice to a descriptor it never opened: EBADF).
     Without CAP_SYS_RESOURCE (a container host, or a dump as the VE's owner) it refuses above
-    fs.pipe-max-size (1 MiB by default): raised to 4 MiB for the page server's life.
-    The old value, to give back to :func:`put_pipe_max`, or None if nothing changed."""
+    fs.pipe-max-size (1 MiB by default): raised to 4 MiB for the page server's life,
+    recorded first (:mod:`hostset`).  True if this process is to give it back with
+    :func:`put_pipe_max`."""
+    def enough(now: str) -> bool:
+        return now.isdigit() and int(now) >= PIPE_NEED
     try:
-        old = PIPE_MAX.read_text().strip()
-        if int(old) >= PIPE_NEED:
-            return None
-        PIPE_MAX.write_text(str(PIPE_NEED))
-        return old
-    except (OSError, ValueError):
-        return None
+        return hostset.hold("pipe-max-size", PIPE_MAX, str(PIPE_NEED), enough)
+    except OSError:
+        return False
 
 
-def put_pipe_max(old: str | None) -> None:
-    if old is not None:
-        with contextlib.suppress(OSError):
-            PIPE_MAX.write_text(old)
+def put_pipe_max(held: bool) -> None:
+    if held:
+        hostset.release("pipe-max-size", PIPE_MAX)
 
 
 def read_status(fd: int) -> bool:

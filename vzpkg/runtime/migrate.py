@@ -207,6 +207,8 @@ def _migrate(rt: Runtime, remote: Remote, ctid: int, *, online: bool,
     if " exist " in st.stdout:
         raise VeExistsError(f"VE {ctid} already exists on {remote.dest}; nothing was done",
                             hint="destroy it there first, or migrate another CTID")
+    if online:
+        _check_restore_there(remote, ctid)
     base = remote.base
     # a dump directory: copied and restored as CRIU wrote it, never packed
     w = _Where(f"{base}/private/{ctid}",
@@ -236,6 +238,20 @@ def _migrate(rt: Runtime, remote: Remote, ctid: int, *, online: bool,
         _copy_and_start(rt, remote, ctid, rep, w, online=online, running=running,
                         keep_dst=keep_dst, say=say)
     return rep
+
+
+def _check_restore_there(remote: Remote, ctid: int) -> None:
+    """Before anything is copied or frozen: can the destination restore (a working
+    CRIU there)?  A destination vzctl without ``restore --check`` (an older one) is
+    not asked."""
+    r = remote.run(["restore", str(ctid), "--check"], check=False)
+    if r.returncode == 0 or "unrecognized arguments: --check" in r.stderr:
+        return
+    why = r.stderr.strip() or r.stdout.strip() or f"exit status {r.returncode}"
+    raise MigrateError(f"VE {ctid}: migration to {remote.dest} refused before the freeze: "
+                       f"it cannot restore there: {why}",
+                       hint=f"VE {ctid} runs here untouched, and nothing was copied; "
+                            f"make CRIU work there, or migrate offline")
 
 
 def _copy_and_start(rt: Runtime, remote: Remote, ctid: int, rep: Report, w: _Where, *,
@@ -365,6 +381,14 @@ def _online_lazy(rt: Runtime, remote: Remote, ctid: int, rep: Report, w: _Where,
         if ld.proc.poll() is None:
             ld.proc.kill()
         ld.wait()                           # (also gives fs.pipe-max-size back)
+        if _runs_there(remote, ctid):
+            # the remote vzctl went after the last page: its guard let the VE be
+            raise PostCopyError(
+                f"VE {ctid}: post-copy migration to {remote.dest} ended abnormally "
+                f"({' '.join(said[-3:]) or code}) after every page had arrived there: "
+                f"the VE runs on {remote.dest}; here it is stopped",
+                hint=f"check it there (vzctl status {ctid}), then destroy the stopped "
+                     f"copy here: vzctl destroy {ctid}")
         raise PostCopyError(
             f"VE {ctid}: post-copy migration to {remote.dest} failed after the VE "
             f"started there: its memory stopped arriving ({' '.join(said[-3:]) or code}). "
@@ -373,6 +397,17 @@ def _online_lazy(rt: Runtime, remote: Remote, ctid: int, rep: Report, w: _Where,
                  f"it on one, e.g. there: vzctl start {ctid}; then destroy the other copy")
     say(f"Removing VE {ctid} here ...")
     _remove_here(rt, remote, ctid, w)
+
+
+def _runs_there(remote: Remote, ctid: int) -> bool:
+    """After the page stream broke: does the VE run at the destination?  Its guard
+    stops it at once unless every page had arrived (:mod:`lazyguard`); asked after a
+    moment, so that a guard still stopping it has done so."""
+    time.sleep(1)
+    with contextlib.suppress(Exception):
+        st = remote.run(["status", str(ctid)], check=False, timeout=60)
+        return st.returncode == 0 and st.stdout.rstrip().endswith(" running")
+    return False
 
 
 def _undo_lazy(rt: Runtime, remote: Remote, ctid: int, ld: chkpnt.LazyDump | None,
@@ -424,19 +459,29 @@ def receive_lazy(rt: Runtime, ctid: int, dump: Path) -> None:
     import signal
     import sys
     signal.signal(signal.SIGHUP, signal.SIG_IGN)    # ssh going must not stop the wait
-    print(lazy.READY, file=sys.stderr, flush=True)
-    got = b""
-    while not got.endswith(b"\n") and len(got) < len(lazy.GO):
-        chunk = os.read(0, 1)
-        if not chunk:
-            break
-        got += chunk
-    if got != lazy.GO:
-        raise MigrateError("the source gave up before the restore; nothing was done")
+    from vzpkg.core.errors import RestoreError
+    from vzpkg.runtime import criu
+    criu.find(RestoreError)     # before READY: a failure here freezes nothing there
+    # the guard that stops the VE if its pages stop coming, even with this vzctl
+    # killed, starts now: before the source freezes
+    guard = chkpnt.guard_for(rt, ctid, dump)
+    try:
+        print(lazy.READY, file=sys.stderr, flush=True)
+        got = b""
+        while not got.endswith(b"\n") and len(got) < len(lazy.GO):
+            chunk = os.read(0, 1)
+            if not chunk:
+                break
+            got += chunk
+        if got != lazy.GO:
+            raise MigrateError("the source gave up before the restore; nothing was done")
+    except BaseException:
+        guard.stand_down()
+        raise
     mine, daemon_end = socket.socketpair()
     lazy.relay(0, 1, mine)
     try:
-        lr = chkpnt.restore_lazy(rt, ctid, dump, daemon_end)
+        lr = chkpnt.restore_lazy(rt, ctid, dump, daemon_end, guard)
     finally:
         daemon_end.close()
     print(f"{lazy.RESTORED} {lr.pid}", file=sys.stderr, flush=True)
