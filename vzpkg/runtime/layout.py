@@ -95,7 +95,8 @@ def create(paths: VzPaths, ctid: int, cache: CacheRef, layout: Layout,
                 finally:
                     for name in ("upper", "work"):
                         (private / name).rmdir()
-        quota.detach(paths, ctid)
+        if image and layout is Layout.PLAIN:
+            quota.detach(paths, ctid)       # (an overlay VE's image is never mounted here)
     except BaseException:
         with contextlib.suppress(VeError, OSError):
             quota.remove(paths, ctid)
