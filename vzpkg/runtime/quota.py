@@ -44,12 +44,14 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import stat
 import struct
 import subprocess
+import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,10 +205,13 @@ UNSETTLED = "user.vzpkg.pristine"     # on an image never mounted: its pristine 
 _KEY = re.compile(r"[0-9a-f]{32}")
 
 
+Tree = Mapping[str, str | None]     # what mkfs -d writes: name -> link target (None: a directory)
+
+
 def make_image(paths: VzPaths, ctid: int, limits: DiskLimits,
-               tree: Path | None = None) -> None:
-    """Make the VE's ext4 image (sparse), sized to the hard limits, holding a copy
-    of the directory *tree* if given (mkfs -d).
+               tree: Tree | None = None) -> None:
+    """Make the VE's ext4 image (sparse), sized to the hard limits, holding the
+    top-level directories and symlinks *tree* names (mkfs -d).
 
     mkfs runs once per size, inode count and tree: the result is kept as a
     *pristine* image (``PRIVATE/.vzquota-pristine/KEY.img``) and each VE's image
@@ -224,7 +229,8 @@ def make_image(paths: VzPaths, ctid: int, limits: DiskLimits,
             return
         if pristine is None or not _clone(pristine, img, f"ve{ctid}"):
             img.unlink(missing_ok=True)
-            _mkfs(img, size, mkfs_argv(f"ve{ctid}", limits, tree), ctid)
+            with _tree_dir(img.parent / PRISTINE, tree) as d:
+                _mkfs(img, size, mkfs_argv(f"ve{ctid}", limits, d), ctid)
     except BaseException:
         img.unlink(missing_ok=True)
         raise
@@ -240,19 +246,34 @@ def _mkfs(img: Path, size: int, argv: list[str], ctid: int) -> None:
     _run([*argv, str(img)], f"making the disk image of VE {ctid}")
 
 
+@contextlib.contextmanager
+def _tree_dir(top: Path, tree: Tree | None) -> Iterator[Path | None]:
+    """A temporary directory holding *tree* for mkfs -d (None without one)."""
+    if tree is None:
+        yield None
+        return
+    top.mkdir(mode=0o700, parents=True, exist_ok=True)
+    d = Path(tempfile.mkdtemp(prefix="tree.", dir=top))
+    try:
+        d.chmod(0o755)
+        for name, link in sorted(tree.items()):
+            if link is None:
+                (d / name).mkdir(0o755)
+            else:
+                (d / name).symlink_to(link)
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def _pristine(paths: VzPaths, ctid: int, limits: DiskLimits, size: int,
-              tree: Path | None) -> Path | None:
+              tree: Tree | None) -> Path | None:
     """The pristine image for these mkfs arguments and *tree*, made (and written
     out) if missing; None where it cannot be copied sparsely (then each VE's
     image gets a mkfs of its own; ``KEY.nocopy`` remembers that)."""
-    listing = []
-    for entry in sorted(tree.iterdir()) if tree is not None else ():
-        st = entry.lstat()
-        listing.append([entry.name, st.st_mode, st.st_uid, st.st_gid,
-                        os.readlink(entry) if entry.is_symlink() else ""])
-    argv = mkfs_argv("", limits, tree)
-    key = hashlib.sha256(json.dumps([argv[:-2] if tree else argv, size, listing])
-                         .encode()).hexdigest()[:32]
+    argv = mkfs_argv("", limits)
+    listing = sorted(tree.items()) if tree is not None else None
+    key = hashlib.sha256(json.dumps([argv, size, listing]).encode()).hexdigest()[:32]
     top = paths.private_base / PRISTINE
     out = top / f"{key}.img"
     if out.is_file():
@@ -264,7 +285,8 @@ def _pristine(paths: VzPaths, ctid: int, limits: DiskLimits, size: int,
     tmp = top / f"{key}.tmp{os.getpid()}"
     tmp.unlink(missing_ok=True)
     try:
-        _mkfs(tmp, size, argv, ctid)
+        with _tree_dir(top, tree) as d:
+            _mkfs(tmp, size, mkfs_argv("", limits, d), ctid)
         fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             os.fsync(fd)            # durable before any VE's image names it
