@@ -11,7 +11,9 @@ the hard DISKSPACE limit and its inode count the hard DISKINODES limit, so:
 * the layouts are unchanged: plain unpacks onto the image, overlay keeps its
   ``upper``/``work`` there;
 * mkfs runs once per size, inode count and layout tree: each VE's image is a
-  sparse copy of that *pristine* image with a UUID of its own (:func:`make_image`).
+  sparse copy of that *pristine* image with a UUID of its own, made at the
+  image's first mount (:func:`make_image`, :func:`_settle`), so create writes
+  no data and waits for no disk.
 
 Live changes (``vzctl set --diskspace`` on a running VE):
 
