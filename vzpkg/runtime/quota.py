@@ -350,21 +350,28 @@ def _settle(img: Path, ctid: int) -> None:
         raise QuotaError(f"VE {ctid} has not had its first start, and the pristine image "
                          f"its disk image {img} is to be copied from ({pristine}) is "
                          "missing", hint=hint)
-    sfd = os.open(pristine, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        dfd = os.open(img, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        sfd = os.open(pristine, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            os.ftruncate(dfd, 0)
-            if not _copy(sfd, dfd, f"ve{ctid}"):
-                raise QuotaError(f"the pristine image {pristine} of VE {ctid}'s disk "
-                                 "image cannot be copied", hint=hint)
-            os.fdatasync(dfd)           # the file system first,
-            os.removexattr(dfd, UNSETTLED)
-            os.fsync(dfd)               # then the mark's removal, before the mount
+            dfd = os.open(img, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.ftruncate(dfd, 0)
+                copied = _copy(sfd, dfd, f"ve{ctid}")
+                if copied:
+                    os.fdatasync(dfd)           # the file system first,
+                    os.removexattr(dfd, UNSETTLED)
+                    os.fsync(dfd)               # then the mark's removal, before the mount
+            finally:
+                os.close(dfd)
         finally:
-            os.close(dfd)
-    finally:
-        os.close(sfd)
+            os.close(sfd)
+    except OSError as exc:              # (the mark stays: the next mount tries again)
+        raise QuotaError(f"cannot make the disk image {img} of VE {ctid} from "
+                         f"{pristine}: {exc.strerror}",
+                         hint="see the message (is the host's file system full?)") from None
+    if not copied:
+        raise QuotaError(f"the pristine image {pristine} of VE {ctid}'s disk image "
+                         "cannot be copied", hint=hint)
 
 
 def _layout(sfd: int) -> tuple[bytearray, int, list[tuple[int, int]]] | None:
