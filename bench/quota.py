@@ -1,6 +1,6 @@
 """Disk quota's cost, against VEs without one in the same run.
 
-    python bench/quota.py [--runs N] [--write-mib N]
+    python bench/quota.py [--runs N] [--create-runs N] [--write-mib N] [--only PART,...]
 
 A VE with a disk limit lives on an ext4 image of its own, loop-mounted
 (vzpkg.runtime.quota).  Measured, with medians over --runs alternating rounds
@@ -8,7 +8,10 @@ A VE with a disk limit lives on an ext4 image of its own, loop-mounted
 
 - create, plain layout, from the Debian cache (the builder's, else busybox):
   the image's mkfs and mount plus the unpack through the loop device;
-- create, overlay layout (the shared copy made beforehand);
+- create, overlay layout (the shared copy made beforehand), --create-runs rounds
+  (each takes about 10 ms, and the machine is noisy);
+- the first start of a new overlay VE (where an image is copied from its pristine
+  image and written out, quota._settle), and that copy alone;
 - a write-heavy workload in a running VE: dd of --write-mib MiB with fsync
   (conv=fsync), and the same without fsync (page cache and writeback);
 - changing the limit of a running VE: ``Runtime.set`` lowering (balloon grows)
@@ -40,6 +43,7 @@ from vzpkg.runtime.paths import VzPaths
 from vzpkg.runtime.ve import Runtime
 
 LIMIT = {"DISKSPACE": "4194304:4194304"}        # 4 GiB
+PARTS = ("create_plain", "create_overlay", "first_start", "write", "fio")
 BASE = 14000
 
 
@@ -93,6 +97,35 @@ def bench_create(rt: Runtime, cache: str, layout: str, runs: int,
     return {"quota_ms": _ms(q), "none_ms": _ms(n), "ratio": round(q / n, 3),
             "runs_quota_ms": [_ms(x) for x in with_q],
             "runs_none_ms": [_ms(x) for x in without]}
+
+
+def bench_first_start(rt: Runtime, cache: str, runs: int) -> dict[str, Any]:
+    """The first start (and a stop) of a new overlay VE with and without an image:
+    the image's file system is copied from its pristine image at its first mount
+    (quota._settle: copy, fdatasync, fsync).  Plus that copy alone, on VEs made
+    for it and never started."""
+    with_q: list[float] = []
+    without: list[float] = []
+    for i in range(runs):
+        for with_quota, out in ((True, with_q), (False, without)):
+            ctid = BASE + 200 + 2 * i + (0 if with_quota else 1)
+            rt.create(ctid, cache, layout_name="overlay", values=LIMIT if with_quota else None)
+            out.append(_timed(lambda c=ctid: rt.start(c)))
+            rt.stop(ctid)
+            rt.destroy(ctid)
+    settle = []
+    for i in range(runs):
+        ctid = BASE + 300 + i
+        rt.create(ctid, cache, layout_name="overlay", values=LIMIT)
+        img = quota.image_path(rt.paths, ctid)
+        settle.append(_timed(lambda c=ctid, im=img: quota._settle(im, c)))
+        rt.destroy(ctid)
+    q, n = median(with_q), median(without)
+    return {"quota_ms": _ms(q), "none_ms": _ms(n), "ratio": round(q / n, 3),
+            "settle_ms": _ms(median(settle)),
+            "runs_quota_ms": [_ms(x) for x in with_q],
+            "runs_none_ms": [_ms(x) for x in without],
+            "runs_settle_ms": [_ms(x) for x in settle]}
 
 
 def bench_write(rt: Runtime, cache: str, runs: int, mib: int) -> dict[str, Any]:
@@ -199,8 +232,17 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--create-runs", type=int, default=31,
+                    help="rounds of the overlay create (default 31)")
     ap.add_argument("--write-mib", type=int, default=256)
+    ap.add_argument("--only", default=",".join(PARTS),
+                    help=f"a comma-separated subset of {','.join(PARTS)} (while "
+                         "iterating; the results are then printed, not written)")
     args = ap.parse_args()
+    only = set(args.only.split(","))
+    if only - set(PARTS):
+        ap.error(f"--only: unknown part(s) {','.join(sorted(only - set(PARTS)))}; "
+                 f"choose from {','.join(PARTS)}")
     base = Path(tempfile.mkdtemp(prefix="vzbench-quota-", dir="/var/tmp"))
     try:
         caches = base / "caches"
@@ -214,33 +256,46 @@ def main() -> int:
                                     ["findmnt", "-n", "-o", "FSTYPE", "-T", str(base)],
                                     capture_output=True, text=True).stdout.strip()}
         rt.create(BASE - 1, cache, layout_name="overlay")    # the shared copy, once
-        data["create_plain"] = bench_create(rt, cache, "plain", args.runs)
-        data["create_plain_durable"] = bench_create(rt, cache, "plain", args.runs,
-                                                    durable=True)
-        data["create_overlay"] = bench_create(rt, cache, "overlay", args.runs)
-        data["create_overlay_durable"] = bench_create(rt, cache, "overlay", args.runs,
-                                                      durable=True)
+        if "create_plain" in only:
+            data["create_plain"] = bench_create(rt, cache, "plain", args.runs)
+            data["create_plain_durable"] = bench_create(rt, cache, "plain", args.runs,
+                                                        durable=True)
+        if "create_overlay" in only:
+            data["create_overlay"] = bench_create(rt, cache, "overlay", args.create_runs)
+            data["create_overlay_durable"] = bench_create(rt, cache, "overlay",
+                                                          args.create_runs, durable=True)
         rt.destroy(BASE - 1)
-        data["write"] = bench_write(rt, BUSYBOX_NAME, args.runs, args.write_mib)
-        data["fio"] = bench_fio(base, args.runs, args.write_mib)
-        out = write_results("quota", data)
+        if "first_start" in only:
+            rt.create(BASE - 1, BUSYBOX_NAME, layout_name="overlay")
+            data["first_start"] = bench_first_start(rt, BUSYBOX_NAME, max(args.runs, 7))
+            rt.destroy(BASE - 1)
+        if "write" in only:
+            data["write"] = bench_write(rt, BUSYBOX_NAME, args.runs, args.write_mib)
+        if "fio" in only:
+            data["fio"] = bench_fio(base, args.runs, args.write_mib)
+        out = write_results("quota", data) if only == set(PARTS) else None
         for k in ("create_plain", "create_plain_durable", "create_overlay",
-                  "create_overlay_durable"):
+                  "create_overlay_durable", "first_start"):
+            if k not in data:
+                continue
             d = data[k]
             print(f"{k:15} quota {d['quota_ms']:9.1f} ms  none {d['none_ms']:9.1f} ms  "
                   f"ratio {d['ratio']}")
-        w = data["write"]
-        for k in ("dd_fsync", "dd_nofsync"):
+        if "first_start" in data:
+            print(f"{'settle alone':15} {data['first_start']['settle_ms']:9.1f} ms")
+        w = data.get("write", {})
+        for k in ("dd_fsync", "dd_nofsync") if w else ():
             d = w[k]
             print(f"{k:16} quota {d['quota_ms']:9.1f} ms  none {d['none_ms']:9.1f} ms  "
                   f"ratio {d['ratio']}  ({d['quota_mib_s']} vs {d['none_mib_s']} MiB/s)"
                   f"  near full {d['near_full_ratio']}")
-        for k, d in data["fio"].items():
+        for k, d in data.get("fio", {}).items():
             if isinstance(d, dict):
                 print(f"{k:16} quota {d['quota_ms']:9.1f} ms  none {d['none_ms']:9.1f} ms  "
                       f"ratio {d['ratio']}")
-        print("set live       ", w["set_live"])
-        print(f"results: {out}")
+        if w:
+            print("set live       ", w["set_live"])
+        print(f"results: {out or 'not written (--only)'}")
     finally:
         with_rt = Runtime(VzPaths(base / "vz"))
         for ctid in with_rt.ctids():

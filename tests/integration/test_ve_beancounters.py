@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -15,7 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.runtime_helpers import copy_host_tools, destroy_all, runtime_for, sh, vzctl_cli
+from tests.runtime_helpers import (
+    copy_host_tools,
+    destroy_all,
+    runtime_for,
+    sh,
+    vzctl_cli,
+    wait_for,
+)
 from vzpkg.runtime.ubctable import UBCS, Mode
 from vzpkg.runtime.ve import Runtime
 
@@ -23,13 +31,19 @@ pytestmark = [pytest.mark.root,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
 CTID = 9861
+PROBE = Path(__file__).resolve().parents[1] / "probe" / "ubchold.c"
 
 
 @pytest.fixture(scope="module")
 def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
-    r = runtime_for(tmp_path_factory.mktemp("ubc"))
+    base = tmp_path_factory.mktemp("ubc")
+    r = runtime_for(base)
     r.create(CTID, "busybox-1")
     copy_host_tools(r.paths.private(CTID), ["flock"])
+    if shutil.which("gcc") is None:
+        pytest.fail("gcc is needed to build tests/probe/ubchold.c (tools/install-system-deps)")
+    probe = r.paths.private(CTID) / "usr/local/bin/ubchold"
+    subprocess.run(["gcc", "-static", "-O", "-o", str(probe), str(PROBE)], check=True)
     r.start(CTID)
     yield r
     destroy_all(r)
@@ -74,7 +88,7 @@ def test_accounted_rows_count_what_the_ve_holds(rt: Runtime) -> None:
     assert held["kmemsize"] and held["kmemsize"] > 0, held
     assert held["physpages"] and held["privvmpages"] and held["numproc"], held
     # maxheld of a counted row keeps the most seen
-    sh(rt, CTID, "pkill nc; pkill -f 'sleep 60'; rm -f /dev/shm/blob")
+    sh(rt, CTID, "killall nc flock; rm -f /dev/shm/blob")   # (busybox: no pkill)
     time.sleep(0.3)
     again = ubc(rt)
     assert (again["numtcpsock"]["maxheld"] or 0) >= 1
@@ -91,7 +105,7 @@ def test_unread_tcp_data_counts_in_tcprcvbuf(rt: Runtime) -> None:
         row = ubc(rt)["tcprcvbuf"]
         assert (row["held"] or 0) >= 60000, row
     finally:
-        sh(rt, CTID, "pkill nc; pkill -f 'sleep 30'")
+        sh(rt, CTID, "killall nc")
 
 
 def test_numproc_refuses_forks_past_the_limit(rt: Runtime) -> None:
@@ -212,3 +226,68 @@ def test_iolimit_throttles_the_ves_disk(rt: Runtime) -> None:
         assert vset(rt, "--iolimit", "0", "--iopslimit", "0").returncode == 0
     if cg.version == 1:
         assert disk not in (g / "blkio.throttle.write_bps_device").read_text()
+
+
+def hold(rt: Runtime, what: str, n: int) -> str:
+    """Start ``ubchold WHAT N`` in the VE (tests/probe/ubchold.c): it takes the
+    resource, says ``held N``, and keeps it until killed."""
+    code, out = sh(rt, CTID, f"/usr/local/bin/ubchold {what} {n} >/tmp/{what}.out 2>&1 & "
+                   f"for i in $(seq 100); do grep -q held /tmp/{what}.out && break; "
+                   f"sleep 0.1; done; cat /tmp/{what}.out")
+    assert code == 0 and "held" in out, out
+    return out
+
+
+def release(rt: Runtime) -> None:
+    code, out = sh(rt, CTID, "kill $(pidof ubchold); for i in $(seq 100); do "
+                   "pidof ubchold >/dev/null || exit 0; sleep 0.1; done; exit 1")
+    assert code == 0, f"ubchold outlived kill: {out}"
+
+
+# what the VE takes, how much of it, the row, what that shows at least, the option
+HELD = [("mlock", 8, "lockedpages", 8 * 256, "--lockedpages"),      # 8 MiB in pages
+        ("sigq", 12, "numsiginfo", 12, "--numsiginfo"),
+        ("pty", 3, "numpty", 3, "--numpty"),
+        ("ptm", 3, "numpty", 3, "--numpty"),                       # masters alone
+        ("dgram", 20, "dgramrcvbuf", 20 * 1000, "--dgramrcvbuf")]
+
+
+@pytest.mark.parametrize("what,n,row,least,option", HELD)
+def test_what_a_ve_holds_shows_in_its_row(rt: Runtime, what: str, n: int, row: str,
+                                          least: int, option: str) -> None:
+    """LOCKEDPAGES, NUMSIGINFO, NUMPTY and DGRAMRCVBUF count what a process in the
+    VE takes (mlock, blocked real-time signals, ptys, unread datagrams), and let it
+    go when the process ends."""
+    before = ubc(rt)[row]
+    try:
+        assert f"held {n}" in hold(rt, what, n)
+        now = ubc(rt)[row]
+        assert (now["held"] or 0) - (before["held"] or 0) >= least, (before, now)
+        assert (now["maxheld"] or 0) >= (now["held"] or 0)
+    finally:
+        release(rt)
+    wait_for(lambda: (ubc(rt)[row]["held"] or 0) < least, 10,
+             f"{row} to fall when the process ends")
+    assert (ubc(rt)[row]["maxheld"] or 0) >= least
+
+
+@pytest.mark.parametrize("what,n,row,least,option",
+                         [h for h in HELD if h[0] != "ptm"])
+def test_an_accounted_row_does_not_refuse_the_ve(rt: Runtime, what: str, n: int, row: str,
+                                                 least: int, option: str) -> None:
+    """The table says these four are accounted on both cgroup versions: a limit is
+    stored and shown, vzctl set says it is not enforced, and the VE may go past it
+    (held above the limit, nothing refused, failcnt 0)."""
+    u = next(u for u in UBCS if u.resource == row)
+    assert u.mode(rt.cgroups.version) is Mode.ACCOUNTED
+    r = vset(rt, option, "1:1")
+    assert r.returncode == 0, r.stderr
+    assert f"{u.key} is accounted, not enforced" in r.stdout + r.stderr
+    try:
+        assert f"held {n}" in hold(rt, what, n)
+        now = ubc(rt)[row]
+        assert now["limit"] == 1 and (now["held"] or 0) > 1, now
+        assert now["failcnt"] == 0, now
+    finally:
+        release(rt)
+        assert vset(rt, option, "unlimited").returncode == 0

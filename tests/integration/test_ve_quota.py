@@ -240,14 +240,33 @@ def test_destroy_leaves_no_image_loop_or_mount(rt: Runtime) -> None:
     assert not [m for m in _mounts(rt) if "/private/" in m]
 
 
+def _marked(img: os.PathLike[str]) -> bool:
+    """The image still waits for its first mount to be made (quota._settle)."""
+    try:
+        os.getxattr(img, quota.UNSETTLED)
+    except OSError:
+        return False
+    return True
+
+
 def test_a_new_image_is_clean_and_leaves_nothing_to_write_later(rt: Runtime) -> None:
-    """The image vzctl makes passes e2fsck, has its inode tables marked zeroed (no
-    lazyinit writes behind a VE's back after its first start) and a journal that
-    reads as zeros; an overlay VE's image is not even mounted at create."""
+    """Create writes nothing into the image (a sparse file marked with its pristine
+    image); its first mount makes it: a file system that passes e2fsck, has its
+    inode tables marked zeroed (no lazyinit writes behind a VE's back after its
+    first start) and a journal that reads as zeros, with a UUID of its own."""
     ok(vzctl_cli(rt, "create", "312", "--ostemplate", "busybox-1", "--layout", "overlay",
                  "--diskspace", "256M"))
     img = quota.image_path(rt.paths, 312)
     assert not [m for m in _mounts(rt) if "/private/312 " in m], "mounted at create"
+    assert img.stat().st_size == 256 * M and img.stat().st_blocks == 0
+    assert _marked(img)
+    ok(vzctl_cli(rt, "create", "313", "--ostemplate", "busybox-1", "--layout", "overlay",
+                 "--diskspace", "256M"))
+    img2 = quota.image_path(rt.paths, 313)
+    for ctid in ("312", "313"):          # the first mount, and nothing else
+        ok(vzctl_cli(rt, "mount", ctid))
+        ok(vzctl_cli(rt, "umount", ctid))
+    assert not _marked(img) and not _marked(img2)
     fsck = subprocess.run(["e2fsck", "-fn", str(img)], capture_output=True, text=True)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
     groups = subprocess.run(["dumpe2fs", str(img)], capture_output=True,
@@ -258,9 +277,6 @@ def test_a_new_image_is_clean_and_leaves_nothing_to_write_later(rt: Runtime) -> 
     assert img.stat().st_blocks * 512 < 1 << 20, img.stat().st_blocks
     # a second VE of the same size is a copy of the same pristine image, with a
     # UUID and label of its own (blkid, fsid) and just as clean
-    ok(vzctl_cli(rt, "create", "313", "--ostemplate", "busybox-1", "--layout", "overlay",
-                 "--diskspace", "256M"))
-    img2 = quota.image_path(rt.paths, 313)
     fsck = subprocess.run(["e2fsck", "-fn", str(img2)], capture_output=True, text=True)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
     ids = [subprocess.run(["blkid", "-o", "export", str(i)], capture_output=True,
@@ -273,6 +289,87 @@ def test_a_new_image_is_clean_and_leaves_nothing_to_write_later(rt: Runtime) -> 
         code, out = sh(rt, int(ctid), "ls -d /bin && echo x > /f && cat /f")
         assert code == 0 and "x" in out, out
         ok(vzctl_cli(rt, "destroy", ctid, "--force"))
+
+
+def _pristine_of(img: os.PathLike[str]) -> str:
+    key = os.getxattr(img, quota.UNSETTLED).decode()
+    return os.path.join(os.path.dirname(img), quota.PRISTINE, key + ".img")
+
+
+def test_an_image_torn_by_a_crash_before_the_first_start_is_made_again(
+        rt: Runtime) -> None:
+    """A crash in the middle of the first mount's copy (simulated: the copy made,
+    then holes punched into it and junk written over its superblock, the mark
+    still there) leaves an image that a start makes afresh."""
+    ok(vzctl_cli(rt, "create", "314", "--ostemplate", "busybox-1", "--layout", "overlay",
+                 "--diskspace", "64M"))
+    img = quota.image_path(rt.paths, 314)
+    with open(_pristine_of(img), "rb") as src, open(img, "r+b") as dst:
+        dst.write(src.read(8 * M))
+    for off in (0, 4096, 1 << 20, 2 << 20):      # group descriptors, tables, root dir
+        subprocess.run(["fallocate", "-p", "-o", str(off), "-l", "65536", str(img)],
+                       check=True)
+    with open(img, "r+b") as f:
+        f.seek(1024)
+        f.write(b"\xa5" * 1024)
+    assert _marked(img)
+    ok(vzctl_cli(rt, "start", "314"))
+    code, out = sh(rt, 314, "echo kept > /f && cat /f && ls /bin/sh")
+    assert code == 0 and "kept" in out, out
+    assert 48 * 1024 < df(rt, 314)[0] <= 64 * 1024
+    ok(vzctl_cli(rt, "stop", "314"))
+    fsck = subprocess.run(["e2fsck", "-fn", str(img)], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
+def test_an_image_once_mounted_is_never_made_again(rt: Runtime) -> None:
+    """After its first mount the image carries no mark: what the VE wrote stays,
+    through restarts and an offline resize."""
+    img = quota.image_path(rt.paths, 314)
+    assert not _marked(img)
+    ok(vzctl_cli(rt, "start", "314"))
+    code, out = sh(rt, 314, "cat /f")
+    assert code == 0 and "kept" in out, out
+    ok(vzctl_cli(rt, "stop", "314"))
+    ok(vzctl_cli(rt, "set", "314", "--diskspace", "80M", "--save"))
+    ok(vzctl_cli(rt, "start", "314"))
+    code, out = sh(rt, 314, "cat /f")
+    assert code == 0 and "kept" in out, out
+    assert df(rt, 314)[0] > 64 * 1024
+    ok(vzctl_cli(rt, "destroy", "314", "--force"))
+
+
+@pytest.mark.parametrize("mib", [96, 40])
+def test_a_resize_before_the_first_start_keeps_the_new_size(rt: Runtime,
+                                                            mib: int) -> None:
+    ok(vzctl_cli(rt, "create", "315", "--ostemplate", "busybox-1", "--layout", "overlay",
+                 "--diskspace", "64M"))
+    ok(vzctl_cli(rt, "set", "315", "--diskspace", f"{mib}M", "--save"))
+    img = quota.image_path(rt.paths, 315)
+    assert img.stat().st_size == mib * M and not _marked(img)
+    ok(vzctl_cli(rt, "start", "315"))
+    assert (mib - 16) * 1024 < df(rt, 315)[0] <= mib * 1024
+    ok(vzctl_cli(rt, "restart", "315"))
+    assert (mib - 16) * 1024 < df(rt, 315)[0] <= mib * 1024
+    assert img.stat().st_size == mib * M
+    ok(vzctl_cli(rt, "destroy", "315", "--force"))
+
+
+def test_a_missing_pristine_image_is_a_clear_error(rt: Runtime) -> None:
+    ok(vzctl_cli(rt, "create", "316", "--ostemplate", "busybox-1", "--layout", "overlay",
+                 "--diskspace", "72M"))
+    img = quota.image_path(rt.paths, 316)
+    pristine = _pristine_of(img)
+    os.rename(pristine, pristine + ".away")
+    try:
+        r = vzctl_cli(rt, "start", "316")
+        assert_user_error(r, "pristine image", "missing", "vzctl destroy 316")
+        assert _marked(img) and img.stat().st_blocks == 0
+        assert not [m for m in _mounts(rt) if "/316 " in m]
+    finally:
+        os.rename(pristine + ".away", pristine)
+    ok(vzctl_cli(rt, "start", "316"))
+    ok(vzctl_cli(rt, "destroy", "316", "--force"))
 
 
 def test_an_overlay_ve_on_an_image_keeps_its_shared_copy(rt: Runtime) -> None:

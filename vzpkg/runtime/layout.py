@@ -82,20 +82,20 @@ def create(paths: VzPaths, ctid: int, cache: CacheRef, layout: Layout,
                                        "that takes one) needs no shift") from None
         else:
             shared = ensure_shared(paths, cache)
+            lower = os.path.relpath(shared, private)
             # on an image, mkfs writes these three (never mounted at create); the
             # link stays under the mount point too, so that a stopped VE's shared
             # copy is seen in use (_shared_in_use) and found by destroy
-            (private / "upper").mkdir(0o755)
-            (private / "work").mkdir(0o755)
-            (private / "lower").symlink_to(os.path.relpath(shared, private))
+            (private / "lower").symlink_to(lower)
             if image:
                 assert disk is not None
-                try:
-                    quota.make_image(paths, ctid, disk, tree=private)
-                finally:
-                    for name in ("upper", "work"):
-                        (private / name).rmdir()
-        quota.detach(paths, ctid)
+                quota.make_image(paths, ctid, disk,
+                                 tree={"upper": None, "work": None, "lower": lower})
+            else:
+                (private / "upper").mkdir(0o755)
+                (private / "work").mkdir(0o755)
+        if image and layout is Layout.PLAIN:
+            quota.detach(paths, ctid)       # (an overlay VE's image is never mounted here)
     except BaseException:
         with contextlib.suppress(VeError, OSError):
             quota.remove(paths, ctid)

@@ -11,7 +11,9 @@ the hard DISKSPACE limit and its inode count the hard DISKINODES limit, so:
 * the layouts are unchanged: plain unpacks onto the image, overlay keeps its
   ``upper``/``work`` there;
 * mkfs runs once per size, inode count and layout tree: each VE's image is a
-  sparse copy of that *pristine* image with a UUID of its own (:func:`make_image`).
+  sparse copy of that *pristine* image with a UUID of its own, made at the
+  image's first mount (:func:`make_image`, :func:`_settle`), so create writes
+  no data and waits for no disk.
 
 Live changes (``vzctl set --diskspace`` on a running VE):
 
@@ -44,12 +46,14 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import stat
 import struct
 import subprocess
+import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,24 +203,36 @@ def mkfs_argv(label: str, limits: DiskLimits, tree: Path | None = None) -> list[
 PRISTINE = ".vzquota-pristine"
 PRISTINE_MAX_DATA = 64 << 20      # more than that in a pristine image: mkfs instead
 SYNC_FILE_RANGE_ALL = 7           # WAIT_BEFORE | WRITE | WAIT_AFTER
+UNSETTLED = "user.vzpkg.pristine"     # on an image never mounted: its pristine image
+_KEY = re.compile(r"[0-9a-f]{32}")
+
+
+Tree = Mapping[str, str | None]     # what mkfs -d writes: name -> link target (None: a directory)
 
 
 def make_image(paths: VzPaths, ctid: int, limits: DiskLimits,
-               tree: Path | None = None) -> None:
-    """Make the VE's ext4 image (sparse), sized to the hard limits, holding a copy
-    of the directory *tree* if given (mkfs -d).
+               tree: Tree | None = None) -> None:
+    """Make the VE's ext4 image (sparse), sized to the hard limits, holding the
+    top-level directories and symlinks *tree* names (mkfs -d).
 
     mkfs runs once per size, inode count and tree: the result is kept as a
     *pristine* image (``PRIVATE/.vzquota-pristine/KEY.img``) and each VE's image
     is a sparse copy of it (about 200 KB of metadata) with a UUID, hash seed and
-    label of its own written into the superblock (:func:`_clone`)."""
+    label of its own written into the superblock.  The copy waits for the image's
+    first mount (:func:`_settle`): here the image is a sparse file of its size
+    whose xattr ``user.vzpkg.pristine`` names its pristine image, so a create
+    writes no data and waits for no disk.  Where the file system has no user
+    xattrs, the copy is made (and written out) now."""
     img = image_path(paths, ctid)
     size = limits.image_bytes() // BLOCK * BLOCK
     try:
         pristine = _pristine(paths, ctid, limits, size, tree)
-        if not _clone(pristine, img, f"ve{ctid}"):
+        if pristine is not None and _defer(img, size, pristine):
+            return
+        if pristine is None or not _clone(pristine, img, f"ve{ctid}"):
             img.unlink(missing_ok=True)
-            _mkfs(img, size, mkfs_argv(f"ve{ctid}", limits, tree), ctid)
+            with _tree_dir(img.parent / PRISTINE, tree) as d:
+                _mkfs(img, size, mkfs_argv(f"ve{ctid}", limits, d), ctid)
     except BaseException:
         img.unlink(missing_ok=True)
         raise
@@ -232,76 +248,198 @@ def _mkfs(img: Path, size: int, argv: list[str], ctid: int) -> None:
     _run([*argv, str(img)], f"making the disk image of VE {ctid}")
 
 
-def _pristine(paths: VzPaths, ctid: int, limits: DiskLimits, size: int,
-              tree: Path | None) -> Path:
-    """The pristine image for these mkfs arguments and *tree*, made if missing."""
-    listing = []
-    for entry in sorted(tree.iterdir()) if tree is not None else ():
-        st = entry.lstat()
-        listing.append([entry.name, st.st_mode, st.st_uid, st.st_gid,
-                        os.readlink(entry) if entry.is_symlink() else ""])
-    argv = mkfs_argv("", limits, tree)
-    key = hashlib.sha256(json.dumps([argv[:-2] if tree else argv, size, listing])
-                         .encode()).hexdigest()[:32]
-    top = paths.private_base / PRISTINE
+@contextlib.contextmanager
+def _tree_dir(top: Path, tree: Tree | None) -> Iterator[Path | None]:
+    """A temporary directory holding *tree* for mkfs -d (None without one)."""
+    if tree is None:
+        yield None
+        return
     top.mkdir(mode=0o700, parents=True, exist_ok=True)
+    d = Path(tempfile.mkdtemp(prefix="tree.", dir=top))
+    try:
+        d.chmod(0o755)
+        for name, link in sorted(tree.items()):
+            if link is None:
+                (d / name).mkdir(0o755)
+            else:
+                (d / name).symlink_to(link)
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _pristine(paths: VzPaths, ctid: int, limits: DiskLimits, size: int,
+              tree: Tree | None) -> Path | None:
+    """The pristine image for these mkfs arguments and *tree*, made (and written
+    out) if missing; None where it cannot be copied sparsely (then each VE's
+    image gets a mkfs of its own; ``KEY.nocopy`` remembers that)."""
+    argv = mkfs_argv("", limits)
+    listing = sorted(tree.items()) if tree is not None else None
+    key = hashlib.sha256(json.dumps([argv, size, listing]).encode()).hexdigest()[:32]
+    top = paths.private_base / PRISTINE
     out = top / f"{key}.img"
-    if not out.is_file():
-        tmp = top / f"{key}.tmp{os.getpid()}"
-        tmp.unlink(missing_ok=True)
+    if out.is_file():
+        return out
+    top.mkdir(mode=0o700, parents=True, exist_ok=True)
+    nocopy = top / f"{key}.nocopy"
+    if nocopy.exists():
+        return None
+    tmp = top / f"{key}.tmp{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    try:
+        with _tree_dir(top, tree) as d:
+            _mkfs(tmp, size, mkfs_argv("", limits, d), ctid)
+        fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            _mkfs(tmp, size, argv, ctid)
-            os.rename(tmp, out)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+            os.fsync(fd)            # durable before any VE's image names it
+            copyable = _layout(fd) is not None
+        finally:
+            os.close(fd)
+        if not copyable:
+            nocopy.touch()
+            tmp.unlink()
+            return None
+        os.rename(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return out
 
 
+def _defer(img: Path, size: int, pristine: Path) -> bool:
+    """Make *img* a sparse file of *size* bytes marked as a copy of *pristine* still
+    to be made (:func:`_settle`).  The mark is set before the size, in the same
+    journal order as the VE's CTID.conf written next: once CTID.conf is on disk,
+    so are the image and its mark.  False, nothing made, without user xattrs."""
+    fd = os.open(img, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    try:
+        try:
+            os.setxattr(fd, UNSETTLED, pristine.stem.encode())
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+            os.unlink(img)
+            return False
+        os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
+    return True
+
+
+def _settle(img: Path, ctid: int) -> None:
+    """Before an image's first mount (or any other write to it), make the copy of
+    its pristine image that :func:`make_image` deferred, and write it out.
+
+    Until then the image holds nothing of the VE (it was never mounted), so
+    whatever a crash left in it (holes, half a copy) is simply copied over:
+    cut to nothing, copied again, ``fdatasync``.  Only then the mark goes, and an
+    ``fsync`` puts that on disk before the mount writes a block: an image without
+    the mark is never copied over again.  A no-op for an image without the mark."""
+    try:
+        key = os.getxattr(img, UNSETTLED, follow_symlinks=False).decode(errors="replace")
+    except OSError as exc:
+        if exc.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+            return
+        raise QuotaError(f"cannot read the disk image {img} of VE {ctid}: "
+                         f"{exc.strerror}") from None
+    pristine = img.parent / PRISTINE / f"{key}.img"
+    hint = (f"the VE was never started, so nothing of it is lost: vzctl destroy {ctid} "
+            "and create it again")
+    if not _KEY.fullmatch(key) or not pristine.is_file():
+        raise QuotaError(f"VE {ctid} has not had its first start, and the pristine image "
+                         f"its disk image {img} is to be copied from ({pristine}) is "
+                         "missing", hint=hint)
+    try:
+        sfd = os.open(pristine, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            dfd = os.open(img, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.ftruncate(dfd, 0)
+                copied = _copy(sfd, dfd, f"ve{ctid}")
+                if copied:
+                    os.fdatasync(dfd)           # the file system first,
+                    os.removexattr(dfd, UNSETTLED)
+                    os.fsync(dfd)               # then the mark's removal, before the mount
+            finally:
+                os.close(dfd)
+        finally:
+            os.close(sfd)
+    except OSError as exc:              # (the mark stays: the next mount tries again)
+        raise QuotaError(f"cannot make the disk image {img} of VE {ctid} from "
+                         f"{pristine}: {exc.strerror}",
+                         hint="see the message (is the host's file system full?)") from None
+    if not copied:
+        raise QuotaError(f"the pristine image {pristine} of VE {ctid}'s disk image "
+                         "cannot be copied", hint=hint)
+
+
+def _layout(sfd: int) -> tuple[bytearray, int, list[tuple[int, int]]] | None:
+    """The primary superblock, size and data extents of the pristine image open
+    as *sfd*; None if it is not one this module made (ext4 with metadata_csum and
+    a checksum seed) or the file system cannot tell its data from its holes."""
+    sb = bytearray(os.pread(sfd, 1024, 1024))
+    if len(sb) < 1024:
+        return None
+    incompat, ro_compat = struct.unpack_from("<II", sb, 0x60)
+    if (struct.unpack_from("<H", sb, 0x38)[0] != 0xEF53 or not incompat & 0x2000
+            or not ro_compat & 0x400 or sb[0x175] != 1):
+        return None                     # not ext4 with metadata_csum + csum_seed
+    size = os.fstat(sfd).st_size
+    extents, off = [], 0
+    while off < size:
+        try:
+            off = os.lseek(sfd, off, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                break
+            raise
+        end = os.lseek(sfd, off, os.SEEK_HOLE)
+        extents.append((off, end - off))
+        off = end
+    if sum(n for _, n in extents) > PRISTINE_MAX_DATA:
+        return None                     # no SEEK_DATA here: it would copy it all
+    return sb, size, extents
+
+
+def _copy(sfd: int, dfd: int, label: str) -> bool:
+    """Copy the pristine image open as *sfd* into the empty file open as *dfd*
+    (only its data: it stays sparse), with a UUID, directory hash seed and label
+    of its own in the superblock.  False, *dfd* untouched, if it cannot be
+    copied (:func:`_layout`)."""
+    found = _layout(sfd)
+    if found is None:
+        return False
+    sb, size, extents = found
+    os.ftruncate(dfd, size)
+    for off, n in extents:
+        pos = off
+        while n > 0:
+            k = os.copy_file_range(sfd, dfd, n, pos, pos)
+            if k <= 0:
+                raise OSError(errno.EIO, "short copy of a pristine disk image")
+            n -= k
+            pos += k
+    sb[0x68:0x78] = uuid.uuid4().bytes                  # s_uuid
+    sb[0x78:0x88] = label.encode()[:16].ljust(16, b"\0")   # s_volume_name
+    sb[0xEC:0xFC] = uuid.uuid4().bytes                  # s_hash_seed
+    struct.pack_into("<I", sb, 0x3FC, _crc32c(bytes(sb[:0x3FC])))
+    os.pwrite(dfd, bytes(sb), 1024)
+    return True
+
+
 def _clone(src: Path, dst: Path, label: str) -> bool:
-    """Copy the pristine image *src* to the new file *dst* (only its data: it is
-    sparse), give the copy a UUID, directory hash seed and label of its own, and
-    write it out (so the caller's next fsync commits it, as CTID.conf's does).
-    False, with *dst* left for the caller to remove, if *src* is not one this
-    module made (no checksum seed) or the file system cannot copy sparsely."""
+    """Copy the pristine image *src* to the new file *dst* now (:func:`_copy`) and
+    write it out, so the caller's next fsync commits it, as CTID.conf's does (for
+    file systems without user xattrs, where the copy cannot wait).  False, with
+    *dst* left for the caller to remove, if *src* cannot be copied."""
     sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        sb = bytearray(os.pread(sfd, 1024, 1024))
-        incompat, ro_compat = struct.unpack_from("<II", sb, 0x60)
-        if (struct.unpack_from("<H", sb, 0x38)[0] != 0xEF53 or not incompat & 0x2000
-                or not ro_compat & 0x400 or sb[0x175] != 1):
-            return False                # not ext4 with metadata_csum + csum_seed
-        size = os.fstat(sfd).st_size
-        extents, off = [], 0
-        while off < size:
-            try:
-                off = os.lseek(sfd, off, os.SEEK_DATA)
-            except OSError as exc:
-                if exc.errno == errno.ENXIO:
-                    break
-                raise
-            end = os.lseek(sfd, off, os.SEEK_HOLE)
-            extents.append((off, end - off))
-            off = end
-        if sum(n for _, n in extents) > PRISTINE_MAX_DATA:
-            return False                # no SEEK_DATA here: it would copy it all
         dfd = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                       | os.O_CLOEXEC, 0o600)
         try:
-            os.ftruncate(dfd, size)
-            for off, n in extents:
-                pos = off
-                while n > 0:
-                    k = os.copy_file_range(sfd, dfd, n, pos, pos)
-                    if k <= 0:
-                        raise OSError(errno.EIO, f"short copy of {src}")
-                    n -= k
-                    pos += k
-            sb[0x68:0x78] = uuid.uuid4().bytes                  # s_uuid
-            sb[0x78:0x88] = label.encode()[:16].ljust(16, b"\0")   # s_volume_name
-            sb[0xEC:0xFC] = uuid.uuid4().bytes                  # s_hash_seed
-            struct.pack_into("<I", sb, 0x3FC, _crc32c(bytes(sb[:0x3FC])))
-            os.pwrite(dfd, bytes(sb), 1024)
+            if not _copy(sfd, dfd, label):
+                return False
             libc.sync_file_range(dfd, 0, 0, SYNC_FILE_RANGE_ALL)
         finally:
             os.close(dfd)
@@ -385,7 +523,9 @@ def remove(paths: VzPaths, ctid: int) -> None:
 
 def _mount(img: Path, private: Path, ctid: int, *, readonly: bool = False) -> None:
     """Mount *img* on *private* (nodev) through a loop device of its own, which
-    goes with the mount (autoclear)."""
+    goes with the mount (autoclear); at its first mount, the image is made
+    (:func:`_settle`)."""
+    _settle(img, ctid)
     private.mkdir(mode=0o755, exist_ok=True)
     fd, dev = _loop_attach(img, ctid)
     try:
@@ -490,6 +630,7 @@ def _wait_released(img: Path, ctid: int) -> None:
 def _resize_offline(img: Path, ctid: int, size: int) -> None:
     """resize2fs the unmounted image to *size*; when its files do not fit, the
     image is left as it was (resize2fs refuses before it moves a block)."""
+    _settle(img, ctid)                  # (made at its first mount: done already)
     blocks = size // BLOCK
     old = img.stat().st_size
     _run(["e2fsck", "-f", "-p", str(img)], f"checking the disk image of VE {ctid}",

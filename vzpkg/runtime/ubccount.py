@@ -6,7 +6,8 @@ namespace, read from the host's /proc (kernel-generated files: nothing here read
 a file of the VE's tree or follows a VE's path):
 
 * NUMFILE, NUMPTY: the open descriptors of the VE's processes (``/proc/PID/fd``;
-  a pty is a descriptor whose target is ``/dev/pts/N``);
+  a pty is one whose target is ``/dev/pts/N``, or a master, ``ptmx``, whose
+  ``/proc/PID/fdinfo`` names its ``tty-index`` N: a pair counts once);
 * NUMFLOCK: the entries of ``/proc/locks`` held by the VE's processes;
 * NUMSIGINFO: the queued signals of the VE's users (``SigQ`` of ``/proc/PID/status``,
   counted once per user: the kernel keeps it per user, and a VE's users are its own);
@@ -15,7 +16,9 @@ a file of the VE's tree or follows a VE's path):
 
 These counters are snapshots: the kernel keeps no maximum for them, so their
 ``maxheld`` is the most seen by any vzubc or vzlist run since the VE started (kept
-in ``VZ_ROOT/run/CTID.ubc``), and their ``failcnt`` is 0 (nothing refuses).
+in ``VZ_ROOT/run/CTID.ubc``), and their ``failcnt`` is 0 (nothing refuses).  So is
+the ``maxheld`` of the cgroup rows whose kernel counter has no maximum (memory.stat's
+unevictable, shmem, kernel, slab: LOCKEDPAGES, SHMPAGES, ...).
 """
 
 from __future__ import annotations
@@ -89,6 +92,19 @@ def _sigq(pid: int) -> tuple[int, int] | None:
     return None if uid is None or queued is None else (uid, queued)
 
 
+_PTMX = (b"/dev/ptmx", b"/dev/pts/ptmx")
+
+
+def _tty_index(fdinfo: str) -> bytes | None:
+    """The pty number of a pty master's descriptor (its fdinfo's ``tty-index``)."""
+    with contextlib.suppress(OSError), open(fdinfo, "rb") as f:
+        for line in f:
+            if line.startswith(b"tty-index:"):
+                index = line.split()[1]
+                return index if index.isdigit() else None
+    return None
+
+
 def _locks(pids: set[int], path: Path = Path("/proc/locks")) -> int:
     n = 0
     with contextlib.suppress(OSError), open(path, "rb") as f:
@@ -118,6 +134,10 @@ def process_counts(pids: Iterable[int]) -> dict[str, int]:
                 target = os.readlink(f"{fd_dir}/{fd}".encode())
                 if target.startswith(b"/dev/pts/") and target[9:].isdigit():
                     ptys.add(target[9:])
+                elif target in _PTMX:
+                    index = _tty_index(f"/proc/{pid}/fdinfo/{fd}")
+                    if index is not None:
+                        ptys.add(index)
         q = _sigq(pid)
         if q is not None:
             queued[q[0]] = q[1]
@@ -169,6 +189,10 @@ def counters(cg: Cgroups, ctid: str, cfg: VeConfig | None, init_pid: int | None,
     seen = _load_max(maxfile)
     for res, n in counted.items():
         seen[res] = max(seen.get(res, 0), n)
+    for res, row in list(kernel.items()):
+        if res not in counted:          # (a kernel maximum, or none: then held)
+            seen[res] = max(seen.get(res, 0), row.held)
+            kernel[res] = replace(row, maxheld=max(row.maxheld, seen[res]))
     _save_max(maxfile, seen)
     out: list[Beancounter] = []
     for u in UBCS:

@@ -62,7 +62,11 @@ class Ubc:
 _E, _A, _R = Mode.ENFORCED, Mode.ACCOUNTED, Mode.REFUSED
 _MEMSTAT = "memory.stat"
 _NET = "the VE's /proc/net/{tcp,tcp6}"
-_ONET = "the VE's /proc/net/{udp,udp6,raw,raw6,unix}"
+_ONET = "the VE's /proc/net/{udp,udp6,udplite,udplite6,raw,raw6}"
+_OSOCK = "the VE's /proc/net/{udp,udp6,udplite,udplite6,raw,raw6,unix,netlink,packet}"
+_NOUNIX = "(not unix sockets': /proc/net/unix shows no queues)"
+_PTY = ("pseudo-terminals the VE's processes hold open (/dev/pts/N, or a master's "
+        "tty-index in /proc/PID/fdinfo; a pair counts once)")
 
 # OpenVZ's order (the order of /proc/user_beancounters)
 UBCS: tuple[Ubc, ...] = (
@@ -94,8 +98,7 @@ UBCS: tuple[Ubc, ...] = (
     Ubc("NUMTCPSOCK", Unit.COUNT, _A, _A, _NET, _NET, "TCP sockets"),
     Ubc("NUMFLOCK", Unit.COUNT, _A, _A, "/proc/locks of the VE's processes",
         "/proc/locks of the VE's processes", "file locks"),
-    Ubc("NUMPTY", Unit.COUNT, _A, _A, "/dev/pts/N open by the VE's processes",
-        "/dev/pts/N open by the VE's processes", "pseudo-terminals"),
+    Ubc("NUMPTY", Unit.COUNT, _A, _A, _PTY, _PTY, "pseudo-terminals"),
     Ubc("NUMSIGINFO", Unit.COUNT, _A, _A, "SigQ of the VE's users (/proc/PID/status)",
         "SigQ of the VE's users (/proc/PID/status)", "queued signals"),
     Ubc("TCPSNDBUF", Unit.BYTES, _E, _A,
@@ -106,11 +109,11 @@ UBCS: tuple[Ubc, ...] = (
         "memory.kmem.tcp.limit_in_bytes (TCPSNDBUF + TCPRCVBUF); held: receive queues",
         f"held: receive queues of {_NET} (no TCP memory limit on v2)",
         "TCP receive buffers"),
-    Ubc("OTHERSOCKBUF", Unit.BYTES, _A, _A, f"send queues of {_ONET}",
-        f"send queues of {_ONET}", "send buffers of other sockets"),
-    Ubc("DGRAMRCVBUF", Unit.BYTES, _A, _A, f"receive queues of {_ONET}",
-        f"receive queues of {_ONET}", "receive buffers of datagram sockets"),
-    Ubc("NUMOTHERSOCK", Unit.COUNT, _A, _A, _ONET, _ONET, "sockets other than TCP"),
+    Ubc("OTHERSOCKBUF", Unit.BYTES, _A, _A, f"send queues of {_ONET} {_NOUNIX}",
+        f"send queues of {_ONET} {_NOUNIX}", "send buffers of other sockets"),
+    Ubc("DGRAMRCVBUF", Unit.BYTES, _A, _A, f"receive queues of {_ONET} {_NOUNIX}",
+        f"receive queues of {_ONET} {_NOUNIX}", "receive buffers of datagram sockets"),
+    Ubc("NUMOTHERSOCK", Unit.COUNT, _A, _A, _OSOCK, _OSOCK, "sockets other than TCP"),
     Ubc("DCACHESIZE", Unit.BYTES, _R, _A,
         "no per-cgroup slab counter on v1",
         f"{_MEMSTAT} slab_reclaimable (dentries and inodes)",
