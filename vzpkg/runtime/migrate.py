@@ -17,6 +17,10 @@ With ``lazy`` (post-copy, :mod:`lazy`) step 3 dumps all but the memory, and the
 source's CRIU serves the memory through the remote ``vzctl restore --page-stream``
 (started before the freeze) until the last page is there; only then step 5.
 
+A VE with a disk image (DISKSPACE) moves offline only: its image goes instead of the
+files of its private area (the copy after the stop, from the unmounted image, is the
+one that counts); live migration of such a VE is refused before anything is done.
+
 When a step fails the VE is brought back here (restored from the dump, or started
 again), and what was copied to the destination is removed unless ``keep_dst``.
 """
@@ -36,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vzpkg.core.errors import UsageError, VeError, VeExistsError
-from vzpkg.runtime import chkpnt, lazy, net, state
+from vzpkg.runtime import chkpnt, lazy, net, quota, state
 from vzpkg.runtime.derived import layout_of
 from vzpkg.runtime.layout import Layout
 from vzpkg.runtime.ve import Runtime
@@ -184,6 +188,25 @@ class _Where:
     dump: Path              # the dump directory here
     rdump: str              # and there
     rconf: str              # CTID.conf there
+    image: bool = False     # the VE's files are in its disk image (PRIVATE.img)
+
+    @property
+    def rimage(self) -> str:
+        return f"{self.priv}.img"
+
+
+def _copy_files(rt: Runtime, remote: Remote, ctid: int, w: _Where, *,
+                delete: bool = False) -> None:
+    """The VE's files to the destination: its private area, or, for a VE with a disk
+    image, the image (sparse) and an empty private area to mount it on.  While the VE
+    runs this is a first pass; the pass after the stop (the image unmounted, so all
+    its blocks written out) is the one that counts."""
+    if not w.image:
+        remote.rsync(f"{rt.paths.private(ctid)}/", f"{w.priv}/", delete=delete)
+        return
+    quota.settle(rt.paths, ctid)
+    remote.shell(f"mkdir -p -m 700 {shlex.quote(w.priv)}")
+    remote.rsync(str(quota.image_path(rt.paths, ctid)), w.rimage)
 
 
 def _migrate(rt: Runtime, remote: Remote, ctid: int, *, online: bool,
@@ -194,6 +217,12 @@ def _migrate(rt: Runtime, remote: Remote, ctid: int, *, online: bool,
                          "shared cache's, which the destination may not have",
                          hint="migrate plain VEs (vzctl create --layout plain)")
     running = state.running_pid(rt.paths.pidfile(ctid)) is not None
+    image = quota.has_image(rt.paths, ctid)
+    if image and online:
+        raise UsageError(f"VE {ctid} keeps its files in a disk image (DISKSPACE): live "
+                         "migration of such a VE is not supported; nothing was done",
+                         hint=f"vzmigrate {remote.dest} {ctid} (offline: the VE is "
+                              "stopped, its image copied, and started there)")
     if online and not running:
         raise UsageError(f"VE {ctid} is not running: --online needs a running VE",
                          hint=f"vzmigrate {remote.dest} {ctid} (offline)")
@@ -213,13 +242,14 @@ def _migrate(rt: Runtime, remote: Remote, ctid: int, *, online: bool,
     # a dump directory: copied and restored as CRIU wrote it, never packed
     w = _Where(f"{base}/private/{ctid}",
                chkpnt.default_dumpfile(rt, ctid).with_name(f"Dump.{ctid}.d"),
-               f"{base}/dump/Dump.{ctid}.d", f"{base}/etc/vz/conf/{ctid}.conf")
+               f"{base}/dump/Dump.{ctid}.d", f"{base}/etc/vz/conf/{ctid}.conf",
+               image=image)
     remote.shell("mkdir -p -m 700 " + " ".join(shlex.quote(f"{base}/{d}") for d in
                                               ("private", "etc/vz/conf", "dump")))
     say("Copying the private area (first pass) ...")
     conf_sent = False
     try:
-        rep.timed("rsync1", lambda: remote.rsync(f"{rt.paths.private(ctid)}/", f"{w.priv}/"))
+        rep.timed("rsync1", lambda: _copy_files(rt, remote, ctid, w))
         # CTID.conf goes before the freeze (it does not change meanwhile)
         conf = rt.paths.root / "dump" / f".{ctid}.conf.migrate"
         conf.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -272,7 +302,7 @@ def _copy_and_start(rt: Runtime, remote: Remote, ctid: int, rep: Report, w: _Whe
         say("Copying the private area (second pass)" + (" and the dump" if online else "")
             + " ...")
         rep.timed("rsync2", lambda: _both(
-            lambda: remote.rsync(f"{rt.paths.private(ctid)}/", f"{w.priv}/", delete=True),
+            lambda: _copy_files(rt, remote, ctid, w, delete=True),
             (lambda: remote.rsync(f"{w.dump}/", f"{w.rdump}/")) if online else None))
         if online:
             say(f"Restoring VE {ctid} on {remote.dest} ...")
@@ -345,7 +375,7 @@ def _online_lazy(rt: Runtime, remote: Remote, ctid: int, rep: Report, w: _Where,
         rep.steps["chkpnt"] = round(time.monotonic() - t, 3)
         say("Copying the private area (second pass) and the dump ...")
         rep.timed("rsync2", lambda: _both(
-            lambda: remote.rsync(f"{rt.paths.private(ctid)}/", f"{w.priv}/", delete=True),
+            lambda: _copy_files(rt, remote, ctid, w, delete=True),
             lambda: remote.rsync(f"{w.dump}/", f"{w.rdump}/")))
         say(f"Restoring VE {ctid} on {remote.dest} ...")
         t = time.monotonic()
@@ -513,4 +543,4 @@ def _clean_remote(remote: Remote, ctid: int, w: _Where, *, conf_sent: bool,
         if conf_sent:
             remote.run(["destroy", str(ctid)], check=False)
         remote.shell("rm -rf " + " ".join(shlex.quote(p) for p in (
-            w.priv, w.rdump, w.rconf)), check=False)
+            w.priv, w.rimage, w.rdump, w.rconf)), check=False)

@@ -327,6 +327,14 @@ def _defer(img: Path, size: int, pristine: Path) -> bool:
     return True
 
 
+def settle(paths: VzPaths, ctid: int) -> None:
+    """Make the VE's image a file system now, if its copy still waits for its first
+    mount (:func:`_settle`): before the image leaves this host, say."""
+    img = image_path(paths, ctid)
+    if img.is_file():
+        _settle(img, ctid)
+
+
 def _settle(img: Path, ctid: int) -> None:
     """Before an image's first mount (or any other write to it), make the copy of
     its pristine image that :func:`make_image` deferred, and write it out.
