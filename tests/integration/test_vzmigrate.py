@@ -455,37 +455,44 @@ def test_a_restore_that_hangs_is_killed_after_its_bound_and_the_dump_still_resto
 def test_a_ve_with_a_disk_limit_moves_with_its_files_and_its_limit(
         hosts: tuple[Runtime, SecondHost]) -> None:
     """A VE with DISKSPACE keeps its files in a disk image beside its (then empty)
-    private area: offline migration moves the image, so the VE arrives with its
-    files and its limit, stopped or running; live migration of such a VE is refused
-    before anything is copied or stopped."""
+    private area: migration moves the image, so the VE arrives with its files and its
+    limit, stopped, running (offline) or live (its processes kept); post-copy of such
+    a VE is refused before anything is copied or stopped."""
     rt, h2 = hosts
     ctid = CTID + 7
     try:
-        for running in (False, True):
+        for mode in ("stopped", "offline", "online"):
             assert vzctl_cli(rt, "create", str(ctid), "--ostemplate", "busybox-1",
                              "--diskspace", "40M").returncode == 0
             assert vzctl_cli(rt, "start", str(ctid)).returncode == 0
-            code, out = sh(rt, ctid, "echo moved > /root/marker && sync")
+            code, out = sh(rt, ctid, "echo moved > /root/marker && "
+                                     "setsid sleep 1000 </dev/null >/dev/null 2>&1 & "
+                                     "echo $!")
             assert code == 0, out
-            if not running:
+            sleeper = out.split()[-1]
+            if mode == "stopped":
                 assert vzctl_cli(rt, "stop", str(ctid)).returncode == 0
-            else:
-                r = vzmigrate(rt, h2, "--online", h2.dest, str(ctid))
+            if mode == "online":
+                r = vzmigrate(rt, h2, "--online", "--lazy", h2.dest, str(ctid))
                 assert r.returncode != 0 and "disk image" in r.stderr, r.stderr
                 assert "Traceback" not in r.stderr and rt.state(ctid).running
                 assert remote_status(h2, ctid).split()[2] == "deleted"
-            r = vzmigrate(rt, h2, h2.dest, str(ctid))
+            r = vzmigrate(rt, h2, *(["--online"] if mode == "online" else []), h2.dest,
+                          str(ctid))
             assert r.returncode == 0, r.stderr
             assert not rt.paths.conf(ctid).exists()
-            if not running:
+            assert not (rt.paths.private(ctid).parent / f"{ctid}.img").exists()
+            if mode == "stopped":
                 assert subprocess.run(h2.vzctl_argv("start", str(ctid)), capture_output=True,
                                       check=False).returncode == 0
             assert remote_status(h2, ctid) == f"CTID {ctid} exist mounted running"
             out = subprocess.run(h2.vzctl_argv("exec", str(ctid),
-                                               "cat /root/marker; df -k / | tail -1"),
+                                               "cat /root/marker; df -k / | tail -1; "
+                                               f"cat /proc/{sleeper}/cmdline"),
                                  capture_output=True, text=True, check=False).stdout
             assert out.startswith("moved\n"), out
-            assert 30 * 1024 < int(out.split()[2]) <= 40 * 1024, out   # its limit there
+            assert 30 * 1024 < int(out.splitlines()[1].split()[1]) <= 40 * 1024, out
+            assert ("sleep" in out.splitlines()[-1]) == (mode == "online"), out
             subprocess.run(h2.vzctl_argv("destroy", str(ctid), "--force"),
                            capture_output=True, check=False)
     finally:

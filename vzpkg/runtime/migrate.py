@@ -17,9 +17,10 @@ With ``lazy`` (post-copy, :mod:`lazy`) step 3 dumps all but the memory, and the
 source's CRIU serves the memory through the remote ``vzctl restore --page-stream``
 (started before the freeze) until the last page is there; only then step 5.
 
-A VE with a disk image (DISKSPACE) moves offline only: its image goes instead of the
-files of its private area (the copy after the stop, from the unmounted image, is the
-one that counts); live migration of such a VE is refused before anything is done.
+A VE with a disk image (DISKSPACE) moves with its image instead of the files of its
+private area; the copy after the stop or the checkpoint, from the unmounted image, is
+the one that counts (so it is inside an online migration's freeze).  Post-copy
+(``lazy``) migration of such a VE is refused before anything is done.
 
 When a step fails the VE is brought back here (restored from the dump, or started
 again), and what was copied to the destination is removed unless ``keep_dst``.
@@ -218,11 +219,11 @@ def _migrate(rt: Runtime, remote: Remote, ctid: int, *, online: bool,
                          hint="migrate plain VEs (vzctl create --layout plain)")
     running = state.running_pid(rt.paths.pidfile(ctid)) is not None
     image = quota.has_image(rt.paths, ctid)
-    if image and online:
-        raise UsageError(f"VE {ctid} keeps its files in a disk image (DISKSPACE): live "
-                         "migration of such a VE is not supported; nothing was done",
-                         hint=f"vzmigrate {remote.dest} {ctid} (offline: the VE is "
-                              "stopped, its image copied, and started there)")
+    if image and lazy:
+        raise UsageError(f"VE {ctid} keeps its files in a disk image (DISKSPACE): "
+                         "post-copy (--lazy) migration of such a VE is not supported "
+                         "(its image stays in use until the last page); nothing was done",
+                         hint=f"vzmigrate --online {remote.dest} {ctid} (without --lazy)")
     if online and not running:
         raise UsageError(f"VE {ctid} is not running: --online needs a running VE",
                          hint=f"vzmigrate {remote.dest} {ctid} (offline)")
@@ -293,7 +294,9 @@ def _copy_and_start(rt: Runtime, remote: Remote, ctid: int, rep: Report, w: _Whe
     try:
         if online:
             say(f"Checkpointing VE {ctid} ...")
-            rep.timed("chkpnt", lambda: chkpnt.chkpnt(rt, ctid, w.dump, tidy=False,
+            # a VE on a disk image is tidied now: its image unmounted, so the copy
+            # after the freeze is of a file system written out
+            rep.timed("chkpnt", lambda: chkpnt.chkpnt(rt, ctid, w.dump, tidy=w.image,
                                                              as_dir=True))
         elif running:
             say(f"Stopping VE {ctid} ...")
