@@ -145,6 +145,11 @@ def main() -> int:
     ap.add_argument("--modes", default=",".join(MODES),
                     help=f"which runs, comma-separated (default: all: {', '.join(MODES)})")
     ap.add_argument("--runs", type=int, default=1, help="rounds of each (medians)")
+    ap.add_argument("--diskspace", metavar="SIZE",
+                    help="give the VE a disk limit (DISKSPACE, e.g. 4G): its files then "
+                         "live in a disk image, which moves with it; each run alternates "
+                         "with the same run without a limit (the baseline); the result "
+                         "file is migrate-diskspace.json")
     args = ap.parse_args()
     from vzpkg.runtime import criu
     tool = criu.find()
@@ -160,14 +165,17 @@ def main() -> int:
                        input=SERVER_C, text=True, check=True)
         with second_host(base, "vzbmig") as h2:
             wanted = [m for m in args.modes.split(",") if m]
-            for mb, _, mode in itertools.product(
-                    [int(x) for x in args.sizes.split(",")], range(args.runs), wanted):
+            # with --diskspace, each run alternates with the same run without one
+            disks = [args.diskspace, None] if args.diskspace else [None]
+            for mb, _, mode, disk in itertools.product(
+                    [int(x) for x in args.sizes.split(",")], range(args.runs), wanted,
+                    disks):
                 if args.no_migrate and mode != "chkpnt+restore":
                     continue
                 try:
-                    results["runs"].append(one(rt, root, h2, server, mb, mode))
+                    results["runs"].append(one(rt, root, h2, server, mb, mode, disk))
                 except AssertionError as exc:   # recorded; the next run goes on
-                    results["runs"].append({"mb": mb, "mode": mode,
+                    results["runs"].append({"mb": mb, "mode": mode, "diskspace": disk,
                                             "failed": str(exc)[-500:]})
                 finally:
                     subprocess.run(h2.vzctl_argv("destroy", str(CTID), "--force"),
@@ -175,7 +183,9 @@ def main() -> int:
                     vzctl(root, "destroy", str(CTID), "--force")
                 print(json.dumps(results["runs"][-1]), flush=True)
     results["median_freeze_s"] = medians(results["runs"])
-    out = REPO / "bench" / "results" / "migrate.json"
+    results["diskspace"] = args.diskspace
+    out = REPO / "bench" / "results" / ("migrate-diskspace.json" if args.diskspace
+                                        else "migrate.json")
     out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {out}")
     return 0
@@ -187,16 +197,24 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, float]:
     groups: dict[str, list[float]] = {}
     for r in runs:
         if "freeze_s" in r:
-            groups.setdefault(f"{r['mb']} {r['mode']}", []).append(r["freeze_s"])
+            disk = f" diskspace {r['diskspace']}" if r.get("diskspace") else ""
+            groups.setdefault(f"{r['mb']} {r['mode']}{disk}", []).append(r["freeze_s"])
     return {k: round(statistics.median(v), 3) for k, v in groups.items()}
 
 
-def one(rt: Any, root: Path, h2: Any, server: Path, mb: int, mode: str) -> dict[str, Any]:
+def one(rt: Any, root: Path, h2: Any, server: Path, mb: int, mode: str,
+        diskspace: str | None = None) -> dict[str, Any]:
     import shutil
     vzctl(root, "destroy", str(CTID), "--force")
     subprocess.run(h2.vzctl_argv("destroy", str(CTID), "--force"), capture_output=True,
                    check=False)
-    rt.create(CTID, "busybox-1", ipadd=[IP])
+    if diskspace:
+        r = vzctl(root, "--cache-dir", str(rt.cache_dirs[0]), "create", str(CTID),
+                  "--ostemplate", "busybox-1", "--ipadd", IP, "--diskspace", diskspace)
+        assert r.returncode == 0, r.stderr
+        vzctl(root, "mount", str(CTID))         # the image's files, for the copies below
+    else:
+        rt.create(CTID, "busybox-1", ipadd=[IP])
     r = vzctl(root, "set", str(CTID), "--ram", f"{mb + 512}M", "--swap", "0", "--save")
     assert r.returncode == 0, r.stderr
     priv = rt.paths.private(CTID)
@@ -247,7 +265,7 @@ def one(rt: Any, root: Path, h2: Any, server: Path, mb: int, mode: str) -> dict[
     subprocess.run(h2.vzctl_argv("destroy", str(CTID), "--force"), capture_output=True,
                    check=False)
     vzctl(root, "destroy", str(CTID), "--force")
-    return {"mb": mb, "mode": mode, "freeze_s": round(freeze, 3),
+    return {"mb": mb, "mode": mode, "diskspace": diskspace, "freeze_s": round(freeze, 3),
             "command_s": round(t1 - t0, 3), "reconnects": p.reconnects - 1,
             "steps_s": steps}
 

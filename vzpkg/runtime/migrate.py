@@ -190,10 +190,14 @@ class _Where:
     rdump: str              # and there
     rconf: str              # CTID.conf there
     image: bool = False     # the VE's files are in its disk image (PRIVATE.img)
+    image_tar: bool = False  # and it goes as a sparse tar stream (_copy_files)
 
     @property
     def rimage(self) -> str:
         return f"{self.priv}.img"
+
+
+IMAGE_TAR_MAX = 1 << 30     # an image holding less (allocated): sent whole, holes skipped
 
 
 def _copy_files(rt: Runtime, remote: Remote, ctid: int, w: _Where, *,
@@ -201,13 +205,48 @@ def _copy_files(rt: Runtime, remote: Remote, ctid: int, w: _Where, *,
     """The VE's files to the destination: its private area, or, for a VE with a disk
     image, the image (sparse) and an empty private area to mount it on.  While the VE
     runs this is a first pass; the pass after the stop (the image unmounted, so all
-    its blocks written out) is the one that counts."""
+    its blocks written out) is the one that counts.
+
+    An image is mostly holes (a 4 GiB image of a small VE holds a few MB): rsync
+    would read all of it at both ends (4.7 s for 4 GiB), so an image with less than
+    ``IMAGE_TAR_MAX`` allocated goes whole, once, after the stop, as a sparse tar
+    stream that reads its data extents only; a fuller one goes by rsync, twice."""
     if not w.image:
         remote.rsync(f"{rt.paths.private(ctid)}/", f"{w.priv}/", delete=delete)
         return
-    quota.settle(rt.paths, ctid)
-    remote.shell(f"mkdir -p -m 700 {shlex.quote(w.priv)}")
-    remote.rsync(str(quota.image_path(rt.paths, ctid)), w.rimage)
+    img = quota.image_path(rt.paths, ctid)
+    if not delete:                  # the first pass
+        quota.settle(rt.paths, ctid)
+        remote.shell(f"mkdir -p -m 700 {shlex.quote(w.priv)}")
+        w.image_tar = img.stat().st_blocks * 512 < IMAGE_TAR_MAX
+        if w.image_tar:
+            return
+    if w.image_tar:
+        _send_sparse(remote, img, os.path.dirname(w.rimage))
+    else:
+        remote.rsync(str(img), w.rimage)
+
+
+def _send_sparse(remote: Remote, path: Path, rdir: str) -> None:
+    """*path* into the directory *rdir* there, as GNU tar's sparse stream over the
+    migration's ssh connection: only its data extents are read and sent."""
+    tar = subprocess.Popen(["tar", "--sparse", "--numeric-owner", "-C", str(path.parent),
+                            "-cf", "-", path.name],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert tar.stdout is not None and tar.stderr is not None
+    try:
+        r = subprocess.run([*remote.ssh_argv(), remote.dest,
+                            f"tar --numeric-owner -C {shlex.quote(rdir)} -xf -"],
+                           stdin=tar.stdout, capture_output=True, text=True, check=False,
+                           timeout=3600)
+    finally:
+        tar.stdout.close()
+        err = tar.stderr.read().decode(errors="replace")
+        tar.wait()
+    if tar.returncode != 0 or r.returncode != 0:
+        raise MigrateError(f"copying {path} to {remote.dest}:{rdir} failed: "
+                           f"{err.strip() or r.stderr.strip() or r.returncode}",
+                           hint="is GNU tar installed at both ends, and ssh working?")
 
 
 def _migrate(rt: Runtime, remote: Remote, ctid: int, *, online: bool,
