@@ -215,6 +215,17 @@ def _prune(dest: Path, index: Index, keep: int) -> list[str]:
     return removed
 
 
+def refuse_older(cur: IndexEntry | None, m: Manifest, there: str, fresh: str) -> None:
+    """Refuse to publish *m* over a serial at least as new with other content (*there*
+    is where the index lives, *fresh* what a new one would be)."""
+    if cur is not None and cur.serial >= m.serial and cur.sha256 != m.sha256:
+        raise MirrorError(
+            f"cache {m.name}: {there} already has serial {cur.serial} with different "
+            f"content; the local cache is serial {m.serial}",
+            hint="clients take the newest serial: rebuild so the serial grows past the "
+                 f"published one, or publish into a fresh {fresh}")
+
+
 def _from_store(store: CacheStore, names: Sequence[str]) -> list[tuple[Manifest, Path]]:
     out: list[tuple[Manifest, Path]] = []
     for name in names or [e.name for e in store.list()]:
@@ -337,12 +348,7 @@ def _publish_locked(dest: Path, sources: list[tuple[Manifest, Path]], keyring: K
             done.append(Published(m.name, m.serial, m.sha256, m.size, "unchanged",
                                   cur.tarball))
             continue
-        if cur is not None and cur.serial >= m.serial and cur.sha256 != m.sha256:
-            raise MirrorError(
-                f"cache {m.name}: the mirror already has serial {cur.serial} with "
-                f"different content; the local cache is serial {m.serial}",
-                hint="clients take the newest serial: rebuild so the serial grows past "
-                     "the published one, or publish into a fresh tree")
+        refuse_older(cur, m, "the mirror", "tree")
         e, new_items[m.name] = _publish_one(m, src, dest, keyring, keyid)
         new[m.name] = e
         done.append(Published(m.name, m.serial, m.sha256, m.size, "published", e.tarball))

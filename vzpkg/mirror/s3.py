@@ -49,6 +49,7 @@ from vzpkg.mirror.publisher import (
     _now,
     check_secret_key,
     merge_sources,
+    refuse_older,
 )
 from vzpkg.mirror.streams import (
     STREAMS_IMAGES,
@@ -337,12 +338,7 @@ def publish_s3(store: CacheStore, url: str, names: Sequence[str], *, keyring: Ke
                 done.append(Published(m.name, m.serial, m.sha256, m.size, "unchanged",
                                       cur.tarball))
                 continue
-            if cur is not None and cur.serial >= m.serial and cur.sha256 != m.sha256:
-                raise MirrorError(
-                    f"cache {m.name}: the bucket already has serial {cur.serial} with "
-                    f"different content; the local cache is serial {m.serial}",
-                    hint="clients take the newest serial: rebuild so the serial grows "
-                         "past the published one, or publish into a fresh prefix")
+            refuse_older(cur, m, "the bucket", "prefix")
             e, new_items[m.name] = _upload(b, m, src, keyring, keyid, tmp)
             new[m.name] = e
             done.append(Published(m.name, m.serial, m.sha256, m.size, "published",
