@@ -9,11 +9,11 @@ In one run, alternating, N rounds (default 7), from one HTTP server on 127.0.0.1
                                           same bytes, no network, no checks
   curl + sha256sum + gpg --verify         the same with the checks done by hand
   Puller.pull (in-process)                index + its signature (sqv), manifest,
-                                          tarball with sha256 and the detached
-                                          signature checked while it downloads (sqv
-                                          reading a pipe), flushed to disk behind
-                                          the writer, atomic commit to a fresh cache
-                                          directory
+                                          tarball with sha256 (on its own thread)
+                                          and the detached signature checked from
+                                          that sha256 (vzpkg.mirror.pgpsig), flushed
+                                          to disk behind the writer, atomic commit
+                                          to a fresh cache directory
   the same, signatures checked by gpg     (the fallback without sqv)
   vzpkg pull (a new process)              the same from the command line, with the
                                           Python start-up (its modules byte-compiled
@@ -36,7 +36,9 @@ medians, in milliseconds:
                sqv started on a pipe
   download     the tarball received, written, hashed and fed to sqv
   fsync        the last fdatasync once the last byte is written
-  verdict      waiting for sqv's verdict on the tarball's signature
+  verdict      the tarball signature's verdict: from the download's sha256 state
+               (vzpkg.mirror.pgpsig, the public-key library loaded then), or
+               waiting for sqv's
   commit       the store's atomic replace (manifest, rename, directory fsync)
   exit         the report printed, the process gone
 
@@ -143,6 +145,8 @@ wrap(M.pull.Puller, "_fetch_and_commit", "fetch_and_commit")
 wrap(M.fetch.Fetcher, "download", "download")
 wrap(M.flush.Flusher, "finish", "fsync")
 wrap(M.verify.Check, "result", "verdict")
+if hasattr(M.verify, "HashCheck"):
+    wrap(M.verify.HashCheck, "result", "verdict")
 wrap(M.pull.Puller, "_commit", "commit")
 exit_fast = common.exit_fast
 

@@ -28,7 +28,7 @@ from vzpkg.core.gpg import Keyring
 from vzpkg.core.pgpkeys import ParseError, certificates, dearmor, pinned_certificate
 from vzpkg.mirror import Puller
 from vzpkg.mirror.flush import Flusher
-from vzpkg.mirror.verify import Verifier, sqv_available
+from vzpkg.mirror.verify import Check, Verifier, sqv_available
 from vzpkg.store.cachestore import CacheStore
 
 NAME = "test-1-x86_64-minimal"
@@ -97,6 +97,7 @@ def test_streamed_check_accepts_and_refuses(keys: Keys, tmp_path: Path) -> None:
     try:
         for copy in (False, True):          # splice, and the pread/write fallback
             check = v.stream(sig, what="data.bin.asc")
+            assert isinstance(check, Check)
             check.copy = copy
             with data.open("rb") as f:
                 check.feed(f.fileno(), 1 << 20)

@@ -22,8 +22,6 @@ from dataclasses import dataclass
 
 from vzpkg.core.errors import GpgError
 
-BEGIN = "-----BEGIN PGP PUBLIC KEY BLOCK-----"
-END = "-----END PGP PUBLIC KEY BLOCK-----"
 TAG_PUBLIC_KEY = 6
 CRC24_INIT = 0xB704CE
 CRC24_POLY = 0x1864CFB
@@ -55,13 +53,15 @@ def _crc24(data: bytes) -> int:
     return crc
 
 
-def dearmor(text: str) -> bytes:
-    """The binary packets of one armored public-key block."""
+def dearmor(text: str, block: str = "PUBLIC KEY BLOCK") -> bytes:
+    """The binary packets of one armored block (a public-key block, or *block*:
+    "SIGNATURE" for a detached signature)."""
     lines = [ln.strip() for ln in text.splitlines()]
     try:
-        start, end = lines.index(BEGIN), lines.index(END)
+        start = lines.index(f"-----BEGIN PGP {block}-----")
+        end = lines.index(f"-----END PGP {block}-----", start)
     except ValueError:
-        raise ParseError("no armored public key block") from None
+        raise ParseError(f"no armored {block.lower()}") from None
     body = lines[start + 1:end]
     if "" in body:                          # armor headers end at the first blank line
         body = body[body.index("") + 1:]

@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 from pathlib import Path
+from queue import SimpleQueue
 from typing import NamedTuple, Protocol
 
 from vzpkg import __version__
@@ -91,6 +93,45 @@ class Download(NamedTuple):
     size: int
     fetched: int        # bytes received in this call
     resumed_from: int   # bytes already in the .part file that were kept
+    state: hashlib._Hash  # the sha256 of every byte, not finalized (signature checks)
+
+
+class HashThread:
+    """Feeds a hash the chunks handed to it, on a thread of its own, in order.
+
+    hashlib lets go of the GIL while it hashes a large buffer, so the hash of one
+    chunk runs on one core while the next is received and written on the other.
+    The chunks are a small ring of buffers: :meth:`buffer` waits for a free one
+    (the hash is then that many chunks behind), :meth:`put` hands one over filled.
+    """
+
+    DEPTH = 4
+
+    def __init__(self, hasher: hashlib._Hash, size: int = CHUNK) -> None:
+        self.hasher = hasher
+        self.free: SimpleQueue[memoryview] = SimpleQueue()
+        self.full: SimpleQueue[tuple[memoryview, int] | None] = SimpleQueue()
+        for _ in range(self.DEPTH):
+            self.free.put(memoryview(bytearray(size)))
+        self.thread = threading.Thread(target=self._run, name="vzpkg-sha256", daemon=True)
+        self.thread.start()
+
+    def buffer(self) -> memoryview:
+        return self.free.get()
+
+    def put(self, buf: memoryview, n: int) -> None:
+        self.full.put((buf, n))
+
+    def _run(self) -> None:
+        while (item := self.full.get()) is not None:
+            buf, n = item
+            self.hasher.update(buf[:n])
+            self.free.put(buf)
+
+    def finish(self) -> None:
+        """Wait until every chunk put is in the hash."""
+        self.full.put(None)
+        self.thread.join()
 
 
 class Fetcher:
@@ -159,7 +200,7 @@ class Fetcher:
         if offset == size:
             if size == 0:
                 part.touch()
-            return Download(hasher.hexdigest(), size, 0, offset)
+            return Download(hasher.hexdigest(), size, 0, offset, hasher)
         r = self._get(url, {"Range": f"bytes={offset}-"} if offset else None)
         if r.status_code == 416 and offset:
             r.close()
@@ -215,27 +256,34 @@ class Fetcher:
             raise FetchError(f"{url}: truncated: got {got} of {size} bytes",
                              partial=got > offset, fetched=got - offset)
         progress.finish(True)
-        return Download(hasher.hexdigest(), size, got - offset, offset)
+        return Download(hasher.hexdigest(), size, got - offset, offset, hasher)
 
     def _receive(self, r: Response, fd: int, url: str, offset: int, size: int,
                  hasher: hashlib._Hash, sink: Sink, progress: Progress,
                  flusher: Flusher) -> int:
-        """Write the body at *offset* of *fd*, hashing and feeding it; bytes now there."""
+        """Write the body at *offset* of *fd*, hashing and feeding it; bytes now there.
+        The sha256 is computed on a thread of its own, a few chunks behind."""
         got = offset
-        buf = memoryview(bytearray(CHUNK))      # one buffer for every chunk
-        while n := self._read(r, url, got, size, offset, buf):
-            if got + n > size:
-                raise FetchError(f"{url}: more data than the {size} bytes the index "
-                                 "names; refused", corrupt=True)
-            chunk = buf[:n]
-            view = chunk
-            while view:
-                view = view[os.pwrite(fd, view, got + n - len(view)):]
-            hasher.update(chunk)
-            got += n
-            sink.feed(fd, got)
-            flusher.wrote(got)
-            progress.update(got)
+        hashing = HashThread(hasher)
+        try:
+            while True:
+                buf = hashing.buffer()
+                n = self._read(r, url, got, size, offset, buf)
+                if not n:
+                    break
+                if got + n > size:
+                    raise FetchError(f"{url}: more data than the {size} bytes the index "
+                                     "names; refused", corrupt=True)
+                view = buf[:n]
+                while view:
+                    view = view[os.pwrite(fd, view, got + n - len(view)):]
+                hashing.put(buf, n)
+                got += n
+                sink.feed(fd, got)
+                flusher.wrote(got)
+                progress.update(got)
+        finally:
+            hashing.finish()
         return got
 
     @staticmethod

@@ -20,16 +20,19 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from vzpkg.core.errors import ConfigError, MirrorError, StoreError
 from vzpkg.core.types import Compression
 from vzpkg.mirror.config import MirrorConfig
 from vzpkg.mirror.fetch import Fetcher, FetchError, NoProgress, Progress
 from vzpkg.mirror.index import INDEX_NAME, INDEX_SIG_NAME, Index, IndexEntry
-from vzpkg.mirror.verify import Check, Verifier
+from vzpkg.mirror.verify import Check, HashCheck, Verifier
 from vzpkg.store.cachestore import CacheStore
 from vzpkg.store.manifest import Manifest, expand_name
+
+if TYPE_CHECKING:
+    from vzpkg.mirror.pgpsig import Signer
 
 PARTIAL_DIR = ".partial"
 
@@ -79,6 +82,7 @@ class Puller:
                 for k in config.trusted_keys]
         self.verifier = Verifier(keys, use_sqv=use_sqv)
         self.trusted = self.verifier.trusted
+        self.signers: dict[str, Signer | None] = {}     # mirror -> its index's signer
         try:
             self.fetcher = Fetcher(config.connect_timeout, config.read_timeout)
         except BaseException:
@@ -115,7 +119,8 @@ class Puller:
                                   hint="pull only from mirrors made by 'vzpkg publish "
                                        "--sign'; nothing was downloaded") from None
             try:
-                self.verifier.bytes(sig, data, what=url)
+                primary = self.verifier.bytes(sig, data, what=url)
+                self.signers[mirror] = self.verifier.signer(sig, primary)
                 break
             except MirrorError as exc:
                 # publish replaces the signature just before the index: a reader can
@@ -150,8 +155,9 @@ class Puller:
         return m
 
     def _download(self, mirror: str, e: IndexEntry, part: Path,
-                  check: Check) -> tuple[int, int]:
-        """Fetch the tarball into *part*, feeding *check*; (bytes fetched, kept)."""
+                  check: Check | HashCheck) -> tuple[int, int, hashlib._Hash]:
+        """Fetch the tarball into *part*, feeding *check*; (bytes fetched, kept, the
+        sha256 state of the file)."""
         url = mirror + e.tarball
         before = part.stat().st_size if part.exists() else 0
         resumed = before if before <= e.size else 0
@@ -181,7 +187,7 @@ class Puller:
                 raise MirrorError(f"{url}: sha256 {d.sha256} differs from the signed index "
                                   f"({e.sha256}); the download was deleted",
                                   hint="the mirror's file was altered or damaged")
-            return fetched, resumed
+            return fetched, resumed, d.state
         raise AssertionError("unreachable")
 
     def pull_one(self, mirror: str, e: IndexEntry) -> Pulled:
@@ -202,12 +208,15 @@ class Puller:
         for stale in partial.glob(f"{e.name}.*.part"):
             if stale != part:
                 stale.unlink(missing_ok=True)
-        # the tarball's signature is checked while it downloads (sqv reads along)
-        check = self.verifier.stream(sig, what=mirror + e.signature)
+        # the tarball's signature is checked from the download's own sha256 where the
+        # key that signed the index made it (vzpkg.mirror.pgpsig), else while it
+        # downloads (sqv reads along)
+        check = self.verifier.stream(sig, what=mirror + e.signature,
+                                     signer=self.signers.get(mirror))
         try:
-            fetched, resumed = self._download(mirror, e, part, check)
+            fetched, resumed, state = self._download(mirror, e, part, check)
             try:
-                check.result(part)
+                check.result(part, state)
             except MirrorError as exc:
                 part.unlink(missing_ok=True)
                 raise MirrorError(f"{exc.message}; the download was deleted",

@@ -26,11 +26,15 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:   # python-gnupg is imported only when gpg is really used
+    from hashlib import _Hash as Hash
+
     import gnupg
 
-from vzpkg.core.errors import MirrorError
+    from vzpkg.mirror.pgpsig import Signature, Signer
+
+from vzpkg.core.errors import GpgError, MirrorError
 from vzpkg.core.gpg import Keyring, normalize_fingerprint
-from vzpkg.core.pgpkeys import ParseError, keyring_bytes
+from vzpkg.core.pgpkeys import ParseError, keyring_bytes, pinned_certificate
 
 TRUST_HINT = ("add the key to pull.trusted_keys (or TEMPLATE_KEYS in vz.conf) only if you "
               "have checked its fingerprint; otherwise the mirror was tampered with")
@@ -72,6 +76,7 @@ class Verifier:
             raise MirrorError("sqv is not installed", hint="apt install sqv")
         self.sqv = sqv
         self._keyring: Keyring | None = None
+        self._certs: dict[str, bytes] | None = None
         self.tmp = Path(tempfile.mkdtemp(prefix="vzpkg-verify-"))
         try:
             self.keyfile = self.tmp / "trusted-keys.pgp"
@@ -120,8 +125,38 @@ class Verifier:
             v = self.keyring.gpg.verify_file(s, str(data))
         return _verdict(v, self.trusted, what)
 
-    def stream(self, sig: bytes, *, what: str) -> Check:
-        """A check of detached *sig* that is fed the data as it arrives."""
+    @property
+    def certs(self) -> dict[str, bytes]:
+        """The pinned certificates this module can read, by fingerprint."""
+        if self._certs is None:
+            self._certs = {}
+            for armored, fpr, source in self.keys:
+                try:
+                    self._certs[normalize_fingerprint(fpr)] = pinned_certificate(
+                        armored, normalize_fingerprint(fpr), source=source)
+                except (ParseError, GpgError):
+                    continue
+        return self._certs
+
+    def signer(self, sig: bytes, primary: str) -> Signer | None:
+        """The key that made *sig*, a signature this verifier accepted from the
+        certificate *primary*, where :mod:`vzpkg.mirror.pgpsig` can check that key's
+        later signatures from the download's own sha256 (None: sqv checks them)."""
+        cert = self.certs.get(primary)
+        if cert is None:
+            return None
+        from vzpkg.mirror.pgpsig import vouched_signer
+        return vouched_signer(sig, cert, primary)
+
+    def stream(self, sig: bytes, *, what: str,
+               signer: Signer | None = None) -> Check | HashCheck:
+        """A check of detached *sig* that is fed the data as it arrives; one made
+        from the download's sha256 state where *signer* (see :meth:`signer`) allows."""
+        if signer is not None:
+            from vzpkg.mirror.pgpsig import checkable
+            parsed = checkable(sig, signer)
+            if parsed is not None:
+                return HashCheck(self, sig, what, parsed, signer)
         return Check(self, sig, what)
 
     def file(self, sig: bytes, data: Path, *, what: str) -> str:
@@ -243,8 +278,9 @@ class Check:
                                   f"{self.fed}")
             self.fed += n
 
-    def result(self, data: Path) -> str:
-        """The signer's fingerprint once all of *data* was fed; MirrorError if refused."""
+    def result(self, data: Path, state: Hash | None = None) -> str:
+        """The signer's fingerprint once all of *data* was fed; MirrorError if refused.
+        (*state*, the data's sha256 state, is what a :class:`HashCheck` needs.)"""
         try:
             if self.proc is None:
                 return self.v._gpg_file(self.sig, data, self.what)
@@ -270,6 +306,36 @@ class Check:
     def close(self) -> None:
         self._stop()
         self.sig.unlink(missing_ok=True)
+
+
+class HashCheck:
+    """A check of a tarball's signature from the download's own sha256 state
+    (:mod:`vzpkg.mirror.pgpsig`): nothing is fed, the verdict comes at result().
+    A refusal here is never the last word: sqv (or gpg) then checks the file, and
+    its verdict and message stand."""
+
+    def __init__(self, verifier: Verifier, sig: bytes, what: str, parsed: Signature,
+                 signer: Signer) -> None:
+        self.v = verifier
+        self.sig = sig
+        self.what = what
+        self.parsed = parsed
+        self.signer = signer
+
+    def restart(self) -> None:
+        pass
+
+    def feed(self, fd: int, upto: int, *, wait: bool = False) -> None:
+        pass
+
+    def result(self, data: Path, state: Hash | None = None) -> str:
+        from vzpkg.mirror.pgpsig import valid
+        if state is not None and valid(self.parsed, self.signer.key, state):
+            return self.signer.primary
+        return Check(self.v, self.sig, self.what, data).result(data)
+
+    def close(self) -> None:
+        pass
 
 
 def sqv_available() -> bool:
