@@ -225,6 +225,8 @@ def vouched_signer(index_sig: bytes, cert: bytes, primary: str) -> Signer | None
         return None
     if len(sigs) != 1 or sigs[0].issuer_fpr is None or not sigs[0].created:
         return None
+    if sigs[0].issuer_keyid not in (None, sigs[0].issuer_fpr[-16:]):
+        return None                         # the two issuer fields disagree
     key = keys.get(sigs[0].issuer_fpr)
     if key is None or sigs[0].algo != key.algo:
         return None
