@@ -213,3 +213,20 @@ def test_a_tarball_signed_by_a_subkey_the_index_did_not_use_goes_to_sqv(
     sign(other, home, sub + "!", tree / f"{TAR}.asc")
     report = pull(tmp_path / "dst2")
     assert not report.ok and "bad signature" in report.failed[0][1]
+
+
+def test_issuer_fields_that_disagree_are_left_to_sqv(tmp_path: Path, keys: Keys,
+                                                     data: Path) -> None:
+    """The unhashed issuer key ID is not covered by the signature: one that names
+    another key than the hashed fingerprint makes this module stand aside."""
+    sig = dearmor(sign(data, keys.home, keys.fpr, tmp_path / "s.asc").decode(),
+                  "SIGNATURE")
+    field = b"\x09\x10" + bytes.fromhex(keys.fpr[-16:])       # subpacket 16, 8 bytes
+    assert sig.count(field) == 1
+    swapped = sig.replace(field, b"\x09\x10" + bytes.fromhex(keys.other_fpr[-16:]))
+    mine = cert(keys.home, keys.fpr)
+    assert vouched_signer(sig, mine, keys.fpr) is not None
+    assert vouched_signer(swapped, mine, keys.fpr) is None
+    signer = vouched_signer(sig, mine, keys.fpr)
+    assert signer is not None
+    assert checkable(sig, signer) is not None and checkable(swapped, signer) is None
