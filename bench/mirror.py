@@ -118,7 +118,8 @@ T = {"main": time.time()}
 sys.path.insert(0, ROOT)
 import vzpkg.cli.vzpkg as cli
 if hasattr(cli, "defer_import"):     # what main() does for a pull, before any import
-    cli.defer_import("inspect")
+    for name in getattr(cli, "DEFERRED", {}).get("pull", ("inspect",)):
+        cli.defer_import(name)
 import vzpkg.cli.cmd_mirror, vzpkg.mirror.pull, vzpkg.mirror.fetch, vzpkg.mirror.flush
 import vzpkg.mirror.verify, vzpkg.mirror.config, vzpkg.mirror.progress
 import vzpkg.cli.common as common

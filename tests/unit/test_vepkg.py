@@ -13,7 +13,9 @@ import requests
 from tests.mirror_helpers import MirrorServer
 from tests.unit.test_pkgcache import _upstream
 from vzpkg.build.pkgcache import CachingProxy
+from vzpkg.cli import cmd_ve
 from vzpkg.cli.cmd_ve import is_ve_command
+from vzpkg.cli.vzpkg import VE_COMMANDS
 from vzpkg.core.errors import UsageError
 from vzpkg.runtime import pkgmgr
 
@@ -73,6 +75,11 @@ def test_many_clients_at_once_cause_one_download(tmp_path: Path) -> None:
 ])
 def test_ve_commands_and_cache_commands_share_names(argv: list[str], ve: bool) -> None:
     assert is_ve_command(argv) is ve
+
+
+def test_vzpkg_knows_the_ve_commands_without_importing_their_module() -> None:
+    # vzpkg.cli.vzpkg imports cmd_ve only when a word of argv is one of VE_COMMANDS
+    assert VE_COMMANDS == set(cmd_ve.COMMANDS)
 
 
 def test_package_names_cannot_carry_shell(tmp_path: Path) -> None:

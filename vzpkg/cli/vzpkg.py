@@ -10,7 +10,6 @@ from types import ModuleType
 from typing import NoReturn
 
 from vzpkg import __version__
-from vzpkg.cli import cmd_ve
 from vzpkg.cli.common import Parser, run_console, run_main
 
 EPILOG = """\
@@ -44,6 +43,10 @@ COMMANDS = {"list": "cmd_meta", "show": "cmd_meta", "validate": "cmd_meta",
             "prune": "cmd_cache", "export": "cmd_export", "publish": "cmd_mirror",
             "pull": "cmd_mirror", "matrix": "cmd_matrix"}
 VALUED = ("--workspace", "--cache-dir")
+# the commands of vzpkg.cli.cmd_ve (software in VEs: vzpkg install 101 ...); that
+# module is imported only when one of these words is given (tests/unit/test_vepkg.py
+# checks that the two agree)
+VE_COMMANDS = frozenset({"install", "remove", "update", "list", "info", "check-updates"})
 
 
 def command_module(name: str) -> ModuleType:
@@ -92,12 +95,21 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 # Standard modules a command imports through others but does not use: a stand-in
-# takes their place in sys.modules and imports them on first use.  dataclasses
-# imports inspect (about 7 ms here: ast, dis, tokenize, linecache) only to write a
-# signature into the docstring of a dataclass that has none; the dataclasses a pull
-# defines all have one (tests/unit/test_mirror_pull.py checks that inspect stays
-# out).  Only for commands whose threads import nothing.
-DEFERRED = {"pull": ("inspect",)}
+# takes their place in sys.modules and imports them on first use.  For a pull
+# (tests/unit/test_startup_imports.py and test_mirror_pull.py check that these stay
+# stand-ins; about 5 ms together):
+#   inspect    dataclasses imports it (about 7 ms here: ast, dis, tokenize,
+#              linecache) only to write a signature into the docstring of a dataclass
+#              that has none; the dataclasses a pull defines all have one
+#   copy       dataclasses, for asdict() and astuple() only
+#   signal     subprocess, for send_signal(), terminate() and kill() only (its enums
+#              of signals cost 1.5 ms); sqv is killed only when a check is abandoned
+#   ipaddress  urllib.parse, for URLs with a bracketed host ([::1]) only
+#   ntpath     pathlib, for PureWindowsPath only
+#   zlib, bz2, lzma  shutil, to list the archive formats it could write
+# Only for commands whose threads import nothing.
+DEFERRED = {"pull": ("inspect", "copy", "signal", "ipaddress", "ntpath", "zlib", "bz2",
+                     "lzma")}
 
 
 class Deferred(ModuleType):
@@ -126,8 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     for name in DEFERRED.get(command_of(words) or "", ()):
         defer_import(name)
-    if cmd_ve.is_ve_command(words):     # software in VEs: vzpkg install 101 ...
-        return run_main("vzpkg", cmd_ve.build_parser, words)
+    if not VE_COMMANDS.isdisjoint(words):
+        from vzpkg.cli import cmd_ve
+        if cmd_ve.is_ve_command(words):     # software in VEs: vzpkg install 101 ...
+            return run_main("vzpkg", cmd_ve.build_parser, words)
     return run_main("vzpkg", lambda: build_parser(words), words)
 
 
