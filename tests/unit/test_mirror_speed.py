@@ -25,7 +25,14 @@ from tests.mirror_helpers import (
 )
 from vzpkg.core.errors import GpgError, MirrorError
 from vzpkg.core.gpg import Keyring
-from vzpkg.core.pgpkeys import ParseError, certificates, dearmor, pinned_certificate
+from vzpkg.core.pgpkeys import (
+    CRC24_POLY,
+    CRC24_TABLE,
+    ParseError,
+    certificates,
+    dearmor,
+    pinned_certificate,
+)
 from vzpkg.mirror import Puller
 from vzpkg.mirror.flush import Flusher
 from vzpkg.mirror.verify import Check, Verifier, sqv_available
@@ -72,6 +79,20 @@ def test_wrong_pin_and_no_key_give_the_gpg_messages(keys: Keys) -> None:
                        keys.other_fpr, keys.other_pub), use_sqv=None)
     with pytest.raises(ParseError):
         dearmor("not a key\n")
+
+
+def test_the_crc24_table_is_the_polynomials() -> None:
+    # pgpkeys has the table written out (no 2048 steps at every start): the same table
+    # as computed from the polynomial, bit by bit (RFC 4880, section 6.1)
+    want = []
+    for byte in range(256):
+        crc = byte << 16
+        for _ in range(8):
+            crc <<= 1
+            if crc & 0x1000000:
+                crc ^= CRC24_POLY
+        want.append(crc & 0xFFFFFF)
+    assert tuple(want) == CRC24_TABLE
 
 
 def test_damaged_armor_is_left_to_gpg(keys: Keys) -> None:

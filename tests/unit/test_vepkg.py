@@ -79,7 +79,7 @@ def test_ve_commands_and_cache_commands_share_names(argv: list[str], ve: bool) -
 
 def test_vzpkg_knows_the_ve_commands_without_importing_their_module() -> None:
     # vzpkg.cli.vzpkg imports cmd_ve only when a word of argv is one of VE_COMMANDS
-    assert VE_COMMANDS == set(cmd_ve.COMMANDS)
+    assert set(cmd_ve.COMMANDS) == VE_COMMANDS
 
 
 def test_package_names_cannot_carry_shell(tmp_path: Path) -> None:

@@ -112,7 +112,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def _trusted_keys(specs: list[str]) -> list[Key]:
-    from vzpkg.core.gpg import normalize_fingerprint
+    from vzpkg.core.pgpkeys import normalize_fingerprint
     from vzpkg.template.model import Key
     keys: list[Key] = []
     for spec in specs:

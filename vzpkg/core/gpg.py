@@ -7,7 +7,6 @@ pinned key was imported into that private keyring on purpose.
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 import tempfile
@@ -20,17 +19,7 @@ if TYPE_CHECKING:   # python-gnupg is imported only when gpg is really used
     import gnupg
 
 from vzpkg.core.errors import GpgError
-
-FPR_RE = re.compile(r"^[0-9A-F]{40}$")
-
-
-def normalize_fingerprint(fpr: str) -> str:
-    """Upper-case, spaces removed; raises GpgError unless it is 40 hex digits."""
-    clean = fpr.replace(" ", "").upper()
-    if not FPR_RE.match(clean):
-        raise GpgError(f"fingerprint {fpr!r} is not 40 hexadecimal digits",
-                       hint="pin the full fingerprint, e.g. from 'gpg --show-keys KEYFILE'")
-    return clean
+from vzpkg.core.pgpkeys import normalize_fingerprint
 
 
 class Keyring:

@@ -8,8 +8,8 @@ is theirs.  Comments, blank lines and ``export`` are kept as written.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from vzpkg.core.errors import ConfigError
 
@@ -17,8 +17,7 @@ KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _FIX = 'write it as KEY="value", or start the line with # to make it a comment'
 
 
-@dataclass(frozen=True)
-class ConfLine:
+class ConfLine(NamedTuple):
     """One line of a ``KEY="value"`` file: a setting, a comment or a blank."""
 
     text: str               # the line as read (rewritten when its value changes)

@@ -5,8 +5,8 @@ templates both speak of :func:`host_arch`."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64", "i686": "i386"}
 
@@ -21,8 +21,7 @@ class Compression(StrEnum):
         return {"zstd": ".tar.zst", "xz": ".tar.xz", "gzip": ".tar.gz"}[self.value]
 
 
-@dataclass(frozen=True)
-class InstalledPackage:
+class InstalledPackage(NamedTuple):
     """A package installed in a cache: name, version, architecture."""
 
     name: str

@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from vzpkg.core.errors import ConfigError
-from vzpkg.core.gpg import normalize_fingerprint
+from vzpkg.core.pgpkeys import normalize_fingerprint
 from vzpkg.core.settings import Settings
 from vzpkg.core.settings_table import setting
 from vzpkg.core.shellconf import read_assignments

@@ -30,11 +30,11 @@ if TYPE_CHECKING:   # python-gnupg is imported only when gpg is really used
 
     import gnupg
 
+    from vzpkg.core.gpg import Keyring
     from vzpkg.mirror.pgpsig import Signature, Signer
 
 from vzpkg.core.errors import GpgError, MirrorError
-from vzpkg.core.gpg import Keyring, normalize_fingerprint
-from vzpkg.core.pgpkeys import ParseError, keyring_bytes, pinned_certificate
+from vzpkg.core.pgpkeys import ParseError, keyring_bytes, normalize_fingerprint, pinned_certificate
 
 TRUST_HINT = ("add the key to pull.trusted_keys (or TEMPLATE_KEYS in vz.conf) only if you "
               "have checked its fingerprint; otherwise the mirror was tampered with")
@@ -100,6 +100,7 @@ class Verifier:
     def keyring(self) -> Keyring:
         """A private gpg keyring with the pinned keys (made on first use)."""
         if self._keyring is None:
+            from vzpkg.core.gpg import Keyring  # gpg only where sqv cannot say
             kr = Keyring()
             try:
                 for armored, fpr, source in self.keys:

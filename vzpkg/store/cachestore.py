@@ -24,14 +24,13 @@ import builtins
 import contextlib
 import os
 import re
-import secrets
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager as ContextManager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 from vzpkg.core.errors import StoreError
 from vzpkg.core.files import fsync_path
@@ -52,8 +51,9 @@ MANIFEST_SUFFIX = ".manifest.json"
 SIG_SUFFIX = ".asc"
 OLD = "-old"
 TEMP_RE = re.compile(r"^\.(?P<name>[a-z0-9._-]+)\.[0-9a-f]{16}\.tmp")
-@dataclass(frozen=True)
-class CacheEntry:
+
+
+class CacheEntry(NamedTuple):
     """One committed cache: its manifest and where its files are."""
 
     name: str
@@ -235,7 +235,7 @@ class CacheStore:
 
     # --- writing -----------------------------------------------------------
     def _temp_name(self, name: str, suffix: str) -> Path:
-        return self.dir / f".{name}.{secrets.token_hex(8)}.tmp{suffix}"
+        return self.dir / f".{name}.{os.urandom(8).hex()}.tmp{suffix}"
 
     def staging(self, name: str, compression: Compression) -> Path:
         """A fresh temporary path in the cache directory to pack *name* into.

@@ -19,7 +19,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 from vzpkg.core.errors import StoreError
 from vzpkg.core.types import Compression, InstalledPackage, host_arch
@@ -32,8 +32,7 @@ NAME_HINT = ("a cache name is <distribution>-<release>-<arch>-<set>, each part m
              "lowercase letters, digits, '.' and '_', e.g. debian-12-x86_64-minimal")
 
 
-@dataclass(frozen=True)
-class CacheName:
+class CacheName(NamedTuple):
     """The four parts of a cache name."""
 
     distribution: str

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from vzpkg.core.errors import GpgError
-from vzpkg.core.gpg import FPR_RE, Keyring
-from vzpkg.core.pgpkeys import ParseError, certificates, dearmor
+from vzpkg.core.gpg import Keyring
+from vzpkg.core.pgpkeys import FPR_RE, ParseError, certificates, dearmor
 from vzpkg.template.document import Template
 from vzpkg.template.model import Key, Script, ScriptStage
 from vzpkg.template.yamlpos import PathKey
