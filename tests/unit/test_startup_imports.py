@@ -6,6 +6,7 @@ vzpkg.runtime.caches, and the backend table in vzpkg.build.backends)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +68,39 @@ def test_a_debian_build_imports_no_rpm_backend() -> None:
     assert _imported(code, ("vzpkg.build.backends.dnf", "vzpkg.build.backends.rpm_db",
                             "vzpkg.build.backends.rpm_repomd", "vzpkg.build.backends.debootstrap",
                             "sqlite3", "xml.etree")) == []
+
+
+# A pull (vzpkg.cli.vzpkg.main with `pull`) does not import these at all ...
+PULL_NEVER = ("vzpkg.cli.cmd_ve", "vzpkg.core.gpg", "vzpkg.mirror.publisher", "secrets",
+              "hmac", "yaml", "gnupg", "requests", "urllib3", "email", "http.client")
+# ... and these standard modules, which the modules it uses import, are stand-ins that
+# are never loaded (vzpkg.cli.vzpkg.DEFERRED says who imports each and why)
+PULL_STAND_INS = ("inspect", "ast", "dis", "tokenize", "copy", "signal", "ipaddress",
+                  "ntpath", "zlib", "bz2", "lzma", "_compression", "weakref", "array",
+                  "struct")
+
+
+def test_a_pull_loads_no_module_it_does_not_use(tmp_path: Path) -> None:
+    # the command line of a pull, through the settings and the mirror configuration up
+    # to the puller, which refuses to start without a trusted key (no network needed);
+    # every module a pull runs is imported by then
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    argv = ["--workspace", str(ws), "--cache-dir", str(tmp_path / "caches"), "pull",
+            "debian-12", "--mirror", "http://127.0.0.1:9/"]
+    code = ("import contextlib, io, json, sys\n"
+            "from vzpkg.cli.vzpkg import main\n"
+            "err = io.StringIO()\n"
+            "with contextlib.redirect_stderr(err):\n"
+            f"    rc = main({argv!r})\n"
+            "loaded = [m for m, mod in sys.modules.items() "
+            "if type(mod).__name__ != 'Deferred']\n"
+            "print(json.dumps([rc, err.getvalue(), loaded]))\n")
+    env = {**os.environ, "VZPKG_CONFIG": str(tmp_path / "none.yaml"),
+           "VZ_ROOT": str(tmp_path / "vz"), "XDG_CACHE_HOME": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                       text=True, check=True)
+    rc, err, loaded = json.loads(r.stdout)
+    assert rc == 1 and "no trusted keys configured" in err        # the probe got there
+    assert {"vzpkg.mirror.pull", "vzpkg.mirror.verify", "subprocess", "tempfile"} <= set(loaded)
+    assert sorted(set(loaded) & {*PULL_NEVER, *PULL_STAND_INS}) == []

@@ -97,7 +97,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 # Standard modules a command imports through others but does not use: a stand-in
 # takes their place in sys.modules and imports them on first use.  For a pull
 # (tests/unit/test_startup_imports.py and test_mirror_pull.py check that these stay
-# stand-ins; about 5 ms together):
+# stand-ins; about 6 ms together here):
 #   inspect    dataclasses imports it (about 7 ms here: ast, dis, tokenize,
 #              linecache) only to write a signature into the docstring of a dataclass
 #              that has none; the dataclasses a pull defines all have one
@@ -107,9 +107,13 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 #   ipaddress  urllib.parse, for URLs with a bracketed host ([::1]) only
 #   ntpath     pathlib, for PureWindowsPath only
 #   zlib, bz2, lzma  shutil, to list the archive formats it could write
+#   weakref    tempfile, for TemporaryDirectory only (a pull uses mkdtemp, mkstemp
+#              and TemporaryFile), and copy
+#   array      socket, for send_fds() and recv_fds() only
+#   struct     base64, for the base85 and ascii85 codecs only
 # Only for commands whose threads import nothing.
 DEFERRED = {"pull": ("inspect", "copy", "signal", "ipaddress", "ntpath", "zlib", "bz2",
-                     "lzma")}
+                     "lzma", "weakref", "array", "struct")}
 
 
 class Deferred(ModuleType):
