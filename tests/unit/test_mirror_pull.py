@@ -301,8 +301,9 @@ NOT_FOR_PULL = ("yaml", "jinja2", "jsonschema", "libarchive", "requests", "urlli
                 "vzpkg.mirror.s3", "vzpkg.mirror.streams", "vzpkg.store.export",
                 # the publisher (and with it the store's writers of trees, gpg's keyring)
                 "vzpkg.mirror.publish",
-                # standard modules the pull does not use: ctypes is not needed for
-                # writeback; for the stand-ins see STAND_INS
+                # what the pull does without: ctypes (writeback), secrets and hmac (the
+                # store's temporary names), gpg's module (sqv checks), the VE commands;
+                # for the stand-ins see STAND_INS
                 "ctypes", "secrets", "hmac", "vzpkg.core.gpg", "vzpkg.cli.cmd_ve")
 # standard modules that modules of a pull import and the pull never uses: stand-ins
 # (vzpkg.cli.vzpkg.DEFERRED) that a whole pull leaves unloaded
