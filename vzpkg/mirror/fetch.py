@@ -14,8 +14,8 @@ import hashlib
 import os
 import re
 import threading
+from collections import deque
 from pathlib import Path
-from queue import SimpleQueue
 from typing import NamedTuple, Protocol
 
 from vzpkg import __version__
@@ -109,28 +109,35 @@ class HashThread:
 
     def __init__(self, hasher: hashlib._Hash, size: int = CHUNK) -> None:
         self.hasher = hasher
-        self.free: SimpleQueue[memoryview] = SimpleQueue()
-        self.full: SimpleQueue[tuple[memoryview, int] | None] = SimpleQueue()
-        for _ in range(self.DEPTH):
-            self.free.put(memoryview(bytearray(size)))
+        self.free = deque(memoryview(bytearray(size)) for _ in range(self.DEPTH))
+        self.full: deque[tuple[memoryview, int] | None] = deque()
+        self.n_free = threading.Semaphore(self.DEPTH)
+        self.n_full = threading.Semaphore(0)
         self.thread = threading.Thread(target=self._run, name="vzpkg-sha256", daemon=True)
         self.thread.start()
 
     def buffer(self) -> memoryview:
-        return self.free.get()
+        self.n_free.acquire()
+        return self.free.popleft()
 
-    def put(self, buf: memoryview, n: int) -> None:
-        self.full.put((buf, n))
+    def put(self, buf: memoryview | None, n: int = 0) -> None:
+        self.full.append(None if buf is None else (buf, n))
+        self.n_full.release()
 
     def _run(self) -> None:
-        while (item := self.full.get()) is not None:
+        while True:
+            self.n_full.acquire()
+            item = self.full.popleft()
+            if item is None:
+                return
             buf, n = item
             self.hasher.update(buf[:n])
-            self.free.put(buf)
+            self.free.append(buf)
+            self.n_free.release()
 
     def finish(self) -> None:
         """Wait until every chunk put is in the hash."""
-        self.full.put(None)
+        self.put(None)
         self.thread.join()
 
 
