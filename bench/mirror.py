@@ -20,6 +20,11 @@ In one run, alternating, N rounds (default 7), from one HTTP server on 127.0.0.1
                                           first, as an installed package has them)
   python -c pass                          the interpreter's own start-up (the floor of
                                           any command line: pull_api + this)
+  python -c 'import <stdlib modules>'     the interpreter importing exactly the
+                                          standard modules a CLI pull loads (listed
+                                          by one pull first): pull_api + this is
+                                          the floor of any CPython command line that
+                                          does this pull (cpython_floor_*)
 The order of the methods rotates from round to round.  Medians and ratios
 against curl go to bench/results/mirror.json.
 
@@ -155,6 +160,13 @@ exit_fast = common.exit_fast
 def report(code):
     T["end"] = time.time()
     sys.stderr.write("PHASES " + repr((T, SPANS)) + "\\n")
+    # the standard modules the pull loaded (not the stand-ins it left unloaded)
+    mods = sorted(n for n, m in list(sys.modules.items())
+                  if n.partition(".")[0] in sys.stdlib_module_names
+                  and type(m).__name__ != "Deferred")
+    sys.stderr.write("STDLIB " + " ".join(mods) + "\\n")
+    sys.stderr.write("DEFERRED " + " ".join(n for n, m in list(sys.modules.items())
+                                            if type(m).__name__ == "Deferred") + "\\n")
     exit_fast(code)
 
 
@@ -257,26 +269,48 @@ def run(base: Path, keys: Keys, rounds: int, size_mb: int, against: str | None =
 
         runs_phases: dict[str, list[dict[str, float]]] = {"": [], "_against": []}
 
-        def cli_phases(root: Path, suffix: str = "") -> None:
+        def phase_driver(root: Path, suffix: str = "") -> Path:
             driver = base / f"phases{suffix}.py"
             if not driver.exists():
                 driver.write_text(f"ROOT = {str(root)!r}\n" + PHASE_DRIVER)
+            return driver
+
+        def cli_phases(root: Path, suffix: str = "") -> None:
+            driver = phase_driver(root, suffix)
             t0 = time.time()
             r = subprocess.run([sys.executable, str(driver), "--cache-dir", str(base / "cli"),
                                 "pull", NAME, "--json"], env=env, capture_output=True,
                                text=True, check=True)
             runs_phases[suffix].append(phases(t0, time.time(), r.stderr))
 
+        stdlib: list[str] = []
+        stdlib_imports = "pass"         # set below, once the pull's modules are known
         runs = {"curl": curl, "curl_durable": curl_durable, "curl_checked": curl_checked,
                 "durable_write": durable_write, "pull_api": api,
                 "pull_api_gpg": lambda: api(False), "pull_cli": cli,
                 "pull_cli_phases": lambda: cli_phases(ROOT),
-                "python_start": lambda: sh(sys.executable, "-c", "pass")}
+                "python_start": lambda: sh(sys.executable, "-c", "pass"),
+                "python_stdlib": lambda: sh(sys.executable, "-c", stdlib_imports)}
         if old_root is not None:
             runs["pull_cli_against"] = cli_against
             runs["pull_cli_phases_against"] = lambda: cli_phases(old_root, "_against")
             times["pull_cli_against"] = []
             times["pull_cli_phases_against"] = []
+        # what a pull in CPython cannot do without: the interpreter and the standard
+        # modules this pull loads (found by one pull through the phase driver)
+        r = subprocess.run([sys.executable, str(phase_driver(ROOT)), "--cache-dir",
+                            str(base / "probe"), "pull", NAME, "--json"], env=env,
+                           capture_output=True, text=True, check=True)
+        shutil.rmtree(base / "probe")
+        lines = r.stderr.splitlines()
+        stdlib = next(x for x in lines if x.startswith("STDLIB ")).split()[1:]
+        deferred = next(x for x in lines if x.startswith("DEFERRED")).split()[1:]
+        # the modules the pull left as stand-ins are stand-ins here too
+        stdlib_imports = ("import sys, types\n"
+                          f"for n in {deferred!r}:\n"
+                          "    sys.modules[n] = types.ModuleType(n)\n"
+                          "import " + ", ".join(stdlib))
+        times["python_stdlib"] = []
         keys_ = list(runs)
         for i in range(rounds):
             # rotate the order: no method always runs right after the same other one
@@ -304,6 +338,10 @@ def run(base: Path, keys: Keys, rounds: int, size_mb: int, against: str | None =
         "ratio_vs_curl": {k: med[k] / med["curl"] for k in med},
         "ratio_vs_curl_checked": {k: med[k] / med["curl_checked"] for k in med},
         "ratio_vs_curl_durable": {k: med[k] / med["curl_durable"] for k in med},
+        "stdlib_modules": stdlib,
+        "cpython_floor_seconds": med["pull_api"] + med["python_stdlib"],
+        "cpython_floor_vs_curl_durable": (med["pull_api"] + med["python_stdlib"])
+                                         / med["curl_durable"],
         "target": "pull within 1.3x of curl, including verification; the command line "
                   "within 1.3x of curl + sync --data of the same file",
     }
@@ -314,7 +352,9 @@ def run(base: Path, keys: Keys, rounds: int, size_mb: int, against: str | None =
               f"x{v / med['curl']:.2f} of curl  x{v / med['curl_checked']:.2f} of checked curl")
     print(f"vzpkg pull (CLI) x{med['pull_cli'] / med['curl_durable']:.2f} of curl + sync; "
           f"in-process x{med['pull_api'] / med['curl_durable']:.2f}; floor (in-process + "
-          f"python -c pass) x{(med['pull_api'] + med['python_start']) / med['curl_durable']:.2f}")
+          f"python -c pass) x{(med['pull_api'] + med['python_start']) / med['curl_durable']:.2f}"
+          f"; CPython floor (in-process + python importing the {len(stdlib)} standard "
+          f"modules the pull loads) x{result['cpython_floor_vs_curl_durable']:.2f}")
     print("vzpkg pull, where the time goes (median ms): " +
           ", ".join(f"{k} {v:.1f}" for k, v in phases_ms.items()))
     if phases_against_ms:
