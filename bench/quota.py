@@ -11,7 +11,7 @@ A VE with a disk limit lives on an ext4 image of its own, loop-mounted
 - create, overlay layout (the shared copy made beforehand), --create-runs rounds
   (each takes about 10 ms, and the machine is noisy);
 - the first start of a new overlay VE (where an image is copied from its pristine
-  image and written out, quota._settle), and that copy alone;
+  image and written out, diskimage.settle_image), and that copy alone;
 - a write-heavy workload in a running VE: dd of --write-mib MiB with fsync
   (conv=fsync), and the same without fsync (page cache and writeback);
 - changing the limit of a running VE: ``Runtime.set`` lowering (balloon grows)
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import median, write_results
 from tests.runtime_helpers import BUSYBOX_NAME, find_debian_cache, make_busybox_cache, sh
-from vzpkg.runtime import quota
+from vzpkg.runtime import diskimage, diskmount, quota
 from vzpkg.runtime.paths import VzPaths
 from vzpkg.runtime.ve import Runtime
 
@@ -102,7 +102,7 @@ def bench_create(rt: Runtime, cache: str, layout: str, runs: int,
 def bench_first_start(rt: Runtime, cache: str, runs: int) -> dict[str, Any]:
     """The first start (and a stop) of a new overlay VE with and without an image:
     the image's file system is copied from its pristine image at its first mount
-    (quota._settle: copy, fdatasync, fsync).  Plus that copy alone, on VEs made
+    (diskimage.settle_image: copy, fdatasync, fsync).  Plus that copy alone, on VEs made
     for it and never started."""
     with_q: list[float] = []
     without: list[float] = []
@@ -117,8 +117,8 @@ def bench_first_start(rt: Runtime, cache: str, runs: int) -> dict[str, Any]:
     for i in range(runs):
         ctid = BASE + 300 + i
         rt.create(ctid, cache, layout_name="overlay", values=LIMIT)
-        img = quota.image_path(rt.paths, ctid)
-        settle.append(_timed(lambda c=ctid, im=img: quota._settle(im, c)))
+        img = diskimage.image_path(rt.paths, ctid)
+        settle.append(_timed(lambda c=ctid, im=img: diskimage.settle_image(im, c)))
         rt.destroy(ctid)
     q, n = median(with_q), median(without)
     return {"quota_ms": _ms(q), "none_ms": _ms(n), "ratio": round(q / n, 3),
@@ -175,8 +175,8 @@ def bench_fio(root: Path, runs: int, mib: int) -> dict[str, Any]:
     lim = quota.of_config(LIMIT.get)
     img.write_bytes(b"")
     os.truncate(img, lim.image_bytes())
-    subprocess.run([*quota.mkfs_argv("fio", lim), str(img)], check=True, capture_output=True)
-    quota._mount(img, mnt, 0)
+    subprocess.run([*diskimage.mkfs_argv("fio", lim), str(img)], check=True, capture_output=True)
+    diskmount.mount(img, mnt, 0)
     jobs = {"fio_seq_fsync": ["--rw=write", "--bs=1M", f"--size={mib}M"],
             "fio_rand4k_fsync": ["--rw=randwrite", "--bs=4k", f"--size={max(mib // 4, 16)}M"]}
     out: dict[str, Any] = {"mib": mib}
@@ -195,7 +195,7 @@ def bench_fio(root: Path, runs: int, mib: int) -> dict[str, Any]:
             q, n = median(res["quota"]), median(res["none"])
             out[name] = {"quota_ms": _ms(q), "none_ms": _ms(n), "ratio": round(q / n, 3)}
     finally:
-        quota._umount(mnt)
+        diskmount.umount(mnt)
     return out
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import assert_user_error
 from tests.runtime_helpers import destroy_all, runtime_for, sh, vzctl_cli
-from vzpkg.runtime import quota
+from vzpkg.runtime import diskgrace, diskimage
 from vzpkg.runtime.ve import Runtime
 
 M = 1 << 20
@@ -87,7 +87,7 @@ def test_a_write_past_the_hard_limit_fails_and_spares_the_host_and_other_ves(
     code, out = write(rt, 301, "/big", 64)
     assert code != 0 and "No space left on device" in out, out
     # the host gave the VE no more than its image: the file system around it is untouched
-    img = quota.image_path(rt.paths, 301)
+    img = diskimage.image_path(rt.paths, 301)
     assert img.stat().st_size == 32 * M and img.stat().st_blocks * 512 <= 32 * M
     after = os.statvfs(rt.paths.root).f_bavail * os.statvfs(rt.paths.root).f_frsize
     assert host_free - after < 40 * M
@@ -121,7 +121,7 @@ def test_a_live_raise_lets_the_same_write_succeed(rt: Runtime) -> None:
         assert df(rt, 301)[0] > 40 * 1024
     else:
         assert_user_error(r, "CAP_SYS_RESOURCE", "nothing was changed", "--save")
-        assert quota.image_path(rt.paths, 301).stat().st_size == 32 * M
+        assert diskimage.image_path(rt.paths, 301).stat().st_size == 32 * M
     ok(vzctl_cli(rt, "exec", "301", "rm -f /f /g; sync"))
 
 
@@ -149,7 +149,7 @@ def test_limits_survive_a_restart_and_are_reported(rt: Runtime) -> None:
     ok(vzctl_cli(rt, "restart", "301"))
     size, _ = df(rt, 301)
     assert 16 * 1024 < size <= 24 * 1024, "the restarted VE's disk is the saved limit"
-    assert quota.image_path(rt.paths, 301).stat().st_size == 24 * M
+    assert diskimage.image_path(rt.paths, 301).stat().st_size == 24 * M
     code, out = write(rt, 301, "/f", 30)
     assert code != 0 and "No space left on device" in out, out
     ok(vzctl_cli(rt, "exec", "301", "rm -f /f; sync"))
@@ -185,7 +185,7 @@ def test_bad_values_are_refused_and_nothing_changes(rt: Runtime, value: str,
     assert_user_error(r, "--diskspace", needle)
     assert r.returncode == 2
     assert not rt.paths.conf(309).exists() and not rt.paths.private(309).exists()
-    assert not quota.image_path(rt.paths, 309).exists()
+    assert not diskimage.image_path(rt.paths, 309).exists()
     before = rt.paths.conf(302).read_text()
     r = vzctl_cli(rt, "set", "302", "--diskspace", value, "--save")
     assert_user_error(r, "--diskspace", needle)
@@ -234,16 +234,16 @@ def test_the_balloon_is_out_of_the_ves_reach(rt: Runtime) -> None:
 def test_destroy_leaves_no_image_loop_or_mount(rt: Runtime) -> None:
     for ctid in (301, 302, 303):
         ok(vzctl_cli(rt, "destroy", str(ctid), "--force"))
-        assert not quota.image_path(rt.paths, ctid).exists()
+        assert not diskimage.image_path(rt.paths, ctid).exists()
         assert not rt.paths.private(ctid).exists()
     assert not _loops(rt)
     assert not [m for m in _mounts(rt) if "/private/" in m]
 
 
 def _marked(img: os.PathLike[str]) -> bool:
-    """The image still waits for its first mount to be made (quota._settle)."""
+    """The image still waits for its first mount to be made (diskimage.settle_image)."""
     try:
-        os.getxattr(img, quota.UNSETTLED)
+        os.getxattr(img, diskimage.UNSETTLED)
     except OSError:
         return False
     return True
@@ -256,13 +256,13 @@ def test_a_new_image_is_clean_and_leaves_nothing_to_write_later(rt: Runtime) -> 
     first start) and a journal that reads as zeros, with a UUID of its own."""
     ok(vzctl_cli(rt, "create", "312", "--ostemplate", "busybox-1", "--layout", "overlay",
                  "--diskspace", "256M"))
-    img = quota.image_path(rt.paths, 312)
+    img = diskimage.image_path(rt.paths, 312)
     assert not [m for m in _mounts(rt) if "/private/312 " in m], "mounted at create"
     assert img.stat().st_size == 256 * M and img.stat().st_blocks == 0
     assert _marked(img)
     ok(vzctl_cli(rt, "create", "313", "--ostemplate", "busybox-1", "--layout", "overlay",
                  "--diskspace", "256M"))
-    img2 = quota.image_path(rt.paths, 313)
+    img2 = diskimage.image_path(rt.paths, 313)
     for ctid in ("312", "313"):          # the first mount, and nothing else
         ok(vzctl_cli(rt, "mount", ctid))
         ok(vzctl_cli(rt, "umount", ctid))
@@ -292,8 +292,8 @@ def test_a_new_image_is_clean_and_leaves_nothing_to_write_later(rt: Runtime) -> 
 
 
 def _pristine_of(img: os.PathLike[str]) -> str:
-    key = os.getxattr(img, quota.UNSETTLED).decode()
-    return os.path.join(os.path.dirname(img), quota.PRISTINE, key + ".img")
+    key = os.getxattr(img, diskimage.UNSETTLED).decode()
+    return os.path.join(os.path.dirname(img), diskimage.PRISTINE, key + ".img")
 
 
 def test_an_image_torn_by_a_crash_before_the_first_start_is_made_again(
@@ -303,7 +303,7 @@ def test_an_image_torn_by_a_crash_before_the_first_start_is_made_again(
     still there) leaves an image that a start makes afresh."""
     ok(vzctl_cli(rt, "create", "314", "--ostemplate", "busybox-1", "--layout", "overlay",
                  "--diskspace", "64M"))
-    img = quota.image_path(rt.paths, 314)
+    img = diskimage.image_path(rt.paths, 314)
     with open(_pristine_of(img), "rb") as src, open(img, "r+b") as dst:
         dst.write(src.read(8 * M))
     for off in (0, 4096, 1 << 20, 2 << 20):      # group descriptors, tables, root dir
@@ -325,7 +325,7 @@ def test_an_image_torn_by_a_crash_before_the_first_start_is_made_again(
 def test_an_image_once_mounted_is_never_made_again(rt: Runtime) -> None:
     """After its first mount the image carries no mark: what the VE wrote stays,
     through restarts and an offline resize."""
-    img = quota.image_path(rt.paths, 314)
+    img = diskimage.image_path(rt.paths, 314)
     assert not _marked(img)
     ok(vzctl_cli(rt, "start", "314"))
     code, out = sh(rt, 314, "cat /f")
@@ -345,7 +345,7 @@ def test_a_resize_before_the_first_start_keeps_the_new_size(rt: Runtime,
     ok(vzctl_cli(rt, "create", "315", "--ostemplate", "busybox-1", "--layout", "overlay",
                  "--diskspace", "64M"))
     ok(vzctl_cli(rt, "set", "315", "--diskspace", f"{mib}M", "--save"))
-    img = quota.image_path(rt.paths, 315)
+    img = diskimage.image_path(rt.paths, 315)
     assert img.stat().st_size == mib * M and not _marked(img)
     ok(vzctl_cli(rt, "start", "315"))
     assert (mib - 16) * 1024 < df(rt, 315)[0] <= mib * 1024
@@ -358,7 +358,7 @@ def test_a_resize_before_the_first_start_keeps_the_new_size(rt: Runtime,
 def test_a_missing_pristine_image_is_a_clear_error(rt: Runtime) -> None:
     ok(vzctl_cli(rt, "create", "316", "--ostemplate", "busybox-1", "--layout", "overlay",
                  "--diskspace", "72M"))
-    img = quota.image_path(rt.paths, 316)
+    img = diskimage.image_path(rt.paths, 316)
     pristine = _pristine_of(img)
     os.rename(pristine, pristine + ".away")
     try:
@@ -392,7 +392,7 @@ def test_an_overlay_ve_on_an_image_keeps_its_shared_copy(rt: Runtime) -> None:
 
 def test_past_the_soft_limit_for_longer_than_quotatime_the_soft_limit_holds(
         rt: Runtime) -> None:
-    """The event helper looks at soft limits about every second (quota.grace_tick)."""
+    """The event helper looks at soft limits about every second (diskgrace.grace_tick)."""
     ok(vzctl_cli(rt, "create", "305", "--ostemplate", "busybox-1",
                  "--diskspace", "16M:40M", "--quotatime", "2"))
     ok(vzctl_cli(rt, "start", "305"))
@@ -407,10 +407,10 @@ def test_past_the_soft_limit_for_longer_than_quotatime_the_soft_limit_holds(
         ok(vzctl_cli(rt, "exec", "305", "rm -f /b"))
         assert time.monotonic() < deadline, "the soft limit never took hold"
         time.sleep(0.5)
-    assert quota.grace_file(rt.paths, 305).exists()
+    assert diskgrace.grace_file(rt.paths, 305).exists()
     ok(vzctl_cli(rt, "exec", "305", "rm -f /a /b; sync"))
     deadline = time.monotonic() + 30              # back under it: the hard limit again
-    while quota.grace_file(rt.paths, 305).exists():
+    while diskgrace.grace_file(rt.paths, 305).exists():
         assert time.monotonic() < deadline, "the space never came back"
         time.sleep(0.3)
     code, out = write(rt, 305, "/a", 24)

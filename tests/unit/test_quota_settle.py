@@ -1,5 +1,5 @@
 """A VE's disk image is copied from its pristine image at its first mount
-(quota._settle), not at create: what create leaves, what a crash in the copy
+(diskimage.settle_image), not at create: what create leaves, what a crash in the copy
 leaves, and that an image once made is never copied over again.  Real mkfs.ext4,
 e2fsck and xattrs on regular files; no mount, so no root."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from vzpkg.runtime import quota
+from vzpkg.runtime import diskimage, quota
 from vzpkg.runtime.paths import VzPaths
 
 pytestmark = pytest.mark.skipif(shutil.which("mkfs.ext4") is None,
@@ -41,7 +41,7 @@ def fsck(img: Path) -> subprocess.CompletedProcess[str]:
 
 def marked(img: Path) -> bool:
     try:
-        os.getxattr(img, quota.UNSETTLED)
+        os.getxattr(img, diskimage.UNSETTLED)
     except OSError:
         return False
     return True
@@ -49,11 +49,11 @@ def marked(img: Path) -> bool:
 
 def test_create_writes_no_data_and_the_first_mount_makes_the_file_system(
         paths: VzPaths) -> None:
-    quota.make_image(paths, 101, LIMITS, TREE)
-    img = quota.image_path(paths, 101)
+    diskimage.make_image(paths, 101, LIMITS, TREE)
+    img = diskimage.image_path(paths, 101)
     assert img.stat().st_size == 64 * M and img.stat().st_blocks == 0 and marked(img)
     assert fsck(img).returncode != 0                    # not a file system yet
-    quota._settle(img, 101)
+    diskimage.settle_image(img, 101)
     assert not marked(img)
     r = fsck(img)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -66,53 +66,53 @@ def test_create_writes_no_data_and_the_first_mount_makes_the_file_system(
 
 
 def test_a_torn_copy_is_made_again(paths: VzPaths) -> None:
-    quota.make_image(paths, 102, LIMITS, TREE)
-    img = quota.image_path(paths, 102)
-    pristine = img.parent / quota.PRISTINE / (os.getxattr(img, quota.UNSETTLED).decode()
+    diskimage.make_image(paths, 102, LIMITS, TREE)
+    img = diskimage.image_path(paths, 102)
+    pristine = img.parent / diskimage.PRISTINE / (os.getxattr(img, diskimage.UNSETTLED).decode()
                                              + ".img")
     with open(pristine, "rb") as src, open(img, "r+b") as dst:   # half a copy, then junk
         dst.write(src.read(M))
         dst.seek(1024)
         dst.write(b"\xa5" * 4096)
     assert fsck(img).returncode != 0
-    quota._settle(img, 102)
+    diskimage.settle_image(img, 102)
     r = fsck(img)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_an_image_without_the_mark_is_never_copied_over(paths: VzPaths) -> None:
-    quota.make_image(paths, 103, LIMITS, TREE)
-    img = quota.image_path(paths, 103)
-    quota._settle(img, 103)
+    diskimage.make_image(paths, 103, LIMITS, TREE)
+    img = diskimage.image_path(paths, 103)
+    diskimage.settle_image(img, 103)
     with open(img, "r+b") as f:                         # what the VE wrote, say
         f.seek(32 * M)
         f.write(b"the VE's data")
     before = img.read_bytes()
-    quota._settle(img, 103)
+    diskimage.settle_image(img, 103)
     assert img.read_bytes() == before
 
 
 def test_each_image_gets_its_own_uuid(paths: VzPaths) -> None:
     uuids = []
     for ctid in (104, 105):
-        quota.make_image(paths, ctid, LIMITS, TREE)
-        img = quota.image_path(paths, ctid)
-        quota._settle(img, ctid)
+        diskimage.make_image(paths, ctid, LIMITS, TREE)
+        img = diskimage.image_path(paths, ctid)
+        diskimage.settle_image(img, ctid)
         out = subprocess.run(["dumpe2fs", "-h", str(img)], capture_output=True, text=True,
                              check=True).stdout
         uuids.append(next(line for line in out.splitlines()
                           if line.startswith("Filesystem UUID")))
     assert uuids[0] != uuids[1]
     # one pristine image served both; mkfs ran once
-    assert len(list((paths.private_base / quota.PRISTINE).glob("*.img"))) == 1
+    assert len(list((paths.private_base / diskimage.PRISTINE).glob("*.img"))) == 1
 
 
 def test_a_missing_pristine_image_is_a_clear_error(paths: VzPaths) -> None:
-    quota.make_image(paths, 106, LIMITS, TREE)
-    img = quota.image_path(paths, 106)
-    for p in (paths.private_base / quota.PRISTINE).glob("*.img"):
+    diskimage.make_image(paths, 106, LIMITS, TREE)
+    img = diskimage.image_path(paths, 106)
+    for p in (paths.private_base / diskimage.PRISTINE).glob("*.img"):
         p.unlink()
     with pytest.raises(quota.QuotaError, match="pristine image") as exc:
-        quota._settle(img, 106)
+        diskimage.settle_image(img, 106)
     assert "vzctl destroy 106" in (exc.value.hint or "")
     assert marked(img) and img.stat().st_blocks == 0       # nothing half-done

@@ -231,9 +231,9 @@ def _disk_row(rt: Runtime, ctid: int, eff: _Conf, usage: bool) -> Row:
     """diskspace and diskinodes: used (with *usage*, from the VE's mounted disk
     image; - for a VE without one, or stopped: vzquota stat reads that), soft and
     hard limits (- for unlimited)."""
-    from vzpkg.runtime import quota
+    from vzpkg.runtime import diskusage, quota
     lim = quota.of_config(eff.get)
-    used = quota.usage(rt.paths, ctid, mount=False) if usage else None
+    used = diskusage.usage(rt.paths, ctid, mount=False) if usage else None
     def num(n: int) -> int | None:
         return None if n >= quota.UNLIMITED else n
     return {"diskspace": used.space_used if used else None,

@@ -43,7 +43,7 @@ def build() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from vzpkg.cli.vzlist import resolve
-    from vzpkg.runtime import quota
+    from vzpkg.runtime import diskusage, quota
     from vzpkg.runtime.paths import VzPaths
     from vzpkg.runtime.ve import Runtime
     rt = Runtime(VzPaths.from_env())
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
                               hint="check the CTID with `vzlist -a`")
     lim = quota.of_config(rt.config(ctid).get)
     with rt.locked(ctid):
-        used = quota.usage(rt.paths, ctid)
+        used = diskusage.usage(rt.paths, ctid)
     if used is None:
         raise UsageError(f"VE {ctid} has no disk quota: it was created without "
                          "--diskspace, so its files share the host's file system",

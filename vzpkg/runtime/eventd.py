@@ -289,18 +289,18 @@ class Helper:
             self.log("no VE running: exiting")
 
     def _disk_grace(self) -> None:
-        """About every second: the soft disk limits of running VEs (quota.grace_tick)."""
+        """About every second: the soft disk limits of running VEs (diskgrace.grace_tick)."""
         now = time.monotonic()
         if now - self.grace_at < 1.0:
             return
         self.grace_at = now
-        from vzpkg.runtime import quota
+        from vzpkg.runtime import diskgrace, diskimage
         for ctid in self.paths.ctids():
-            if (not quota.has_image(self.paths, ctid)
+            if (not diskimage.has_image(self.paths, ctid)
                     or state.running_pid(self.paths.pidfile(ctid)) is None):
                 continue
             try:
-                note = quota.grace_tick(self.paths, ctid, time.time())
+                note = diskgrace.grace_tick(self.paths, ctid, time.time())
             except Exception as exc:        # never into the loop: log and go on
                 note = f"VE {ctid}: soft disk limit: {exc}"
             if note:

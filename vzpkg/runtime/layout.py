@@ -24,7 +24,7 @@ from pathlib import Path
 
 from vzpkg.core.errors import VeError
 from vzpkg.core.fstree import remove_tree
-from vzpkg.runtime import idmap, libc, quota, state
+from vzpkg.runtime import diskimage, diskmount, idmap, libc, quota, state
 from vzpkg.runtime.caches import CacheRef
 from vzpkg.runtime.idmap import IdRange
 from vzpkg.runtime.idshift import Shifted, shift_tree
@@ -66,8 +66,8 @@ def create(paths: VzPaths, ctid: int, cache: CacheRef, layout: Layout,
         image = disk is not None and disk.limited
         if image and layout is Layout.PLAIN:
             assert disk is not None
-            quota.make_image(paths, ctid, disk)
-            quota.attach(paths, ctid)
+            diskimage.make_image(paths, ctid, disk)
+            diskmount.attach(paths, ctid)
             (private / "lost+found").rmdir()    # unpacking wants an empty directory
         if layout is Layout.PLAIN:
             private.chmod(0o755)
@@ -89,16 +89,16 @@ def create(paths: VzPaths, ctid: int, cache: CacheRef, layout: Layout,
             (private / "lower").symlink_to(lower)
             if image:
                 assert disk is not None
-                quota.make_image(paths, ctid, disk,
-                                 tree={"upper": None, "work": None, "lower": lower})
+                diskimage.make_image(paths, ctid, disk,
+                                     tree={"upper": None, "work": None, "lower": lower})
             else:
                 (private / "upper").mkdir(0o755)
                 (private / "work").mkdir(0o755)
         if image and layout is Layout.PLAIN:
-            quota.detach(paths, ctid)       # (an overlay VE's image is never mounted here)
+            diskmount.detach(paths, ctid)   # (an overlay VE's image is never mounted here)
     except BaseException:
         with contextlib.suppress(VeError, OSError):
-            quota.remove(paths, ctid)
+            diskmount.remove(paths, ctid)
         _remove_quietly(private)
         raise
     return shifted
@@ -169,7 +169,7 @@ def mount(paths: VzPaths, ctid: int, lay: Layout, ids: IdRange | None = None) ->
         raise VeError(f"VE {ctid} has no private area {private}",
                       hint=f"create it: vzctl create {ctid} --ostemplate NAME")
     if not is_mounted(target):
-        quota.attach(paths, ctid)       # its disk image, if it has one
+        diskmount.attach(paths, ctid)   # its disk image, if it has one
     src = _open_real_dir(private, f"the private area of VE {ctid}")
     try:
         dst = _mount_point(target)
@@ -288,7 +288,7 @@ def umount(paths: VzPaths, ctid: int) -> None:
             if exc.errno != errno.EBUSY:
                 raise VeError(f"cannot unmount {target}: {exc.strerror}") from None
             libc.umount2(str(target), libc.MNT_DETACH | UMOUNT_NOFOLLOW)
-    quota.detach(paths, ctid)
+    diskmount.detach(paths, ctid)
 
 
 def destroy(paths: VzPaths, ctid: int, lay: Layout) -> None:
@@ -299,7 +299,7 @@ def destroy(paths: VzPaths, ctid: int, lay: Layout) -> None:
     if lay is Layout.OVERLAY:
         with contextlib.suppress(VeError):
             shared = shared_of(paths, ctid)
-    quota.remove(paths, ctid)
+    diskmount.remove(paths, ctid)
     if private.exists() or private.is_symlink():
         try:
             remove_tree(private)

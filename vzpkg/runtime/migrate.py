@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vzpkg.core.errors import UsageError, VeError, VeExistsError
-from vzpkg.runtime import chkpnt, lazy, net, quota, state
+from vzpkg.runtime import chkpnt, diskimage, lazy, net, state
 from vzpkg.runtime.derived import layout_of
 from vzpkg.runtime.layout import Layout
 from vzpkg.runtime.ve import Runtime
@@ -214,9 +214,9 @@ def _copy_files(rt: Runtime, remote: Remote, ctid: int, w: _Where, *,
     if not w.image:
         remote.rsync(f"{rt.paths.private(ctid)}/", f"{w.priv}/", delete=delete)
         return
-    img = quota.image_path(rt.paths, ctid)
+    img = diskimage.image_path(rt.paths, ctid)
     if not delete:                  # the first pass
-        quota.settle(rt.paths, ctid)
+        diskimage.settle(rt.paths, ctid)
         remote.shell(f"mkdir -p -m 700 {shlex.quote(w.priv)}")
         w.image_tar = img.stat().st_blocks * 512 < IMAGE_TAR_MAX
         if w.image_tar:
@@ -257,7 +257,7 @@ def _migrate(rt: Runtime, remote: Remote, ctid: int, *, online: bool,
                          "shared cache's, which the destination may not have",
                          hint="migrate plain VEs (vzctl create --layout plain)")
     running = state.running_pid(rt.paths.pidfile(ctid)) is not None
-    image = quota.has_image(rt.paths, ctid)
+    image = diskimage.has_image(rt.paths, ctid)
     if image and lazy:
         raise UsageError(f"VE {ctid} keeps its files in a disk image (DISKSPACE): "
                          "post-copy (--lazy) migration of such a VE is not supported "

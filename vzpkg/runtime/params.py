@@ -428,7 +428,7 @@ PARAMS: tuple[Param, ...] = (
     _P("NUMPROC", "numproc", ParamKind.BARRIER_LIMIT, True,
        "processes and threads as barrier:limit (the limit is enforced)",
        metavar="B:L", controller="pids"),
-    # disk quota (runtime/quota.py: a disk image per VE; not a cgroup parameter)
+    # disk quota (runtime/quota.py, disk*.py: a disk image per VE; not a cgroup parameter)
     _P("DISKSPACE", "diskspace", ParamKind.KBLOCKS, True,
        "disk space as soft:hard in 1 KiB blocks or sizes (10G:11G); the VE's files "
        "live on a disk image of the hard size (first given at create)",

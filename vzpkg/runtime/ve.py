@@ -32,6 +32,7 @@ from vzpkg.core.errors import (
 )
 from vzpkg.core.settings import Settings
 from vzpkg.runtime import (
+    diskresize,
     dists,
     idmap,
     iolimit,
@@ -340,7 +341,7 @@ class Runtime:
         if ids is not None:
             cg.delegate(str(ctid), ids.base)
         if not layout.is_mounted(self.paths.ve_root(ctid)):
-            quota.reconcile(self.paths, ctid, quota.of_config(cfg.get))
+            diskresize.reconcile(self.paths, ctid, quota.of_config(cfg.get))
         root = layout.mount(self.paths, ctid, layout_of(cfg), mount_ids_of(cfg))
         addrs = addrs_of(cfg)
         setup = dist_setup(cfg)

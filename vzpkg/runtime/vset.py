@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from vzpkg.core.errors import NameInUseError, PasswordError, UsageError, VeError
-from vzpkg.runtime import dists, iolimit, join, layout, net, ns, quota, state
+from vzpkg.runtime import diskimage, diskresize, dists, iolimit, join, layout, net, ns, quota, state
 from vzpkg.runtime.cgroups.mapping import DEFAULT_IOPRIO
 from vzpkg.runtime.config import VeConfig, atomic_write, lenient_values
 from vzpkg.runtime.derived import addrs_of, dist_setup, ids_of, layout_of, mount_ids_of
@@ -224,8 +224,8 @@ def _disk(rt: Runtime, ctid: int, values: dict[str, str], cfg: VeConfig, new: Ve
     *running*); QuotaError, and nothing changed, when that cannot be done."""
     quota.check_values(values)
     old_l, new_l = quota.of_config(cfg.get), quota.of_config(new.get)
-    if quota.has_image(rt.paths, ctid):
-        return quota.resize(rt.paths, ctid, old_l, new_l, running)
+    if diskimage.has_image(rt.paths, ctid):
+        return diskresize.resize(rt.paths, ctid, old_l, new_l, running)
     if new_l.limited:
         raise quota.QuotaError(
             f"VE {ctid} was created without a disk limit: its files are not on a disk "

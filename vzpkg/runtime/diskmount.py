@@ -1,0 +1,172 @@
+"""Mounting a VE's disk image on its private area through a loop device of its
+own (direct I/O, the file system's block size, autoclear), unmounting it, and
+waiting until a just-stopped VE's image is released before offline work on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import re
+import stat
+import struct
+import time
+from pathlib import Path
+
+from vzpkg.runtime import diskimage, libc
+from vzpkg.runtime.diskimage import BLOCK, image_path
+from vzpkg.runtime.paths import VzPaths
+from vzpkg.runtime.quota import QuotaError
+
+LOOP_CONFIGURE = 0x4C0A
+LOOP_CTL_GET_FREE = 0x4C82
+LO_FLAGS_AUTOCLEAR = 4
+LO_FLAGS_DIRECT_IO = 16
+RELEASE_WAIT = 10.0               # seconds a just-stopped VE's mounts may take to go
+
+
+def is_mounted(path: Path) -> bool:
+    target = os.fsencode(str(path))
+    with open("/proc/self/mountinfo", "rb") as f:
+        return any(line.split(b" ", 5)[4].replace(b"\\040", b" ") == target for line in f)
+
+
+def attach(paths: VzPaths, ctid: int) -> None:
+    """Mount the VE's image on its private area (a no-op without an image or when
+    mounted)."""
+    img, private = image_path(paths, ctid), paths.private(ctid)
+    if img.is_file() and not is_mounted(private):
+        mount(img, private, ctid)
+
+
+def detach(paths: VzPaths, ctid: int) -> None:
+    """Unmount the VE's image (its loop device goes with the mount)."""
+    private = paths.private(ctid)
+    if image_path(paths, ctid).is_file():
+        umount(private)
+
+
+def remove(paths: VzPaths, ctid: int) -> None:
+    detach(paths, ctid)
+    image_path(paths, ctid).unlink(missing_ok=True)
+
+
+def mount(img: Path, private: Path, ctid: int, *, readonly: bool = False) -> None:
+    """Mount *img* on *private* (nodev) through a loop device of its own, which
+    goes with the mount (autoclear); at its first mount, the image is made
+    (:func:`diskimage.settle_image`)."""
+    diskimage.settle_image(img, ctid)
+    private.mkdir(mode=0o755, exist_ok=True)
+    fd, dev = _loop_attach(img, ctid)
+    try:
+        libc.mount(dev, str(private), "ext4",
+                   libc.MS_NODEV | (libc.MS_RDONLY if readonly else 0),
+                   "noload" if readonly else None)
+    except OSError as exc:
+        raise QuotaError(f"cannot mount the disk image {img} of VE {ctid}: {exc.strerror}",
+                         hint=f"check it: e2fsck -f {img}") from None
+    finally:
+        os.close(fd)                    # (a loop device nobody mounted goes now)
+
+
+def _loop_attach(img: Path, ctid: int) -> tuple[int, str]:
+    """A free loop device set to *img* with direct I/O (the image's pages are not
+    cached twice: writes in the VE run at the host file system's speed), sectors of
+    the file system's block size (every request is aligned for direct I/O) and
+    autoclear: (its open descriptor, its path)."""
+    backing = os.open(img, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        ctl = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            for _ in range(64):
+                n = fcntl.ioctl(ctl, LOOP_CTL_GET_FREE)
+                dev = f"/dev/loop{n}"
+                if not os.path.exists(dev):         # a host without udev
+                    with contextlib.suppress(FileExistsError):
+                        os.mknod(dev, 0o660 | stat.S_IFBLK, os.makedev(7, n))
+                fd = os.open(dev, os.O_RDWR | os.O_CLOEXEC)
+                for flags, bsize in ((LO_FLAGS_AUTOCLEAR | LO_FLAGS_DIRECT_IO, BLOCK),
+                                     (LO_FLAGS_AUTOCLEAR | LO_FLAGS_DIRECT_IO, 0),
+                                     (LO_FLAGS_AUTOCLEAR, 0)):
+                    info = bytearray(232)           # struct loop_info64
+                    struct.pack_into("I", info, 52, flags)
+                    name = os.fsencode(str(img))[:63]
+                    info[56:56 + len(name)] = name
+                    try:
+                        fcntl.ioctl(fd, LOOP_CONFIGURE,
+                                    struct.pack("II", backing, bsize) + bytes(info)
+                                    + bytes(64))
+                        return fd, dev
+                    except OSError as exc:
+                        if exc.errno != errno.EINVAL:   # EINVAL: not that here
+                            os.close(fd)
+                            if exc.errno == errno.EBUSY:
+                                break               # taken meanwhile: the next one
+                            raise QuotaError(f"cannot set up a loop device for the disk "
+                                             f"image of VE {ctid}: {exc.strerror}") from None
+                else:
+                    os.close(fd)
+                    raise QuotaError(f"cannot set up a loop device for the disk image of "
+                                     f"VE {ctid}")
+        finally:
+            os.close(ctl)
+    finally:
+        os.close(backing)
+    raise QuotaError(f"no free loop device for the disk image of VE {ctid}",
+                     hint="see losetup -a; modprobe loop max_loop=N")
+
+
+def umount(private: Path) -> None:
+    """Unmount the image.  A VE's mount namespace lets go of it a moment after its
+    last process ends, so EBUSY is retried for a while before a lazy unmount (the
+    offline work waits for the loop device to go: :func:`wait_released`)."""
+    deadline = time.monotonic() + RELEASE_WAIT
+    while is_mounted(private):
+        try:
+            libc.umount2(str(private), 8)                   # UMOUNT_NOFOLLOW
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                raise QuotaError(f"cannot unmount {private}: {exc.strerror}") from None
+            if time.monotonic() < deadline:
+                time.sleep(0.02)
+                continue
+            libc.umount2(str(private), libc.MNT_DETACH | 8)
+
+
+def _loops_of(img: Path) -> list[str]:
+    """The loop devices backed by *img* (sysfs)."""
+    want = str(img.resolve())
+    out = []
+    for bf in Path("/sys/block").glob("loop*/loop/backing_file"):
+        with contextlib.suppress(OSError):
+            if bf.read_text().strip() == want:
+                out.append(bf.parent.parent.name)
+    return out
+
+
+def wait_released(img: Path, ctid: int) -> None:
+    """Wait until no loop device holds *img* (the kernel still writes to a file
+    system unmounted lazily): offline work on it before that would be lost."""
+    deadline = time.monotonic() + RELEASE_WAIT
+    while _loops_of(img):
+        if time.monotonic() > deadline:
+            raise QuotaError(f"the disk image of VE {ctid} is still in use "
+                             f"({', '.join(_loops_of(img))}); nothing was changed",
+                             hint="a process may still hold a file of the VE; try "
+                                  "again, or see losetup -a and fuser -m")
+        time.sleep(0.05)
+
+
+def loop_of(private: Path) -> str:
+    target = os.fsencode(str(private))
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            fields = line.split(b" ")
+            if fields[4].replace(b"\\040", b" ") == target:
+                src = fields[fields.index(b"-") + 2].decode()
+                if re.fullmatch(r"/dev/loop\d+", src):
+                    return src
+    raise QuotaError(f"{private} is not a mounted disk image")
+
