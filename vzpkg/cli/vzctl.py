@@ -149,7 +149,7 @@ def cmd_chkpnt(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from vzpkg.runtime import chkpnt
+    from vzpkg.runtime import restore
     rt = _rt(args)
     if getattr(args, "check", False):
         from vzpkg.core.errors import RestoreError
@@ -165,7 +165,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         migrate.receive_lazy(rt, args.ctid, Path(args.dumpfile))
         return 0
     _say(args, f"Restoring VE {args.ctid} ...")
-    pid = chkpnt.restore(rt, args.ctid, Path(args.dumpfile) if args.dumpfile else None)
+    pid = restore.restore(rt, args.ctid, Path(args.dumpfile) if args.dumpfile else None)
     _say(args, f"Restoring completed successfully: VE {args.ctid} runs again "
                f"(init pid {pid} on the host)")
     return 0

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vzpkg.core.errors import UsageError, VeError, VeExistsError
-from vzpkg.runtime import chkpnt, diskimage, lazy, net, state
+from vzpkg.runtime import chkpnt, diskimage, lazy, net, restore, state
 from vzpkg.runtime.derived import layout_of
 from vzpkg.runtime.layout import Layout
 from vzpkg.runtime.ve import Runtime
@@ -501,7 +501,7 @@ def _undo_lazy(rt: Runtime, remote: Remote, ctid: int, ld: chkpnt.LazyDump | Non
             with rt.locked(ctid):
                 rt.cleanup(ctid)
             _drain(theirs)
-            chkpnt.restore_lazy(rt, ctid, ld.dump, theirs).wait()
+            restore.restore_lazy(rt, ctid, ld.dump, theirs).wait()
             ld.wait(60)
     finally:
         if ld is not None and ld.proc.poll() is not None:
@@ -536,7 +536,7 @@ def receive_lazy(rt: Runtime, ctid: int, dump: Path) -> None:
     criu.find(RestoreError)     # before READY: a failure here freezes nothing there
     # the guard that stops the VE if its pages stop coming, even with this vzctl
     # killed, starts now: before the source freezes
-    guard = chkpnt.guard_for(rt, ctid, dump)
+    guard = restore.guard_for(rt, ctid, dump)
     try:
         print(lazy.READY, file=sys.stderr, flush=True)
         got = b""
@@ -553,7 +553,7 @@ def receive_lazy(rt: Runtime, ctid: int, dump: Path) -> None:
     mine, daemon_end = socket.socketpair()
     lazy.relay(0, 1, mine)
     try:
-        lr = chkpnt.restore_lazy(rt, ctid, dump, daemon_end, guard)
+        lr = restore.restore_lazy(rt, ctid, dump, daemon_end, guard)
     finally:
         daemon_end.close()
     print(f"{lazy.RESTORED} {lr.pid}", file=sys.stderr, flush=True)
@@ -569,7 +569,7 @@ def _undo(rt: Runtime, remote: Remote, ctid: int, *, online: bool, stopped_here:
             remote.run(["stop", str(ctid), "--fast"], check=False)
     if stopped_here and state.running_pid(rt.paths.pidfile(ctid)) is None:
         if online and dump.is_dir():
-            chkpnt.restore(rt, ctid, dump)
+            restore.restore(rt, ctid, dump)
         else:
             rt.start(ctid)
     if online:
