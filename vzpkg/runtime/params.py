@@ -33,9 +33,10 @@ from vzpkg.runtime.ubctable import UBCS, Mode, Ubc, Unit, ubc_help
 PAGE_SIZE = 4096
 UNLIMITED = 9223372036854775807  # LONG_MAX: what OpenVZ writes for "unlimited"
 _SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": PAGE_SIZE}
-_SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:I?B)?$", re.IGNORECASE)
-_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# validators: used with fullmatch, never "^...$" ("$" also matches before a final "\n")
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)[ \t]*([KMGTP]?)(?:I?B)?", re.IGNORECASE)
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _CPU_RANGE = re.compile(r"(\d+)(?:-(\d+))?")
 POSSIBLE_CPUS = Path("/sys/devices/system/cpu/possible")
 MAX_CPUS = 8192     # CPU numbers a mask may name at most (the kernel's NR_CPUS is lower)
@@ -117,7 +118,8 @@ def check_nameserver(text: str) -> str:
 
 def check_hostname(text: str) -> str:
     name = text.rstrip(".")
-    if not name or len(name) > 253 or not all(_HOST_LABEL.match(p) for p in name.split(".")):
+    if not name or len(name) > 253 or not all(_HOST_LABEL.fullmatch(p)
+                                              for p in name.split(".")):
         raise ParamError(f"{text!r} is not a valid host name (letters, digits and '-', "
                          "dot-separated labels of at most 63 characters)")
     return name
@@ -138,7 +140,7 @@ def check_rate(text: str) -> str:
 
 
 def check_name(text: str) -> str:
-    if not _NAME_RE.match(text) or text.isdigit():
+    if not _NAME_RE.fullmatch(text) or text.isdigit():
         raise ParamError(f"{text!r} is not a valid VE name (start with a letter or digit; "
                          "letters, digits, '_', '.', '-'; not all digits)")
     return text
@@ -152,7 +154,7 @@ def parse_size(text: str, *, bare_unit: int = 1) -> int:
     t = text.strip()
     if t.lower() == "unlimited" or t == str(UNLIMITED):
         return UNLIMITED
-    m = _SIZE_RE.match(t)
+    m = _SIZE_RE.fullmatch(t)
     if not m:
         raise ParamError(f"{text!r} is not a size (e.g. 512M, 2G, 131072 pages, unlimited)")
     num, suf = m.group(1), m.group(2).upper()
