@@ -28,6 +28,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from vzpkg.core.errors import UsageError
+from vzpkg.core.shellconf import one_line
 from vzpkg.runtime.ubctable import UBCS, Mode, Ubc, Unit, ubc_help
 
 PAGE_SIZE = 4096
@@ -95,10 +96,18 @@ class Param:
 
 # -- item checks ---------------------------------------------------------------------
 
+def _one_word(text: str) -> str:
+    """*text*, or ValueError if it holds a blank or a control character (ipaddress
+    takes anything after an IPv6 "%" as the scope, a line break too)."""
+    if not text.isprintable() or " " in text:
+        raise ValueError(text)
+    return text
+
+
 def check_ip(text: str) -> str:
     try:
-        return str(ipaddress.ip_interface(text)) if "/" in text else str(
-            ipaddress.ip_address(text))
+        return str(ipaddress.ip_interface(_one_word(text))) if "/" in text else str(
+            ipaddress.ip_address(_one_word(text)))
     except ValueError:
         raise ParamError(f"{text!r} is not an IPv4 or IPv6 address "
                          "(e.g. 10.0.0.2, 10.0.0.2/24, fd00::2)") from None
@@ -111,7 +120,7 @@ def check_nameserver(text: str) -> str:
     if text == INHERIT:
         return text
     try:
-        return str(ipaddress.ip_address(text))
+        return str(ipaddress.ip_address(_one_word(text)))
     except ValueError:
         raise ParamError(f"{text!r} is not an IP address of a name server") from None
 
@@ -292,6 +301,9 @@ def normalize(p: Param, text: str, *, host: bool = False) -> str:
     """The CTID.conf form of *text* for *p*; :class:`ParamError` if it does not fit.
     With *host*, also what must fit this host (a new ``vzctl set`` value: the CPUs
     of CPUMASK); a stored CTID.conf is checked against the host at start."""
+    # a line break is refused, not trimmed as blanks are: a CTID.conf value is one line
+    if not one_line(text):
+        raise ParamError(f"{text!r}: a value cannot span lines")
     k = p.kind
     if k in (ParamKind.INT, ParamKind.PERCENT):
         t = text.strip().removesuffix("%") if k is ParamKind.PERCENT else text.strip()
@@ -343,8 +355,6 @@ def normalize(p: Param, text: str, *, host: bool = False) -> str:
     if k is ParamKind.CPUMASK:
         cpus = parse_cpumask(text, host=host)
         return "all" if cpus is None else format_cpumask(cpus)
-    if "\n" in text:
-        raise ParamError(f"{text!r}: a value cannot span lines")
     return p.check(text.strip()) if p.check else text
 
 
