@@ -26,13 +26,13 @@ from vzpkg.core.errors import GpgError
 TAG_PUBLIC_KEY = 6
 CRC24_INIT = 0xB704CE
 CRC24_POLY = 0x1864CFB
-FPR_RE = re.compile(r"^[0-9A-F]{40}$")
+FPR_RE = re.compile(r"[0-9A-F]{40}")   # use with fullmatch: "$" also matches before a final "\n"
 
 
 def normalize_fingerprint(fpr: str) -> str:
     """Upper-case, spaces removed; raises GpgError unless it is 40 hex digits."""
     clean = fpr.replace(" ", "").upper()
-    if not FPR_RE.match(clean):
+    if not FPR_RE.fullmatch(clean):
         raise GpgError(f"fingerprint {fpr!r} is not 40 hexadecimal digits",
                        hint="pin the full fingerprint, e.g. from 'gpg --show-keys KEYFILE'")
     return clean

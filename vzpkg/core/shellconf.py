@@ -69,6 +69,12 @@ def _parse_value(rest: str, where: str, key: str) -> tuple[str, str]:
     return m.group(0), rest[m.end():]
 
 
+def one_line(value: str) -> bool:
+    """Whether *value* reads back as the one line it is written on: no "\\n", nor "\\r"
+    or another break that :meth:`str.splitlines` (the reader) splits at."""
+    return value.splitlines() == [value] or not value
+
+
 def quote(value: str) -> str:
     return '"' + re.sub(r'(["\\$`])', r"\\\1", value) + '"'
 

@@ -70,10 +70,11 @@ class MirrorConfig(NamedTuple):
 
 
 def check_mirror_url(url: str, *, where: str) -> str:
-    """An http(s) base URL, returned with exactly one trailing slash."""
+    """An http(s) base URL, returned with exactly one trailing slash.  A blank or a
+    control character is refused: urlsplit would drop a line break, not the URL."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query \
-            or parts.fragment:
+            or parts.fragment or not url.isprintable() or " " in url:
         raise ConfigError(f"{where}: mirror {url!r} is not an http:// or https:// URL",
                           hint="give the URL of the directory that holds index.json")
     return url.rstrip("/") + "/"

@@ -18,14 +18,15 @@ from vzpkg.core.errors import MirrorError
 INDEX_FORMAT = 1
 INDEX_NAME = "index.json"
 INDEX_SIG_NAME = "index.json.asc"
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._]*(-[a-z0-9._]+){3}$")
-PATH_PART_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+# whole strings only (fullmatch): "$" would also match before a final "\n"
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9._]*(-[a-z0-9._]+){3}")
+PATH_PART_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
 def check_name(name: str, *, where: str) -> str:
     """A cache name as the store accepts it; raises MirrorError otherwise."""
-    if not NAME_RE.match(name) or ".." in name:
+    if not NAME_RE.fullmatch(name) or ".." in name:
         raise MirrorError(f"{where}: {name!r} is not a cache name",
                           hint="cache names are <distribution>-<release>-<arch>-<set>, "
                                "e.g. debian-12-x86_64-minimal")
@@ -46,7 +47,7 @@ def safe_relpath(value: object, *, where: str) -> str:
                           hint="index paths must be relative to the mirror's base URL; "
                                "the index was refused and nothing was downloaded")
     for part in value.split("/"):
-        if part in (".", "..") or not PATH_PART_RE.match(part):
+        if part in (".", "..") or not PATH_PART_RE.fullmatch(part):
             raise MirrorError(f"{where}: path {value!r} points outside the mirror or has "
                               f"an unsafe segment {part!r}",
                               hint="index paths must be plain relative paths; the index "
@@ -102,7 +103,7 @@ class IndexEntry(NamedTuple):
 
         name = check_name(field("name", str), where=f"{source}: field 'name'")
         for key in ("sha256", "manifest_sha256"):
-            if not SHA256_RE.match(field(key, str)):
+            if not SHA256_RE.fullmatch(field(key, str)):
                 raise MirrorError(f"{source}: field {key!r} is not 64 lower-case hex digits")
         serial, size, packages = field("serial", int), field("size", int), field("packages",
                                                                                   int)

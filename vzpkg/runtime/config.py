@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from vzpkg.core.errors import ConfigError
-from vzpkg.core.shellconf import KEY_RE, ConfLine, parse_line, quote
+from vzpkg.core.shellconf import KEY_RE, ConfLine, one_line, parse_line, quote
 from vzpkg.runtime.params import (
     PAGE_SIZE,
     UNLIMITED,
@@ -184,8 +184,9 @@ class VeConfig:
             if value is None:
                 lines = [cl for cl in lines if cl.key != key]
                 continue
-            if "\n" in value:
-                raise ConfigError(f"{key}: a value cannot contain a newline")
+            if not one_line(value):
+                raise ConfigError(f"{key}: a value cannot contain a newline",
+                                  hint=f"give {key} a value of one line")
             _check(key, value, self._where(key))
             new = ConfLine(f"{key}={quote(value)}", key, value)
             idx = [i for i, cl in enumerate(lines) if cl.key == key]

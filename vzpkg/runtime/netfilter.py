@@ -40,7 +40,7 @@ from typing import Any
 from vzpkg.core.errors import VeError
 from vzpkg.runtime import state
 
-_TAGGED_IF = re.compile(r"^v([0-9a-f]{5})[0-9]+$")
+_TAGGED_IF = re.compile(r"v([0-9a-f]{5})[0-9]+")
 _ND = "nd-neighbor-solicit, nd-neighbor-advert"
 LOCK = "/run/vzpkg-netfilter.lock"
 
@@ -55,7 +55,7 @@ def table_name(tag: str) -> str:
 def table_for(hif: str) -> str:
     """The table of the root a host interface name belongs to: ``vethCTID.0`` is
     /vz's, ``vTAGCTID`` the root tagged TAG (see VzPaths.host_ifname)."""
-    m = _TAGGED_IF.match(hif)
+    m = _TAGGED_IF.fullmatch(hif)
     return table_name(m.group(1) if m else "")
 
 
@@ -210,7 +210,7 @@ def tables() -> list[str]:
     rc, out, _ = _run("list tables inet", json_out=True)
     data = json.loads(out or '{"nftables": []}') if rc == 0 else {}
     return [o["table"]["name"] for o in data.get("nftables", [])
-            if "table" in o and re.match(r"^vzpkg(_[0-9a-f]{5})?$", o["table"]["name"])]
+            if "table" in o and re.fullmatch(r"vzpkg(_[0-9a-f]{5})?", o["table"]["name"])]
 
 
 # rules per chain of _ruleset: a table whose chains hold other counts was changed

@@ -28,14 +28,16 @@ from enum import StrEnum
 from pathlib import Path
 
 from vzpkg.core.errors import UsageError
+from vzpkg.core.shellconf import one_line
 from vzpkg.runtime.ubctable import UBCS, Mode, Ubc, Unit, ubc_help
 
 PAGE_SIZE = 4096
 UNLIMITED = 9223372036854775807  # LONG_MAX: what OpenVZ writes for "unlimited"
 _SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": PAGE_SIZE}
-_SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:I?B)?$", re.IGNORECASE)
-_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# validators: used with fullmatch, never "^...$" ("$" also matches before a final "\n")
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)[ \t]*([KMGTP]?)(?:I?B)?", re.IGNORECASE)
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _CPU_RANGE = re.compile(r"(\d+)(?:-(\d+))?")
 POSSIBLE_CPUS = Path("/sys/devices/system/cpu/possible")
 MAX_CPUS = 8192     # CPU numbers a mask may name at most (the kernel's NR_CPUS is lower)
@@ -94,10 +96,18 @@ class Param:
 
 # -- item checks ---------------------------------------------------------------------
 
+def _one_word(text: str) -> str:
+    """*text*, or ValueError if it holds a blank or a control character (ipaddress
+    takes anything after an IPv6 "%" as the scope, a line break too)."""
+    if not text.isprintable() or " " in text:
+        raise ValueError(text)
+    return text
+
+
 def check_ip(text: str) -> str:
     try:
-        return str(ipaddress.ip_interface(text)) if "/" in text else str(
-            ipaddress.ip_address(text))
+        return str(ipaddress.ip_interface(_one_word(text))) if "/" in text else str(
+            ipaddress.ip_address(_one_word(text)))
     except ValueError:
         raise ParamError(f"{text!r} is not an IPv4 or IPv6 address "
                          "(e.g. 10.0.0.2, 10.0.0.2/24, fd00::2)") from None
@@ -110,14 +120,15 @@ def check_nameserver(text: str) -> str:
     if text == INHERIT:
         return text
     try:
-        return str(ipaddress.ip_address(text))
+        return str(ipaddress.ip_address(_one_word(text)))
     except ValueError:
         raise ParamError(f"{text!r} is not an IP address of a name server") from None
 
 
 def check_hostname(text: str) -> str:
     name = text.rstrip(".")
-    if not name or len(name) > 253 or not all(_HOST_LABEL.match(p) for p in name.split(".")):
+    if not name or len(name) > 253 or not all(_HOST_LABEL.fullmatch(p)
+                                              for p in name.split(".")):
         raise ParamError(f"{text!r} is not a valid host name (letters, digits and '-', "
                          "dot-separated labels of at most 63 characters)")
     return name
@@ -138,7 +149,7 @@ def check_rate(text: str) -> str:
 
 
 def check_name(text: str) -> str:
-    if not _NAME_RE.match(text) or text.isdigit():
+    if not _NAME_RE.fullmatch(text) or text.isdigit():
         raise ParamError(f"{text!r} is not a valid VE name (start with a letter or digit; "
                          "letters, digits, '_', '.', '-'; not all digits)")
     return text
@@ -152,7 +163,7 @@ def parse_size(text: str, *, bare_unit: int = 1) -> int:
     t = text.strip()
     if t.lower() == "unlimited" or t == str(UNLIMITED):
         return UNLIMITED
-    m = _SIZE_RE.match(t)
+    m = _SIZE_RE.fullmatch(t)
     if not m:
         raise ParamError(f"{text!r} is not a size (e.g. 512M, 2G, 131072 pages, unlimited)")
     num, suf = m.group(1), m.group(2).upper()
@@ -290,6 +301,9 @@ def normalize(p: Param, text: str, *, host: bool = False) -> str:
     """The CTID.conf form of *text* for *p*; :class:`ParamError` if it does not fit.
     With *host*, also what must fit this host (a new ``vzctl set`` value: the CPUs
     of CPUMASK); a stored CTID.conf is checked against the host at start."""
+    # a line break is refused, not trimmed as blanks are: a CTID.conf value is one line
+    if not one_line(text):
+        raise ParamError(f"{text!r}: a value cannot span lines")
     k = p.kind
     if k in (ParamKind.INT, ParamKind.PERCENT):
         t = text.strip().removesuffix("%") if k is ParamKind.PERCENT else text.strip()
@@ -341,8 +355,6 @@ def normalize(p: Param, text: str, *, host: bool = False) -> str:
     if k is ParamKind.CPUMASK:
         cpus = parse_cpumask(text, host=host)
         return "all" if cpus is None else format_cpumask(cpus)
-    if "\n" in text:
-        raise ParamError(f"{text!r}: a value cannot span lines")
     return p.check(text.strip()) if p.check else text
 
 

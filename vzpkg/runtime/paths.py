@@ -41,14 +41,14 @@ from vzpkg.core.shellconf import read_assignments
 DEFAULT_ROOT = Path("/vz")
 # the directories under VZ_ROOT whose mode is set by VzPaths.ensure
 MODES = {"private": 0o700, "root": 0o700, "shared": 0o700, "lock": 0o700, "run": 0o755}
-_CTID = re.compile(r"^[0-9]{1,9}$")
+_CTID = re.compile(r"[0-9]{1,9}")   # fullmatch: "$" also matches before a final "\n"
 _VEID = re.compile(r"\$(?:VEID|\{VEID\})")
 
 
 def check_ctid(text: str | int) -> int:
     """A VE id: a positive number, as OpenVZ uses (names are kept in the config)."""
     s = str(text)
-    if not _CTID.match(s) or int(s) == 0:
+    if not _CTID.fullmatch(s) or int(s) == 0:
         raise UsageError(f"invalid CTID {s!r}: expected a positive number such as 101",
                          hint="CTIDs are numbers; 0 is the host")
     return int(s)
@@ -213,6 +213,6 @@ class VzPaths:
         out: list[int] = []
         if self.conf_dir.is_dir():
             for p in self.conf_dir.glob("*.conf"):
-                if _CTID.match(p.stem) and int(p.stem) > 0:
+                if _CTID.fullmatch(p.stem) and int(p.stem) > 0:
                     out.append(int(p.stem))
         return sorted(out)

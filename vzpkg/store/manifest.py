@@ -25,8 +25,9 @@ from vzpkg.core.errors import StoreError
 from vzpkg.core.types import Compression, InstalledPackage, host_arch
 
 SCHEMA = 1
-PART_RE = re.compile(r"^[a-z0-9._]+$")
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# whole strings only (fullmatch): "$" would also match before a final "\n"
+PART_RE = re.compile(r"[a-z0-9._]+")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
 DEFAULT_SET = "minimal"
 NAME_HINT = ("a cache name is <distribution>-<release>-<arch>-<set>, each part made of "
              "lowercase letters, digits, '.' and '_', e.g. debian-12-x86_64-minimal")
@@ -47,7 +48,7 @@ class CacheName(NamedTuple):
 def parse_name(name: str, *, what: str = "cache name") -> CacheName:
     """Split and validate a cache name; raises StoreError when it is malformed."""
     parts = name.split("-")
-    if len(parts) != 4 or not all(PART_RE.match(p) for p in parts):
+    if len(parts) != 4 or not all(PART_RE.fullmatch(p) for p in parts):
         raise StoreError(f"{what} {name!r} is not a valid cache name", hint=NAME_HINT)
     if any(p.strip(".") == "" for p in parts):
         raise StoreError(f"{what} {name!r} has a part made only of dots", hint=NAME_HINT)
@@ -57,7 +58,7 @@ def parse_name(name: str, *, what: str = "cache name") -> CacheName:
 def expand_name(name: str) -> str:
     """The full cache name: the short form ``dist-release`` means host arch, set minimal."""
     parts = name.split("-")
-    if len(parts) == 2 and all(PART_RE.match(p) for p in parts):
+    if len(parts) == 2 and all(PART_RE.fullmatch(p) for p in parts):
         name = f"{name}-{host_arch()}-{DEFAULT_SET}"
     try:
         parse_name(name)
@@ -183,11 +184,11 @@ class Manifest:
         if signature is not None and signature != tarball + ".asc":
             r.fail("signature", f"{signature!r} should be {tarball + '.asc'!r}")
         sha = r.string("sha256")
-        if not SHA256_RE.match(sha):
+        if not SHA256_RE.fullmatch(sha):
             r.fail("sha256", f"{sha!r} is not 64 lowercase hexadecimal digits")
         for key in ("plan_digest", "repo_digest"):
             v = r.opt_string(key)
-            if v is not None and not SHA256_RE.match(v):
+            if v is not None and not SHA256_RE.fullmatch(v):
                 r.fail(key, f"{v!r} is not 64 lowercase hexadecimal digits")
         created = r.string("created")
         try:

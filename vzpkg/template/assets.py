@@ -20,7 +20,7 @@ from vzpkg.template.document import Template
 from vzpkg.template.model import Key, Script, ScriptStage
 from vzpkg.template.yamlpos import PathKey
 
-HOOK_RE = re.compile(r"^hooks/\S+$")
+HOOK_RE = re.compile(r"hooks/\S+")
 
 # (sha256 of the armored text) -> primary fingerprints; gpg runs once per key file
 _SCAN_CACHE: dict[str, tuple[str, ...]] = {}
@@ -49,7 +49,7 @@ def load_key(tpl: Template, path: PathKey, file: str, fingerprint: str,
              template_dirs: Sequence[Path]) -> Key:
     """Read a key file and check its fingerprint against the pin."""
     fpr = fingerprint.replace(" ", "").upper()
-    if not FPR_RE.match(fpr):
+    if not FPR_RE.fullmatch(fpr):
         raise tpl.error((*path, "fingerprint"),
                         f"fingerprint {fingerprint!r} is not 40 hexadecimal digits",
                         hint="pin the full primary-key fingerprint, as 'gpg --show-keys "
@@ -91,7 +91,7 @@ def load_key(tpl: Template, path: PathKey, file: str, fingerprint: str,
 def load_script(tpl: Template, path: PathKey, stage: ScriptStage, value: str,
                 hook_dirs: Sequence[Path]) -> Script:
     """A hook file (``hooks/...``) or inline text (already rendered)."""
-    if not HOOK_RE.match(value.strip()):
+    if not HOOK_RE.fullmatch(value.strip()):
         return Script(stage=stage, text=value.encode("utf-8"), path=None)
     rel = PurePosixPath(value.strip()).relative_to("hooks")
     if ".." in rel.parts:

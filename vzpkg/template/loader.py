@@ -201,7 +201,7 @@ def _repositories(tpl: Template, r: Renderer, family: str, release: str,
                                  "mirrorlist")
         for k in ("url", "metalink", "mirrorlist"):
             v = rendered.get(k)
-            if v is not None and not re.match(r"^(https?|file|ftp)://\S+$", v):
+            if v is not None and not re.fullmatch(r"(https?|file|ftp)://\S+", v):
                 raise tpl.error((*path, k), f"{v!r} is not a URL",
                                 hint="expected http://, https://, ftp:// or file://")
         rendered.setdefault("components", ["main"] if family == "deb" else [])

@@ -25,12 +25,12 @@ DEFAULT_PREFIX = "vzpkg"
 LEAF = "ve"
 # the files of a leaf its owner needs to manage the subtree (cgroup v2 delegation)
 DELEGATED = ("cgroup.procs", "cgroup.threads", "cgroup.subtree_control")
-_CTID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_CTID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # fullmatch: not "$" (a final "\n")
 _NEAR_MAX = 1 << 62  # v1 reports "no limit" as LONG_MAX rounded down to a page
 
 
 def check_ctid(ctid: str) -> str:
-    if not _CTID.match(ctid):
+    if not _CTID.fullmatch(ctid):
         raise VeError(f"{ctid!r} is not a valid CTID",
                       hint="use a number such as 101 (or a name of letters, digits, _.-)")
     return ctid
