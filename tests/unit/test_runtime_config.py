@@ -170,6 +170,12 @@ def test_global_and_samples(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no sample configuration 'huge'") as ei:
         load_sample(tmp_path, "huge")
     assert ei.value.hint and "basic" in ei.value.hint and "tiny" in ei.value.hint
+    # the name is a file name under etc/vz/conf, never a path out of it
+    (tmp_path / "etc/vz/ve-outside.conf-sample").write_text('NUMPROC="10"\n')
+    (tmp_path / "etc/vz/conf/ve-x").mkdir()     # conf/ve-x/../../ve-outside... resolves
+    for bad in ("x/../../ve-outside", "../ve-outside", "basic\n", "", ".hidden"):
+        with pytest.raises(ConfigError, match="bad sample configuration name"):
+            load_sample(tmp_path, bad)
 
 
 def test_layered_and_expanded() -> None:

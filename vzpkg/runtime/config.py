@@ -47,8 +47,6 @@ def _check(key: str, value: str, where: str) -> str:
                           hint=f'{key}="{p.metavar}": {p.help}') from None
     return value
 
-_VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
-
 
 @dataclass(frozen=True)
 class VeConfig:
@@ -298,8 +296,16 @@ def sample_names(vz_root: Path | None = None) -> list[str]:
     return sorted(names)
 
 
+SAMPLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
 def load_sample(vz_root: Path, name: str) -> VeConfig:
     """The sample config *name*: ``ve-NAME.conf-sample`` under VZ_ROOT, else built in."""
+    if not SAMPLE_NAME.fullmatch(name):
+        raise ConfigError(f"bad sample configuration name {name!r}: it names the file "
+                          "etc/vz/conf/ve-NAME.conf-sample, so letters, digits, '.', '_' "
+                          "and '-' only",
+                          hint="available: " + ", ".join(sample_names(vz_root)))
     path = sample_path(vz_root, name)
     if path.is_file():
         return replace(VeConfig.load(path), path=None)
