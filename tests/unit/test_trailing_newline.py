@@ -91,7 +91,8 @@ def test_pulls_trusted_key(tmp_path: Path) -> None:
     """``pull: {trusted_keys: [{file, fingerprint}]}`` in vzpkg.yaml."""
     for fpr in broken(KEY_FPR):
         s = _settings(tmp_path, {"trusted_keys": [{"file": "k.asc", "fingerprint": fpr}]})
-        with pytest.raises(GpgError, match="is not 40 hexadecimal digits"):
+        with pytest.raises(ConfigError, match=r"trusted_keys\[0\]\.fingerprint: .* is not "
+                                              "40 hexadecimal digits"):
             mirror_config(s, root=tmp_path)
 
 

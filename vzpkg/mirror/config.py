@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
-from vzpkg.core.errors import ConfigError
+from vzpkg.core.errors import ConfigError, GpgError
 from vzpkg.core.pgpkeys import normalize_fingerprint
 from vzpkg.core.settings import Settings
 from vzpkg.core.settings_table import setting
@@ -125,7 +125,8 @@ def _from_settings(settings: Settings) -> dict[str, Any]:
         if not isinstance(k, Mapping) or "file" not in k or "fingerprint" not in k:
             raise ConfigError(f"{w}: expected {{file: PATH, fingerprint: 40 HEX}}")
         path = Path(os.path.expanduser(str(k["file"])))
-        out["keys"].append(TrustedKey(base / path, normalize_fingerprint(str(k["fingerprint"]))))
+        out["keys"].append(TrustedKey(base / path,
+                                      _pinned(str(k["fingerprint"]), f"{w}.fingerprint")))
     timeout = pull.get("timeout")
     if isinstance(timeout, Mapping):
         if "connect" in timeout:
@@ -151,6 +152,15 @@ def _from_settings(settings: Settings) -> dict[str, Any]:
     return out
 
 
+def _pinned(fpr: str, where: str) -> str:
+    """A pinned fingerprint, normalized; a ConfigError naming the setting if it is
+    not 40 hex digits."""
+    try:
+        return normalize_fingerprint(fpr)
+    except GpgError as exc:
+        raise ConfigError(f"{where}: {exc.message}", hint=exc.hint) from None
+
+
 def _from_vz_conf(root: Path) -> dict[str, Any]:
     path = root / VZ_CONF
     conf = read_assignments(path)
@@ -161,7 +171,8 @@ def _from_vz_conf(root: Path) -> dict[str, Any]:
         file, sep, fpr = item.rpartition(":")
         if not sep or not file:
             raise ConfigError(f"{path}: TEMPLATE_KEYS: {item!r} is not FILE:FINGERPRINT")
-        keys.append(TrustedKey(path.parent / file, normalize_fingerprint(fpr)))
+        keys.append(TrustedKey(path.parent / file,
+                               _pinned(fpr, f"{path}: TEMPLATE_KEYS {item!r}")))
     return {"mirrors": mirrors, "keys": keys}
 
 
