@@ -15,6 +15,7 @@ import struct
 import time
 from pathlib import Path
 
+from vzpkg.core import mountinfo
 from vzpkg.runtime import diskimage, libc
 from vzpkg.runtime.diskimage import BLOCK, image_path
 from vzpkg.runtime.paths import VzPaths
@@ -28,9 +29,7 @@ RELEASE_WAIT = 10.0               # seconds a just-stopped VE's mounts may take 
 
 
 def is_mounted(path: Path) -> bool:
-    target = os.fsencode(str(path))
-    with open("/proc/self/mountinfo", "rb") as f:
-        return any(line.split(b" ", 5)[4].replace(b"\\040", b" ") == target for line in f)
+    return mountinfo.is_mount_point(path)
 
 
 def attach(paths: VzPaths, ctid: int) -> None:
@@ -160,13 +159,8 @@ def wait_released(img: Path, ctid: int) -> None:
 
 
 def loop_of(private: Path) -> str:
-    target = os.fsencode(str(private))
-    with open("/proc/self/mountinfo", "rb") as f:
-        for line in f:
-            fields = line.split(b" ")
-            if fields[4].replace(b"\\040", b" ") == target:
-                src = fields[fields.index(b"-") + 2].decode()
-                if re.fullmatch(r"/dev/loop\d+", src):
-                    return src
+    for m in mountinfo.read():
+        if m.point == str(private) and re.fullmatch(r"/dev/loop\d+", m.source):
+            return m.source
     raise QuotaError(f"{private} is not a mounted disk image")
 

@@ -22,6 +22,7 @@ import stat
 from enum import StrEnum
 from pathlib import Path
 
+from vzpkg.core import mountinfo
 from vzpkg.core.errors import VeError
 from vzpkg.core.fstree import remove_tree
 from vzpkg.runtime import diskimage, diskmount, idmap, libc, quota, state
@@ -145,13 +146,7 @@ def shared_of(paths: VzPaths, ctid: int) -> Path:
 
 
 def is_mounted(path: Path) -> bool:
-    target = os.fsencode(str(path))
-    with open("/proc/self/mountinfo", "rb") as f:
-        for line in f:
-            mp = line.split(b" ", 5)[4].replace(b"\\040", b" ")
-            if mp == target:
-                return True
-    return False
+    return mountinfo.is_mount_point(path)
 
 
 def mount(paths: VzPaths, ctid: int, lay: Layout, ids: IdRange | None = None) -> Path:
