@@ -25,6 +25,7 @@ LOOP_CONFIGURE = 0x4C0A
 LOOP_CTL_GET_FREE = 0x4C82
 LO_FLAGS_AUTOCLEAR = 4
 LO_FLAGS_DIRECT_IO = 16
+UMOUNT_NOFOLLOW = 8
 RELEASE_WAIT = 10.0               # seconds a just-stopped VE's mounts may take to go
 
 
@@ -120,18 +121,27 @@ def _loop_attach(img: Path, ctid: int) -> tuple[int, str]:
 def umount(private: Path) -> None:
     """Unmount the image.  A VE's mount namespace lets go of it a moment after its
     last process ends, so EBUSY is retried for a while before a lazy unmount (the
-    offline work waits for the loop device to go: :func:`wait_released`)."""
+    offline work waits for the loop device to go: :func:`wait_released`).
+    A mount that another process took away meanwhile is no error; any other
+    failure, of either unmount, is QuotaError."""
     deadline = time.monotonic() + RELEASE_WAIT
+    lazy = 0
     while is_mounted(private):
         try:
-            libc.umount2(str(private), 8)                   # UMOUNT_NOFOLLOW
+            libc.umount2(str(private), UMOUNT_NOFOLLOW | lazy)
         except OSError as exc:
-            if exc.errno != errno.EBUSY:
-                raise QuotaError(f"cannot unmount {private}: {exc.strerror}") from None
-            if time.monotonic() < deadline:
-                time.sleep(0.02)
+            if exc.errno == errno.EBUSY and not lazy:
+                if time.monotonic() < deadline:
+                    time.sleep(0.02)
+                else:
+                    lazy = libc.MNT_DETACH
                 continue
-            libc.umount2(str(private), libc.MNT_DETACH | 8)
+            if not is_mounted(private):
+                return
+            how = " (even lazily)" if lazy else ""
+            raise QuotaError(f"cannot unmount {private}{how}: {os.strerror(exc.errno or 0)}",
+                             hint=f"see what is mounted there: findmnt -R {private}") \
+                from None
 
 
 def _loops_of(img: Path) -> list[str]:
