@@ -4,6 +4,7 @@ a damaged dump is refused, and without a working CRIU chkpnt says what is missin
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import socket
 import tarfile
@@ -175,6 +176,43 @@ def test_without_a_working_criu_chkpnt_says_what_is_missing(rt: Runtime) -> None
     assert "no working CRIU" in res.stderr and "/nonexistent/criu" in res.stderr
     assert "tools/criu-tree" in res.stderr
     assert rt.state(CTID).running       # nothing happened to the VE
+    vzctl_cli(rt, "stop", str(CTID), "--fast")
+
+
+def test_a_restore_whose_criu_cannot_start_says_why(rt: Runtime, tmp_path: Path) -> None:
+    """The child that would run CRIU fails before CRIU runs (the CRIU that passed
+    its check is no longer executable): the reason is the last line of the log,
+    and the user's message quotes it."""
+    from vzpkg.runtime import criu
+    start_counter(rt, CTID)
+    dump = tmp_path / "Dump"
+    res = vzctl_cli(rt, "chkpnt", str(CTID), "--dumpfile", str(dump))
+    assert res.returncode == 0, res.stderr
+    wrapper = tmp_path / "criu"
+    wrapper.write_text(f"#!/bin/sh\nexec {shlex.join(criu.find().argv)} \"$@\"\n")
+    wrapper.chmod(0o755)
+    old = os.environ.get("CRIU")
+    os.environ["CRIU"] = str(wrapper)
+    try:
+        criu.find()                 # passes its check, remembered for this boot
+        wrapper.chmod(0o644)        # (size and mtime unchanged: still taken as checked)
+        res = vzctl_cli(rt, "restore", str(CTID), "--dumpfile", str(dump))
+    finally:
+        if old is None:
+            os.environ.pop("CRIU", None)
+        else:
+            os.environ["CRIU"] = old
+    assert res.returncode == 17, res.stderr
+    why = f"running {wrapper}: PermissionError: [Errno 13] Permission denied"
+    assert f"CRIU's restore did not start: {why}" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    log = tmp_path / "Dump.restore.log"
+    assert str(log) in res.stderr
+    assert log.read_text().splitlines()[-1] == f"Error (vzctl, before CRIU ran): {why}"
+    st = rt.state(CTID)
+    assert not st.running and not st.mounted
+    res = vzctl_cli(rt, "restore", str(CTID), "--dumpfile", str(dump))
+    assert res.returncode == 0, res.stderr
     vzctl_cli(rt, "stop", str(CTID), "--fast")
 
 

@@ -36,6 +36,7 @@ from types import TracebackType
 
 from vzpkg.build.hookenv import with_stage
 from vzpkg.build.sandbox import Command, Sandbox, Waiting
+from vzpkg.core import mountinfo
 from vzpkg.core.errors import BuildError, VzError
 from vzpkg.template.model import Script
 
@@ -246,12 +247,7 @@ def _script_hint(script: Script) -> str:
 
 def _mounts() -> list[tuple[str, str]]:
     """(mount point, file system type) of every mount in our mount namespace."""
-    out = []
-    with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        for line in f:
-            fields = line.split()
-            out.append((fields[4].replace("\\040", " "), fields[fields.index("-") + 1]))
-    return out
+    return [(m.point, m.fstype) for m in mountinfo.read()]
 
 
 def _below(mp: str, path: str) -> bool:

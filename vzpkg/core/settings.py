@@ -95,12 +95,12 @@ TMPFS_MIN_FREE = 4 << 30
 
 
 def _memory_work_dir() -> Path | None:
+    from vzpkg.core import mountinfo
     base = TMPFS_WORK.parent
     try:
         st = os.statvfs(base)
-        with open("/proc/self/mounts", encoding="utf-8") as f:
-            on_tmpfs = any(line.split()[1] == str(base) and line.split()[2] == "tmpfs"
-                           for line in f)
+        on_tmpfs = any(m.point == str(base) and m.fstype == "tmpfs"
+                       for m in mountinfo.read())
     except OSError:
         return None
     if on_tmpfs and st.f_bavail * st.f_frsize >= TMPFS_MIN_FREE:

@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from vzpkg.core import mountinfo
 from vzpkg.runtime import lxcfs
 
 EXT_DEV = "vzdev"
@@ -33,8 +34,7 @@ def lxcfs_dump_externals(pid: int) -> list[str]:
     """lxcfs's files bound over the VE's /proc and /sys entries (lxcfs.FILES) are the
     host's FUSE mount, not the VE's: CRIU is told they are external, keyed by name."""
     try:
-        with open(f"/proc/{pid}/mountinfo", encoding="utf-8", errors="replace") as f:
-            points = {line.split()[4] for line in f if len(line.split()) > 4}
+        points = {m.point for m in mountinfo.read(f"/proc/{pid}/mountinfo")}
     except OSError:
         return []
     return [a for rel in lxcfs.FILES if "/" + rel in points
@@ -118,10 +118,9 @@ def dev_mountpoints(pid: int) -> list[str]:
     the kernel's mountinfo of its init (mqueue, hugepages under systemd)."""
     names: set[str] = set()
     with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/mountinfo").read_text(errors="replace").splitlines():
-            fields = line.split()
-            if len(fields) > 4 and fields[4].startswith("/dev/"):
-                name = fields[4][5:].encode().decode("unicode_escape")
+        for m in mountinfo.read(f"/proc/{pid}/mountinfo"):
+            if m.point.startswith("/dev/"):
+                name = m.point[5:]
                 if plain(name) and name not in ("console", "pts", "shm"):
                     names.add(name)
     return sorted(names)

@@ -15,6 +15,7 @@ import struct
 import time
 from pathlib import Path
 
+from vzpkg.core import mountinfo
 from vzpkg.runtime import diskimage, libc
 from vzpkg.runtime.diskimage import BLOCK, image_path
 from vzpkg.runtime.paths import VzPaths
@@ -24,13 +25,12 @@ LOOP_CONFIGURE = 0x4C0A
 LOOP_CTL_GET_FREE = 0x4C82
 LO_FLAGS_AUTOCLEAR = 4
 LO_FLAGS_DIRECT_IO = 16
+UMOUNT_NOFOLLOW = 8
 RELEASE_WAIT = 10.0               # seconds a just-stopped VE's mounts may take to go
 
 
 def is_mounted(path: Path) -> bool:
-    target = os.fsencode(str(path))
-    with open("/proc/self/mountinfo", "rb") as f:
-        return any(line.split(b" ", 5)[4].replace(b"\\040", b" ") == target for line in f)
+    return mountinfo.is_mount_point(path)
 
 
 def attach(paths: VzPaths, ctid: int) -> None:
@@ -121,18 +121,27 @@ def _loop_attach(img: Path, ctid: int) -> tuple[int, str]:
 def umount(private: Path) -> None:
     """Unmount the image.  A VE's mount namespace lets go of it a moment after its
     last process ends, so EBUSY is retried for a while before a lazy unmount (the
-    offline work waits for the loop device to go: :func:`wait_released`)."""
+    offline work waits for the loop device to go: :func:`wait_released`).
+    A mount that another process took away meanwhile is no error; any other
+    failure, of either unmount, is QuotaError."""
     deadline = time.monotonic() + RELEASE_WAIT
+    lazy = 0
     while is_mounted(private):
         try:
-            libc.umount2(str(private), 8)                   # UMOUNT_NOFOLLOW
+            libc.umount2(str(private), UMOUNT_NOFOLLOW | lazy)
         except OSError as exc:
-            if exc.errno != errno.EBUSY:
-                raise QuotaError(f"cannot unmount {private}: {exc.strerror}") from None
-            if time.monotonic() < deadline:
-                time.sleep(0.02)
+            if exc.errno == errno.EBUSY and not lazy:
+                if time.monotonic() < deadline:
+                    time.sleep(0.02)
+                else:
+                    lazy = libc.MNT_DETACH
                 continue
-            libc.umount2(str(private), libc.MNT_DETACH | 8)
+            if not is_mounted(private):
+                return
+            how = " (even lazily)" if lazy else ""
+            raise QuotaError(f"cannot unmount {private}{how}: {os.strerror(exc.errno or 0)}",
+                             hint=f"see what is mounted there: findmnt -R {private}") \
+                from None
 
 
 def _loops_of(img: Path) -> list[str]:
@@ -160,13 +169,8 @@ def wait_released(img: Path, ctid: int) -> None:
 
 
 def loop_of(private: Path) -> str:
-    target = os.fsencode(str(private))
-    with open("/proc/self/mountinfo", "rb") as f:
-        for line in f:
-            fields = line.split(b" ")
-            if fields[4].replace(b"\\040", b" ") == target:
-                src = fields[fields.index(b"-") + 2].decode()
-                if re.fullmatch(r"/dev/loop\d+", src):
-                    return src
+    for m in mountinfo.read():
+        if m.point == str(private) and re.fullmatch(r"/dev/loop\d+", m.source):
+            return m.source
     raise QuotaError(f"{private} is not a mounted disk image")
 

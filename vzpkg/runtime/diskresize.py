@@ -125,25 +125,36 @@ def _set_balloon_checked(private: Path, ctid: int, size: int) -> None:
 
 
 def _grow_online(img: Path, private: Path, ctid: int, size: int) -> None:
+    """Grow the image file, its loop device and its file system to *size*; when a
+    step fails, each step before it is undone on its own (a failure of one undo
+    does not skip the next), and QuotaError says nothing was changed."""
     old = img.stat().st_size
     dev = diskmount.loop_of(private)
-    os.truncate(img, size)
+    resizing = False
     try:
-        with open(dev, "rb") as f:
-            fcntl.ioctl(f.fileno(), LOOP_SET_CAPACITY, 0)
+        os.truncate(img, size)
+        _set_capacity(dev)
         top = diskballoon.open_top(private)
         try:
+            resizing = True
             fcntl.ioctl(top, EXT4_IOC_RESIZE_FS, struct.pack("Q", size // BLOCK))
         finally:
             os.close(top)
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.truncate(img, old)
-            with open(dev, "rb") as f:
-                fcntl.ioctl(f.fileno(), LOOP_SET_CAPACITY, 0)
+        with contextlib.suppress(OSError):
+            _set_capacity(dev)
         why = ("vzctl lacks CAP_SYS_RESOURCE, which the kernel asks for to grow a "
-               "mounted ext4" if exc.errno == errno.EPERM else exc.strerror)
+               "mounted ext4" if exc.errno == errno.EPERM and resizing
+               else os.strerror(exc.errno or 0))
         raise QuotaError(f"cannot grow the disk image of running VE {ctid} past its "
                          f"size ({old >> 10}K): {why}; nothing was changed",
                          hint="stop the VE and set it then, or add --save and the new "
                               "limit applies at the next start") from None
+
+
+def _set_capacity(dev: str) -> None:
+    """Make loop device *dev* as large as its backing file is now."""
+    with open(dev, "rb") as f:
+        fcntl.ioctl(f.fileno(), LOOP_SET_CAPACITY, 0)

@@ -22,6 +22,7 @@ import stat
 from enum import StrEnum
 from pathlib import Path
 
+from vzpkg.core import mountinfo
 from vzpkg.core.errors import VeError
 from vzpkg.core.fstree import remove_tree
 from vzpkg.runtime import diskimage, diskmount, idmap, libc, quota, state
@@ -145,13 +146,7 @@ def shared_of(paths: VzPaths, ctid: int) -> Path:
 
 
 def is_mounted(path: Path) -> bool:
-    target = os.fsencode(str(path))
-    with open("/proc/self/mountinfo", "rb") as f:
-        for line in f:
-            mp = line.split(b" ", 5)[4].replace(b"\\040", b" ")
-            if mp == target:
-                return True
-    return False
+    return mountinfo.is_mount_point(path)
 
 
 def mount(paths: VzPaths, ctid: int, lay: Layout, ids: IdRange | None = None) -> Path:
@@ -281,13 +276,19 @@ def _ident(fd: int) -> tuple[int, int]:
 
 def umount(paths: VzPaths, ctid: int) -> None:
     target = paths.ve_root(ctid)
+    lazy = 0
     while is_mounted(target):
         try:
-            libc.umount2(str(target), UMOUNT_NOFOLLOW)
+            libc.umount2(str(target), UMOUNT_NOFOLLOW | lazy)
         except OSError as exc:
-            if exc.errno != errno.EBUSY:
-                raise VeError(f"cannot unmount {target}: {exc.strerror}") from None
-            libc.umount2(str(target), libc.MNT_DETACH | UMOUNT_NOFOLLOW)
+            if exc.errno == errno.EBUSY and not lazy:
+                lazy = libc.MNT_DETACH
+                continue
+            if not is_mounted(target):      # another process took it away meanwhile
+                break
+            how = " (even lazily)" if lazy else ""
+            raise VeError(f"cannot unmount {target}{how}: {os.strerror(exc.errno or 0)}",
+                          hint=f"see what is mounted there: findmnt -R {target}") from None
     diskmount.detach(paths, ctid)
 
 

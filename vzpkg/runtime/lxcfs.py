@@ -21,6 +21,7 @@ import contextlib
 import os
 from pathlib import Path
 
+from vzpkg.core import mountinfo as mounttable
 from vzpkg.runtime import idmap
 
 DEFAULT_DIR = Path("/var/lib/lxcfs")
@@ -36,11 +37,9 @@ START_HINT = ("install Debian's lxcfs package and start it: systemctl enable --n
 def find(mountinfo: Path = Path("/proc/self/mountinfo")) -> Path | None:
     """Where lxcfs is mounted on this host, or None."""
     with contextlib.suppress(OSError):
-        for line in mountinfo.read_text().splitlines():
-            left, _, right = line.partition(" - ")
-            fields, rfields = left.split(), right.split()
-            if len(fields) > 4 and rfields and rfields[0] == FSTYPE:
-                return Path(fields[4].replace("\\040", " "))
+        for m in mounttable.read(mountinfo):
+            if m.fstype == FSTYPE:
+                return Path(m.point)
     return None
 
 

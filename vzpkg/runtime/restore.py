@@ -19,7 +19,7 @@ import signal
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from vzpkg.core.errors import RestoreError, VeRunningError
 from vzpkg.runtime import criu as criu_mod
@@ -233,6 +233,10 @@ def _restore(rt: Runtime, ctid: int, cfg: Any, criu: criu_mod.Criu, work: Path,
     if r != 0:
         _stop_daemon(daemon)
         log = log_copy(work, "restore.log", dump.with_name(f"{dump.name}.restore.log"))
+        why = _not_started(log) if r == NOT_STARTED else None
+        if why is not None:
+            raise RestoreError(f"VE {ctid}: CRIU's restore did not start: {why}",
+                               hint=f"the VE stays stopped; this is the last line of {log}")
         raise RestoreError(f"VE {ctid}: CRIU could not restore it "
                            f"({criu_mod.errors_of(log) or 'see its log'})",
                            hint=f"the VE stays stopped; CRIU's log: {log}")
@@ -324,35 +328,71 @@ def _run_in_ve_context(rt: Runtime, ctid: int, ids: Any, stage: Path,
     as the VE's root) could not enter it; a restored VE shares the host's cgroup
     namespace, and sees its own cgroup2 subtree at /sys/fs/cgroup as before.
     CRIU's exit status, or None if it ran past *timeout* seconds (then it was killed:
-    a restore whose page server died once waited there for ever)."""
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            rt.cgroups.attach(str(ctid), 0)
-            from vzpkg.runtime import libc
-            libc.unshare(libc.CLONE_NEWNS)
-            libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
-            ns._stage_dev(stage / "dev", ids)
-            for name in extra.dirs:     # mount points the VE made in its /dev
-                (stage / "dev" / name).mkdir(mode=0o755, exist_ok=True)
-                os.chown(stage / "dev" / name, ids.base, ids.base)
-            if extra.systemd:           # journald's, made once at its start
-                os.symlink("/run/systemd/journal/dev-log", stage / "dev" / "log")
-                os.lchown(stage / "dev" / "log", ids.base, ids.base)
-            devnull = os.open("/dev/null", os.O_RDWR)
-            os.set_inheritable(devnull, True)
-            os.dup2(devnull, 0)
-            out = os.open(str(Path(args[args.index("-D") + 1]) / "restore.log"),
-                          os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
-            os.dup2(out, 1)
-            os.dup2(out, 2)
-            if extra.ttys:
-                slave = _console_stand_in(stage, ids)
-                for key in extra.ttys:
-                    args = [*args, "--inherit-fd", f"fd[{slave}]:{key}"]
-            os.execv(criu.argv[0], [*criu.argv, *args])
-        except BaseException:
-            code = 127
-        os._exit(code)
+    a restore whose page server died once waited there for ever).
+
+    CRIU's log (``restore.log`` in its ``-D`` directory, a host path) is opened
+    here, before the child joins the VE's cgroup and makes its mount namespace: the
+    child's output goes there, and so does, as one line (:data:`PRE_EXEC`), why the
+    child failed if it did before CRIU ran (then it exits :data:`NOT_STARTED`)."""
+    out = os.open(Path(args[args.index("-D") + 1]) / "restore.log",
+                  os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
+                  0o644)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            _criu_child(rt, ctid, ids, stage, criu, args, extra, out)
+    finally:
+        os.close(out)
     return wait_bounded(pid, timeout)     # None: hung (a page server gone), killed
+
+
+PRE_EXEC = "Error (vzctl, before CRIU ran): "
+NOT_STARTED = 127
+
+
+def _criu_child(rt: Runtime, ctid: int, ids: Any, stage: Path, criu: criu_mod.Criu,
+                args: list[str], extra: DevExtra, out: int) -> NoReturn:
+    """The child of :func:`_run_in_ve_context`: never returns (CRIU, or an exit)."""
+    step = "joining the VE's cgroup"
+    try:
+        rt.cgroups.attach(str(ctid), 0)
+        from vzpkg.runtime import libc
+        step = "making a mount namespace"
+        libc.unshare(libc.CLONE_NEWNS)
+        libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
+        step = "staging the VE's /dev"
+        ns._stage_dev(stage / "dev", ids)
+        for name in extra.dirs:     # mount points the VE made in its /dev
+            (stage / "dev" / name).mkdir(mode=0o755, exist_ok=True)
+            os.chown(stage / "dev" / name, ids.base, ids.base)
+        if extra.systemd:           # journald's, made once at its start
+            os.symlink("/run/systemd/journal/dev-log", stage / "dev" / "log")
+            os.lchown(stage / "dev" / "log", ids.base, ids.base)
+        step = "redirecting CRIU's input and output"
+        devnull = os.open("/dev/null", os.O_RDWR)
+        os.set_inheritable(devnull, True)
+        os.dup2(devnull, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        if extra.ttys:
+            step = "making the console's stand-in"
+            slave = _console_stand_in(stage, ids)
+            for key in extra.ttys:
+                args = [*args, "--inherit-fd", f"fd[{slave}]:{key}"]
+        step = f"running {criu.argv[0]}"
+        os.execv(criu.argv[0], [*criu.argv, *args])
+    except BaseException as exc:
+        with contextlib.suppress(BaseException):
+            what = " ".join(f"{step}: {type(exc).__name__}: {exc}".split("\n"))
+            os.write(out, f"{PRE_EXEC}{what}\n".encode(errors="replace"))
+    os._exit(NOT_STARTED)
+
+
+def _not_started(log: Path) -> str | None:
+    """Why the restore's child failed before CRIU ran (its line in *log*), or None."""
+    with contextlib.suppress(OSError):
+        lines = log.read_text(errors="replace").splitlines()
+        for line in reversed(lines):
+            if line.startswith(PRE_EXEC):
+                return line[len(PRE_EXEC):]
+    return None

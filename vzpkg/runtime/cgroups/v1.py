@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from vzpkg.core import mountinfo as mounttable
 from vzpkg.core.errors import VeError
 from vzpkg.runtime.cgroups import devices
 from vzpkg.runtime.cgroups.base import (
@@ -330,18 +331,16 @@ def _inherit_cpuset(d: Path) -> None:
 def _cgroup_mounts(root: Path, mountinfo: Path) -> list[tuple[str, Path, list[str]]]:
     """(fs type, mount point, super options) of the cgroup mounts at or below *root*."""
     try:
-        lines = mountinfo.read_text().splitlines()
+        mounts = mounttable.read(mountinfo)
     except OSError:
-        lines = []
+        mounts = []
     out = []
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        fields, rfields = left.split(), right.split()
-        if len(fields) < 5 or len(rfields) < 3 or rfields[0] not in ("cgroup", "cgroup2"):
+    for m in mounts:
+        if m.fstype not in ("cgroup", "cgroup2"):
             continue
-        point = Path(fields[4].replace("\\040", " "))
+        point = Path(m.point)
         if point == root or root in point.parents:
-            out.append((rfields[0], point, rfields[2].split(",")))
+            out.append((m.fstype, point, list(m.options)))
     return out
 
 
