@@ -124,20 +124,38 @@ def _stamp(argv: tuple[str, ...]) -> str:
     return "|".join(parts)
 
 
-def _cached(argv: tuple[str, ...], where: str) -> Criu | None:
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+REMEMBERED = 8          # CRIUs remembered at once (the tools tree, PATH's, $CRIU ...)
+
+
+def _records() -> dict[str, dict[str, object]]:
+    with contextlib.suppress(OSError, ValueError):
         data = json.loads(CHECKED.read_text())
-        if tuple(data["argv"]) == argv and data["stamp"] == _stamp(argv):
-            return Criu(argv, str(data["version"]), where)
+        checked = data.get("checked") if isinstance(data, dict) else None
+        if isinstance(checked, dict):
+            return {str(k): v for k, v in checked.items() if isinstance(v, dict)}
+    return {}
+
+
+def _cached(argv: tuple[str, ...], where: str) -> Criu | None:
+    rec = _records().get(json.dumps(argv))
+    if isinstance(rec, dict) and rec.get("stamp") == _stamp(argv):
+        return Criu(argv, str(rec.get("version")), where)
     return None
 
 
 def _remember(c: Criu) -> None:
+    """Note that *c* passed its check, beside the others noted (one CRIU's check,
+    e.g. a wrapper's in a test, does not make the host check its usual one again)."""
     with contextlib.suppress(OSError):
+        records = _records()
+        key = json.dumps(c.argv)
+        records.pop(key, None)
+        records[key] = {"version": c.version, "stamp": _stamp(c.argv)}
+        while len(records) > REMEMBERED:
+            records.pop(next(iter(records)))
         CHECKED.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         tmp = CHECKED.with_name(f".{CHECKED.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({"argv": c.argv, "version": c.version,
-                                   "stamp": _stamp(c.argv)}))
+        tmp.write_text(json.dumps({"checked": records}))
         os.replace(tmp, CHECKED)
 
 
