@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from vzpkg.core import mountinfo
+from vzpkg.core.errors import VeError
 from vzpkg.runtime import diskimage, libc
 from vzpkg.runtime.diskimage import BLOCK, image_path
 from vzpkg.runtime.paths import VzPaths
@@ -121,14 +122,19 @@ def _loop_attach(img: Path, ctid: int) -> tuple[int, str]:
 def umount(private: Path) -> None:
     """Unmount the image.  A VE's mount namespace lets go of it a moment after its
     last process ends, so EBUSY is retried for a while before a lazy unmount (the
-    offline work waits for the loop device to go: :func:`wait_released`).
-    A mount that another process took away meanwhile is no error; any other
-    failure, of either unmount, is QuotaError."""
-    deadline = time.monotonic() + RELEASE_WAIT
+    offline work waits for the loop device to go: :func:`wait_released`)."""
+    unmount(private, QuotaError, wait=RELEASE_WAIT)
+
+
+def unmount(target: Path, error: type[VeError], *, wait: float = 0.0) -> None:
+    """Unmount whatever is mounted on *target*, retrying EBUSY for *wait* seconds,
+    then lazily.  A mount that another process took away meanwhile is no error; any
+    other failure, of either unmount, is *error*."""
+    deadline = time.monotonic() + wait
     lazy = 0
-    while is_mounted(private):
+    while is_mounted(target):
         try:
-            libc.umount2(str(private), UMOUNT_NOFOLLOW | lazy)
+            libc.umount2(str(target), UMOUNT_NOFOLLOW | lazy)
         except OSError as exc:
             if exc.errno == errno.EBUSY and not lazy:
                 if time.monotonic() < deadline:
@@ -136,12 +142,11 @@ def umount(private: Path) -> None:
                 else:
                     lazy = libc.MNT_DETACH
                 continue
-            if not is_mounted(private):
+            if not is_mounted(target):      # another process took it away meanwhile
                 return
             how = " (even lazily)" if lazy else ""
-            raise QuotaError(f"cannot unmount {private}{how}: {os.strerror(exc.errno or 0)}",
-                             hint=f"see what is mounted there: findmnt -R {private}") \
-                from None
+            raise error(f"cannot unmount {target}{how}: {os.strerror(exc.errno or 0)}",
+                        hint=f"see what is mounted there: findmnt -R {target}") from None
 
 
 def _loops_of(img: Path) -> list[str]:

@@ -275,20 +275,7 @@ def _ident(fd: int) -> tuple[int, int]:
 
 
 def umount(paths: VzPaths, ctid: int) -> None:
-    target = paths.ve_root(ctid)
-    lazy = 0
-    while is_mounted(target):
-        try:
-            libc.umount2(str(target), UMOUNT_NOFOLLOW | lazy)
-        except OSError as exc:
-            if exc.errno == errno.EBUSY and not lazy:
-                lazy = libc.MNT_DETACH
-                continue
-            if not is_mounted(target):      # another process took it away meanwhile
-                break
-            how = " (even lazily)" if lazy else ""
-            raise VeError(f"cannot unmount {target}{how}: {os.strerror(exc.errno or 0)}",
-                          hint=f"see what is mounted there: findmnt -R {target}") from None
+    diskmount.unmount(paths.ve_root(ctid), VeError)
     diskmount.detach(paths, ctid)
 
 
