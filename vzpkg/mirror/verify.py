@@ -34,7 +34,7 @@ if TYPE_CHECKING:   # python-gnupg is imported only when gpg is really used
     from vzpkg.mirror.pgpsig import Signature, Signer
 
 from vzpkg.core.errors import GpgError, MirrorError
-from vzpkg.core.pgpkeys import ParseError, keyring_bytes, normalize_fingerprint, pinned_certificate
+from vzpkg.core.pgpkeys import ParseError, normalize_fingerprint, pinned_certificate
 
 TRUST_HINT = ("add the key to pull.trusted_keys (or TEMPLATE_KEYS in vz.conf) only if you "
               "have checked its fingerprint; otherwise the mirror was tampered with")
@@ -84,7 +84,9 @@ class Verifier:
                 _ = self.keyring            # import (and pin-check) now
             else:
                 try:
-                    data = keyring_bytes(self.keys)
+                    self._certs = {f: pinned_certificate(a, f, source=src) for (a, _, src), f
+                                   in zip(self.keys, self.trusted, strict=True)}
+                    data = b"".join(self._certs.values())
                 except ParseError:          # not what keys.py reads: gpg decides
                     data = self._gpg_export()
                 self.keyfile.write_bytes(data)
@@ -129,12 +131,11 @@ class Verifier:
     @property
     def certs(self) -> dict[str, bytes]:
         """The pinned certificates this module can read, by fingerprint."""
-        if self._certs is None:
+        if self._certs is None:         # the gpg path, or a key file gpg had to read
             self._certs = {}
-            for armored, fpr, source in self.keys:
+            for (armored, _, source), fpr in zip(self.keys, self.trusted, strict=True):
                 try:
-                    self._certs[normalize_fingerprint(fpr)] = pinned_certificate(
-                        armored, normalize_fingerprint(fpr), source=source)
+                    self._certs[fpr] = pinned_certificate(armored, fpr, source=source)
                 except (ParseError, GpgError):
                     continue
         return self._certs
